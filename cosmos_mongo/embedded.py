@@ -1,0 +1,796 @@
+"""The embedded default database: mongomock answers queries, a SQLite file keeps the data.
+
+How it holds together:
+
+* **Durable.** Every write runs inside one SQLite transaction (WAL, ``synchronous=FULL``) that
+  stores the BSON of each document it touched. When a write returns, it is on disk.
+* **Constant cost per write.** A write rewrites only the rows of the documents it touched; the
+  file is never rewritten whole.
+* **Shared between processes.** Writers serialize on SQLite's write lock (``BEGIN IMMEDIATE``).
+  Each document row carries the sequence number of the write that last touched it (deletes
+  leave a tombstone), so the rows form a change log in the same file. Before every operation a
+  process asks SQLite whether another connection has committed (``PRAGMA data_version``) and,
+  if so, loads only the rows newer than the last sequence it has seen.
+* **Fast reads.** mongomock scans every document for every query. Here each collection keeps
+  hash indexes on ``_id`` and on the leading field of every declared non-unique index, and
+  hands mongomock only the candidates an equality or ``$in`` term allows. mongomock still
+  applies the whole filter, so the answer is the same; only the scan is shorter.
+
+The classes mirror the part of the pymongo API the library uses. ``find`` and ``aggregate``
+return materialized results, because the in-memory engine must not be read outside its lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import bson
+import mongomock as _mongomock
+from mongomock import filtering as _filtering
+from mongomock import helpers as _helpers
+from pymongo import ReturnDocument
+from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
+
+from cosmos_mongo.errors import InvalidInputError, StorageError
+
+# mongomock's own type hints claim pymongo's classes; the engine treats it as untyped.
+mongomock: Any = _mongomock
+filtering: Any = _filtering
+helpers: Any = _helpers
+
+T = TypeVar("T")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL,
+    key BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB,
+    PRIMARY KEY (collection, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS documents_seq ON documents (seq);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1);
+"""
+_INDEX_CATALOG: Final = "system.indexes"
+_DATABASE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
+_NARROWABLE: Final = (str, int, float)  # bool is an int; Mongo and Python agree on equality
+
+
+def check_database_name(name: object) -> str:
+    if not isinstance(name, str) or not _DATABASE_NAME.fullmatch(name):
+        raise InvalidInputError(
+            "database", "must be 1 to 63 letters, digits, '_' or '-' (it names a file)"
+        )
+    return name
+
+
+def _encode_key(document_id: Any) -> bytes:
+    return bson.encode({"_id": document_id})
+
+
+def _decode_key(key: bytes) -> Any:
+    return bson.decode(key)["_id"]
+
+
+_MISSING: Final = object()
+_UNREACHABLE: Final = object()  # the path crosses an array: leave such documents to mongomock
+
+
+def _field_value(document: Mapping[str, Any], path: str) -> Any:
+    value: Any = document
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return _UNREACHABLE if isinstance(value, list) else _MISSING
+        if part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _field_values(document: Mapping[str, Any], path: str) -> list[Any] | None:
+    """Hashable values of ``path`` for indexing; None if the value cannot be indexed safely."""
+    value = _field_value(document, path)
+    if value is _MISSING or value is None:
+        return []
+    if isinstance(value, _NARROWABLE):
+        return [value]
+    return None
+
+
+def _equality_values(condition: Any) -> list[Any] | None:
+    """The values a field condition must equal one of, or None if it does not pin them."""
+    if isinstance(condition, _NARROWABLE):
+        return [condition]
+    if (
+        isinstance(condition, Mapping)
+        and condition
+        and all(isinstance(key, str) and key.startswith("$") for key in condition)
+    ):
+        if "$eq" in condition and isinstance(condition["$eq"], _NARROWABLE):
+            return [condition["$eq"]]
+        values = condition.get("$in")
+        if isinstance(values, list | tuple) and all(isinstance(x, _NARROWABLE) for x in values):
+            return list(values)
+    return None
+
+
+@dataclass
+class _HashIndex:
+    """Document ids by the value of one field. Unindexable documents are always candidates."""
+
+    path: str
+    buckets: dict[Any, dict[Any, None]] = field(default_factory=dict)
+    keys_of: dict[Any, list[Any]] = field(default_factory=dict)
+    unindexable: set[Any] = field(default_factory=set)
+
+    def put(self, document_id: Any, document: Mapping[str, Any] | None) -> None:
+        self.remove(document_id)
+        if document is None:
+            return
+        values = _field_values(document, self.path)
+        if values is None:
+            self.unindexable.add(document_id)
+            return
+        for value in values:
+            self.buckets.setdefault(value, {})[document_id] = None
+        self.keys_of[document_id] = values
+
+    def remove(self, document_id: Any) -> None:
+        self.unindexable.discard(document_id)
+        for value in self.keys_of.pop(document_id, ()):
+            bucket = self.buckets.get(value)
+            if bucket is not None:
+                bucket.pop(document_id, None)
+                if not bucket:
+                    del self.buckets[value]
+
+    def lookup(self, values: Iterable[Any]) -> dict[Any, None]:
+        found: dict[Any, None] = {}
+        for value in values:
+            found.update(self.buckets.get(value, {}))
+        found.update(dict.fromkeys(self.unindexable))
+        return found
+
+
+@dataclass
+class _OrderedIndex:
+    """Document ids in the order of one field's value, for sorted finds without a full sort.
+
+    Values of one comparable kind (dates, strings or numbers: the first kind seen) are kept in
+    a sorted list. A document with a missing or other-kind value makes the index decline, so
+    the caller falls back to mongomock's own sort and BSON ordering.
+    """
+
+    path: str
+    entries: list[tuple[Any, int, Any]] = field(default_factory=list)
+    entry_of: dict[Any, tuple[Any, int, Any]] = field(default_factory=dict)
+    declined: set[Any] = field(default_factory=set)
+    kind: type | None = None
+    arrivals: int = 0
+
+    def put(self, document_id: Any, document: Mapping[str, Any] | None) -> None:
+        old = self.entry_of.pop(document_id, None)
+        if old is not None:
+            del self.entries[bisect.bisect_left(self.entries, old)]
+        self.declined.discard(document_id)
+        if document is None:
+            return
+        value = _field_value(document, self.path)
+        kind = _sort_kind(value)
+        if kind is None or (self.kind is not None and kind is not self.kind):
+            self.declined.add(document_id)
+            return
+        self.kind = kind
+        if old is None:
+            self.arrivals += 1
+        # Equal values keep arrival order when read newest-first, as mongomock's stable sort does.
+        entry = (value, -self.arrivals if old is None else old[1], document_id)
+        bisect.insort(self.entries, entry)
+        self.entry_of[document_id] = entry
+
+    def ordered(self, descending: bool, among: list[Any] | None) -> Iterable[Any] | None:
+        """Ids in order (all, or ``among``); None if some document cannot be ordered here."""
+        if among is None:
+            if self.declined:
+                return None
+            entries: Iterable[tuple[Any, int, Any]] = (
+                reversed(self.entries) if descending else self.entries
+            )
+            return (entry[2] for entry in entries)
+        if any(document_id in self.declined for document_id in among):
+            return None
+        keyed = [self.entry_of[i] for i in among if i in self.entry_of]
+        return (entry[2] for entry in sorted(keyed, reverse=descending))
+
+
+def _sort_kind(value: Any) -> type | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float
+    if isinstance(value, datetime | str):
+        return type(value)
+    return None
+
+
+class _Planner:
+    """Per-collection hash and ordered indexes, and the choice of candidates for a filter."""
+
+    def __init__(self) -> None:
+        self._indexes: dict[str, dict[str, _HashIndex]] = {}
+        self._orders: dict[str, dict[str, _OrderedIndex]] = {}
+
+    def add_index(
+        self, collection: str, paths: list[str], documents: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Hash the leading field and order by every field of a newly declared index."""
+        stored = list(documents)
+        indexes = self._indexes.setdefault(collection, {})
+        if paths[0] != "_id" and paths[0] not in indexes:
+            index = indexes[paths[0]] = _HashIndex(paths[0])
+            for document in stored:
+                index.put(document["_id"], document)
+        orders = self._orders.setdefault(collection, {})
+        for path in paths:
+            if path not in orders:
+                order = orders[path] = _OrderedIndex(path)
+                for document in stored:
+                    order.put(document["_id"], document)
+
+    def put(self, collection: str, document_id: Any, document: Mapping[str, Any] | None) -> None:
+        for index in self._indexes.get(collection, {}).values():
+            index.put(document_id, document)
+        for order in self._orders.get(collection, {}).values():
+            order.put(document_id, document)
+
+    def order_for(self, collection: str, sort: Any) -> tuple[_OrderedIndex, bool] | None:
+        """The ordered index serving a one-key sort, and whether it runs descending."""
+        keys = list(sort.items()) if isinstance(sort, Mapping) else list(sort or ())
+        if len(keys) != 1:
+            return None
+        path, direction = keys[0]
+        order = self._orders.get(collection, {}).get(path)
+        return None if order is None else (order, direction == -1)
+
+    def candidates(
+        self, collection: str, query: Mapping[str, Any], stored: Mapping[Any, Any]
+    ) -> list[Any] | None:
+        """Ids of the documents that can match ``query``, or None when every one can."""
+        terms: list[Mapping[str, Any]] = [query]
+        conjunction = query.get("$and")
+        if isinstance(conjunction, list):
+            terms.extend(term for term in conjunction if isinstance(term, Mapping))
+        indexes = self._indexes.get(collection, {})
+        best: list[Any] | None = None
+        for term in terms:
+            for path, condition in term.items():
+                if path != "_id" and path not in indexes:
+                    continue
+                values = _equality_values(condition)
+                if values is None:
+                    continue
+                if path == "_id":
+                    ids = [value for value in dict.fromkeys(values) if value in stored]
+                else:
+                    ids = list(indexes[path].lookup(values))
+                if best is None or len(ids) < len(best):
+                    best = ids
+        return best
+
+
+class _IndexedCollection(mongomock.Collection):  # type: ignore[misc]
+    """A mongomock collection that scans only the planner's candidates."""
+
+    planner: _Planner
+
+    def _iter_documents(self, filter: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+        stored = self._store._documents
+        ids = self.planner.candidates(self.name, filter, stored)
+        if ids is None:
+            return super()._iter_documents(filter)  # type: ignore[no-any-return]
+        if not ids:
+            filtering.filter_applies(filter, {})  # still reject a malformed filter
+        documents = [stored[i] for i in ids if i in stored]
+        return (document for document in documents if filtering.filter_applies(filter, document))
+
+    def find_sorted(
+        self,
+        query: Mapping[str, Any] | None,
+        projection: Mapping[str, Any] | None,
+        sort: Any,
+        skip: int,
+        limit: int,
+    ) -> list[Any] | None:
+        """A sorted find that walks an ordered index and copies only what it returns.
+
+        Returns None when no ordered index serves ``sort``; the caller then uses ``find``.
+        """
+        plan = self.planner.order_for(self.name, sort)
+        if plan is None:
+            return None
+        order, descending = plan
+        spec = helpers.patch_datetime_awareness_in_document(query or {})
+        stored = self._store._documents
+        ids = self.planner.candidates(self.name, spec, stored)
+        ordered = order.ordered(descending, ids)
+        if ordered is None:
+            return None
+        filtering.filter_applies(spec, {})  # reject a malformed filter even when nothing matches
+        found: list[Any] = []
+        for document_id in ordered:
+            document = stored.get(document_id)
+            if document is None or not filtering.filter_applies(spec, document):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            found.append(self._copy_only_fields(document, projection, dict))
+            if limit and len(found) >= limit:
+                break
+        if self.codec_options.tz_aware:
+            return [helpers.make_datetime_timezone_aware_in_document(doc) for doc in found]
+        return found
+
+
+class _IndexedDatabase(mongomock.Database):  # type: ignore[misc]
+    planner: _Planner
+
+    def get_collection(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        collection = self._collection_accesses.get(name)
+        if collection is None:
+            self._ensure_valid_collection_name(name)
+            collection = _IndexedCollection(
+                self, name=name, _db_store=self._store, codec_options=self._codec_options
+            )
+            collection.planner = self.planner
+            self._collection_accesses[name] = collection
+        return collection
+
+
+@dataclass
+class EngineStats:
+    """Counters that tests and benchmarks read to see what the engine did."""
+
+    catch_ups: int = 0
+    documents_loaded: int = 0
+    full_loads: int = 0
+    write_transactions: int = 0
+
+
+class EmbeddedEngine:
+    """One SQLite file and the in-memory mongomock database that mirrors it."""
+
+    def __init__(self, path: Path, database: str) -> None:
+        self.path = path
+        self.stats = EngineStats()
+        self._lock = threading.RLock()
+        self._planner = _Planner()
+        client = mongomock.MongoClient(tz_aware=True)
+        self._mock = _IndexedDatabase(
+            client, database, _store=client._store[database], codec_options=client.codec_options
+        )
+        self._mock.planner = self._planner
+        client._database_accesses[database] = self._mock
+        self._seq = 0
+        self._data_version: int | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open the embedded database at {path}: {exc}") from exc
+        with self._sqlite_errors():
+            self._load_everything()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, operation: Callable[[mongomock.Database], T]) -> T:
+        """Run ``operation`` on the in-memory database after catching up with other writers."""
+        with self._lock, self._sqlite_errors():
+            self._catch_up()
+            return operation(self._mock)
+
+    def _load_everything(self) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                rows = self._conn.execute(
+                    "SELECT collection, key, body FROM documents WHERE body IS NOT NULL"
+                ).fetchall()
+                (self._seq,) = self._conn.execute(
+                    "SELECT value FROM meta WHERE name='seq'"
+                ).fetchone()
+            finally:
+                self._conn.execute("COMMIT")
+            self._data_version = self._current_data_version()
+            self.stats.full_loads += 1
+            self._apply_rows((collection, key, body) for collection, key, body in rows)
+
+    def _current_data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _catch_up(self) -> None:
+        version = self._current_data_version()
+        if version == self._data_version:
+            return
+        rows = self._conn.execute(
+            "SELECT collection, key, body, seq FROM documents WHERE seq > ? ORDER BY seq",
+            (self._seq,),
+        ).fetchall()
+        self._data_version = version
+        if rows:
+            self.stats.catch_ups += 1
+            self._seq = max(self._seq, rows[-1][3])
+            self._apply_rows((collection, key, body) for collection, key, body, _ in rows)
+
+    def _apply_rows(self, rows: Iterable[tuple[str, bytes, bytes | None]]) -> None:
+        catalog: list[Mapping[str, Any]] = []
+        for collection, key, body in rows:
+            document = None if body is None else bson.decode(body)
+            if collection == _INDEX_CATALOG:
+                if document is not None:
+                    catalog.append(document)
+                continue
+            self.stats.documents_loaded += 1
+            self._put_in_memory(collection, _decode_key(key), document)
+        for spec in catalog:
+            self._install_index(spec)
+
+    def _put_in_memory(self, collection: str, document_id: Any, document: Any) -> None:
+        store = self._mock[collection]._store
+        memory_id = helpers.hashdict(document_id) if isinstance(document_id, dict) else document_id
+        if document is None:
+            if memory_id in store:
+                del store[memory_id]
+        else:
+            store[memory_id] = document
+        self._planner.put(collection, memory_id, document)
+
+    def _install_index(self, spec: Mapping[str, Any]) -> None:
+        collection = self._mock[spec["collection"]]
+        options = dict(spec.get("options", {}))
+        keys = [(name, direction) for name, direction in spec["keys"]]
+        collection.create_index(keys, name=spec["name"], **options)
+        if not options.get("unique"):
+            # A unique index must see a new document before it is re-indexed, so it is not
+            # narrowed; mongomock checks uniqueness by scanning.
+            paths = [name for name, _ in keys]
+            self._planner.add_index(collection.name, paths, collection._store.documents)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, collection: str, operation: Callable[[Any, set[Any]], T]) -> T:
+        """Run ``operation(mock_collection, touched_ids)`` in one durable transaction.
+
+        ``operation`` adds the id of every document it may change to ``touched_ids`` before
+        changing it. Those documents are then written to SQLite; if anything fails they are
+        restored in memory from SQLite, so memory never holds a write the file does not.
+        """
+        touched: set[Any] = set()
+
+        def apply(seq: int) -> T:
+            result = operation(self._mock[collection], touched)
+            self._persist(collection, touched, seq)
+            return result
+
+        return self._transaction(apply, lambda: self._restore(collection, touched))
+
+    def record_index(
+        self, collection: str, name: str, keys: list[tuple[str, int]], options: dict[str, Any]
+    ) -> None:
+        """Create an index here and in the file, so every process sharing it installs it."""
+        spec = {
+            "_id": f"{collection}.{name}",
+            "collection": collection,
+            "name": name,
+            "keys": [list(key) for key in keys],
+            "options": options,
+        }
+
+        def apply(seq: int) -> None:
+            self._upsert_rows([(_INDEX_CATALOG, _encode_key(spec["_id"]), seq, bson.encode(spec))])
+
+        self._transaction(apply, lambda: None)
+        self._install_index(spec)
+
+    def _transaction(self, apply: Callable[[int], T], restore: Callable[[], None]) -> T:
+        with self._lock, self._sqlite_errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._catch_up()
+                (seq,) = self._conn.execute(
+                    "UPDATE meta SET value = value + 1 WHERE name='seq' RETURNING value"
+                ).fetchone()
+                result = apply(seq)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                restore()
+                raise
+            self._seq = seq
+            self.stats.write_transactions += 1
+            return result
+
+    def _persist(self, collection: str, touched: set[Any], seq: int) -> None:
+        store = self._mock[collection]._store._documents
+        rows = []
+        for document_id in touched:
+            document = store.get(document_id)
+            self._planner.put(collection, document_id, document)
+            body = None if document is None else bson.encode(document)
+            rows.append((collection, _encode_key(document_id), seq, body))
+        self._upsert_rows(rows)
+
+    def _upsert_rows(self, rows: list[tuple[str, bytes, int, bytes | None]]) -> None:
+        self._conn.executemany(
+            "INSERT INTO documents (collection, key, seq, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq, body = excluded.body",
+            rows,
+        )
+
+    def _restore(self, collection: str, touched: set[Any]) -> None:
+        """Put the touched documents back as the file has them (the write was rolled back)."""
+        for document_id in touched:
+            row = self._conn.execute(
+                "SELECT body FROM documents WHERE collection = ? AND key = ?",
+                (collection, _encode_key(document_id)),
+            ).fetchone()
+            body = None if row is None else row[0]
+            self._put_in_memory(
+                collection, document_id, None if body is None else bson.decode(body)
+            )
+
+    @contextlib.contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StorageError(f"embedded database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class EmbeddedCollection:
+    """The pymongo ``Collection`` methods the library uses, on the embedded engine."""
+
+    def __init__(self, engine: EmbeddedEngine, name: str) -> None:
+        self._engine = engine
+        self.name = name
+
+    # reads
+    def find_one(self, filter: Mapping[str, Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        return self._engine.read(lambda db: db[self.name].find_one(filter, *args, **kwargs))
+
+    def find(
+        self,
+        filter: Mapping[str, Any] | None = None,
+        projection: Mapping[str, Any] | None = None,
+        *,
+        sort: Any = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[Any]:
+        def find(db: Any) -> list[Any]:
+            collection = db[self.name]
+            found: list[Any] | None = collection.find_sorted(filter, projection, sort, skip, limit)
+            if found is None:
+                found = list(collection.find(filter, projection, sort=sort, skip=skip, limit=limit))
+            return found
+
+        return self._engine.read(find)
+
+    def aggregate(self, pipeline: list[Mapping[str, Any]], **kwargs: Any) -> list[Any]:
+        return self._engine.read(lambda db: list(db[self.name].aggregate(pipeline, **kwargs)))
+
+    def count_documents(self, filter: Mapping[str, Any], **kwargs: Any) -> int:
+        return self._engine.read(lambda db: int(db[self.name].count_documents(filter, **kwargs)))
+
+    def estimated_document_count(self) -> int:
+        return self._engine.read(lambda db: int(db[self.name].estimated_document_count()))
+
+    def list_indexes(self) -> list[Any]:
+        return self._engine.read(lambda db: list(db[self.name].list_indexes()))
+
+    def index_information(self) -> dict[str, Any]:
+        return self._engine.read(lambda db: dict(db[self.name].index_information()))
+
+    # writes
+    def insert_one(self, document: dict[str, Any]) -> InsertOneResult:
+        def insert(collection: Any, touched: set[Any]) -> InsertOneResult:
+            if "_id" in document:
+                touched.add(document["_id"])
+            result = collection.insert_one(document)
+            touched.add(result.inserted_id)
+            return InsertOneResult(result.inserted_id, acknowledged=True)
+
+        return self._engine.write(self.name, insert)
+
+    def insert_many(
+        self, documents: Iterable[dict[str, Any]], ordered: bool = True
+    ) -> InsertManyResult:
+        batch = list(documents)
+
+        def insert(collection: Any, touched: set[Any]) -> InsertManyResult:
+            touched.update(document["_id"] for document in batch if "_id" in document)
+            result = collection.insert_many(batch, ordered=ordered)
+            touched.update(result.inserted_ids)
+            return InsertManyResult(result.inserted_ids, acknowledged=True)
+
+        return self._engine.write(self.name, insert)
+
+    def update_one(
+        self, filter: Mapping[str, Any], update: Any, upsert: bool = False
+    ) -> UpdateResult:
+        return self._update(filter, update, upsert=upsert, many=False)
+
+    def update_many(
+        self, filter: Mapping[str, Any], update: Any, upsert: bool = False
+    ) -> UpdateResult:
+        return self._update(filter, update, upsert=upsert, many=True)
+
+    def _update(
+        self, query: Mapping[str, Any], update: Any, *, upsert: bool, many: bool
+    ) -> UpdateResult:
+        def change(collection: Any, touched: set[Any]) -> UpdateResult:
+            targets = _matching_ids(collection, query, many)
+            touched.update(targets)
+            if targets:
+                pinned = {"_id": {"$in": targets}} if many else {"_id": targets[0]}
+                result = getattr(collection, "update_many" if many else "update_one")(
+                    pinned, update
+                )
+            else:
+                result = collection.update_one(query, update, upsert=upsert)
+            if result.upserted_id is not None:
+                touched.add(result.upserted_id)
+            return UpdateResult(result.raw_result, acknowledged=True)
+
+        return self._engine.write(self.name, change)
+
+    def find_one_and_update(
+        self,
+        filter: Mapping[str, Any],
+        update: Any,
+        projection: Mapping[str, Any] | None = None,
+        sort: Any = None,
+        upsert: bool = False,
+        return_document: bool = ReturnDocument.BEFORE,
+    ) -> Any:
+        def change(collection: Any, touched: set[Any]) -> Any:
+            targets = _matching_ids(collection, filter, False, sort)
+            touched.update(targets)
+            pinned = {"_id": targets[0]} if targets else filter
+            document = collection.find_one_and_update(
+                pinned,
+                update,
+                projection=projection,
+                upsert=upsert,
+                return_document=return_document,
+            )
+            if document is not None and "_id" in document:
+                touched.add(document["_id"])
+            elif upsert and not targets:
+                touched.update(_matching_ids(collection, filter, False, sort))
+            return document
+
+        return self._engine.write(self.name, change)
+
+    def delete_one(self, filter: Mapping[str, Any]) -> DeleteResult:
+        return self._delete(filter, many=False)
+
+    def delete_many(self, filter: Mapping[str, Any]) -> DeleteResult:
+        return self._delete(filter, many=True)
+
+    def _delete(self, query: Mapping[str, Any], *, many: bool) -> DeleteResult:
+        def remove(collection: Any, touched: set[Any]) -> DeleteResult:
+            targets = _matching_ids(collection, query, many)
+            touched.update(targets)
+            if not targets:
+                return DeleteResult({"n": 0, "ok": 1.0}, acknowledged=True)
+            result = collection.delete_many({"_id": {"$in": targets}})
+            return DeleteResult(result.raw_result, acknowledged=True)
+
+        return self._engine.write(self.name, remove)
+
+    def create_index(self, keys: Any, name: str | None = None, **options: Any) -> str:
+        key_list = [(keys, 1)] if isinstance(keys, str) else [(k, d) for k, d in keys]
+        index_name = name or "_".join(f"{k}_{d}" for k, d in key_list)
+        self._engine.record_index(self.name, index_name, key_list, options)
+        return index_name
+
+
+def _matching_ids(
+    collection: Any, query: Mapping[str, Any], many: bool, sort: Any = None
+) -> list[Any]:
+    cursor = collection.find(query, {"_id": 1}, sort=sort, limit=0 if many else 1)
+    return [document["_id"] for document in cursor]
+
+
+class EmbeddedDatabase:
+    """A pymongo-``Database``-like handle on the embedded engine."""
+
+    def __init__(self, engine: EmbeddedEngine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._collections: dict[str, EmbeddedCollection] = {}
+
+    def __getitem__(self, name: str) -> EmbeddedCollection:
+        return self.get_collection(name)
+
+    def get_collection(self, name: str) -> EmbeddedCollection:
+        if name not in self._collections:
+            self._collections[name] = EmbeddedCollection(self.engine, name)
+        return self._collections[name]
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def open_embedded(data_dir: Path, database: str = "cosmos") -> EmbeddedDatabase:
+    """Open (creating if needed) the embedded database ``database`` in ``data_dir``."""
+    name = check_database_name(database)
+    return EmbeddedDatabase(EmbeddedEngine(Path(data_dir) / f"{name}.sqlite3", name), name)
+
+
+class _Materialized:
+    """What the async adapter returns for ``find``/``aggregate``: awaited via ``to_list``."""
+
+    def __init__(self, produce: Callable[[], list[Any]]) -> None:
+        self._produce = produce
+
+    async def to_list(self, length: int | None = None) -> list[Any]:
+        documents = await asyncio.to_thread(self._produce)
+        return documents if length is None else documents[:length]
+
+
+class AsyncEmbeddedCollection:
+    """Async face of :class:`EmbeddedCollection`: each call runs on a worker thread."""
+
+    def __init__(self, collection: EmbeddedCollection) -> None:
+        self._collection = collection
+
+    def find(self, *args: Any, **kwargs: Any) -> _Materialized:
+        return _Materialized(lambda: self._collection.find(*args, **kwargs))
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> _Materialized:
+        return _Materialized(lambda: self._collection.aggregate(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._collection, name)
+
+        async def offloaded(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return offloaded
+
+
+class AsyncEmbeddedDatabase:
+    """An async-database-like handle on the embedded engine, for ``AsyncCosmosStore``."""
+
+    def __init__(self, database: EmbeddedDatabase) -> None:
+        self.sync = database
+        self.name = database.name
+
+    def __getitem__(self, name: str) -> AsyncEmbeddedCollection:
+        return AsyncEmbeddedCollection(self.sync[name])
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)

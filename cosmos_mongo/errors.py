@@ -1,0 +1,60 @@
+"""Exceptions raised by cosmos_mongo.
+
+Every exception the library raises on purpose derives from one root::
+
+    CosmosMongoError
+    ├── InvalidInputError        bad argument; nothing was written
+    ├── NotFoundError
+    │   ├── PromptNotFoundError
+    │   └── RunNotFoundError
+    ├── ConflictError            the operation would break a rule about existing data
+    └── StorageError             the database or embedded store failed (driver errors land here)
+
+Driver errors (pymongo, sqlite3) are translated once, at the executor boundary, with
+``raise StorageError(...) from exc`` so the original stays reachable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class CosmosMongoError(Exception):
+    """Root of every error cosmos_mongo raises on purpose."""
+
+
+class InvalidInputError(CosmosMongoError, ValueError):
+    """An argument broke a rule. ``field`` names the argument, ``rule`` says what it must be."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}")
+
+
+class NotFoundError(CosmosMongoError, LookupError):
+    """A document that the operation needs does not exist."""
+
+    kind = "document"
+
+    def __init__(self, document_id: str) -> None:
+        self.document_id = document_id
+        super().__init__(f"{self.kind} {document_id!r} not found")
+
+
+class PromptNotFoundError(NotFoundError):
+    """No prompt has the given id."""
+
+    kind = "prompt"
+
+
+class RunNotFoundError(NotFoundError):
+    """No run has the given id."""
+
+    kind = "run"
+
+
+class ConflictError(CosmosMongoError):
+    """The operation conflicts with the current state of the data."""
+
+
+class StorageError(CosmosMongoError):
+    """The database could not carry out the operation (connection, disk, permissions)."""

@@ -1,0 +1,435 @@
+"""``CosmosStore`` (sync) and ``AsyncCosmosStore`` (async): thin twins over one set of workflows.
+
+Each public method is one line: it passes the workflow generator from
+:mod:`cosmos_mongo.workflows` to the twin's driver (:func:`~cosmos_mongo.ops.run_sync` or
+:func:`~cosmos_mongo.ops.run_async`). The docstrings live on ``CosmosStore`` and are copied to
+the async twin, so both document the same behaviour from one text.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from cosmos_mongo import workflows as wf
+from cosmos_mongo.config import Settings
+from cosmos_mongo.embedded import AsyncEmbeddedDatabase, check_database_name, open_embedded
+from cosmos_mongo.errors import InvalidInputError, StorageError
+from cosmos_mongo.models import DeletionPreview, DeletionResult, Prompt, Run
+from cosmos_mongo.ops import Flow, run_async, run_sync
+
+T = TypeVar("T")
+
+_URI_SCHEMES = ("mongodb://", "mongodb+srv://")
+
+
+def _resolve(
+    uri: str | None, database: str, settings: Settings | None
+) -> tuple[str | None, Settings]:
+    """The connection string to use (None: embedded) and the settings it came from."""
+    settings = settings or Settings()
+    if uri is None and settings.uri is not None:
+        uri = settings.uri.get_secret_value()
+    if uri is not None and not uri.startswith(_URI_SCHEMES):
+        # Never echo the value: it may hold a password.
+        raise InvalidInputError("uri", "must start with mongodb:// or mongodb+srv://")
+    check_database_name(database)
+    return uri, settings
+
+
+def _server_error(exc: Exception) -> StorageError:
+    error = StorageError(f"cannot connect to MongoDB: {type(exc).__name__}")
+    error.__cause__ = exc
+    return error
+
+
+class CosmosStore:
+    """Prompts and runs in MongoDB, through pymongo (or the embedded default).
+
+    ``CosmosStore(db)`` works over any pymongo ``Database`` (mongomock included); create the
+    client with ``tz_aware=True``. :meth:`connect` opens one for you.
+    """
+
+    def __init__(self, db: Any, *, _on_close: Callable[[], None] | None = None) -> None:
+        self.db = db
+        self._on_close = _on_close
+
+    @classmethod
+    def connect(
+        cls,
+        uri: str | None = None,
+        database: str = "cosmos",
+        *,
+        settings: Settings | None = None,
+        ensure_indexes: bool = True,
+    ) -> CosmosStore:
+        """Open a store on ``uri``, else ``COSMOS_MONGO_URI``, else the embedded default.
+
+        The embedded default lives in ``COSMOS_MONGO_DATA_DIR`` (default: the platform's user
+        data directory). Indexes are created unless ``ensure_indexes=False``.
+
+        Raises:
+            InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
+                database name is not valid.
+            StorageError: the database cannot be opened.
+        """
+        resolved, settings = _resolve(uri, database, settings)
+        if resolved is None:
+            embedded = open_embedded(settings.data_dir, database)
+            store = cls(embedded, _on_close=embedded.close)
+        else:
+            from pymongo import MongoClient
+            from pymongo.errors import PyMongoError
+
+            try:
+                client: MongoClient[dict[str, Any]] = MongoClient(
+                    resolved, tz_aware=True, appname="cosmos-mongo"
+                )
+            except PyMongoError as exc:
+                raise _server_error(exc) from exc
+            store = cls(client[database], _on_close=client.close)
+        if ensure_indexes:
+            try:
+                store.ensure_indexes()
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    def _run(self, flow: Flow[T]) -> T:
+        return run_sync(self.db, flow)
+
+    def close(self) -> None:
+        """Close the client if this store opened it (``connect``); otherwise do nothing."""
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def ensure_indexes(self) -> list[str]:
+        """Create the product's indexes by name; safe to call again. Returns their names.
+
+        Raises:
+            StorageError: the server refused (for example, a user without index rights).
+        """
+        return self._run(wf.ensure_indexes())
+
+    def create_prompt(
+        self,
+        prompt_text: str,
+        inputs: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Prompt:
+        """Store a new prompt and return it.
+
+        ``inputs`` holds the input files (``video``, ``depth``, ``seg``, ...); ``parameters``
+        the generation parameters (``name``, ``negative_prompt``, ...). Both are JSON-like.
+
+        Raises:
+            InvalidInputError: empty or over-long text, NUL bytes, keys with ``$`` or ``.``,
+                values that are not JSON-like, or legacy enhancement keys in ``parameters``.
+        """
+        return self._run(wf.create_prompt(prompt_text, inputs, parameters))
+
+    def get_prompt(self, prompt_id: str) -> Prompt | None:
+        """The prompt with this id, or None.
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+        """
+        return self._run(wf.get_prompt(prompt_id))
+
+    def list_prompts(self, limit: int = 50, offset: int = 0) -> list[Prompt]:
+        """Prompts, newest first; ``offset`` pages through.
+
+        Raises:
+            InvalidInputError: ``limit`` outside 1-1000 or a negative ``offset``.
+        """
+        return self._run(wf.list_prompts(limit, offset))
+
+    def search_prompts(self, query: str, limit: int = 50) -> list[Prompt]:
+        """Prompts whose text or name contains ``query`` (case-insensitive), newest first.
+
+        Raises:
+            InvalidInputError: empty query, or ``limit`` outside 1-1000.
+        """
+        return self._run(wf.search_prompts(query, limit))
+
+    def update_prompt(
+        self,
+        prompt_id: str,
+        *,
+        prompt_text: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Prompt:
+        """Replace the text and/or merge ``parameters`` into the prompt's; returns the result.
+
+        Raises:
+            InvalidInputError: a bad id, text or parameters, or nothing to change.
+            PromptNotFoundError: no prompt has this id.
+        """
+        return self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
+
+    def preview_prompt_deletion(self, prompt_id: str) -> DeletionPreview:
+        """What :meth:`delete_prompt` would remove: the prompt and its runs.
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            PromptNotFoundError: no prompt has this id.
+        """
+        return self._run(wf.preview_prompt_deletion(prompt_id))
+
+    def delete_prompt(self, prompt_id: str) -> DeletionResult:
+        """Delete the prompt and all its runs.
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            PromptNotFoundError: no prompt has this id.
+        """
+        return self._run(wf.delete_prompt(prompt_id))
+
+    def create_run(
+        self,
+        prompt_id: str,
+        execution_config: dict[str, Any] | None = None,
+        *,
+        model_type: str = "transfer",
+        metadata: dict[str, Any] | None = None,
+        initial_status: str = "pending",
+    ) -> Run:
+        """Record a new run of the prompt and return it.
+
+        Raises:
+            InvalidInputError: a bad id, ``model_type``, ``initial_status`` or mapping.
+            PromptNotFoundError: no prompt has this id.
+        """
+        return self._run(
+            wf.create_run(prompt_id, execution_config, model_type, metadata, initial_status)
+        )
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or None.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+        """
+        return self._run(wf.get_run(run_id))
+
+    def list_runs(
+        self,
+        prompt_id: str | None = None,
+        model_type: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs, newest first, optionally of one prompt, model type and/or status.
+
+        Raises:
+            InvalidInputError: a bad id, model type, status, ``limit`` or ``offset``.
+        """
+        return self._run(wf.list_runs(prompt_id, model_type, status, limit, offset))
+
+    def update_run_status(self, run_id: str, status: str) -> Run:
+        """Set the status; ``running`` stamps ``started_at``, a final status ``completed_at``.
+
+        Raises:
+            InvalidInputError: a bad id or an unknown status.
+            RunNotFoundError: no run has this id.
+        """
+        return self._run(wf.update_run(run_id, {"status": status}))
+
+    def update_run(self, run_id: str, **fields: Any) -> Run:
+        """Set any of ``status``, ``outputs``, ``metadata``, ``execution_config``,
+        ``error_message``, ``log_path`` and ``rating``; returns the updated run.
+
+        Raises:
+            InvalidInputError: a bad id, an unknown field, or a bad value.
+            RunNotFoundError: no run has this id.
+        """
+        return self._run(wf.update_run(run_id, fields))
+
+    def set_run_rating(self, run_id: str, rating: int) -> Run:
+        """Rate the run from 1 to 5.
+
+        Raises:
+            InvalidInputError: a bad id, or a rating that is not a whole number from 1 to 5.
+            RunNotFoundError: no run has this id.
+        """
+        return self._run(wf.update_run(run_id, {"rating": rating}))
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete the run.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            RunNotFoundError: no run has this id.
+        """
+        return self._run(wf.delete_run(run_id))
+
+
+class AsyncCosmosStore:
+    """The async twin of :class:`CosmosStore`: same methods, awaited; ``aclose`` to close.
+
+    ``AsyncCosmosStore(db)`` works over a pymongo ``AsyncDatabase`` or a Motor database
+    (mongomock-motor included).
+    """
+
+    def __init__(self, db: Any, *, _on_close: Callable[[], Any] | None = None) -> None:
+        self.db = db
+        self._on_close = _on_close
+
+    @classmethod
+    async def connect(
+        cls,
+        uri: str | None = None,
+        database: str = "cosmos",
+        *,
+        settings: Settings | None = None,
+        ensure_indexes: bool = True,
+    ) -> AsyncCosmosStore:
+        resolved, settings = _resolve(uri, database, settings)
+        if resolved is None:
+            embedded = AsyncEmbeddedDatabase(open_embedded(settings.data_dir, database))
+            store = cls(embedded, _on_close=embedded.close)
+        else:
+            from pymongo import AsyncMongoClient
+            from pymongo.errors import PyMongoError
+
+            try:
+                client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+                    resolved, tz_aware=True, appname="cosmos-mongo"
+                )
+            except PyMongoError as exc:
+                raise _server_error(exc) from exc
+            store = cls(client[database], _on_close=client.close)
+        if ensure_indexes:
+            try:
+                await store.ensure_indexes()
+            except BaseException:
+                await store.aclose()
+                raise
+        return store
+
+    async def _run(self, flow: Flow[T]) -> T:
+        return await run_async(self.db, flow)
+
+    async def aclose(self) -> None:
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            closed = on_close()
+            if inspect.isawaitable(closed):  # pymongo async awaits close(); Motor does not
+                await closed
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def ensure_indexes(self) -> list[str]:
+        return await self._run(wf.ensure_indexes())
+
+    async def create_prompt(
+        self,
+        prompt_text: str,
+        inputs: dict[str, Any] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Prompt:
+        return await self._run(wf.create_prompt(prompt_text, inputs, parameters))
+
+    async def get_prompt(self, prompt_id: str) -> Prompt | None:
+        return await self._run(wf.get_prompt(prompt_id))
+
+    async def list_prompts(self, limit: int = 50, offset: int = 0) -> list[Prompt]:
+        return await self._run(wf.list_prompts(limit, offset))
+
+    async def search_prompts(self, query: str, limit: int = 50) -> list[Prompt]:
+        return await self._run(wf.search_prompts(query, limit))
+
+    async def update_prompt(
+        self,
+        prompt_id: str,
+        *,
+        prompt_text: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Prompt:
+        return await self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
+
+    async def preview_prompt_deletion(self, prompt_id: str) -> DeletionPreview:
+        return await self._run(wf.preview_prompt_deletion(prompt_id))
+
+    async def delete_prompt(self, prompt_id: str) -> DeletionResult:
+        return await self._run(wf.delete_prompt(prompt_id))
+
+    async def create_run(
+        self,
+        prompt_id: str,
+        execution_config: dict[str, Any] | None = None,
+        *,
+        model_type: str = "transfer",
+        metadata: dict[str, Any] | None = None,
+        initial_status: str = "pending",
+    ) -> Run:
+        return await self._run(
+            wf.create_run(prompt_id, execution_config, model_type, metadata, initial_status)
+        )
+
+    async def get_run(self, run_id: str) -> Run | None:
+        return await self._run(wf.get_run(run_id))
+
+    async def list_runs(
+        self,
+        prompt_id: str | None = None,
+        model_type: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Run]:
+        return await self._run(wf.list_runs(prompt_id, model_type, status, limit, offset))
+
+    async def update_run_status(self, run_id: str, status: str) -> Run:
+        return await self._run(wf.update_run(run_id, {"status": status}))
+
+    async def update_run(self, run_id: str, **fields: Any) -> Run:
+        return await self._run(wf.update_run(run_id, fields))
+
+    async def set_run_rating(self, run_id: str, rating: int) -> Run:
+        return await self._run(wf.update_run(run_id, {"rating": rating}))
+
+    async def delete_run(self, run_id: str) -> None:
+        return await self._run(wf.delete_run(run_id))
+
+
+def public_methods(cls: type) -> set[str]:
+    return {name for name, _ in inspect.getmembers(cls, callable) if not name.startswith("_")}
+
+
+def _share_docstrings() -> None:
+    """One text per behaviour: the async twin documents itself with the sync docstrings."""
+    for name in public_methods(CosmosStore):
+        twin = getattr(AsyncCosmosStore, name, None)
+        source = getattr(CosmosStore, name)
+        if twin is not None and not twin.__doc__ and source.__doc__:
+            target = twin.__func__ if inspect.ismethod(twin) else twin
+            target.__doc__ = source.__doc__
+
+
+_share_docstrings()

@@ -1,0 +1,206 @@
+"""Every store operation, written once as a generator over :mod:`cosmos_mongo.ops`.
+
+``CosmosStore`` and ``AsyncCosmosStore`` are thin twins: each public method validates nothing
+and decides nothing itself; it hands the generator from here to its driver. Arguments are
+checked at the top of each workflow, before the first ``yield``, so a rejected call never
+reaches the database.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from cosmos_mongo import queries as q
+from cosmos_mongo import validation as v
+from cosmos_mongo.errors import InvalidInputError, PromptNotFoundError, RunNotFoundError
+from cosmos_mongo.models import (
+    DeletionPreview,
+    DeletionResult,
+    Prompt,
+    Run,
+    new_prompt_id,
+    new_run_id,
+    utc_now,
+)
+from cosmos_mongo.ops import (
+    Aggregate,
+    CreateIndex,
+    DeleteMany,
+    DeleteOne,
+    Find,
+    FindOne,
+    FindOneAndUpdate,
+    Flow,
+    InsertOne,
+)
+
+ACTIVE_STATUSES = v.RUN_STATUSES - v.TERMINAL_STATUSES
+
+# Fields update_run() may set, with the check each value must pass.
+_RUN_FIELD_CHECKS: dict[str, Callable[[object, str], object]] = {
+    "status": v.check_status,
+    "execution_config": v.check_document_fields,
+    "outputs": v.check_document_fields,
+    "metadata": v.check_document_fields,
+    "error_message": v.check_optional_text,
+    "log_path": v.check_optional_text,
+    "rating": v.check_rating,
+}
+
+
+def ensure_indexes() -> Flow[list[str]]:
+    names = []
+    for spec in q.INDEXES:
+        names.append((yield CreateIndex(spec.collection, spec.keys, spec.name, spec.options)))
+    return names
+
+
+def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Flow[Prompt]:
+    document = q.prompt_document(
+        new_prompt_id(),
+        v.check_text(prompt_text, "prompt_text"),
+        v.check_document_fields(inputs, "inputs"),
+        v.check_parameters(parameters),
+        utc_now(),
+    )
+    yield InsertOne(q.PROMPTS, document)
+    return Prompt.from_document(document)
+
+
+def get_prompt(prompt_id: object) -> Flow[Prompt | None]:
+    document = yield FindOne(q.PROMPTS, q.by_id(v.check_prompt_id(prompt_id)))
+    return None if document is None else Prompt.from_document(document)
+
+
+def list_prompts(limit: object = 50, offset: object = 0) -> Flow[list[Prompt]]:
+    documents = yield Find(
+        q.PROMPTS,
+        {},
+        sort=q.NEWEST_FIRST,
+        skip=v.check_offset(offset),
+        limit=v.check_limit(limit),
+    )
+    return [Prompt.from_document(document) for document in documents]
+
+
+def search_prompts(query: object, limit: object = 50) -> Flow[list[Prompt]]:
+    text = v.check_text(query, "query", v.MAX_QUERY_CHARS)
+    documents = yield Find(
+        q.PROMPTS, q.search_filter(text), sort=q.NEWEST_FIRST, limit=v.check_limit(limit)
+    )
+    return [Prompt.from_document(document) for document in documents]
+
+
+def update_prompt(
+    prompt_id: object, prompt_text: object = None, parameters: object = None
+) -> Flow[Prompt]:
+    checked_id = v.check_prompt_id(prompt_id)
+    text = None if prompt_text is None else v.check_text(prompt_text, "prompt_text")
+    params = None if parameters is None else v.check_parameters(parameters)
+    if text is None and not params:
+        raise InvalidInputError("prompt_text", "give prompt_text or parameters to change")
+    document = yield FindOneAndUpdate(
+        q.PROMPTS, q.by_id(checked_id), q.prompt_update(utc_now(), text, params)
+    )
+    if document is None:
+        raise PromptNotFoundError(checked_id)
+    return Prompt.from_document(document)
+
+
+def preview_prompt_deletion(prompt_id: object) -> Flow[DeletionPreview]:
+    checked_id = v.check_prompt_id(prompt_id)
+    found = yield Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
+    if not found:
+        raise PromptNotFoundError(checked_id)
+    document = found[0]
+    runs = document.pop("runs", [])
+    return DeletionPreview(
+        prompt=Prompt.from_document(document),
+        run_count=len(runs),
+        run_ids=[run["_id"] for run in runs],
+        runs_by_status=dict(Counter(str(run.get("status")) for run in runs)),
+        active_run_ids=[run["_id"] for run in runs if run.get("status") in ACTIVE_STATUSES],
+    )
+
+
+def delete_prompt(prompt_id: object) -> Flow[DeletionResult]:
+    """Runs go first: a crash in between leaves the prompt, and deleting again finishes."""
+    checked_id = v.check_prompt_id(prompt_id)
+    if (yield FindOne(q.PROMPTS, q.by_id(checked_id), {"_id": 1})) is None:
+        raise PromptNotFoundError(checked_id)
+    deleted_runs = yield DeleteMany(q.RUNS, {"prompt_id": checked_id})
+    yield DeleteOne(q.PROMPTS, q.by_id(checked_id))
+    return DeletionResult(prompt_id=checked_id, deleted_runs=deleted_runs)
+
+
+def create_run(
+    prompt_id: object,
+    execution_config: object,
+    model_type: object = "transfer",
+    metadata: object = None,
+    initial_status: object = "pending",
+) -> Flow[Run]:
+    checked_prompt_id = v.check_prompt_id(prompt_id)
+    document = q.run_document(
+        new_run_id(),
+        checked_prompt_id,
+        v.check_model_type(model_type),
+        v.check_status(initial_status, "initial_status"),
+        v.check_document_fields(execution_config, "execution_config"),
+        v.check_document_fields(metadata, "metadata"),
+        utc_now(),
+    )
+    if (yield FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
+        raise PromptNotFoundError(checked_prompt_id)
+    yield InsertOne(q.RUNS, document)
+    return Run.from_document(document)
+
+
+def get_run(run_id: object) -> Flow[Run | None]:
+    document = yield FindOne(q.RUNS, q.by_id(v.check_run_id(run_id)))
+    return None if document is None else Run.from_document(document)
+
+
+def list_runs(
+    prompt_id: object = None,
+    model_type: object = None,
+    status: object = None,
+    limit: object = 50,
+    offset: object = 0,
+) -> Flow[list[Run]]:
+    run_filter = q.runs_filter(
+        None if prompt_id is None else v.check_prompt_id(prompt_id),
+        None if model_type is None else v.check_model_type(model_type),
+        None if status is None else v.check_status(status),
+    )
+    documents = yield Find(
+        q.RUNS,
+        run_filter,
+        sort=q.NEWEST_FIRST,
+        skip=v.check_offset(offset),
+        limit=v.check_limit(limit),
+    )
+    return [Run.from_document(document) for document in documents]
+
+
+def update_run(run_id: object, fields: dict[str, Any]) -> Flow[Run]:
+    checked_id = v.check_run_id(run_id)
+    if not fields:
+        raise InvalidInputError("fields", "give at least one field to change")
+    unknown = sorted(set(fields) - set(_RUN_FIELD_CHECKS))
+    if unknown:
+        allowed = ", ".join(sorted(_RUN_FIELD_CHECKS))
+        raise InvalidInputError(unknown[0], f"is not a field update_run can set; use {allowed}")
+    checked = {name: _RUN_FIELD_CHECKS[name](value, name) for name, value in fields.items()}
+    document = yield FindOneAndUpdate(q.RUNS, q.by_id(checked_id), q.run_update(utc_now(), checked))
+    if document is None:
+        raise RunNotFoundError(checked_id)
+    return Run.from_document(document)
+
+
+def delete_run(run_id: object) -> Flow[None]:
+    checked_id = v.check_run_id(run_id)
+    if not (yield DeleteOne(q.RUNS, q.by_id(checked_id))):
+        raise RunNotFoundError(checked_id)

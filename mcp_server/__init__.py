@@ -1,0 +1,1 @@
+"""The MCP server for cosmos-mongo (built in a later issue)."""
