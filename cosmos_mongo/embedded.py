@@ -194,8 +194,8 @@ class _OrderedIndex:
         self.kind = kind
         if old is None:
             self.arrivals += 1
-        # Equal values keep arrival order when read newest-first, as mongomock's stable sort does.
-        entry = (value, -self.arrivals if old is None else old[1], document_id)
+        # The arrival number breaks ties, so equal values keep mongomock's (stable) order.
+        entry = (value, self.arrivals if old is None else old[1], document_id)
         bisect.insort(self.entries, entry)
         self.entry_of[document_id] = entry
 
@@ -204,14 +204,26 @@ class _OrderedIndex:
         if among is None:
             if self.declined:
                 return None
-            entries: Iterable[tuple[Any, int, Any]] = (
-                reversed(self.entries) if descending else self.entries
-            )
-            return (entry[2] for entry in entries)
+            if descending:
+                return _descending_keeping_ties(self.entries)
+            return (entry[2] for entry in self.entries)
         if any(document_id in self.declined for document_id in among):
             return None
-        keyed = [self.entry_of[i] for i in among if i in self.entry_of]
-        return (entry[2] for entry in sorted(keyed, reverse=descending))
+        keyed = sorted(self.entry_of[i] for i in among if i in self.entry_of)
+        keyed.sort(key=lambda entry: entry[0], reverse=descending)  # stable: ties by arrival
+        return (entry[2] for entry in keyed)
+
+
+def _descending_keeping_ties(entries: list[tuple[Any, int, Any]]) -> Iterator[Any]:
+    """Walk sorted entries from the largest value down; equal values stay in arrival order."""
+    end = len(entries)
+    while end > 0:
+        start = end - 1
+        while start > 0 and entries[start - 1][0] == entries[end - 1][0]:
+            start -= 1
+        for entry in entries[start:end]:
+            yield entry[2]
+        end = start
 
 
 def _sort_kind(value: Any) -> type | None:
@@ -742,6 +754,12 @@ class EmbeddedDatabase:
 
     def close(self) -> None:
         self.engine.close()
+
+    def __enter__(self) -> EmbeddedDatabase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def open_embedded(data_dir: Path, database: str = "cosmos") -> EmbeddedDatabase:

@@ -1,0 +1,325 @@
+"""The ``cosmos-mongo`` command: a thin click layer over :class:`~cosmos_mongo.CosmosStore`.
+
+Library errors become one-line messages and exit code 1 (usage errors exit 2); no traceback
+reaches the user. Every command prints a table by default and JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from cosmos_mongo.config import Settings
+from cosmos_mongo.errors import CosmosMongoError
+from cosmos_mongo.models import Prompt, Run
+from cosmos_mongo.store import CosmosStore
+from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+if not console.is_terminal:  # piped output: rich would assume 80 columns and squeeze the text
+    console = Console(width=160)
+
+
+@dataclass
+class _Context:
+    uri: str | None
+    database: str
+    data_dir: Path | None
+    _store: CosmosStore | None = None
+
+    def store(self) -> CosmosStore:
+        if self._store is None:
+            settings = Settings() if self.data_dir is None else Settings(data_dir=self.data_dir)
+            self._store = CosmosStore.connect(self.uri, self.database, settings=settings)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def where(self) -> str:
+        if self.uri or Settings().uri:
+            return f"MongoDB database {self.database!r}"
+        data_dir = self.data_dir or Settings().data_dir
+        return f"embedded database {self.database!r} in {data_dir}"
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages for the whole command tree."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CosmosMongoError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        function
+    )
+
+
+def _emit(value: BaseModel | Sequence[BaseModel] | None) -> None:
+    if value is None:
+        click.echo("null")
+    elif isinstance(value, BaseModel):
+        click.echo(value.model_dump_json(indent=2, by_alias=False))
+    else:
+        click.echo(json.dumps([item.model_dump(mode="json") for item in value], indent=2))
+
+
+def _key_values(pairs: Iterable[str], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (7, true, [1,2]) is taken as such."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+        try:
+            result[key] = json.loads(raw)
+        except ValueError:
+            result[key] = raw
+    return result
+
+
+def _short(text: str, width: int = 70) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _time(value: Any) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _prompt_table(prompts: Sequence[Prompt], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", max_width=20)
+    table.add_column("enhanced")
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("text", min_width=20, ratio=1)
+    for prompt in prompts:
+        table.add_row(
+            prompt.id,
+            prompt.name or "",
+            "yes" if prompt.enhanced else "",
+            _time(prompt.created_at),
+            _short(prompt.prompt_text),
+        )
+    console.print(table)
+
+
+def _run_table(runs: Sequence[Run], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("id", "prompt", "type", "status", "rating", "created (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for run in runs:
+        table.add_row(
+            run.id,
+            run.prompt_id,
+            run.model_type,
+            run.status,
+            "" if run.rating is None else str(run.rating),
+            _time(run.created_at),
+        )
+    console.print(table)
+
+
+def _details(model: BaseModel) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in model.model_dump(mode="json").items():
+        shown = value if isinstance(value, str) else json.dumps(value)
+        table.add_row(key, shown)
+    console.print(table)
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--uri",
+    envvar="COSMOS_MONGO_URI",
+    show_envvar=True,
+    help="MongoDB connection string; unset means the embedded default.",
+)
+@click.option(
+    "--db",
+    "database",
+    envvar="COSMOS_MONGO_DATABASE",
+    default="cosmos",
+    show_default=True,
+    show_envvar=True,
+    help="Database name.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="COSMOS_MONGO_DATA_DIR",
+    show_envvar=True,
+    help="Directory of the embedded default database.",
+)
+@click.version_option(package_name="cosmos-mongo")
+@click.pass_context
+def cli(ctx: click.Context, uri: str | None, database: str, data_dir: Path | None) -> None:
+    """Store and inspect NVIDIA Cosmos prompts and runs in MongoDB."""
+    state = _Context(uri=uri or None, database=database, data_dir=data_dir)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+@cli.command()
+@click.pass_obj
+def init(state: _Context) -> None:
+    """Create the database and its indexes (safe to run again)."""
+    names = state.store().ensure_indexes()
+    click.echo(f"Ready: {state.where()} with {len(names)} indexes.")
+
+
+@cli.group()
+def prompt() -> None:
+    """Create, show, list, search and delete prompts."""
+
+
+@prompt.command("create")
+@click.argument("text")
+@click.option("--name", help="A short name for the prompt.")
+@click.option("--video", help="Path or URL of the input video.")
+@click.option("--negative-prompt", help="What the generation should avoid.")
+@click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE", help="Another input.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A parameter.")
+@_json_option
+@click.pass_obj
+def prompt_create(
+    state: _Context,
+    text: str,
+    name: str | None,
+    video: str | None,
+    negative_prompt: str | None,
+    inputs: tuple[str, ...],
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Store a new prompt with TEXT."""
+    input_map = _key_values(inputs, "--input")
+    if video is not None:
+        input_map["video"] = video
+    parameters = _key_values(params, "--param")
+    if name is not None:
+        parameters["name"] = name
+    if negative_prompt is not None:
+        parameters["negative_prompt"] = negative_prompt
+    created = state.store().create_prompt(text, input_map, parameters)
+    if as_json:
+        _emit(created)
+    else:
+        click.echo(f"Created {created.id}")
+
+
+@prompt.command("show")
+@click.argument("prompt_id")
+@_json_option
+@click.pass_obj
+def prompt_show(state: _Context, prompt_id: str, as_json: bool) -> None:
+    """Show one prompt."""
+    found = state.store().get_prompt(prompt_id)
+    if found is None:
+        raise click.ClickException(f"prompt {prompt_id!r} not found")
+    _emit(found) if as_json else _details(found)
+
+
+@prompt.command("list")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@_json_option
+@click.pass_obj
+def prompt_list(state: _Context, limit: int, offset: int, as_json: bool) -> None:
+    """List prompts, newest first."""
+    prompts = state.store().list_prompts(limit=limit, offset=offset)
+    _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} prompt(s)")
+
+
+@prompt.command("search")
+@click.argument("query")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
+@_json_option
+@click.pass_obj
+def prompt_search(state: _Context, query: str, limit: int, as_json: bool) -> None:
+    """Find prompts whose text or name contains QUERY (any case)."""
+    prompts = state.store().search_prompts(query, limit=limit)
+    _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} match(es)")
+
+
+@prompt.command("delete")
+@click.argument("prompt_id")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
+@_json_option
+@click.pass_obj
+def prompt_delete(state: _Context, prompt_id: str, yes: bool, as_json: bool) -> None:
+    """Delete a prompt and all its runs (shows what goes first)."""
+    store = state.store()
+    preview = store.preview_prompt_deletion(prompt_id)
+    if not yes:
+        active = f", {len(preview.active_run_ids)} still active" if preview.active_run_ids else ""
+        click.echo(f"{prompt_id}: {_short(preview.prompt.prompt_text)}", err=True)
+        click.echo(f"This deletes the prompt and {preview.run_count} run(s){active}.", err=True)
+        click.confirm("Delete?", abort=True, err=True)
+    result = store.delete_prompt(prompt_id)
+    if as_json:
+        _emit(result)
+    else:
+        click.echo(f"Deleted {result.prompt_id} and {result.deleted_runs} run(s).")
+
+
+@cli.group()
+def run() -> None:
+    """List and show runs."""
+
+
+@run.command("list")
+@click.option("--prompt-id", help="Only runs of this prompt.")
+@click.option("--model-type", type=click.Choice(sorted(MODEL_TYPES)))
+@click.option("--status", type=click.Choice(sorted(RUN_STATUSES)))
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@_json_option
+@click.pass_obj
+def run_list(
+    state: _Context,
+    prompt_id: str | None,
+    model_type: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List runs, newest first."""
+    runs = state.store().list_runs(prompt_id, model_type, status, limit=limit, offset=offset)
+    _emit(runs) if as_json else _run_table(runs, f"{len(runs)} run(s)")
+
+
+@run.command("show")
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def run_show(state: _Context, run_id: str, as_json: bool) -> None:
+    """Show one run."""
+    found = state.store().get_run(run_id)
+    if found is None:
+        raise click.ClickException(f"run {run_id!r} not found")
+    _emit(found) if as_json else _details(found)
+
+
+def main() -> None:
+    """Entry point of the ``cosmos-mongo`` script."""
+    cli(prog_name="cosmos-mongo")

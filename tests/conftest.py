@@ -1,0 +1,168 @@
+"""Shared fixtures: one behavioural suite, run on every backend.
+
+``backend`` yields a :class:`Backend` whose ``store`` has the sync call shape for every
+flavour (an ``AsyncCosmosStore`` is driven through :class:`AwaitingStore`), and whose ``raw``
+is a synchronous view of the same data for assertions. The real-server flavours run only when
+``MONGODB_URI`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pytest
+from mongomock_motor import AsyncMongoMockClient
+
+from cosmos_mongo import AsyncCosmosStore, CosmosStore
+from cosmos_mongo.embedded import AsyncEmbeddedDatabase, open_embedded
+
+MONGODB_URI = os.environ.get("MONGODB_URI")
+needs_server = pytest.mark.skipif(not MONGODB_URI, reason="set MONGODB_URI to run against a server")
+
+
+class AwaitingStore:
+    """Calls an ``AsyncCosmosStore`` with the sync call shape, on one event loop."""
+
+    def __init__(self, store: AsyncCosmosStore, runner: asyncio.Runner) -> None:
+        self.async_store = store
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.async_store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._runner.run(attribute(*args, **kwargs))
+
+        return call
+
+
+@dataclass
+class Backend:
+    name: str
+    store: Any
+    raw: Any  # a synchronous database holding the same data
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Every document of both collections, for "nothing changed" assertions."""
+        return {
+            name: sorted(self.raw[name].find({}), key=lambda doc: str(doc["_id"]))
+            for name in ("prompts", "runs")
+        }
+
+
+def _mongomock_sync(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+    db = mongomock.MongoClient(tz_aware=True)["cosmos"]
+    return CosmosStore(db), db, lambda: None
+
+
+def _mongomock_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+    client = mongomock.MongoClient(tz_aware=True)
+    async_db = AsyncMongoMockClient(mock_mongo_client=client)["cosmos"]
+    return AwaitingStore(AsyncCosmosStore(async_db), runner), client["cosmos"], lambda: None
+
+
+def _embedded_sync(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+    db = open_embedded(tmp_path / "data")
+    store = CosmosStore(db)
+    store.ensure_indexes()
+    return store, db, db.close
+
+
+def _embedded_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+    db = open_embedded(tmp_path / "data")
+    store = AwaitingStore(AsyncCosmosStore(AsyncEmbeddedDatabase(db)), runner)
+    store.ensure_indexes()
+    return store, db, db.close
+
+
+def _server_sync(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+    from pymongo import MongoClient
+
+    client: Any = MongoClient(MONGODB_URI, tz_aware=True)
+    name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
+    store = CosmosStore(client[name])
+    store.ensure_indexes()
+
+    def close() -> None:
+        client.drop_database(name)
+        client.close()
+
+    return store, client[name], close
+
+
+def _server_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+    from pymongo import MongoClient
+
+    sync_client: Any = MongoClient(MONGODB_URI, tz_aware=True)
+    name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
+    client: Any = runner.run(_make_async_client())
+    store = AwaitingStore(AsyncCosmosStore(client[name]), runner)
+    store.ensure_indexes()
+
+    def close() -> None:
+        sync_client.drop_database(name)
+        sync_client.close()
+        runner.run(client.close())
+
+    return store, sync_client[name], close
+
+
+async def _make_async_client() -> Any:
+    from pymongo import AsyncMongoClient
+
+    return AsyncMongoClient(MONGODB_URI, tz_aware=True)
+
+
+BACKENDS = {
+    "mongomock": _mongomock_sync,
+    "mongomock-motor": _mongomock_async,
+    "embedded": _embedded_sync,
+    "embedded-async": _embedded_async,
+    "server": _server_sync,
+    "server-async": _server_async,
+}
+SERVER_BACKENDS = {"server", "server-async"}
+
+
+@pytest.fixture
+def runner() -> Iterator[asyncio.Runner]:
+    with asyncio.Runner() as event_loop_runner:
+        yield event_loop_runner
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=[needs_server, pytest.mark.realserver])
+        if name in SERVER_BACKENDS
+        else name
+        for name in BACKENDS
+    ]
+)
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
+) -> Iterator[Backend]:
+    store, raw, close = BACKENDS[request.param](tmp_path, runner)
+    try:
+        yield Backend(request.param, store, raw)
+    finally:
+        close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Any:
+    return backend.store
+
+
+@pytest.fixture
+def mock_store() -> CosmosStore:
+    """A sync store on a fresh mongomock database: for tests that need no backend matrix."""
+    return CosmosStore(mongomock.MongoClient(tz_aware=True)["cosmos"])

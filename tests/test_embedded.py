@@ -1,0 +1,241 @@
+"""The embedded engine in one process: persistence, catch-up, rollback, and its indexes."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cosmos_mongo import CosmosStore, InvalidInputError, StorageError
+from cosmos_mongo.config import Settings, default_data_dir
+from cosmos_mongo.embedded import EmbeddedDatabase, open_embedded
+
+
+def test_data_survives_closing_and_reopening(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()
+        prompt = store.create_prompt(
+            "rain on a street", {"video": "a.mp4"}, {"nested": {"k": [1, 2.5]}}
+        )
+        run = store.update_run_status(store.create_run(prompt.id, {}).id, "running")
+    with open_embedded(tmp_path) as database:
+        reopened = CosmosStore(database)
+        assert reopened.get_prompt(prompt.id) == prompt
+        assert reopened.get_run(run.id) == run
+        assert reopened.get_run(run.id).started_at.tzinfo is not None  # type: ignore[union-attr]
+
+
+def test_a_second_handle_sees_writes_and_loads_only_what_changed(tmp_path: Path) -> None:
+    first, second = open_embedded(tmp_path), open_embedded(tmp_path)
+    writer, reader = CosmosStore(first), CosmosStore(second)
+    writer.ensure_indexes()
+    for i in range(20):
+        writer.create_prompt(f"prompt {i}", {}, {})
+    assert len(reader.list_prompts(limit=100)) == 20
+    loaded = second.engine.stats.documents_loaded
+    prompt = writer.create_prompt("one more", {}, {})
+    writer.update_prompt(prompt.id, parameters={"seed": 7})
+    assert reader.get_prompt(prompt.id).parameters == {"seed": 7}  # type: ignore[union-attr]
+    assert second.engine.stats.documents_loaded == loaded + 1
+    assert second.engine.stats.full_loads == 1
+    names = {index["name"] for index in second["prompts"].list_indexes()}
+    assert "prompts_enhanced_created_at" in names  # indexes travel through the file too
+    first.close()
+    second.close()
+
+
+def test_deletes_reach_the_other_handle(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as first, open_embedded(tmp_path) as second:
+        prompt = CosmosStore(first).create_prompt("doomed", {}, {})
+        assert CosmosStore(second).get_prompt(prompt.id) is not None
+        CosmosStore(first).delete_prompt(prompt.id)
+        assert CosmosStore(second).get_prompt(prompt.id) is None
+
+
+def test_a_failed_commit_leaves_memory_as_the_file_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = open_embedded(tmp_path)
+    store = CosmosStore(database)
+    prompt = store.create_prompt("original", {}, {})
+
+    def fail(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(database.engine, "_upsert_rows", fail)
+    with pytest.raises(StorageError, match="disk is full"):
+        store.update_prompt(prompt.id, prompt_text="changed")
+    with pytest.raises(StorageError):
+        store.create_prompt("never stored", {}, {})
+    monkeypatch.undo()
+    assert store.get_prompt(prompt.id) == prompt
+    assert [p.id for p in store.list_prompts()] == [prompt.id]
+    database.close()
+
+
+def test_duplicate_key_is_rejected_and_changes_nothing(tmp_path: Path) -> None:
+    database = open_embedded(tmp_path)
+    database["prompts"].insert_one({"_id": "x", "v": 1})
+    with pytest.raises(Exception, match="Duplicate"):
+        database["prompts"].insert_one({"_id": "x", "v": 2})
+    assert database["prompts"].find_one({"_id": "x"})["v"] == 1
+    database.close()
+    with open_embedded(tmp_path) as reopened:
+        assert reopened["prompts"].find_one({"_id": "x"})["v"] == 1
+
+
+def test_unopenable_data_directory_is_a_clear_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot open the embedded database"):
+        open_embedded(blocker / "data")
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/b", "x" * 64, "a b"])
+def test_database_names_that_are_not_safe_file_names_are_rejected(
+    tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(InvalidInputError, match="database"):
+        open_embedded(tmp_path, name)
+
+
+def test_data_dir_defaults_to_the_user_data_dir_and_env_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COSMOS_MONGO_DATA_DIR", raising=False)
+    assert Settings().data_dir == default_data_dir()
+    assert "cosmos-mongo" in str(default_data_dir())
+    monkeypatch.setenv("COSMOS_MONGO_DATA_DIR", str(tmp_path / "here"))
+    monkeypatch.delenv("COSMOS_MONGO_URI", raising=False)
+    with CosmosStore.connect() as store:
+        store.create_prompt("stored here", {}, {})
+    assert (tmp_path / "here" / "cosmos.sqlite3").exists()
+
+
+# -- The engine's indexes change how many documents mongomock scans, never the answer.
+# -- Compare the embedded database with plain mongomock on random data and queries.
+
+PROMPT_IDS = [f"p{i}" for i in range(6)]
+documents = st.lists(
+    st.fixed_dictionaries(
+        {
+            "prompt_id": st.one_of(st.sampled_from(PROMPT_IDS), st.none(), st.integers(0, 2)),
+            "model_type": st.sampled_from(["enhance", "transfer", 1, True]),
+            "created_at": st.one_of(
+                st.integers(0, 5).map(
+                    lambda s: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=s)
+                ),
+            ),
+            "outputs": st.one_of(
+                st.fixed_dictionaries({"original_prompt_id": st.sampled_from(PROMPT_IDS)}),
+                st.just({}),
+                st.just([]),
+            ),
+        }
+    ),
+    max_size=25,
+)
+filters = st.one_of(
+    st.just({}),
+    st.builds(lambda v: {"prompt_id": v}, st.sampled_from([*PROMPT_IDS, 0, 1])),
+    st.builds(
+        lambda v: {"prompt_id": {"$in": v}}, st.lists(st.sampled_from(PROMPT_IDS), max_size=3)
+    ),
+    st.builds(lambda v: {"model_type": v}, st.sampled_from(["enhance", 1, True, None])),
+    st.builds(
+        lambda a, b: {"$and": [{"outputs.original_prompt_id": a}, {"model_type": b}]},
+        st.sampled_from(PROMPT_IDS),
+        st.sampled_from(["enhance", "transfer"]),
+    ),
+    st.builds(lambda v: {"_id": {"$in": v}}, st.lists(st.integers(0, 30), max_size=4)),
+    st.builds(
+        lambda v: {"prompt_id": {"$eq": v}, "model_type": {"$ne": "x"}}, st.sampled_from(PROMPT_IDS)
+    ),
+)
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=documents,
+    query=filters,
+    direction=st.sampled_from([1, -1]),
+    skip=st.integers(0, 3),
+    limit=st.integers(0, 4),
+    updates=st.lists(st.integers(0, 30), max_size=3),
+)
+def test_indexed_engine_answers_exactly_like_plain_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    query: dict[str, Any],
+    direction: int,
+    skip: int,
+    limit: int,
+    updates: list[int],
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["runs"]
+    database: EmbeddedDatabase = open_embedded(tmp_path_factory.mktemp("engine"))
+    embedded = database["runs"]
+    for collection in (plain, embedded):
+        collection.create_index([("prompt_id", 1), ("created_at", -1)], name="a")
+        collection.create_index([("outputs.original_prompt_id", 1)], name="b")
+        collection.create_index([("model_type", 1), ("created_at", -1)], name="c")
+        for i, doc in enumerate(docs):
+            collection.insert_one({"_id": i, **doc})
+        for i in updates:  # changes to indexed fields must move documents between buckets
+            collection.update_one(
+                {"_id": i}, {"$set": {"prompt_id": "p0", "model_type": "enhance"}}
+            )
+    sort = [("created_at", direction)]
+    expected = list(plain.find(query, sort=sort, skip=skip, limit=limit))
+    assert embedded.find(query, sort=sort, skip=skip, limit=limit) == expected
+    unsorted = sorted(plain.find(query), key=lambda doc: doc["_id"])
+    assert sorted(embedded.find(query), key=lambda doc: doc["_id"]) == unsorted
+    assert embedded.count_documents(query) == plain.count_documents(query)
+    database.close()
+
+
+class _CountingFilter:
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def filter_applies(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.real.filter_applies(*args)
+
+
+def test_lookups_by_id_and_indexed_fields_scan_only_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cosmos_mongo.embedded as engine_module
+
+    database = open_embedded(tmp_path)
+    store = CosmosStore(database)
+    store.ensure_indexes()
+    prompts = [
+        store.create_prompt(f"prompt {i}", {}, {"enhanced": i % 10 == 0}) for i in range(300)
+    ]
+    store.create_run(prompts[5].id, {})
+    counter = _CountingFilter(engine_module.filtering)
+    monkeypatch.setattr(engine_module, "filtering", counter)
+
+    assert store.get_prompt(prompts[7].id) == prompts[7]
+    assert counter.calls <= 2
+    counter.calls = 0
+    assert len(store.list_runs(prompt_id=prompts[5].id)) == 1
+    assert counter.calls <= 2
+    counter.calls = 0
+    newest = store.list_prompts(limit=10)
+    assert counter.calls <= 11 and len(newest) == 10
+    counter.calls = 0
+    flagged = database["prompts"].find({"parameters.enhanced": True}, sort=[("created_at", -1)])
+    assert len(flagged) == 30 and counter.calls <= 31
+    database.close()
