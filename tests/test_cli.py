@@ -1,0 +1,132 @@
+"""The cosmos-mongo command, through click's CliRunner on the embedded default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cosmos_mongo.cli import cli
+from cosmos_mongo.models import new_prompt_id
+
+
+@pytest.fixture
+def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.delenv("COSMOS_MONGO_URI", raising=False)
+    monkeypatch.setenv("COSMOS_MONGO_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(cli, list(args), input=input, catch_exceptions=False)
+
+    return run
+
+
+def created_id(invoke: Any, *args: str) -> str:
+    result = invoke("prompt", "create", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["id"]  # type: ignore[no-any-return]
+
+
+def test_init_reports_where_the_data_lives(invoke: Any, tmp_path: Path) -> None:
+    result = invoke("init")
+    assert result.exit_code == 0
+    assert str(tmp_path / "data") in result.output
+    assert "7 indexes" in result.output
+
+
+def test_create_then_list_and_show(invoke: Any) -> None:
+    prompt_id = created_id(
+        invoke,
+        "A robot arm stacks blocks",
+        "--name",
+        "robot",
+        "--video",
+        "in.mp4",
+        "--param",
+        "guidance=7",
+        "--param",
+        'tags=["a"]',
+        "--input",
+        "depth=d.mp4",
+    )
+    shown = json.loads(invoke("prompt", "show", prompt_id, "--json").output)
+    assert shown["parameters"] == {"guidance": 7, "tags": ["a"], "name": "robot"}
+    assert shown["inputs"] == {"depth": "d.mp4", "video": "in.mp4"}
+    table = invoke("prompt", "list").output
+    assert prompt_id in table and "A robot arm stacks blocks" in table
+    listed = json.loads(invoke("prompt", "list", "--json").output)
+    assert [p["id"] for p in listed] == [prompt_id]
+    assert "robot" in invoke("prompt", "show", prompt_id).output
+
+
+def test_search_finds_by_text(invoke: Any) -> None:
+    wanted = created_id(invoke, "Rain on a neon street")
+    created_id(invoke, "A quiet beach")
+    found = json.loads(invoke("prompt", "search", "NEON", "--json").output)
+    assert [p["id"] for p in found] == [wanted]
+
+
+def test_delete_asks_first_and_removes_runs(invoke: Any, tmp_path: Path) -> None:
+    from cosmos_mongo import CosmosStore
+    from cosmos_mongo.embedded import open_embedded
+
+    prompt_id = created_id(invoke, "doomed prompt")
+    with open_embedded(tmp_path / "data") as database:
+        CosmosStore(database).create_run(prompt_id, {})
+    declined = invoke("prompt", "delete", prompt_id, input="n\n")
+    assert declined.exit_code == 1
+    assert "1 run(s)" in declined.output
+    assert invoke("prompt", "show", prompt_id).exit_code == 0
+    deleted = invoke("prompt", "delete", prompt_id, "--yes")
+    assert deleted.exit_code == 0
+    assert "Deleted" in deleted.output and "1 run(s)" in deleted.output
+    assert invoke("prompt", "show", prompt_id).exit_code == 1
+
+
+def test_run_list_and_show(invoke: Any, tmp_path: Path) -> None:
+    from cosmos_mongo import CosmosStore
+    from cosmos_mongo.embedded import open_embedded
+
+    prompt_id = created_id(invoke, "a prompt with runs")
+    with open_embedded(tmp_path / "data") as database:
+        run = CosmosStore(database).create_run(prompt_id, {"steps": 3}, model_type="upscale")
+    listed = json.loads(invoke("run", "list", "--prompt-id", prompt_id, "--json").output)
+    assert [r["id"] for r in listed] == [run.id]
+    assert run.id in invoke("run", "list", "--model-type", "upscale").output
+    assert json.loads(invoke("run", "list", "--status", "failed", "--json").output) == []
+    shown = json.loads(invoke("run", "show", run.id, "--json").output)
+    assert shown["execution_config"] == {"steps": 3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("prompt", "show", '{"$ne": null}'), "prompt_id: must be 'ps_'"),
+        (("prompt", "show", new_prompt_id()), "not found"),
+        (("prompt", "create", "   "), "prompt_text: must not be empty"),
+        (("prompt", "create", "ok", "--param", "parent_prompt_id=x"), "enhancement details"),
+        (("prompt", "delete", new_prompt_id(), "--yes"), "not found"),
+        (("run", "show", "rs_nope"), "run_id: must be 'rs_'"),
+        (("--uri", "http://example.com", "prompt", "list"), "uri: must start with mongodb://"),
+        (("prompt", "create", "ok", "--param", "novalue"), "expected KEY=VALUE"),
+    ],
+)
+def test_errors_are_one_line_with_a_non_zero_exit(
+    invoke: Any, args: tuple[str, ...], message: str
+) -> None:
+    result = invoke(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1
+
+
+def test_a_bad_uri_is_never_echoed(invoke: Any) -> None:
+    result = invoke("--uri", "postgres://user:secret@host/db", "prompt", "list")
+    assert result.exit_code == 1
+    assert "secret" not in result.output

@@ -1,0 +1,45 @@
+"""The docs describe what exists: every public method and every CLI command is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from cosmos_mongo import CosmosStore
+from cosmos_mongo.cli import cli
+from cosmos_mongo.store import public_methods
+
+REPO = Path(__file__).parent.parent
+API = (REPO / "docs" / "API.md").read_text()
+README = (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("method", sorted(public_methods(CosmosStore)))
+def test_every_public_method_has_a_section_in_api_md(method: str) -> None:
+    assert f"### `{method}`" in API
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[str]:
+    found = []
+    for name, command in group.commands.items():
+        path = f"{prefix}{name}"
+        if isinstance(command, click.Group):
+            found += _commands(command, path + " ")
+        else:
+            found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(cli))
+def test_every_cli_command_is_in_the_readme(command: str) -> None:
+    group, _, leaf = command.rpartition(" ")
+    pattern = rf"cosmos-mongo {group}.*\b{leaf}\b" if group else rf"cosmos-mongo {leaf}\b"
+    assert re.search(pattern, README), command
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in README
