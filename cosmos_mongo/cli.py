@@ -136,6 +136,12 @@ def _run_table(runs: Sequence[Run], title: str) -> None:
     console.print(table)
 
 
+def _show(found: BaseModel | None, what: str, as_json: bool) -> None:
+    if found is None:
+        raise click.ClickException(f"{what} not found")
+    _emit(found) if as_json else _details(found)
+
+
 def _details(model: BaseModel) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -232,10 +238,7 @@ def prompt_create(
 @click.pass_obj
 def prompt_show(state: _Context, prompt_id: str, as_json: bool) -> None:
     """Show one prompt."""
-    found = state.store().get_prompt(prompt_id)
-    if found is None:
-        raise click.ClickException(f"prompt {prompt_id!r} not found")
-    _emit(found) if as_json else _details(found)
+    _show(state.store().get_prompt(prompt_id), f"prompt {prompt_id!r}", as_json)
 
 
 @prompt.command("list")
@@ -314,10 +317,7 @@ def run_list(
 @click.pass_obj
 def run_show(state: _Context, run_id: str, as_json: bool) -> None:
     """Show one run."""
-    found = state.store().get_run(run_id)
-    if found is None:
-        raise click.ClickException(f"run {run_id!r} not found")
-    _emit(found) if as_json else _details(found)
+    _show(state.store().get_run(run_id), f"run {run_id!r}", as_json)
 
 
 def main() -> None:

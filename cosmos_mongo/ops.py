@@ -111,15 +111,16 @@ class UpdateOne(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class FindOneAndUpdate(Operation):
+class FindOneAndUpdate(UpdateOne):
     """Returns the document after the update, or None if nothing matched."""
 
     method: ClassVar[str] = "find_one_and_update"
-    filter: Filter
-    update: Mapping[str, Any]
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (self.filter, self.update), {"return_document": ReturnDocument.AFTER}
+
+    def finish(self, raw: Any) -> Any:
+        return raw
 
 
 @dataclass(frozen=True, slots=True)

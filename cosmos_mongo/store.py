@@ -39,10 +39,27 @@ def _resolve(
     return uri, settings
 
 
-def _server_error(exc: Exception) -> StorageError:
-    error = StorageError(f"cannot connect to MongoDB: {type(exc).__name__}")
-    error.__cause__ = exc
-    return error
+def _open(
+    uri: str | None, database: str, settings: Settings | None, *, asynchronous: bool
+) -> tuple[Any, Callable[[], Any]]:
+    """A database for ``connect`` and the function that closes its client."""
+    resolved, settings = _resolve(uri, database, settings)
+    if resolved is None:
+        embedded = open_embedded(settings.data_dir, database)
+        if asynchronous:
+            adapter = AsyncEmbeddedDatabase(embedded)
+            return adapter, adapter.close
+        return embedded, embedded.close
+    from pymongo import AsyncMongoClient, MongoClient
+    from pymongo.errors import PyMongoError
+
+    client_class: Any = AsyncMongoClient if asynchronous else MongoClient
+    try:
+        client = client_class(resolved, tz_aware=True, appname="cosmos-mongo")
+    except PyMongoError as exc:
+        # The message may quote the connection string; say only what kind of failure it was.
+        raise StorageError(f"cannot connect to MongoDB: {type(exc).__name__}") from exc
+    return client[database], client.close
 
 
 class CosmosStore:
@@ -75,21 +92,8 @@ class CosmosStore:
                 database name is not valid.
             StorageError: the database cannot be opened.
         """
-        resolved, settings = _resolve(uri, database, settings)
-        if resolved is None:
-            embedded = open_embedded(settings.data_dir, database)
-            store = cls(embedded, _on_close=embedded.close)
-        else:
-            from pymongo import MongoClient
-            from pymongo.errors import PyMongoError
-
-            try:
-                client: MongoClient[dict[str, Any]] = MongoClient(
-                    resolved, tz_aware=True, appname="cosmos-mongo"
-                )
-            except PyMongoError as exc:
-                raise _server_error(exc) from exc
-            store = cls(client[database], _on_close=client.close)
+        db, on_close = _open(uri, database, settings, asynchronous=False)
+        store = cls(db, _on_close=on_close)
         if ensure_indexes:
             try:
                 store.ensure_indexes()
@@ -300,21 +304,8 @@ class AsyncCosmosStore:
         settings: Settings | None = None,
         ensure_indexes: bool = True,
     ) -> AsyncCosmosStore:
-        resolved, settings = _resolve(uri, database, settings)
-        if resolved is None:
-            embedded = AsyncEmbeddedDatabase(open_embedded(settings.data_dir, database))
-            store = cls(embedded, _on_close=embedded.close)
-        else:
-            from pymongo import AsyncMongoClient
-            from pymongo.errors import PyMongoError
-
-            try:
-                client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-                    resolved, tz_aware=True, appname="cosmos-mongo"
-                )
-            except PyMongoError as exc:
-                raise _server_error(exc) from exc
-            store = cls(client[database], _on_close=client.close)
+        db, on_close = _open(uri, database, settings, asynchronous=True)
+        store = cls(db, _on_close=on_close)
         if ensure_indexes:
             try:
                 await store.ensure_indexes()
