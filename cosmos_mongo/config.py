@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, SecretStr
@@ -29,4 +30,25 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Directory of the embedded default database.",
+    )
+    enhancer: Literal["auto", "template", "openai"] = Field(
+        default="auto",
+        description="Which enhancer rewrites prompts; auto = openai if a base URL is set.",
+    )
+    enhancer_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."
+    )
+    enhancer_model: str | None = Field(default=None, description="Model name at that endpoint.")
+    enhancer_api_key: SecretStr | None = Field(
+        default=None, description="Bearer token. Never logged."
+    )
+    enhancer_timeout: float = Field(default=60.0, gt=0, description="Seconds per HTTP attempt.")
+    enhancer_max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries after the first try."
+    )
+    enhancer_vision: bool | None = Field(
+        default=None, description="Send the first video frame; unset = guess from the model name."
+    )
+    enhancement_timeout: float = Field(
+        default=180.0, gt=0, description="Seconds one enhancement may take before it is failed."
     )

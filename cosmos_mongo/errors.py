@@ -8,6 +8,7 @@ Every exception the library raises on purpose derives from one root::
     │   ├── PromptNotFoundError
     │   └── RunNotFoundError
     ├── ConflictError            the operation would break a rule about existing data
+    ├── EnhancementError         the enhancer failed, timed out or returned nothing usable
     └── StorageError             the database or embedded store failed (driver errors land here)
 
 Driver errors (pymongo, sqlite3) are translated once, at the executor boundary, with
@@ -54,6 +55,18 @@ class RunNotFoundError(NotFoundError):
 
 class ConflictError(CosmosMongoError):
     """The operation conflicts with the current state of the data."""
+
+
+class EnhancementError(CosmosMongoError):
+    """The enhancer failed, timed out or returned no usable text.
+
+    ``run_id`` names the enhance run that was marked ``failed`` (None when the enhancer failed
+    before any run existed, e.g. when raised by an enhancer backend itself).
+    """
+
+    def __init__(self, message: str, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message if run_id is None else f"{message} (run {run_id} marked failed)")
 
 
 class StorageError(CosmosMongoError):

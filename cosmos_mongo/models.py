@@ -112,6 +112,10 @@ class DeletionPreview(BaseModel):
     active_run_ids: list[str] = Field(
         description="Runs still pending or in progress; deleting the prompt deletes them too."
     )
+    derived_prompt_ids: list[str] = Field(
+        default_factory=list,
+        description="Prompts enhanced from this one; they stay, but lose the run recording it.",
+    )
 
 
 class DeletionResult(BaseModel):
@@ -121,3 +125,131 @@ class DeletionResult(BaseModel):
 
     prompt_id: str
     deleted_runs: int
+
+
+class EnhancementResult(BaseModel):
+    """What :meth:`CosmosStore.enhance_prompt` did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    original_prompt_id: str
+    enhanced_prompt_id: str = Field(description="Equal to original_prompt_id for an overwrite.")
+    enhanced_text: str
+    enhancement_model: str
+    duration_seconds: float
+    status: str
+
+    @property
+    def created_new(self) -> bool:
+        return self.enhanced_prompt_id != self.original_prompt_id
+
+
+class EnhancementDetails(BaseModel):
+    """How a prompt got its current enhanced text: from its enhance run, or legacy keys."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str | None = Field(description="None for legacy data that has no enhance run.")
+    enhanced_text: str
+    enhancement_model: str | None
+    enhanced_at: datetime | None
+    original_prompt_id: str
+    enhanced_prompt_id: str
+    duration_seconds: float | None
+
+    @field_validator("enhanced_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+class LineageEdge(BaseModel):
+    """A create_new enhancement: ``parent_id`` was enhanced into the new prompt ``child_id``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    parent_id: str
+    child_id: str
+    depth: int = Field(description="1 for the prompt's own parent or child, 2 for the next, ...")
+    run: Run | None = Field(description="The enhance run; None for a legacy parent_prompt_id key.")
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self.run is None else self.run.id
+
+
+class Lineage(BaseModel):
+    """Where a prompt came from and what came of it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_id: str
+    root_id: str = Field(description="The oldest ancestor; the prompt itself if it has none.")
+    ancestors: list[LineageEdge] = Field(description="Nearest first, up to the root.")
+    descendants: list[LineageEdge] = Field(description="Breadth first, oldest first per level.")
+    in_place: list[Run] = Field(description="Overwrite enhancements of prompts in this lineage.")
+    prompts: dict[str, Prompt] = Field(description="Every prompt of the lineage that exists.")
+    missing_prompt_ids: list[str] = Field(description="Ids an edge names but no prompt has.")
+
+    def children_of(self, prompt_id: str) -> list[LineageEdge]:
+        return [edge for edge in self.descendants if edge.parent_id == prompt_id]
+
+
+class VerificationReport(BaseModel):
+    """The enhancement data checks (see ``verify()``). ``ok`` is True when every list is empty."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompts_with_legacy_keys: list[str] = Field(
+        description="Enhanced prompts still carrying keys beside `enhanced`; `migrate` fixes them."
+    )
+    incomplete_enhance_runs: list[str] = Field(
+        description="Completed enhance runs missing part of their outputs; `repair` backfills."
+    )
+    dangling_edges: list[str] = Field(
+        description="Completed enhance runs naming a prompt that does not exist."
+    )
+    half_finished: list[str] = Field(
+        description="Enhancements or reverts interrupted between writes; `repair` settles them."
+    )
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.prompts_with_legacy_keys
+            or self.incomplete_enhance_runs
+            or self.dangling_edges
+            or self.half_finished
+        )
+
+
+class RepairReport(BaseModel):
+    """What ``repair()`` did, run by run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    completed: list[str] = Field(description="Interrupted enhancements finished.")
+    rolled_back: list[str] = Field(description="Interrupted enhancements marked failed.")
+    reverts_finished: list[str] = Field(description="Interrupted reverts finished.")
+    migration: MigrationReport
+    unrepairable: list[str] = Field(description="Problems repair cannot fix, with the reason.")
+
+
+class MigrationReport(BaseModel):
+    """What ``migrate()`` did or, with ``dry_run``, would do."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dry_run: bool
+    prompts_examined: int
+    runs_backfilled: list[str] = Field(description="Existing runs that gained missing outputs.")
+    runs_created: list[str] = Field(description="Runs made for legacy prompts that had none.")
+    prompts_stripped: list[str] = Field(description="Prompts whose legacy keys were removed.")
+
+    @property
+    def changes(self) -> int:
+        return len(self.runs_backfilled) + len(self.runs_created) + len(self.prompts_stripped)
+
+
+RepairReport.model_rebuild()

@@ -12,8 +12,11 @@ Driver errors are translated here, at the one boundary, into :mod:`cosmos_mongo.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable, Generator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -155,8 +158,36 @@ class CreateIndex(Operation):
         return (list(self.keys),), {"name": self.name, **self.options}
 
 
-Flow = Generator[Operation, Any, T]
+@dataclass(frozen=True, slots=True)
+class Generate:
+    """Ask the driver's enhancer for a rewrite. Not a database call.
+
+    The result is a :class:`Generated`; a failure or timeout comes back in ``error`` rather
+    than as an exception, so the workflow can record it on the run.
+    """
+
+    prompt_text: str
+    inputs: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    text: str | None
+    seconds: float
+    error: BaseException | None = None
+
+
+Step = Operation | Generate
+Flow = Generator[Step, Any, T]
 """A workflow: yields operations, is sent their results, returns its answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a driver needs besides the database: the enhancer and how long it may take."""
+
+    enhancer: Any = None
+    timeout: float = 180.0
 
 
 def _translate(exc: PyMongoError) -> CosmosMongoError:
@@ -170,45 +201,86 @@ def _translate(exc: PyMongoError) -> CosmosMongoError:
     return translated
 
 
-def run_sync(database: Any, flow: Flow[T]) -> T:
+def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> T:
     """Drive ``flow`` to completion against a synchronous pymongo-style database."""
+    services = services or Services()
 
-    def execute(op: Operation) -> Any:
-        args, kwargs = op.arguments()
-        raw = getattr(database[op.collection], op.method)(*args, **kwargs)
-        return op.finish(list(raw) if op.returns_cursor else raw)
+    def execute(step: Step) -> Any:
+        if isinstance(step, Generate):
+            return _generate_sync(services, step)
+        args, kwargs = step.arguments()
+        raw = getattr(database[step.collection], step.method)(*args, **kwargs)
+        return step.finish(list(raw) if step.returns_cursor else raw)
 
-    return _drive(flow, execute)
+    try:
+        step = next(flow)
+        while True:
+            try:
+                result = execute(step)
+            except PyMongoError as exc:
+                step = flow.throw(_translate(exc))
+            else:
+                step = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
-async def run_async(database: Any, flow: Flow[T]) -> T:
+async def run_async(database: Any, flow: Flow[T], services: Services | None = None) -> T:
     """Drive ``flow`` to completion against an async database (pymongo async, Motor, mocks)."""
+    services = services or Services()
+
+    async def execute(step: Step) -> Any:
+        if isinstance(step, Generate):
+            return await _generate_async(services, step)
+        args, kwargs = step.arguments()
+        raw = getattr(database[step.collection], step.method)(*args, **kwargs)
+        if inspect.isawaitable(raw):  # pymongo async awaits aggregate(); Motor does not
+            raw = await raw
+        return step.finish(await raw.to_list(None) if step.returns_cursor else raw)
+
     try:
-        op = next(flow)
+        step = next(flow)
         while True:
             try:
-                args, kwargs = op.arguments()
-                raw = getattr(database[op.collection], op.method)(*args, **kwargs)
-                if inspect.isawaitable(raw):  # pymongo async awaits aggregate(); Motor does not
-                    raw = await raw
-                result = op.finish(await raw.to_list(None) if op.returns_cursor else raw)
+                result = await execute(step)
             except PyMongoError as exc:
-                op = flow.throw(_translate(exc))
+                step = flow.throw(_translate(exc))
             else:
-                op = flow.send(result)
+                step = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
-def _drive(flow: Flow[T], execute: Callable[[Operation], Any]) -> T:
+def _generate_sync(services: Services, step: Generate) -> Generated:
+    """Run the enhancer on a worker thread so that a hung one times out instead of hanging us."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            outcome["text"] = services.enhancer.enhance(step.prompt_text, step.inputs)
+        except BaseException as exc:  # handed back to the workflow, never lost
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    start = time.monotonic()
+    threading.Thread(target=call, name="cosmos-enhancer", daemon=True).start()
+    if not done.wait(services.timeout):
+        error = TimeoutError(f"the enhancer gave no answer within {services.timeout:g} s")
+        return Generated(None, time.monotonic() - start, error)
+    return Generated(outcome.get("text"), time.monotonic() - start, outcome.get("error"))
+
+
+async def _generate_async(services: Services, step: Generate) -> Generated:
+    start = time.monotonic()
     try:
-        op = next(flow)
-        while True:
-            try:
-                result = execute(op)
-            except PyMongoError as exc:
-                op = flow.throw(_translate(exc))
-            else:
-                op = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        text = await asyncio.wait_for(
+            services.enhancer.aenhance(step.prompt_text, step.inputs), services.timeout
+        )
+    except TimeoutError:
+        error = TimeoutError(f"the enhancer gave no answer within {services.timeout:g} s")
+        return Generated(None, time.monotonic() - start, error)
+    except Exception as exc:  # handed back to the workflow, never lost
+        return Generated(None, time.monotonic() - start, exc)
+    return Generated(text, time.monotonic() - start)

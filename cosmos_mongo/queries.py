@@ -8,11 +8,13 @@ string and never an operator document.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 from cosmos_mongo.ops import Document, SortSpec
+from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS as LEGACY_KEYS
 
 PROMPTS: Final = "prompts"
 RUNS: Final = "runs"
@@ -30,7 +32,7 @@ class IndexSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-ENHANCE_ONLY: Final = {"model_type": "enhance"}
+ENHANCE: Final = "enhance"
 
 INDEXES: Final[tuple[IndexSpec, ...]] = (
     IndexSpec(
@@ -41,21 +43,19 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
     ),
     IndexSpec(PROMPTS, "prompts_created_at", (("created_at", -1),)),
     IndexSpec(RUNS, "runs_prompt_id_created_at", (("prompt_id", 1), ("created_at", -1))),
-    IndexSpec(
-        RUNS,
-        "runs_enhance_original_prompt_id",
-        (("outputs.original_prompt_id", 1),),
-        {"partialFilterExpression": ENHANCE_ONLY},
-    ),
-    IndexSpec(
-        RUNS,
-        "runs_enhance_enhanced_prompt_id",
-        (("outputs.enhanced_prompt_id", 1),),
-        {"partialFilterExpression": ENHANCE_ONLY},
-    ),
+    # Not partial: $lookup joins on these fields with no room to repeat a model_type predicate.
+    IndexSpec(RUNS, "runs_original_prompt_id", (("outputs.original_prompt_id", 1),)),
+    IndexSpec(RUNS, "runs_enhanced_prompt_id", (("outputs.enhanced_prompt_id", 1),)),
     IndexSpec(RUNS, "runs_model_type_created_at", (("model_type", 1), ("created_at", -1))),
     # Not in the design's minimum: serves list_runs() with no prompt or model filter.
     IndexSpec(RUNS, "runs_created_at", (("created_at", -1),)),
+    # Legacy data: walks down lineage through parent_prompt_id keys; empty once migrated.
+    IndexSpec(
+        PROMPTS,
+        "prompts_legacy_parent_prompt_id",
+        (("parameters.parent_prompt_id", 1),),
+        {"sparse": True},
+    ),
 )
 
 
@@ -152,16 +152,26 @@ def run_update(now: datetime, fields: dict[str, Any]) -> Document:
     return {"$set": changes}
 
 
+def deletion_filter(prompt_id: str) -> Document:
+    """What goes with a prompt: its runs, and the enhance runs whose result it is.
+
+    An enhancement that produced the prompt is an edge to it; leaving it would dangle.
+    """
+    return {"$or": [{"prompt_id": prompt_id}, {"outputs.enhanced_prompt_id": prompt_id}]}
+
+
 def deletion_preview_pipeline(prompt_id: str) -> list[Document]:
-    """The prompt with the id, status and type of each of its runs, in one round trip."""
+    """The prompt with the runs that would go with it, in one round trip."""
+    run_fields = ("_id", "status", "model_type", "outputs.enhanced_prompt_id")
     return [
         {"$match": by_id(prompt_id)},
+        {"$lookup": {"from": RUNS, "localField": "_id", "foreignField": "prompt_id", "as": "runs"}},
         {
             "$lookup": {
                 "from": RUNS,
                 "localField": "_id",
-                "foreignField": "prompt_id",
-                "as": "runs",
+                "foreignField": "outputs.enhanced_prompt_id",
+                "as": "created_by",
             }
         },
         {
@@ -171,8 +181,316 @@ def deletion_preview_pipeline(prompt_id: str) -> list[Document]:
                 "parameters": 1,
                 "created_at": 1,
                 "updated_at": 1,
-                "runs._id": 1,
-                "runs.status": 1,
+                **{f"{array}.{name}": 1 for array in ("runs", "created_by") for name in run_fields},
+            }
+        },
+    ]
+
+
+# -- enhancement -----------------------------------------------------------------------------
+
+COMPLETED_ENHANCEMENT: Final = {"model_type": ENHANCE, "status": "completed"}
+OUTPUT_FIELDS: Final = (
+    "enhanced_text",
+    "original_prompt_id",
+    "enhanced_prompt_id",
+    "enhancement_model",
+    "enhanced_at",
+    "duration_seconds",
+)
+
+
+def enhance_run_document(
+    run_id: str,
+    prompt: Document,
+    model: str,
+    create_new: bool,
+    target_prompt_id: str,
+    now: datetime,
+    enhanced_text: str | None = None,
+) -> Document:
+    """A running enhance run that records, before anything else is written, what it will do."""
+    document = run_document(
+        run_id,
+        prompt["_id"],
+        ENHANCE,
+        "running",
+        {
+            "model": model,
+            "create_new": create_new,
+            "original_prompt_text": prompt["prompt_text"],
+            "target_prompt_id": target_prompt_id,
+            "previously_enhanced": prompt.get("parameters", {}).get("enhanced") is True,
+        },
+        {},
+        now,
+    )
+    if enhanced_text is not None:
+        document["outputs"] = {"enhanced_text": enhanced_text}
+    return document
+
+
+def blocking_runs_filter(prompt_id: str) -> Document:
+    """Runs that make an in-place overwrite unsafe: anything but an enhancement."""
+    return {"prompt_id": prompt_id, "model_type": {"$ne": ENHANCE}}
+
+
+def record_text(enhanced_text: str, now: datetime) -> Document:
+    return {"$set": {"outputs.enhanced_text": enhanced_text, "updated_at": now}}
+
+
+def enhanced_prompt_document(
+    new_id: str, original: Mapping[str, Any], enhanced_text: str, now: datetime
+) -> Document:
+    """The create_new prompt: the original's inputs and parameters, ``name_enhanced``, the flag.
+
+    Legacy enhancement keys the original may carry are not copied: only ``enhanced`` is.
+    """
+    parameters = {
+        key: value
+        for key, value in original.get("parameters", {}).items()
+        if key not in LEGACY_KEYS
+    }
+    name = parameters.get("name")
+    if isinstance(name, str) and name:
+        parameters["name"] = f"{name}_enhanced"
+    parameters["enhanced"] = True
+    return prompt_document(new_id, enhanced_text, dict(original.get("inputs", {})), parameters, now)
+
+
+def overwrite_filter(prompt_id: str, expected_text: str) -> Document:
+    """Compare-and-set: match only while the prompt still has the text being replaced."""
+    return {"_id": prompt_id, "prompt_text": expected_text}
+
+
+def overwrite_update(enhanced_text: str, now: datetime, enhanced: bool = True) -> Document:
+    flag: Document = (
+        {"$set": {"prompt_text": enhanced_text, "parameters.enhanced": True, "updated_at": now}}
+        if enhanced
+        else {
+            "$set": {"prompt_text": enhanced_text, "updated_at": now},
+            "$unset": {"parameters.enhanced": ""},
+        }
+    )
+    return flag
+
+
+def enhancement_outputs(
+    original_id: str,
+    enhanced_id: str,
+    enhanced_text: str,
+    model: str,
+    enhanced_at: datetime,
+    duration_seconds: float | None,
+) -> Document:
+    """The complete record; ``duration_seconds`` is None when repair finished the run."""
+    return {
+        "enhanced_text": enhanced_text,
+        "original_prompt_id": original_id,
+        "enhanced_prompt_id": enhanced_id,
+        "enhancement_model": model,
+        "enhanced_at": enhanced_at,
+        "duration_seconds": None if duration_seconds is None else round(duration_seconds, 3),
+    }
+
+
+def running_run(run_id: str) -> Document:
+    """Matches the run only while it is running: finishing twice changes nothing."""
+    return {"_id": run_id, "status": "running"}
+
+
+def complete_run(outputs: Document, now: datetime) -> Document:
+    return {
+        "$set": {"status": "completed", "outputs": outputs, "completed_at": now, "updated_at": now}
+    }
+
+
+def fail_run(message: str, now: datetime) -> Document:
+    return {
+        "$set": {
+            "status": "failed",
+            "error_message": message[:2000],
+            "completed_at": now,
+            "updated_at": now,
+        }
+    }
+
+
+def details_pipeline(prompt_id: str) -> list[Document]:
+    """The prompt with every run that names it as the result, in one round trip."""
+    return [
+        {"$match": by_id(prompt_id)},
+        {
+            "$lookup": {
+                "from": RUNS,
+                "localField": "_id",
+                "foreignField": "outputs.enhanced_prompt_id",
+                "as": "result_of",
+            }
+        },
+    ]
+
+
+def original_pipeline(enhanced_prompt_id: str) -> list[Document]:
+    """The prompt, the runs that produced it, and every candidate original, in one round trip."""
+    return [
+        *details_pipeline(enhanced_prompt_id),
+        {"$addFields": {"run_parents": "$result_of.outputs.original_prompt_id"}},
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "run_parents",
+                "foreignField": "_id",
+                "as": "run_originals",
+            }
+        },
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "parameters.parent_prompt_id",
+                "foreignField": "_id",
+                "as": "legacy_originals",
+            }
+        },
+    ]
+
+
+def history_filter(prompt_id: str) -> Document:
+    """Enhance runs where the prompt is the original, the result, or the run's own prompt."""
+    return {
+        "model_type": ENHANCE,
+        "$or": [
+            {"prompt_id": prompt_id},
+            {"outputs.original_prompt_id": prompt_id},
+            {"outputs.enhanced_prompt_id": prompt_id},
+        ],
+    }
+
+
+def lineage_pipeline(prompt_id: str) -> list[Document]:
+    """Every edge around a prompt, in one aggregation over ``prompts``.
+
+    Run edges come from ``$graphLookup`` over completed enhance runs: up from the result to
+    the original, down from the original to the result. Legacy edges come from
+    ``parameters.parent_prompt_id`` keys, walked from every prompt the run walk reached, so a
+    chain whose older part has only legacy keys is still followed. Overwrites are self-edges;
+    they are returned too and told apart when the lineage is assembled. Cycles end because
+    ``$graphLookup`` visits each document once.
+    """
+    return [
+        {"$match": by_id(prompt_id)},
+        {
+            "$graphLookup": {
+                "from": RUNS,
+                "startWith": "$_id",
+                "connectFromField": "outputs.original_prompt_id",
+                "connectToField": "outputs.enhanced_prompt_id",
+                "as": "up_runs",
+                "restrictSearchWithMatch": COMPLETED_ENHANCEMENT,
+            }
+        },
+        {
+            "$graphLookup": {
+                "from": PROMPTS,
+                "startWith": {"$concatArrays": [["$_id"], "$up_runs.outputs.original_prompt_id"]},
+                "connectFromField": "parameters.parent_prompt_id",
+                "connectToField": "_id",
+                "as": "up_prompts",
+            }
+        },
+        {
+            "$graphLookup": {
+                "from": PROMPTS,
+                "startWith": "$_id",
+                "connectFromField": "_id",
+                "connectToField": "parameters.parent_prompt_id",
+                "as": "down_prompts",
+            }
+        },
+        {
+            "$graphLookup": {
+                "from": RUNS,
+                "startWith": {"$concatArrays": [["$_id"], "$down_prompts._id"]},
+                "connectFromField": "outputs.enhanced_prompt_id",
+                "connectToField": "outputs.original_prompt_id",
+                "as": "down_runs",
+                "restrictSearchWithMatch": COMPLETED_ENHANCEMENT,
+            }
+        },
+        {
+            "$addFields": {
+                "run_node_ids": {
+                    "$concatArrays": [
+                        "$up_runs.outputs.original_prompt_id",
+                        "$down_runs.outputs.enhanced_prompt_id",
+                    ]
+                }
+            }
+        },
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "run_node_ids",
+                "foreignField": "_id",
+                "as": "run_prompts",
+            }
+        },
+    ]
+
+
+def stale_enhancements_filter(before: datetime) -> Document:
+    """Enhance runs still running that nobody has touched since ``before``."""
+    return {"model_type": ENHANCE, "status": "running", "updated_at": {"$lt": before}}
+
+
+def pending_reverts_filter(before: datetime) -> Document:
+    """Reverts that started (flagged on the run) and have not finished since ``before``."""
+    return {"model_type": ENHANCE, "outputs.revert_pending": True, "updated_at": {"$lt": before}}
+
+
+def legacy_prompts_filter() -> Document:
+    """Enhanced prompts that still carry a duplicated key (served by the partial index)."""
+    return {
+        **enhanced_prompts_filter(),
+        "$or": [{f"parameters.{key}": {"$exists": True}} for key in sorted(LEGACY_KEYS)],
+    }
+
+
+def incomplete_runs_filter() -> Document:
+    return {
+        **COMPLETED_ENHANCEMENT,
+        "$or": [{f"outputs.{name}": {"$exists": False}} for name in OUTPUT_FIELDS],
+    }
+
+
+def dangling_edges_pipeline() -> list[Document]:
+    """Completed enhance runs whose original or result prompt does not exist."""
+    return [
+        {"$match": COMPLETED_ENHANCEMENT},
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "outputs.original_prompt_id",
+                "foreignField": "_id",
+                "as": "original",
+            }
+        },
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "outputs.enhanced_prompt_id",
+                "foreignField": "_id",
+                "as": "result",
+            }
+        },
+        {"$match": {"$or": [{"original": {"$size": 0}}, {"result": {"$size": 0}}]}},
+        {
+            "$project": {
+                "_id": 1,
+                "outputs.original_prompt_id": 1,
+                "outputs.enhanced_prompt_id": 1,
+                "original._id": 1,
+                "result._id": 1,
             }
         },
     ]

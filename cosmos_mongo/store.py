@@ -10,40 +10,54 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from cosmos_mongo import enhancement as enh
+from cosmos_mongo import legacy
+from cosmos_mongo import validation as v
 from cosmos_mongo import workflows as wf
 from cosmos_mongo.config import Settings
 from cosmos_mongo.embedded import AsyncEmbeddedDatabase, check_database_name, open_embedded
+from cosmos_mongo.enhancement import DEFAULT_STALE_AFTER
+from cosmos_mongo.enhancers import Enhancer, enhancer_from_settings, resolve_enhancer
 from cosmos_mongo.errors import InvalidInputError, StorageError
-from cosmos_mongo.models import DeletionPreview, DeletionResult, Prompt, Run
-from cosmos_mongo.ops import Flow, run_async, run_sync
+from cosmos_mongo.models import (
+    DeletionPreview,
+    DeletionResult,
+    EnhancementDetails,
+    EnhancementResult,
+    Lineage,
+    MigrationReport,
+    Prompt,
+    RepairReport,
+    Run,
+    VerificationReport,
+)
+from cosmos_mongo.ops import Flow, Services, run_async, run_sync
 
 T = TypeVar("T")
 
 _URI_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 
-def _resolve(
-    uri: str | None, database: str, settings: Settings | None
-) -> tuple[str | None, Settings]:
-    """The connection string to use (None: embedded) and the settings it came from."""
-    settings = settings or Settings()
+def _resolve(uri: str | None, database: str, settings: Settings) -> str | None:
+    """The connection string to use, or None for the embedded default."""
     if uri is None and settings.uri is not None:
         uri = settings.uri.get_secret_value()
     if uri is not None and not uri.startswith(_URI_SCHEMES):
         # Never echo the value: it may hold a password.
         raise InvalidInputError("uri", "must start with mongodb:// or mongodb+srv://")
     check_database_name(database)
-    return uri, settings
+    return uri
 
 
 def _open(
-    uri: str | None, database: str, settings: Settings | None, *, asynchronous: bool
+    uri: str | None, database: str, settings: Settings, *, asynchronous: bool
 ) -> tuple[Any, Callable[[], Any]]:
     """A database for ``connect`` and the function that closes its client."""
-    resolved, settings = _resolve(uri, database, settings)
+    resolved = _resolve(uri, database, settings)
     if resolved is None:
         embedded = open_embedded(settings.data_dir, database)
         if asynchronous:
@@ -62,16 +76,39 @@ def _open(
     return client[database], client.close
 
 
-class CosmosStore:
+class _StoreBase:
+    """What the twins share: the database, the enhancer, and how a call gets its services."""
+
+    def __init__(
+        self,
+        db: Any,
+        *,
+        enhancer: Enhancer | None = None,
+        settings: Settings | None = None,
+        _on_close: Callable[[], Any] | None = None,
+    ) -> None:
+        settings = settings or Settings()
+        self.db = db
+        self.enhancer: Enhancer = enhancer or enhancer_from_settings(settings)
+        self.enhancement_timeout = settings.enhancement_timeout
+        self._on_close = _on_close
+
+    def _services(self, enhancer: Enhancer | None = None) -> Services:
+        return Services(enhancer or self.enhancer, self.enhancement_timeout)
+
+    def _enhancer_for(self, enhancement_model: object, enhanced_text: object) -> Enhancer:
+        model = v.check_optional_text(enhancement_model, "enhancement_model", 200)
+        text = enhanced_text if isinstance(enhanced_text, str) else None
+        return resolve_enhancer(self.enhancer, model, text)
+
+
+class CosmosStore(_StoreBase):
     """Prompts and runs in MongoDB, through pymongo (or the embedded default).
 
     ``CosmosStore(db)`` works over any pymongo ``Database`` (mongomock included); create the
-    client with ``tz_aware=True``. :meth:`connect` opens one for you.
+    client with ``tz_aware=True``. :meth:`connect` opens one for you. The enhancer is
+    ``enhancer`` if given, else the one the settings (environment) choose.
     """
-
-    def __init__(self, db: Any, *, _on_close: Callable[[], None] | None = None) -> None:
-        self.db = db
-        self._on_close = _on_close
 
     @classmethod
     def connect(
@@ -81,6 +118,7 @@ class CosmosStore:
         *,
         settings: Settings | None = None,
         ensure_indexes: bool = True,
+        enhancer: Enhancer | None = None,
     ) -> CosmosStore:
         """Open a store on ``uri``, else ``COSMOS_MONGO_URI``, else the embedded default.
 
@@ -92,8 +130,9 @@ class CosmosStore:
                 database name is not valid.
             StorageError: the database cannot be opened.
         """
+        settings = settings or Settings()
         db, on_close = _open(uri, database, settings, asynchronous=False)
-        store = cls(db, _on_close=on_close)
+        store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
         if ensure_indexes:
             try:
                 store.ensure_indexes()
@@ -102,8 +141,8 @@ class CosmosStore:
                 raise
         return store
 
-    def _run(self, flow: Flow[T]) -> T:
-        return run_sync(self.db, flow)
+    def _run(self, flow: Flow[T], enhancer: Enhancer | None = None) -> T:
+        return run_sync(self.db, flow, self._services(enhancer))
 
     def close(self) -> None:
         """Close the client if this store opened it (``connect``); otherwise do nothing."""
@@ -283,17 +322,137 @@ class CosmosStore:
         """
         return self._run(wf.delete_run(run_id))
 
+    def enhance_prompt(
+        self,
+        prompt_id: str,
+        *,
+        create_new: bool = True,
+        enhancement_model: str | None = None,
+        force_overwrite: bool = False,
+        enhanced_text: str | None = None,
+    ) -> EnhancementResult:
+        """Rewrite the prompt into a detailed Cosmos prompt and record it on an enhance run.
 
-class AsyncCosmosStore:
+        ``create_new=True`` stores the rewrite as a new prompt (the original's inputs and
+        parameters, ``name`` + ``_enhanced``, ``enhanced: true``); ``create_new=False``
+        overwrites the text in place. The text comes from ``enhanced_text`` when given (its
+        author is ``enhancement_model``, default ``"agent"``), else from the enhancer
+        (``enhancement_model`` may ask it for another model). The enhance run holds every
+        detail; the prompt gains only ``parameters.enhanced``.
+
+        Raises:
+            InvalidInputError: a bad id, flag, model name or ``enhanced_text``.
+            PromptNotFoundError: no prompt has this id.
+            ConflictError: an overwrite of a prompt with non-enhance runs (pass
+                ``force_overwrite=True`` or use ``create_new``), or the text changed meanwhile.
+            EnhancementError: the enhancer failed, timed out or returned nothing usable; the
+                run is marked failed (``.run_id``) and no prompt is touched.
+        """
+        enhancer = self._enhancer_for(enhancement_model, enhanced_text)
+        flow = enh.enhance_prompt(
+            prompt_id, create_new, force_overwrite, enhanced_text, model=enhancer.model
+        )
+        return self._run(flow, enhancer)
+
+    def revert_enhancement(self, run_id: str) -> Prompt:
+        """Restore the text an in-place enhancement replaced; returns the restored prompt.
+
+        The run becomes ``cancelled`` with ``outputs.reverted_at``.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            RunNotFoundError: no run has this id.
+            PromptNotFoundError: the prompt it changed no longer exists.
+            ConflictError: the run is not a completed overwrite enhancement, or the prompt has
+                changed since it (revert later enhancements first).
+        """
+        return self._run(enh.revert_enhancement(run_id))
+
+    def get_enhancement_details(self, prompt_id: str) -> EnhancementDetails | None:
+        """How the prompt got its current enhanced text, or None if it is not enhanced.
+
+        Read from the latest completed enhance run whose result is this prompt; for legacy
+        data with no such run, from the prompt's old keys (``run_id`` is then None).
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+        """
+        return self._run(enh.get_enhancement_details(prompt_id))
+
+    def get_original_prompt(self, enhanced_prompt_id: str) -> Prompt | None:
+        """The prompt this one was created from by a create_new enhancement, or None.
+
+        An overwrite has no separate original (see ``get_enhancement_details``).
+
+        Raises:
+            InvalidInputError: ``enhanced_prompt_id`` is not a ``ps_`` id.
+        """
+        return self._run(enh.get_original_prompt(enhanced_prompt_id))
+
+    def list_enhanced_prompts(self, limit: int = 100) -> list[Prompt]:
+        """Enhanced prompts, newest first (served by the partial index on the flag).
+
+        Raises:
+            InvalidInputError: ``limit`` outside 1-1000.
+        """
+        return self._run(enh.list_enhanced_prompts(limit))
+
+    def get_enhancement_history(self, prompt_id: str, limit: int = 100) -> list[Run]:
+        """Every enhance run where the prompt is the original, the result or the run's prompt,
+        newest first, failed and reverted ones included.
+
+        Raises:
+            InvalidInputError: a bad id or ``limit``.
+        """
+        return self._run(enh.get_enhancement_history(prompt_id, limit))
+
+    def get_lineage(self, prompt_id: str) -> Lineage:
+        """Ancestors up to the root and descendants down the tree, each edge with its run.
+
+        Overwrites are not parents: they are listed as ``in_place`` enhancements.
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            PromptNotFoundError: no prompt has this id.
+        """
+        return self._run(enh.get_lineage(prompt_id))
+
+    def verify(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> VerificationReport:
+        """Check the enhancement data: prompts carry only the flag, enhance runs are complete,
+        every lineage edge resolves, and nothing older than ``stale_after`` is half-finished.
+
+        Raises:
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+        """
+        return self._run(enh.verify(stale_after))
+
+    def repair(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> RepairReport:
+        """Fix what ``verify`` finds: finish or roll back interrupted enhancements and reverts
+        older than ``stale_after``, and migrate legacy data. Reports what it cannot fix.
+
+        Raises:
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+        """
+        return self._run(enh.repair(stale_after))
+
+    def migrate(self, dry_run: bool = True) -> MigrationReport:
+        """Move legacy enhancement metadata from prompts into runs; ``dry_run`` only reports.
+
+        Idempotent: a second run changes nothing. Every helper answers the same before and
+        after, except that legacy prompts without a run gain one (and so a ``run_id``).
+
+        Raises:
+            InvalidInputError: ``dry_run`` is not a boolean.
+        """
+        return self._run(legacy.migrate(dry_run))
+
+
+class AsyncCosmosStore(_StoreBase):
     """The async twin of :class:`CosmosStore`: same methods, awaited; ``aclose`` to close.
 
     ``AsyncCosmosStore(db)`` works over a pymongo ``AsyncDatabase`` or a Motor database
     (mongomock-motor included).
     """
-
-    def __init__(self, db: Any, *, _on_close: Callable[[], Any] | None = None) -> None:
-        self.db = db
-        self._on_close = _on_close
 
     @classmethod
     async def connect(
@@ -303,9 +462,11 @@ class AsyncCosmosStore:
         *,
         settings: Settings | None = None,
         ensure_indexes: bool = True,
+        enhancer: Enhancer | None = None,
     ) -> AsyncCosmosStore:
+        settings = settings or Settings()
         db, on_close = _open(uri, database, settings, asynchronous=True)
-        store = cls(db, _on_close=on_close)
+        store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
         if ensure_indexes:
             try:
                 await store.ensure_indexes()
@@ -314,8 +475,8 @@ class AsyncCosmosStore:
                 raise
         return store
 
-    async def _run(self, flow: Flow[T]) -> T:
-        return await run_async(self.db, flow)
+    async def _run(self, flow: Flow[T], enhancer: Enhancer | None = None) -> T:
+        return await run_async(self.db, flow, self._services(enhancer))
 
     async def aclose(self) -> None:
         if self._on_close is not None:
@@ -407,6 +568,48 @@ class AsyncCosmosStore:
 
     async def delete_run(self, run_id: str) -> None:
         return await self._run(wf.delete_run(run_id))
+
+    async def enhance_prompt(
+        self,
+        prompt_id: str,
+        *,
+        create_new: bool = True,
+        enhancement_model: str | None = None,
+        force_overwrite: bool = False,
+        enhanced_text: str | None = None,
+    ) -> EnhancementResult:
+        enhancer = self._enhancer_for(enhancement_model, enhanced_text)
+        flow = enh.enhance_prompt(
+            prompt_id, create_new, force_overwrite, enhanced_text, model=enhancer.model
+        )
+        return await self._run(flow, enhancer)
+
+    async def revert_enhancement(self, run_id: str) -> Prompt:
+        return await self._run(enh.revert_enhancement(run_id))
+
+    async def get_enhancement_details(self, prompt_id: str) -> EnhancementDetails | None:
+        return await self._run(enh.get_enhancement_details(prompt_id))
+
+    async def get_original_prompt(self, enhanced_prompt_id: str) -> Prompt | None:
+        return await self._run(enh.get_original_prompt(enhanced_prompt_id))
+
+    async def list_enhanced_prompts(self, limit: int = 100) -> list[Prompt]:
+        return await self._run(enh.list_enhanced_prompts(limit))
+
+    async def get_enhancement_history(self, prompt_id: str, limit: int = 100) -> list[Run]:
+        return await self._run(enh.get_enhancement_history(prompt_id, limit))
+
+    async def get_lineage(self, prompt_id: str) -> Lineage:
+        return await self._run(enh.get_lineage(prompt_id))
+
+    async def verify(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> VerificationReport:
+        return await self._run(enh.verify(stale_after))
+
+    async def repair(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> RepairReport:
+        return await self._run(enh.repair(stale_after))
+
+    async def migrate(self, dry_run: bool = True) -> MigrationReport:
+        return await self._run(legacy.migrate(dry_run))
 
 
 def public_methods(cls: type) -> set[str]:

@@ -115,13 +115,20 @@ def preview_prompt_deletion(prompt_id: object) -> Flow[DeletionPreview]:
     if not found:
         raise PromptNotFoundError(checked_id)
     document = found[0]
-    runs = document.pop("runs", [])
+    own = document.pop("runs", [])
+    runs = list({run["_id"]: run for run in [*own, *document.pop("created_by", [])]}.values())
+    derived = {
+        (run.get("outputs") or {}).get("enhanced_prompt_id")
+        for run in own
+        if run.get("model_type") == "enhance" and run.get("status") == "completed"
+    }
     return DeletionPreview(
         prompt=Prompt.from_document(document),
         run_count=len(runs),
         run_ids=[run["_id"] for run in runs],
         runs_by_status=dict(Counter(str(run.get("status")) for run in runs)),
         active_run_ids=[run["_id"] for run in runs if run.get("status") in ACTIVE_STATUSES],
+        derived_prompt_ids=sorted(str(d) for d in derived - {None, checked_id}),
     )
 
 
@@ -130,7 +137,7 @@ def delete_prompt(prompt_id: object) -> Flow[DeletionResult]:
     checked_id = v.check_prompt_id(prompt_id)
     if (yield FindOne(q.PROMPTS, q.by_id(checked_id), {"_id": 1})) is None:
         raise PromptNotFoundError(checked_id)
-    deleted_runs = yield DeleteMany(q.RUNS, {"prompt_id": checked_id})
+    deleted_runs = yield DeleteMany(q.RUNS, q.deletion_filter(checked_id))
     yield DeleteOne(q.PROMPTS, q.by_id(checked_id))
     return DeletionResult(prompt_id=checked_id, deleted_runs=deleted_runs)
 

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cosmos_mongo.cli import cli
+from cosmos_mongo.queries import INDEXES
 from cosmos_mongo.models import new_prompt_id
 
 
@@ -35,7 +36,7 @@ def test_init_reports_where_the_data_lives(invoke: Any, tmp_path: Path) -> None:
     result = invoke("init")
     assert result.exit_code == 0
     assert str(tmp_path / "data") in result.output
-    assert "7 indexes" in result.output
+    assert f"{len(INDEXES)} indexes" in result.output
 
 
 def test_create_then_list_and_show(invoke: Any) -> None:

@@ -23,11 +23,15 @@ def test_indexes_match_the_data_contract() -> None:
         ("created_at", -1),
     ]
     for name, field in [
-        ("runs_enhance_original_prompt_id", "outputs.original_prompt_id"),
-        ("runs_enhance_enhanced_prompt_id", "outputs.enhanced_prompt_id"),
+        ("runs_original_prompt_id", "outputs.original_prompt_id"),
+        ("runs_enhanced_prompt_id", "outputs.enhanced_prompt_id"),
     ]:
+        # Not partial: the $lookup joins on these fields cannot repeat a model_type predicate.
         assert list(by_name[name].keys) == [(field, 1)]
-        assert by_name[name].options == {"partialFilterExpression": {"model_type": "enhance"}}
+        assert by_name[name].options == {}
+    legacy = by_name["prompts_legacy_parent_prompt_id"]
+    assert list(legacy.keys) == [("parameters.parent_prompt_id", 1)]
+    assert legacy.options == {"sparse": True}
     assert len(by_name) == len(q.INDEXES)
 
 

@@ -1,0 +1,603 @@
+"""Enhancers: what rewrites a short prompt into a detailed Cosmos prompt.
+
+An enhancer is any object with a ``model`` attribute (the name recorded on the enhance run), a
+sync ``enhance(prompt_text, inputs)`` and an async ``aenhance(prompt_text, inputs)``, each
+returning the rewritten text. Three backends ship here:
+
+* :class:`OpenAICompatibleEnhancer`: chat completions over HTTP (vLLM, NVIDIA NIM, Ollama,
+  OpenAI), with timeout, retries and an optional first video frame for vision models;
+* :class:`SuppliedTextEnhancer`: text a caller (an agent) already wrote;
+* :class:`TemplateEnhancer`: a deterministic offline expansion that needs no model, labelled
+  ``template-v1``. It is the default only when nothing else is configured.
+
+The store cleans every result with :func:`clean_enhanced_text` before storing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+import httpx
+from pydantic import SecretStr
+
+from cosmos_mongo.config import Settings
+from cosmos_mongo.errors import EnhancementError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+MAX_ENHANCED_WORDS: Final = 250
+
+# Written for this project from Cosmos' published guidance on prompt upsampling.
+INSTRUCTIONS: Final = (
+    "You rewrite short prompts for NVIDIA Cosmos, a model that generates videos of the physical "
+    "world. Expand the user's prompt into one detailed paragraph that a video model can follow. "
+    "Keep its meaning and every concrete detail it gives, and keep any quoted text exactly. "
+    "Describe the main subject and its appearance, what it does with clear, simple verbs of "
+    "motion, the setting and the objects around it, the lighting and weather, and how the "
+    "camera frames and moves. Make the motion physically plausible. Do not invent a story, "
+    "dialogue, on-screen text or people and objects the prompt does not suggest. Write plain "
+    f"English prose: no lists, headings or markdown, at most {MAX_ENHANCED_WORDS} words. Reply "
+    "with the rewritten prompt only."
+)
+
+
+@runtime_checkable
+class Enhancer(Protocol):
+    """Rewrites a prompt. ``model`` names what wrote the text; it is stored on the run."""
+
+    model: str
+
+    def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str: ...
+
+    async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str: ...
+
+
+_PREFIX = re.compile(
+    r"^\s*(?:(?:here(?:'s| is)\s+(?:the|your|an?)\s+)?(?:enhanced|upsampled|rewritten|improved|"
+    r"detailed|expanded|long|refined)?\s*(?:video\s+)?(?:prompt|caption|description|version)"
+    r"|caption|prompt)\s*[:\-\u2013]\s*",
+    re.IGNORECASE,
+)
+_MARKDOWN = re.compile(r"(```[a-z]*|\*\*|__|`|^#{1,6}\s+|^\s*(?:[-*+]|\d+[.)])\s+)", re.MULTILINE)
+
+
+def clean_enhanced_text(text: str) -> str:
+    """One plain paragraph: no ``Caption:``-style prefix, no markdown, no surrounding quotes."""
+    cleaned = text
+    previous = None
+    while previous != cleaned:
+        previous = cleaned
+        cleaned = " ".join(_MARKDOWN.sub("", cleaned).split())
+        cleaned = _PREFIX.sub("", cleaned, count=1).strip()
+        cleaned = re.sub(r"^[-*+]\s+", "", cleaned)
+        for opening, closing in (('"', '"'), ("'", "'"), ("“", "”")):
+            if len(cleaned) >= 2 and cleaned.startswith(opening) and cleaned.endswith(closing):
+                cleaned = cleaned[1:-1].strip()
+    return cleaned
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def limit_words(text: str, limit: int = MAX_ENHANCED_WORDS) -> str:
+    """Cut a model's over-long answer at the last sentence end within ``limit`` words."""
+    words = text.split()
+    if len(words) <= limit:
+        return text
+    kept = " ".join(words[:limit])
+    end = max(kept.rfind(". "), kept.rfind("! "), kept.rfind("? "))
+    if kept.endswith((".", "!", "?")):
+        return kept
+    return kept[: end + 1] if end > len(kept) // 2 else kept + "."
+
+
+class SuppliedTextEnhancer:
+    """Returns text the caller already wrote; ``model`` names who wrote it (default ``agent``)."""
+
+    def __init__(self, text: str, model: str = "agent") -> None:
+        self.text = text
+        self.model = model
+
+    def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
+        return self.text
+
+    async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
+        return self.text
+
+
+# -- the offline template -------------------------------------------------------------------
+
+_SETTINGS: Final = (
+    (("kitchen", "counter", "stove"), "a tidy kitchen with counters, utensils and appliances"),
+    (
+        ("warehouse", "forklift", "pallet", "shelf", "shelves"),
+        "a large warehouse with tall shelving and a polished concrete floor",
+    ),
+    (("factory", "assembly", "conveyor"), "a factory floor with machinery and a conveyor line"),
+    (
+        ("workbench", "table", "desk", "lab"),
+        "a work area with a flat table surface and tools within reach",
+    ),
+    (
+        ("street", "city", "intersection", "traffic", "sidewalk"),
+        "a city street with buildings, parked cars and road markings",
+    ),
+    (
+        ("highway", "road", "car", "truck", "drive", "driving"),
+        "an open road with lane markings and roadside scenery",
+    ),
+    (
+        ("forest", "woods", "trees"),
+        "a forest with tall trees, undergrowth and a soft ground of leaves",
+    ),
+    (("beach", "ocean", "sea", "waves", "shore"), "a shoreline with rolling waves and wet sand"),
+    (
+        ("field", "farm", "farmland", "crop"),
+        "open farmland with rows of crops reaching the horizon",
+    ),
+    (("mountain", "snow", "glacier"), "a mountain landscape with rocky slopes and patches of snow"),
+    (
+        ("room", "office", "house", "home", "living"),
+        "an interior room with furniture and everyday objects",
+    ),
+)
+_LIGHTING: Final = (
+    (
+        ("night", "dark", "neon", "streetlight"),
+        "It is night: pools of artificial light and reflections contrast with deep shadows",
+    ),
+    (
+        ("rain", "rainy", "wet", "storm"),
+        "Overcast skies and falling rain leave surfaces wet and reflective",
+    ),
+    (("sunset", "dusk", "golden"), "Low, warm sunlight casts long shadows and a golden tint"),
+    (
+        ("dawn", "sunrise", "morning"),
+        "Soft early-morning light gives gentle shadows and cool tones",
+    ),
+    (("fog", "foggy", "mist"), "Fog softens the distance and diffuses the light"),
+    (("snow", "snowy", "winter"), "Bright, diffuse winter light reflects off the snow"),
+)
+_CAMERAS: Final = (
+    (
+        ("drive", "driving", "car", "truck", "road", "highway"),
+        "The camera tracks smoothly alongside the vehicle at a steady distance",
+    ),
+    (
+        ("drone", "aerial", "fly", "flying", "above"),
+        "An aerial camera glides slowly forward, looking down on the scene",
+    ),
+    (
+        ("arm", "robot", "gripper", "hand", "hands", "pick", "picks", "grasp", "grasps"),
+        "A steady medium shot from a fixed camera at table height keeps the manipulation in frame",
+    ),
+    (
+        ("walk", "walks", "walking", "run", "runs", "running"),
+        "A handheld-smooth camera follows the movement at eye level",
+    ),
+)
+_ANY_SETTING: Final = "a realistic setting consistent with the action"
+_STEADY_CAMERA: Final = "The camera holds a steady, eye-level view with a slow push-in"
+_ARTICLES: Final = {"a", "an", "the", "two", "three", "several", "some"}
+
+
+_VERBS: Final = frozenset(
+    [
+        "is",
+        "are",
+        "moves",
+        "move",
+        "walks",
+        "walk",
+        "runs",
+        "run",
+        "drives",
+        "drive",
+        "flies",
+        "fly",
+        "stacks",
+        "stack",
+        "picks",
+        "pick",
+        "places",
+        "place",
+        "pours",
+        "pour",
+        "rolls",
+        "roll",
+        "slides",
+        "slide",
+        "lifts",
+        "lift",
+        "carries",
+        "carry",
+        "pushes",
+        "push",
+        "pulls",
+        "pull",
+        "falls",
+        "fall",
+        "rises",
+        "rise",
+        "turns",
+        "turn",
+        "opens",
+        "open",
+        "closes",
+        "close",
+        "sits",
+        "sit",
+        "stands",
+        "stand",
+        "crosses",
+        "cross",
+        "follows",
+        "follow",
+        "navigates",
+        "navigate",
+        "sorts",
+        "sort",
+        "grabs",
+        "grab",
+        "drops",
+        "drop",
+        "swims",
+        "swim",
+    ]
+)
+_PREPOSITIONS: Final = frozenset(
+    [
+        "on",
+        "in",
+        "at",
+        "through",
+        "across",
+        "over",
+        "with",
+        "down",
+        "into",
+        "from",
+        "along",
+        "under",
+        "near",
+        "by",
+        "around",
+        "toward",
+        "towards",
+        "of",
+        "while",
+        "and",
+    ]
+)
+
+
+def _matches(words: set[str], table: tuple[tuple[tuple[str, ...], str], ...]) -> list[str]:
+    return [phrase for keys, phrase in table if words.intersection(keys)]
+
+
+def _subject(text: str) -> str:
+    """The noun phrase before the first verb or preposition, e.g. 'robot arm', 'humanoid robots'."""
+    words = re.findall(r"[A-Za-z][A-Za-z'-]*", text)
+    if words and words[0].lower() in _ARTICLES:
+        words = words[1:]
+    subject: list[str] = []
+    for word in words[:5]:
+        if subject and (word.lower() in _VERBS or word.lower() in _PREPOSITIONS):
+            break
+        subject.append(word.lower())
+    return " ".join(subject[:4]) or "main subject"
+
+
+class TemplateEnhancer:
+    """A deterministic, offline Cosmos-style expansion. Honest label: ``template-v1``.
+
+    It keeps the original text verbatim as the first sentence and adds the subject, its motion,
+    the setting, the lighting and the camera, chosen from the prompt's own words. No model is
+    involved, so it cannot add knowledge; it makes a short prompt complete and consistent.
+    """
+
+    model = "template-v1"
+
+    def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
+        original = " ".join(prompt_text.split()).strip()
+        if original[-1:] not in ".!?":
+            original += "."
+        original = original[:1].upper() + original[1:]
+        words = {word.lower() for word in re.findall(r"[A-Za-z]+", original)}
+        subject = _subject(original)
+        plural = subject.endswith("s") and not subject.endswith("ss")
+        settings = _matches(words, _SETTINGS)
+        lights = _matches(words, _LIGHTING)[:2]
+        cameras = _matches(words, _CAMERAS)
+        sentences = [
+            original,
+            f"The {subject} {'are' if plural else 'is'} the clear focus of the shot, shown in "
+            "sharp, realistic detail.",
+            f"{'Their' if plural else 'Its'} motion is continuous and physically plausible, at a "
+            "natural pace, with objects responding with believable weight, contact and momentum.",
+            f"The scene takes place in {settings[0] if settings else _ANY_SETTING}, which stays "
+            "consistent from the first frame to the last.",
+            *(
+                f"{light}."
+                for light in lights
+                or ["Soft, natural light shows the scene clearly with believable shadows"]
+            ),
+            f"{cameras[0] if cameras else _STEADY_CAMERA}.",
+            "The footage looks like real video: stable exposure, natural colors and no text or "
+            "graphics on screen.",
+        ]
+        return limit_words(" ".join(sentences))
+
+    async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
+        return self.enhance(prompt_text, inputs)
+
+
+# -- OpenAI-compatible chat completions -------------------------------------------------------
+
+_VISION_HINTS: Final = (
+    "pixtral",
+    "llava",
+    "-vl",
+    "vl-",
+    "vision",
+    "cosmos-reason",
+    "gemma-3",
+    "qwen2.5-vl",
+)
+_RETRY_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
+_IMAGE_SUFFIXES: Final = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
+
+
+def _ffmpeg() -> str | None:
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def first_frame(path: str, max_side: int = 1024) -> tuple[bytes, str] | None:
+    """The first frame of a video (or an image file as is), at most ``max_side`` pixels.
+
+    Returns ``(bytes, mime type)``, or None when the file is unreadable or no ffmpeg is
+    available (install ``cosmos-mongo[vision]`` for a bundled one).
+    """
+    source = Path(path)
+    if not source.is_file():
+        return None
+    mime = _IMAGE_SUFFIXES.get(source.suffix.lower())
+    if mime is not None:
+        return source.read_bytes(), mime
+    ffmpeg = _ffmpeg()
+    if ffmpeg is None:
+        log.info("no ffmpeg available; enhancing %s without its first frame", source.name)
+        return None
+    scale = f"scale='min({max_side},iw)':'min({max_side},ih)':force_original_aspect_ratio=decrease"
+    try:
+        result = subprocess.run(
+            [
+                ffmpeg,
+                "-v",
+                "error",
+                "-i",
+                str(source),
+                "-frames:v",
+                "1",
+                "-vf",
+                scale,
+                "-f",
+                "image2pipe",
+                "-vcodec",
+                "mjpeg",
+                "-",
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (result.stdout, "image/jpeg") if result.returncode == 0 and result.stdout else None
+
+
+class OpenAICompatibleEnhancer:
+    """Chat completions at ``{base_url}/chat/completions``: vLLM, NVIDIA NIM, Ollama, OpenAI.
+
+    ``api_key`` is sent as a bearer token and never logged or shown in ``repr``. Connection
+    errors, timeouts and 408/409/429/5xx answers are retried ``max_retries`` times with
+    exponential back-off. With ``vision`` (default: guessed from the model name) and a readable
+    ``inputs["video"]``, the first frame goes along as an image.
+
+    Raises :class:`~cosmos_mongo.errors.EnhancementError` when no usable answer arrives.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: SecretStr | str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        retry_backoff: float = 0.5,
+        vision: bool | None = None,
+        max_tokens: int = 400,
+        temperature: float = 0.2,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidInputError("base_url", "must start with http:// or https://")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.vision = (
+            vision if vision is not None else any(h in model.lower() for h in _VISION_HINTS)
+        )
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self._transport = transport
+        self._async_transport = async_transport
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleEnhancer(base_url={self.base_url!r}, model={self.model!r})"
+
+    def with_model(self, model: str) -> OpenAICompatibleEnhancer:
+        """The same endpoint and settings, asking for another model."""
+        twin = OpenAICompatibleEnhancer.__new__(OpenAICompatibleEnhancer)
+        twin.__dict__.update(self.__dict__)
+        twin.model = model
+        return twin
+
+    def request_body(self, prompt_text: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        video = inputs.get("video")
+        if self.vision and isinstance(video, str):
+            frame = first_frame(video)
+            if frame is not None:
+                data = base64.b64encode(frame[0]).decode("ascii")
+                content.append(
+                    {"type": "image_url", "image_url": {"url": f"data:{frame[1]};base64,{data}"}}
+                )
+        content.append({"type": "text", "text": prompt_text})
+        return {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": INSTRUCTIONS},
+                {"role": "user", "content": content if len(content) > 1 else prompt_text},
+            ],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+
+    def _headers(self) -> dict[str, str]:
+        if self._api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+
+    def _answer(self, response: httpx.Response) -> str:
+        if response.status_code != 200:
+            raise EnhancementError(
+                f"{self.model} at {self.base_url} answered HTTP {response.status_code}: "
+                f"{response.text[:200]}"
+            )
+        try:
+            text = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, LookupError, TypeError) as exc:
+            raise EnhancementError(f"{self.model} returned an unreadable answer") from exc
+        if not isinstance(text, str) or not text.strip():
+            raise EnhancementError(f"{self.model} returned an empty answer")
+        return limit_words(clean_enhanced_text(text))
+
+    def _retryable(self, attempt: int, response: httpx.Response | None) -> bool:
+        return attempt < self.max_retries and (
+            response is None or response.status_code in _RETRY_STATUSES
+        )
+
+    def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
+        body = self.request_body(prompt_text, inputs)
+        url = f"{self.base_url}/chat/completions"
+        with httpx.Client(timeout=self.timeout, transport=self._transport) as client:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    response = client.post(url, json=body, headers=self._headers())
+                except httpx.HTTPError as exc:
+                    if not self._retryable(attempt, None):
+                        raise EnhancementError(
+                            f"{self.model} at {self.base_url}: {type(exc).__name__}: {exc}"
+                        ) from exc
+                else:
+                    if not self._retryable(attempt, response):
+                        return self._answer(response)
+                time.sleep(self.retry_backoff * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
+        body = await asyncio.to_thread(self.request_body, prompt_text, inputs)
+        url = f"{self.base_url}/chat/completions"
+        async with httpx.AsyncClient(
+            timeout=self.timeout, transport=self._async_transport
+        ) as client:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    response = await client.post(url, json=body, headers=self._headers())
+                except httpx.HTTPError as exc:
+                    if not self._retryable(attempt, None):
+                        raise EnhancementError(
+                            f"{self.model} at {self.base_url}: {type(exc).__name__}: {exc}"
+                        ) from exc
+                else:
+                    if not self._retryable(attempt, response):
+                        return self._answer(response)
+                await asyncio.sleep(self.retry_backoff * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def resolve_enhancer(
+    configured: Enhancer, enhancement_model: str | None, enhanced_text: str | None
+) -> Enhancer:
+    """The enhancer one call uses: caller text, the configured one, or it asked for another model.
+
+    Raises:
+        InvalidInputError: ``enhancement_model`` names a model the configured enhancer cannot run.
+    """
+    if enhanced_text is not None:
+        return SuppliedTextEnhancer(enhanced_text, enhancement_model or "agent")
+    if enhancement_model is None or enhancement_model == configured.model:
+        return configured
+    with_model = getattr(configured, "with_model", None)
+    if with_model is None:
+        raise InvalidInputError(
+            "enhancement_model",
+            f"the configured enhancer only runs {configured.model!r}; leave enhancement_model "
+            "unset, or pass enhanced_text to record text written elsewhere",
+        )
+    return with_model(enhancement_model)  # type: ignore[no-any-return]
+
+
+def enhancer_from_settings(settings: Settings) -> Enhancer:
+    """The configured enhancer: OpenAI-compatible when a base URL is set, else the template.
+
+    Raises:
+        InvalidInputError: the OpenAI-compatible enhancer is chosen without a model name.
+    """
+    kind = settings.enhancer
+    if kind == "auto":
+        kind = "openai" if settings.enhancer_base_url else "template"
+    if kind == "template":
+        return TemplateEnhancer()
+    if not settings.enhancer_base_url or not settings.enhancer_model:
+        raise InvalidInputError(
+            "COSMOS_MONGO_ENHANCER_MODEL",
+            "set COSMOS_MONGO_ENHANCER_BASE_URL and COSMOS_MONGO_ENHANCER_MODEL for the "
+            "openai enhancer",
+        )
+    return OpenAICompatibleEnhancer(
+        settings.enhancer_base_url,
+        settings.enhancer_model,
+        api_key=settings.enhancer_api_key,
+        timeout=settings.enhancer_timeout,
+        max_retries=settings.enhancer_max_retries,
+        vision=settings.enhancer_vision,
+    )

@@ -1,0 +1,250 @@
+"""Reading the predecessor's enhancement metadata, and migrating it into run records.
+
+The predecessor duplicated enhancement details into prompt ``parameters``
+(``enhancement_model``, ``enhanced_at``, ``last_enhancement_run_id``, ``parent_prompt_id``)
+and some of its runs lack ``enhancement_model`` or ``enhanced_at`` (they have
+``outputs.timestamp``). The readers here give the helpers one view of both shapes, so no
+migration is required. :func:`migrate` tidies old data when asked: it first copies into run
+records whatever only the legacy keys know, then removes the keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from cosmos_mongo import queries as q
+from cosmos_mongo.errors import InvalidInputError
+from cosmos_mongo.models import (
+    EnhancementDetails,
+    MigrationReport,
+    as_utc,
+    new_run_id,
+    utc_now,
+)
+from cosmos_mongo.ops import Find, Flow, InsertOne, UpdateOne
+from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A stored time as aware UTC: a datetime, or the ISO-8601 text older versions wrote."""
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, str):
+        try:
+            return as_utc(datetime.fromisoformat(value.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def run_enhanced_at(run: Mapping[str, Any]) -> datetime | None:
+    """``outputs.enhanced_at``, else the older ``outputs.timestamp``, else when the run was made."""
+    outputs = run.get("outputs") or {}
+    return (
+        parse_time(outputs.get("enhanced_at"))
+        or parse_time(outputs.get("timestamp"))
+        or parse_time(run.get("created_at"))
+    )
+
+
+def run_enhancement_model(run: Mapping[str, Any]) -> str | None:
+    """``outputs.enhancement_model``, else the model the run was configured with."""
+    outputs = run.get("outputs") or {}
+    config = run.get("execution_config") or {}
+    return _text(outputs.get("enhancement_model")) or _text(config.get("model"))
+
+
+def is_completed_enhancement(run: Mapping[str, Any]) -> bool:
+    return run.get("model_type") == q.ENHANCE and run.get("status") == "completed"
+
+
+def latest(runs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The most recent run by enhancement time, then creation time."""
+    floor = datetime.min.replace(tzinfo=UTC)
+    return max(
+        runs,
+        key=lambda run: (run_enhanced_at(run) or floor, parse_time(run.get("created_at")) or floor),
+        default=None,
+    )
+
+
+def details_from_run(run: Mapping[str, Any], prompt: Mapping[str, Any]) -> EnhancementDetails:
+    outputs = run.get("outputs") or {}
+    prompt_id = prompt["_id"]
+    return EnhancementDetails(
+        run_id=str(run["_id"]),
+        enhanced_text=_text(outputs.get("enhanced_text")) or prompt.get("prompt_text", ""),
+        enhancement_model=run_enhancement_model(run),
+        enhanced_at=run_enhanced_at(run),
+        original_prompt_id=_text(outputs.get("original_prompt_id")) or prompt_id,
+        enhanced_prompt_id=_text(outputs.get("enhanced_prompt_id")) or prompt_id,
+        duration_seconds=_number(outputs.get("duration_seconds")),
+    )
+
+
+def has_legacy_keys(prompt: Mapping[str, Any]) -> bool:
+    return bool(LEGACY_ENHANCEMENT_KEYS.intersection(prompt.get("parameters") or {}))
+
+
+def legacy_parent_id(prompt: Mapping[str, Any]) -> str | None:
+    parent = (prompt.get("parameters") or {}).get("parent_prompt_id")
+    return parent if isinstance(parent, str) and parent and parent != prompt.get("_id") else None
+
+
+def details_from_legacy_prompt(prompt: Mapping[str, Any]) -> EnhancementDetails | None:
+    """Details of an enhanced prompt that has no enhance run: only its legacy keys know."""
+    parameters = prompt.get("parameters") or {}
+    if parameters.get("enhanced") is not True and not has_legacy_keys(prompt):
+        return None
+    return EnhancementDetails(
+        run_id=None,
+        enhanced_text=prompt.get("prompt_text", ""),
+        enhancement_model=_text(parameters.get("enhancement_model")),
+        enhanced_at=parse_time(parameters.get("enhanced_at")),
+        original_prompt_id=legacy_parent_id(prompt) or prompt["_id"],
+        enhanced_prompt_id=prompt["_id"],
+        duration_seconds=None,
+    )
+
+
+def enhancement_details(
+    prompt: Mapping[str, Any], result_of: list[Mapping[str, Any]]
+) -> EnhancementDetails | None:
+    """How ``prompt`` got its current text: the latest completed enhance run that produced it,
+    else its legacy keys, else None (it is not enhanced)."""
+    produced = [
+        run
+        for run in result_of
+        if is_completed_enhancement(run)
+        and (run.get("outputs") or {}).get("enhanced_prompt_id") == prompt["_id"]
+    ]
+    run = latest(produced)
+    return details_from_run(run, prompt) if run is not None else details_from_legacy_prompt(prompt)
+
+
+# -- migration -------------------------------------------------------------------------------
+
+
+def _backfill(run: Mapping[str, Any], prompt: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The output fields a completed enhance run lacks, from fallbacks and legacy keys."""
+    outputs = run.get("outputs") or {}
+    parameters = (prompt or {}).get("parameters") or {}
+    known: dict[str, Any] = {
+        "enhancement_model": run_enhancement_model(run)
+        or _text(parameters.get("enhancement_model")),
+        "enhanced_at": run_enhanced_at(run) or parse_time(parameters.get("enhanced_at")),
+        "enhanced_text": (prompt or {}).get("prompt_text"),
+        "enhanced_prompt_id": (prompt or {}).get("_id"),
+        "original_prompt_id": (legacy_parent_id(prompt) if prompt else None)
+        or run.get("prompt_id"),
+        "duration_seconds": None,
+    }
+    return {
+        f"outputs.{name}": value
+        for name, value in known.items()
+        if name not in outputs and (value is not None or name == "duration_seconds")
+    }
+
+
+def _run_from_legacy_keys(prompt: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """A completed enhance run holding what only a run-less prompt's legacy keys know."""
+    parameters = prompt.get("parameters") or {}
+    parent = legacy_parent_id(prompt)
+    model = _text(parameters.get("enhancement_model"))
+    enhanced_at = parse_time(parameters.get("enhanced_at"))
+    run_id = parameters.get("last_enhancement_run_id")
+    document = q.run_document(
+        run_id if isinstance(run_id, str) and run_id.startswith("rs_") else new_run_id(),
+        parent or prompt["_id"],
+        q.ENHANCE,
+        "completed",
+        {"model": model, "create_new": parent is not None, "original_prompt_text": None},
+        {"migrated_from": "legacy prompt parameters"},
+        enhanced_at or now,
+    )
+    document["outputs"] = {
+        "enhanced_text": prompt.get("prompt_text", ""),
+        "original_prompt_id": parent or prompt["_id"],
+        "enhanced_prompt_id": prompt["_id"],
+        "enhancement_model": model,
+        "enhanced_at": enhanced_at,
+        "duration_seconds": None,
+    }
+    return document
+
+
+def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
+    """Backfill run records from legacy keys and fallbacks, then strip the keys. Idempotent.
+
+    For each enhanced prompt with legacy keys: its completed enhance run gains the outputs it
+    lacks (or, if it has none, a run is created from the keys); only then are the keys removed,
+    so a crash in between leaves keys that the next run migrates again. Completed enhance runs
+    missing ``enhancement_model`` or ``enhanced_at`` are backfilled from their own fallbacks.
+    """
+    if not isinstance(dry_run, bool):
+        raise InvalidInputError("dry_run", "must be true or false")
+    now = utc_now()
+    legacy_prompts = yield Find(q.PROMPTS, q.legacy_prompts_filter(), sort=q.NEWEST_FIRST)
+    producing = yield Find(
+        q.RUNS,
+        {
+            **q.COMPLETED_ENHANCEMENT,
+            "outputs.enhanced_prompt_id": {"$in": [prompt["_id"] for prompt in legacy_prompts]},
+        },
+    )
+    backfilled: list[str] = []
+    created: list[str] = []
+    stripped: list[str] = []
+    for prompt in legacy_prompts:
+        run = latest(
+            [r for r in producing if r["outputs"].get("enhanced_prompt_id") == prompt["_id"]]
+        )
+        if run is None:
+            document = _run_from_legacy_keys(prompt, now)
+            created.append(document["_id"])
+            if not dry_run:
+                yield InsertOne(q.RUNS, document)
+        else:
+            changes = _backfill(run, prompt)
+            if changes:
+                backfilled.append(str(run["_id"]))
+                if not dry_run:
+                    yield UpdateOne(
+                        q.RUNS, q.by_id(run["_id"]), {"$set": {**changes, "updated_at": now}}
+                    )
+        stripped.append(prompt["_id"])
+        if not dry_run:
+            unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
+            yield UpdateOne(
+                q.PROMPTS, q.by_id(prompt["_id"]), {"$unset": unset, "$set": {"updated_at": now}}
+            )
+    incomplete = yield Find(q.RUNS, q.incomplete_runs_filter())
+    for run in incomplete:
+        if str(run["_id"]) in backfilled:
+            continue
+        changes = _backfill(run, None)
+        changes.pop("outputs.enhanced_prompt_id", None)  # unknown without a prompt: leave it
+        changes.pop("outputs.enhanced_text", None)
+        if changes:
+            backfilled.append(str(run["_id"]))
+            if not dry_run:
+                yield UpdateOne(
+                    q.RUNS, q.by_id(run["_id"]), {"$set": {**changes, "updated_at": now}}
+                )
+    return MigrationReport(
+        dry_run=dry_run,
+        prompts_examined=len(legacy_prompts),
+        runs_backfilled=backfilled,
+        runs_created=created,
+        prompts_stripped=stripped,
+    )
