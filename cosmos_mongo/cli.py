@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree
 
 from cosmos_mongo.config import Settings
 from cosmos_mongo.errors import CosmosMongoError
-from cosmos_mongo.models import Prompt, Run
+from cosmos_mongo.models import Lineage, LineageEdge, Prompt, Run, VerificationReport
 from cosmos_mongo.store import CosmosStore
 from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES
 
@@ -318,6 +321,298 @@ def run_list(
 def run_show(state: _Context, run_id: str, as_json: bool) -> None:
     """Show one run."""
     _show(state.store().get_run(run_id), f"run {run_id!r}", as_json)
+
+
+# -- enhancement ----------------------------------------------------------------------------
+
+_STALE = click.option(
+    "--stale-minutes",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Treat enhancements running longer than this as interrupted.",
+)
+
+
+@cli.command()
+@click.argument("prompt_id")
+@click.option(
+    "--overwrite", is_flag=True, help="Rewrite the prompt in place (default: new prompt)."
+)
+@click.option("--force", is_flag=True, help="Overwrite even if the prompt has other runs.")
+@click.option("--text", "enhanced_text", help="Use this text instead of running the enhancer.")
+@click.option("--model", "enhancement_model", help="Model to ask, or author of --text.")
+@_json_option
+@click.pass_obj
+def enhance(
+    state: _Context,
+    prompt_id: str,
+    overwrite: bool,
+    force: bool,
+    enhanced_text: str | None,
+    enhancement_model: str | None,
+    as_json: bool,
+) -> None:
+    """Rewrite a prompt into a detailed Cosmos prompt (offline template unless configured)."""
+    result = state.store().enhance_prompt(
+        prompt_id,
+        create_new=not overwrite,
+        enhancement_model=enhancement_model,
+        force_overwrite=force,
+        enhanced_text=enhanced_text,
+    )
+    if as_json:
+        _emit(result)
+        return
+    how = "as new prompt" if result.created_new else "in place"
+    click.echo(f"Enhanced {result.original_prompt_id} {how} {result.enhanced_prompt_id}")
+    click.echo(f"run {result.run_id}, model {result.enhancement_model}, {result.duration_seconds}s")
+    click.echo(result.enhanced_text)
+
+
+@cli.command()
+@click.argument("prompt_id")
+@_json_option
+@click.pass_obj
+def details(state: _Context, prompt_id: str, as_json: bool) -> None:
+    """How a prompt got its enhanced text (exit 1 if it is not enhanced)."""
+    _show(
+        state.store().get_enhancement_details(prompt_id), f"enhancement of {prompt_id!r}", as_json
+    )
+
+
+@cli.command()
+@click.argument("prompt_id")
+@_json_option
+@click.pass_obj
+def original(state: _Context, prompt_id: str, as_json: bool) -> None:
+    """The prompt this one was enhanced from (exit 1 if none)."""
+    _show(state.store().get_original_prompt(prompt_id), f"original of {prompt_id!r}", as_json)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=100, show_default=True)
+@_json_option
+@click.pass_obj
+def enhanced(state: _Context, limit: int, as_json: bool) -> None:
+    """List enhanced prompts, newest first."""
+    prompts = state.store().list_enhanced_prompts(limit)
+    _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} enhanced prompt(s)")
+
+
+@cli.command()
+@click.argument("prompt_id")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=100, show_default=True)
+@_json_option
+@click.pass_obj
+def history(state: _Context, prompt_id: str, limit: int, as_json: bool) -> None:
+    """Every enhancement involving a prompt, newest first."""
+    runs = state.store().get_enhancement_history(prompt_id, limit)
+    if as_json:
+        _emit(runs)
+        return
+    table = Table(title=f"{len(runs)} enhancement(s)", title_justify="left")
+    for column in ("run", "status", "model", "from", "to", "created (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for item in runs:
+        outputs = item.outputs
+        table.add_row(
+            item.id,
+            item.status,
+            str(outputs.get("enhancement_model") or item.execution_config.get("model") or ""),
+            str(outputs.get("original_prompt_id") or item.prompt_id),
+            str(outputs.get("enhanced_prompt_id") or ""),
+            _time(item.created_at),
+        )
+    console.print(table)
+
+
+def _label(lineage: Lineage, prompt_id: str) -> str:
+    found = lineage.prompts.get(prompt_id)
+    if found is None:
+        return f"[red]{prompt_id} (missing)[/red]"
+    name = f" [bold]{escape(found.name)}[/bold]" if found.name else ""
+    marker = " [yellow]<- this prompt[/yellow]" if prompt_id == lineage.prompt_id else ""
+    return f"{prompt_id}{name}: {escape(_short(found.prompt_text, 60))}{marker}"
+
+
+def _edge_label(edge: LineageEdge) -> str:
+    if edge.run is None:
+        return "legacy parent_prompt_id"
+    model = edge.run.outputs.get("enhancement_model") or edge.run.execution_config.get("model")
+    return f"{edge.run.id} by {model}"
+
+
+def _lineage_tree(lineage: Lineage) -> Tree:
+    chain = [edge.parent_id for edge in reversed(lineage.ancestors)] + [lineage.prompt_id]
+    tree = Tree(_label(lineage, chain[0]))
+    nodes = {chain[0]: tree}
+    for edge in reversed(lineage.ancestors):
+        nodes[edge.child_id] = nodes[edge.parent_id].add(
+            f"{_label(lineage, edge.child_id)}  [dim]({_edge_label(edge)})[/dim]"
+        )
+    for edge in lineage.descendants:
+        nodes[edge.child_id] = nodes[edge.parent_id].add(
+            f"{_label(lineage, edge.child_id)}  [dim]({_edge_label(edge)})[/dim]"
+        )
+    for run_ in lineage.in_place:
+        if run_.prompt_id in nodes:
+            model = run_.outputs.get("enhancement_model")
+            nodes[run_.prompt_id].add(
+                f"[cyan]rewritten in place by {model}[/cyan] [dim]({run_.id})[/dim]"
+            )
+    return tree
+
+
+@cli.command()
+@click.argument("prompt_id")
+@_json_option
+@click.pass_obj
+def lineage(state: _Context, prompt_id: str, as_json: bool) -> None:
+    """Draw where a prompt came from and what came of it, as a tree."""
+    found = state.store().get_lineage(prompt_id)
+    if as_json:
+        _emit(found)
+    else:
+        console.print(_lineage_tree(found))
+
+
+def _print_verification(report: VerificationReport) -> None:
+    checks = [
+        ("prompts carry only `enhanced`", report.prompts_with_legacy_keys, "run `migrate --apply`"),
+        ("enhance runs have complete outputs", report.incomplete_enhance_runs, "run `repair`"),
+        ("lineage edges resolve to prompts", report.dangling_edges, "prompts were deleted"),
+        ("no half-finished enhancements", report.half_finished, "run `repair`"),
+    ]
+    for title, problems, advice in checks:
+        if problems:
+            console.print(f"[red]FAIL[/red] {title}: {len(problems)} ({advice})")
+            for problem in problems[:10]:
+                console.print(f"     {escape(problem)}")
+        else:
+            console.print(f"[green]ok[/green]   {title}")
+
+
+@cli.command()
+@_STALE
+@_json_option
+@click.pass_obj
+def verify(state: _Context, stale_minutes: float, as_json: bool) -> None:
+    """Check the enhancement data; exit 1 if a check fails."""
+    report = state.store().verify(stale_after=timedelta(minutes=stale_minutes))
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, **report.model_dump(mode="json")}, indent=2))
+    else:
+        _print_verification(report)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@_STALE
+@_json_option
+@click.pass_obj
+def repair(state: _Context, stale_minutes: float, as_json: bool) -> None:
+    """Finish or roll back interrupted enhancements and migrate legacy data."""
+    report = state.store().repair(stale_after=timedelta(minutes=stale_minutes))
+    if as_json:
+        _emit(report)
+        return
+    migration = report.migration
+    click.echo(
+        f"completed {len(report.completed)}, rolled back {len(report.rolled_back)}, "
+        f"reverts finished {len(report.reverts_finished)}, legacy prompts migrated "
+        f"{len(migration.prompts_stripped)}"
+    )
+    for problem in report.unrepairable:
+        click.echo(f"cannot repair: {problem}")
+
+
+@cli.command()
+@click.option("--apply", "apply_changes", is_flag=True, help="Make the changes (default: dry run).")
+@_json_option
+@click.pass_obj
+def migrate(state: _Context, apply_changes: bool, as_json: bool) -> None:
+    """Move legacy enhancement keys from prompts into runs (dry run unless --apply)."""
+    report = state.store().migrate(dry_run=not apply_changes)
+    if as_json:
+        _emit(report)
+        return
+    verb = "Would" if report.dry_run else "Did"
+    click.echo(
+        f"{verb} backfill {len(report.runs_backfilled)} run(s), create {len(report.runs_created)} "
+        f"run(s) and strip legacy keys from {len(report.prompts_stripped)} prompt(s) "
+        f"({report.prompts_examined} examined)."
+    )
+    if report.dry_run and report.changes:
+        click.echo("Run again with --apply to make these changes.")
+
+
+@cli.command()
+@click.argument("run_id")
+@_json_option
+@click.pass_obj
+def revert(state: _Context, run_id: str, as_json: bool) -> None:
+    """Undo an in-place enhancement: restore the text it replaced."""
+    restored = state.store().revert_enhancement(run_id)
+    if as_json:
+        _emit(restored)
+    else:
+        click.echo(f"Restored {restored.id}: {_short(restored.prompt_text)}")
+
+
+DEMO_PROMPTS = (
+    (
+        "robot-blocks",
+        "A robot arm picks up three wooden blocks and stacks them on a workbench",
+        {"video": "inputs/robot_blocks.mp4", "depth": "inputs/robot_blocks_depth.mp4"},
+    ),
+    (
+        "night-drive",
+        "A car drives down a rainy city street at night",
+        {"video": "inputs/night_drive.mp4", "seg": "inputs/night_drive_seg.mp4"},
+    ),
+    (
+        "warehouse",
+        "Two humanoid robots walk through a warehouse carrying boxes",
+        {"video": "inputs/warehouse.mp4"},
+    ),
+    ("farm-drone", "A drone flies low over farmland at sunset", {"video": "inputs/farm.mp4"}),
+)
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Seed sample Cosmos prompts, enhance them, and show the results.
+
+    Uses the database ``cosmos_demo`` unless --db (or COSMOS_MONGO_DATABASE) names another.
+    """
+    state: _Context = ctx.obj
+    source = ctx.parent.get_parameter_source("database") if ctx.parent else None
+    if source in (None, click.core.ParameterSource.DEFAULT):
+        state.database = "cosmos_demo"
+    store = state.store()
+    click.echo(f"Demo on {state.where()}, enhancer {store.enhancer.model}\n")
+    seeded = [
+        store.create_prompt(text, inputs, {"name": name, "negative_prompt": "blurry, distorted"})
+        for name, text, inputs in DEMO_PROMPTS
+    ]
+    first = store.enhance_prompt(seeded[0].id)
+    store.enhance_prompt(seeded[1].id)
+    store.enhance_prompt(seeded[2].id, create_new=False)
+    store.enhance_prompt(seeded[3].id)
+    second = store.enhance_prompt(
+        first.enhanced_prompt_id,
+        enhanced_text=first.enhanced_text.replace("three wooden blocks", "three red wooden blocks"),
+        enhancement_model="demo-editor",
+    )
+    store.enhance_prompt(second.enhanced_prompt_id, create_new=False)
+    _prompt_table(store.list_enhanced_prompts(limit=10), "Enhanced prompts (newest first)")
+    click.echo(f"\nLineage of {seeded[0].id}:")
+    console.print(_lineage_tree(store.get_lineage(seeded[0].id)))
+    click.echo("\nVerification:")
+    _print_verification(store.verify())
 
 
 def main() -> None:

@@ -315,18 +315,9 @@ def get_lineage(prompt_id: object) -> Flow[Lineage]:
 def assemble_lineage(document: Mapping[str, Any]) -> Lineage:
     """Build the tree from the lineage pipeline's edges; cycles and missing prompts are fine."""
     prompt_id = document["_id"]
-    runs = {
-        run["_id"]: run for run in [*document.get("up_runs", []), *document.get("down_runs", [])]
-    }
-    prompt_docs = {
-        doc["_id"]: doc
-        for doc in [
-            *document.get("up_prompts", []),
-            *document.get("down_prompts", []),
-            *document.get("run_prompts", []),
-            document,
-        ]
-    }
+    runs = {run["_id"]: run for key in q.LINEAGE_RUNS for run in document.get(key) or []}
+    prompt_docs = {doc["_id"]: doc for key in q.LINEAGE_PROMPTS for doc in document.get(key) or []}
+    prompt_docs[prompt_id] = document
     in_place = sorted(
         (Run.from_document(r) for r in runs.values() if _endpoints(r)[0] == _endpoints(r)[1]),
         key=lambda run: run.created_at,

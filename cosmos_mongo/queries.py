@@ -367,75 +367,85 @@ def history_filter(prompt_id: str) -> Document:
     }
 
 
+def _walk_runs(start: str, up: bool, into: str) -> Document:
+    """``$graphLookup`` over completed enhance runs, toward originals (up) or results (down)."""
+    edge = ("outputs.original_prompt_id", "outputs.enhanced_prompt_id")
+    return {
+        "$graphLookup": {
+            "from": RUNS,
+            "startWith": start,
+            "connectFromField": edge[0] if up else edge[1],
+            "connectToField": edge[1] if up else edge[0],
+            "as": into,
+            "restrictSearchWithMatch": COMPLETED_ENHANCEMENT,
+        }
+    }
+
+
+def _walk_legacy(start: str, up: bool, into: str) -> Document:
+    """``$graphLookup`` over prompts through legacy ``parameters.parent_prompt_id`` keys."""
+    edge = ("parameters.parent_prompt_id", "_id")
+    return {
+        "$graphLookup": {
+            "from": PROMPTS,
+            "startWith": start,
+            "connectFromField": edge[0] if up else edge[1],
+            "connectToField": edge[1] if up else edge[0],
+            "as": into,
+        }
+    }
+
+
+def _prompts_named_by(path: str, into: str) -> list[Document]:
+    return [
+        {"$addFields": {f"{into}_ids": path}},
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": f"{into}_ids",
+                "foreignField": "_id",
+                "as": into,
+            }
+        },
+    ]
+
+
 def lineage_pipeline(prompt_id: str) -> list[Document]:
     """Every edge around a prompt, in one aggregation over ``prompts``.
 
     Run edges come from ``$graphLookup`` over completed enhance runs: up from the result to
     the original, down from the original to the result. Legacy edges come from
-    ``parameters.parent_prompt_id`` keys, walked from every prompt the run walk reached, so a
-    chain whose older part has only legacy keys is still followed. Overwrites are self-edges;
-    they are returned too and told apart when the lineage is assembled. Cycles end because
-    ``$graphLookup`` visits each document once.
+    ``parameters.parent_prompt_id`` keys; they are walked from the prompt and from every
+    prompt the run walk reached, so a chain whose older part has only legacy keys is still
+    followed. Overwrites are self-edges: they come back too and are told apart when the
+    lineage is assembled. Cycles end because ``$graphLookup`` visits each document once.
+    Only plain field paths are used as start values, which mongomock evaluates like a server.
     """
     return [
         {"$match": by_id(prompt_id)},
-        {
-            "$graphLookup": {
-                "from": RUNS,
-                "startWith": "$_id",
-                "connectFromField": "outputs.original_prompt_id",
-                "connectToField": "outputs.enhanced_prompt_id",
-                "as": "up_runs",
-                "restrictSearchWithMatch": COMPLETED_ENHANCEMENT,
-            }
-        },
-        {
-            "$graphLookup": {
-                "from": PROMPTS,
-                "startWith": {"$concatArrays": [["$_id"], "$up_runs.outputs.original_prompt_id"]},
-                "connectFromField": "parameters.parent_prompt_id",
-                "connectToField": "_id",
-                "as": "up_prompts",
-            }
-        },
-        {
-            "$graphLookup": {
-                "from": PROMPTS,
-                "startWith": "$_id",
-                "connectFromField": "_id",
-                "connectToField": "parameters.parent_prompt_id",
-                "as": "down_prompts",
-            }
-        },
-        {
-            "$graphLookup": {
-                "from": RUNS,
-                "startWith": {"$concatArrays": [["$_id"], "$down_prompts._id"]},
-                "connectFromField": "outputs.enhanced_prompt_id",
-                "connectToField": "outputs.original_prompt_id",
-                "as": "down_runs",
-                "restrictSearchWithMatch": COMPLETED_ENHANCEMENT,
-            }
-        },
-        {
-            "$addFields": {
-                "run_node_ids": {
-                    "$concatArrays": [
-                        "$up_runs.outputs.original_prompt_id",
-                        "$down_runs.outputs.enhanced_prompt_id",
-                    ]
-                }
-            }
-        },
-        {
-            "$lookup": {
-                "from": PROMPTS,
-                "localField": "run_node_ids",
-                "foreignField": "_id",
-                "as": "run_prompts",
-            }
-        },
+        _walk_runs("$_id", up=True, into="up_runs"),
+        {"$addFields": {"up_run_parent_ids": "$up_runs.outputs.original_prompt_id"}},
+        _walk_legacy("$parameters.parent_prompt_id", up=True, into="up_prompts"),
+        _walk_legacy("$up_run_parent_ids", up=True, into="up_run_prompts"),
+        _walk_legacy("$_id", up=False, into="down_prompts"),
+        {"$addFields": {"down_prompt_ids": "$down_prompts._id"}},
+        _walk_runs("$_id", up=False, into="down_runs"),
+        _walk_runs("$down_prompt_ids", up=False, into="down_legacy_runs"),
+        *_prompts_named_by("$down_runs.outputs.enhanced_prompt_id", "down_run_prompts"),
+        *_prompts_named_by(
+            "$down_legacy_runs.outputs.enhanced_prompt_id", "down_legacy_run_prompts"
+        ),
     ]
+
+
+LINEAGE_RUNS: Final = ("up_runs", "down_runs", "down_legacy_runs")
+LINEAGE_PROMPTS: Final = (
+    "up_prompts",
+    "up_run_prompts",
+    "down_prompts",
+    "down_run_prompts",
+    "down_legacy_run_prompts",
+)
 
 
 def stale_enhancements_filter(before: datetime) -> Document:
