@@ -422,11 +422,11 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
         outcome = yield from _settle(run)
         (completed if outcome else rolled_back).append(run["_id"])
     for run in (yield Find(q.RUNS, q.pending_reverts_filter(before))):
-        try:
-            yield from _finish_revert(run)
+        problem = yield from _settle_revert(run)
+        if problem is None:
             reverts_finished.append(run["_id"])
-        except ConflictError as exc:
-            unrepairable.append(f"{run['_id']}: {exc}")
+        else:
+            unrepairable.append(f"{run['_id']}: {problem}")
     migration = yield from legacy.migrate(dry_run=False)
     for doc in (yield Aggregate(q.RUNS, q.dangling_edges_pipeline())):
         unrepairable.append(f"{_describe_dangling(doc)}: a deleted prompt cannot be restored")
@@ -440,6 +440,29 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
         migration=migration,
         unrepairable=unrepairable,
     )
+
+
+def _settle_revert(run: Mapping[str, Any]) -> Flow[str | None]:
+    """Finish an interrupted revert, or undo its flag if the prompt moved on; None if done."""
+    outputs, config = run.get("outputs") or {}, run.get("execution_config") or {}
+    prompt = yield FindOne(q.PROMPTS, q.by_id(str(outputs.get("enhanced_prompt_id"))))
+    text = None if prompt is None else prompt.get("prompt_text")
+    if text == outputs.get("enhanced_text"):
+        try:
+            yield from _finish_revert(run)
+        except ConflictError as exc:
+            return str(exc)
+        return None
+    if text == config.get("original_prompt_text"):  # the prompt was restored; only the run lags
+        now = utc_now()
+        done = {
+            "$set": {"status": "cancelled", "outputs.reverted_at": now, "updated_at": now},
+            "$unset": {"outputs.revert_pending": ""},
+        }
+        yield UpdateOne(q.RUNS, q.by_id(run["_id"]), done)
+        return None
+    yield UpdateOne(q.RUNS, q.by_id(run["_id"]), {"$unset": {"outputs.revert_pending": ""}})
+    return "the prompt changed since the revert began; the revert was abandoned"
 
 
 def _settle(run: Mapping[str, Any]) -> Flow[bool]:

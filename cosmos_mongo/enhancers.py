@@ -363,6 +363,10 @@ _IMAGE_SUFFIXES: Final = {
 }
 
 
+def _is_vision_model(model: str) -> bool:
+    return any(hint in model.lower() for hint in _VISION_HINTS)
+
+
 def _ffmpeg() -> str | None:
     found = shutil.which("ffmpeg")
     if found:
@@ -452,9 +456,8 @@ class OpenAICompatibleEnhancer:
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
-        self.vision = (
-            vision if vision is not None else any(h in model.lower() for h in _VISION_HINTS)
-        )
+        self._vision_choice = vision
+        self.vision = _is_vision_model(model) if vision is None else vision
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._transport = transport
@@ -468,6 +471,7 @@ class OpenAICompatibleEnhancer:
         twin = OpenAICompatibleEnhancer.__new__(OpenAICompatibleEnhancer)
         twin.__dict__.update(self.__dict__)
         twin.model = model
+        twin.vision = _is_vision_model(model) if self._vision_choice is None else self._vision_choice
         return twin
 
     def request_body(self, prompt_text: str, inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -139,22 +139,34 @@ def runner() -> Iterator[asyncio.Runner]:
         yield event_loop_runner
 
 
-@pytest.fixture(
-    params=[
+def _params(names: list[str]) -> list[Any]:
+    return [
         pytest.param(name, marks=[needs_server, pytest.mark.realserver])
         if name in SERVER_BACKENDS
         else name
-        for name in BACKENDS
+        for name in names
     ]
-)
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
-) -> Iterator[Backend]:
-    store, raw, close = BACKENDS[request.param](tmp_path, runner)
+
+
+def _open_backend(name: str, tmp_path: Path, runner: asyncio.Runner) -> Iterator[Backend]:
+    store, raw, close = BACKENDS[name](tmp_path, runner)
     try:
-        yield Backend(request.param, store, raw)
+        yield Backend(name, store, raw)
     finally:
         close()
+
+
+@pytest.fixture(params=_params(list(BACKENDS)))
+def backend(request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner) -> Iterator[Backend]:
+    yield from _open_backend(request.param, tmp_path, runner)
+
+
+@pytest.fixture(params=_params(["mongomock-motor", "embedded-async", "server-async"]))
+def async_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
+) -> Iterator[Backend]:
+    """Only the async flavours: for tests that run several tasks at once."""
+    yield from _open_backend(request.param, tmp_path, runner)
 
 
 @pytest.fixture
