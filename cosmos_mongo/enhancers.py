@@ -61,18 +61,20 @@ class Enhancer(Protocol):
     async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str: ...
 
 
-_PREFIX = re.compile(
-    r"^\s*(?:(?:here(?:'s| is)\s+(?:the|your|an?)\s+)?(?:enhanced|upsampled|rewritten|improved|"
+_LABEL = (
+    r"(?:(?:here(?:'s| is)\s+(?:the|your|an?)\s+)?(?:enhanced|upsampled|rewritten|improved|"
     r"detailed|expanded|long|refined)?\s*(?:video\s+)?(?:prompt|caption|description|version)"
-    r"|caption|prompt)\s*[:\-\u2013]\s*",
-    re.IGNORECASE,
+    r"|caption|prompt)"
 )
+_PREFIX = re.compile(rf"^\s*{_LABEL}\s*[:\-\u2013]\s*", re.IGNORECASE)
+# A line holding only a label, as a heading or in bold: "# Upsampled caption", "**Prompt:**".
+_LABEL_LINE = re.compile(rf"^\s*#*\s*(?:\*\*)?\s*{_LABEL}\s*:?\s*(?:\*\*)?\s*:?\s*$", re.I | re.M)
 _MARKDOWN = re.compile(r"(```[a-z]*|\*\*|__|`|^#{1,6}\s+|^\s*(?:[-*+]|\d+[.)])\s+)", re.MULTILINE)
 
 
 def clean_enhanced_text(text: str) -> str:
     """One plain paragraph: no ``Caption:``-style prefix, no markdown, no surrounding quotes."""
-    cleaned = text
+    cleaned = _LABEL_LINE.sub("", text)
     previous = None
     while previous != cleaned:
         previous = cleaned
@@ -471,7 +473,9 @@ class OpenAICompatibleEnhancer:
         twin = OpenAICompatibleEnhancer.__new__(OpenAICompatibleEnhancer)
         twin.__dict__.update(self.__dict__)
         twin.model = model
-        twin.vision = _is_vision_model(model) if self._vision_choice is None else self._vision_choice
+        twin.vision = (
+            _is_vision_model(model) if self._vision_choice is None else self._vision_choice
+        )
         return twin
 
     def request_body(self, prompt_text: str, inputs: Mapping[str, Any]) -> dict[str, Any]:

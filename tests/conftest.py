@@ -157,7 +157,9 @@ def _open_backend(name: str, tmp_path: Path, runner: asyncio.Runner) -> Iterator
 
 
 @pytest.fixture(params=_params(list(BACKENDS)))
-def backend(request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
+) -> Iterator[Backend]:
     yield from _open_backend(request.param, tmp_path, runner)
 
 

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cosmos_mongo.cli import cli
-from cosmos_mongo.queries import INDEXES
 from cosmos_mongo.models import new_prompt_id
+from cosmos_mongo.queries import INDEXES
 
 
 @pytest.fixture
@@ -131,3 +131,81 @@ def test_a_bad_uri_is_never_echoed(invoke: Any) -> None:
     result = invoke("--uri", "postgres://user:secret@host/db", "prompt", "list")
     assert result.exit_code == 1
     assert "secret" not in result.output
+
+
+# -- enhancement commands -------------------------------------------------------------------
+
+
+def test_enhance_then_inspect_with_every_helper_command(invoke: Any) -> None:
+    prompt_id = created_id(invoke, "A robot arm stacks blocks", "--name", "robot")
+    result = json.loads(invoke("enhance", prompt_id, "--json").output)
+    child = result["enhanced_prompt_id"]
+    assert result["enhancement_model"] == "template-v1" and child != prompt_id
+    details = json.loads(invoke("details", child, "--json").output)
+    assert details["run_id"] == result["run_id"]
+    assert json.loads(invoke("original", child, "--json").output)["id"] == prompt_id
+    assert [p["id"] for p in json.loads(invoke("enhanced", "--json").output)] == [child]
+    history = json.loads(invoke("history", prompt_id, "--json").output)
+    assert [r["id"] for r in history] == [result["run_id"]]
+    assert result["run_id"] in invoke("history", prompt_id).output
+    lineage = json.loads(invoke("lineage", prompt_id, "--json").output)
+    assert [e["child_id"] for e in lineage["descendants"]] == [child]
+    tree = invoke("lineage", child).output
+    assert prompt_id in tree and child in tree and "this prompt" in tree
+    assert invoke("details", prompt_id).exit_code == 1  # the original is not enhanced
+
+
+def test_enhance_in_place_with_agent_text_then_revert(invoke: Any) -> None:
+    prompt_id = created_id(invoke, "A robot arm stacks blocks")
+    done = invoke(
+        "enhance",
+        prompt_id,
+        "--overwrite",
+        "--text",
+        "A robot arm stacks three blocks.",
+        "--model",
+        "claude",
+    )
+    assert done.exit_code == 0 and "in place" in done.output
+    run_id = json.loads(invoke("history", prompt_id, "--json").output)[0]["id"]
+    assert "rewritten in place by claude" in invoke("lineage", prompt_id).output
+    assert "Restored" in invoke("revert", run_id).output
+    assert json.loads(invoke("prompt", "show", prompt_id, "--json").output)["prompt_text"] == (
+        "A robot arm stacks blocks"
+    )
+    failed = invoke("revert", run_id)
+    assert failed.exit_code == 1 and "only a completed enhancement" in failed.output
+
+
+def test_verify_repair_and_migrate(invoke: Any, tmp_path: Path) -> None:
+    from cosmos_mongo.embedded import open_embedded
+    from tests.integration.legacy_data import insert_legacy
+
+    with open_embedded(tmp_path / "data") as database:
+        insert_legacy(database)
+    verify = invoke("verify")
+    assert verify.exit_code == 1 and "FAIL" in verify.output and "migrate --apply" in verify.output
+    dry = invoke("migrate")
+    assert "Would" in dry.output and "--apply" in dry.output
+    assert invoke("verify").exit_code == 1
+    applied = json.loads(invoke("migrate", "--apply", "--json").output)
+    assert len(applied["prompts_stripped"]) == 4
+    ok = invoke("verify", "--json")
+    assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
+    assert "completed 0, rolled back 0" in invoke("repair").output
+
+
+def test_demo_seeds_enhances_and_reports(invoke: Any, tmp_path: Path) -> None:
+    result = invoke("demo")
+    assert result.exit_code == 0, result.output
+    assert "cosmos_demo" in result.output and "template-v1" in result.output
+    assert "robot-blocks_enhanced" in result.output and "rewritten in place" in result.output
+    assert "FAIL" not in result.output and result.output.count("ok ") >= 4
+    assert (tmp_path / "data" / "cosmos_demo.sqlite3").exists()
+
+
+def test_enhance_errors_are_one_line(invoke: Any) -> None:
+    prompt_id = created_id(invoke, "A robot arm stacks blocks")
+    result = invoke("enhance", prompt_id, "--model", "gpt-9")
+    assert result.exit_code == 1 and "only runs 'template-v1'" in result.output
+    assert "Traceback" not in result.output

@@ -65,10 +65,13 @@ def test_public_methods_document_what_they_raise() -> None:
 
 
 def seeded(database: Any) -> tuple[str, str]:
+    """A prompt enhanced twice (a new child, then in place), with a transfer run."""
     store = CosmosStore(database)
     prompt = store.create_prompt("a robot arm", {}, {"name": "robot"})
+    child = store.enhance_prompt(prompt.id)
+    store.enhance_prompt(child.enhanced_prompt_id, create_new=False)
     run = store.create_run(prompt.id, {})
-    return prompt.id, run.id
+    return child.enhanced_prompt_id, run.id
 
 
 READS = {
@@ -78,6 +81,11 @@ READS = {
     "preview_prompt_deletion": lambda s, p, r: s.preview_prompt_deletion(p),
     "get_run": lambda s, p, r: s.get_run(r),
     "list_runs": lambda s, p, r: s.list_runs(prompt_id=p, model_type="transfer", status="pending"),
+    "get_enhancement_details": lambda s, p, r: s.get_enhancement_details(p),
+    "get_original_prompt": lambda s, p, r: s.get_original_prompt(p),
+    "list_enhanced_prompts": lambda s, p, r: s.list_enhanced_prompts(),
+    "get_enhancement_history": lambda s, p, r: s.get_enhancement_history(p),
+    "get_lineage": lambda s, p, r: s.get_lineage(p),
 }
 
 

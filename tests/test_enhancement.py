@@ -22,7 +22,7 @@ from cosmos_mongo import (
     RunNotFoundError,
 )
 from cosmos_mongo.config import Settings
-from cosmos_mongo.embedded import AsyncEmbeddedDatabase, open_embedded
+from cosmos_mongo.embedded import open_embedded
 from cosmos_mongo.enhancers import OpenAICompatibleEnhancer, TemplateEnhancer
 from cosmos_mongo.errors import EnhancementError
 from cosmos_mongo.models import new_run_id
@@ -90,10 +90,12 @@ def test_a_hanging_enhancer_times_out_sync(tmp_path: Path) -> None:
             return "too late"
 
     with open_embedded(tmp_path) as database:
-        store = CosmosStore(database, enhancer=Hanging(), settings=Settings(enhancement_timeout=0.2))
+        store = CosmosStore(
+            database, enhancer=Hanging(), settings=Settings(enhancement_timeout=0.2)
+        )
         prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
         try:
-            with pytest.raises(EnhancementError, match="no answer within 0.2 s") as caught:
+            with pytest.raises(EnhancementError, match=r"no answer within 0\.2 s") as caught:
                 store.enhance_prompt(prompt.id)
         finally:
             release.set()
@@ -290,7 +292,9 @@ def test_a_crash_before_any_write_is_reported_by_verify_and_settled_by_repair(
     for crash_at in range(1, writes + 2):
         with open_embedded(tmp_path / f"{scenario}-{crash_at}") as database:
             store = CosmosStore(database)
-            prompt = store.create_prompt("A robot arm stacks blocks", {"video": "v.mp4"}, {"name": "r"})
+            prompt = store.create_prompt(
+                "A robot arm stacks blocks", {"video": "v.mp4"}, {"name": "r"}
+            )
             crashing = CosmosStore(CrashingDatabase(database, crash_at))
             try:
                 result = crashing.enhance_prompt(prompt.id, **arguments)
@@ -302,10 +306,14 @@ def test_a_crash_before_any_write_is_reported_by_verify_and_settled_by_repair(
             assert report.ok == (not interrupted), (crash_at, report)
             repaired = store.repair(stale_after=NOW)
             assert store.verify(stale_after=NOW).ok, (crash_at, repaired)
-            assert_settled(store, prompt, arguments, text_recorded=crash_at > 2 or "enhanced_text" in arguments)
+            assert_settled(
+                store, prompt, arguments, text_recorded=crash_at > 2 or "enhanced_text" in arguments
+            )
 
 
-def assert_settled(store: CosmosStore, prompt: Any, arguments: dict[str, Any], text_recorded: bool) -> None:
+def assert_settled(
+    store: CosmosStore, prompt: Any, arguments: dict[str, Any], text_recorded: bool
+) -> None:
     """Nothing lost: a recorded rewrite is in place and its run completed; else all as before."""
     runs = store.get_enhancement_history(prompt.id)
     assert len(runs) <= 1
@@ -392,7 +400,9 @@ def test_an_interrupted_revert_is_finished_by_repair(tmp_path: Path, crash_at: i
         assert store.verify(stale_after=NOW).ok
 
 
-def test_the_default_enhancer_is_the_offline_template(mock_store: CosmosStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_enhancer_is_the_offline_template(
+    mock_store: CosmosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("COSMOS_MONGO_ENHANCER", "COSMOS_MONGO_ENHANCER_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     assert isinstance(CosmosStore(mock_store.db).enhancer, TemplateEnhancer)

@@ -26,7 +26,9 @@ def prompt(n: int, text: str, minutes: int, **parameters: Any) -> dict[str, Any]
     }
 
 
-def run(n: int, prompt_id: str, minutes: int, outputs: dict[str, Any], model: str) -> dict[str, Any]:
+def run(
+    n: int, prompt_id: str, minutes: int, outputs: dict[str, Any], model: str
+) -> dict[str, Any]:
     return {  # no metadata, no enhanced_at, no enhancement_model: as the predecessor wrote them
         "_id": rid(n),
         "prompt_id": prompt_id,
@@ -43,27 +45,79 @@ def insert_legacy(raw: Any) -> dict[str, str]:
     """A: original; B: create_new of A with run and keys; C: overwrite with run and keys;
     E -> D: create_new known only from keys; F: overwrite known only from keys."""
     stamp = "2024-01-01T12:30:00Z"
-    raw["prompts"].insert_many([
-        prompt(1, "A robot arm stacks blocks", 0, name="robot"),
-        prompt(2, "A robot arm carefully stacks three wooden blocks on a bench", 30,
-               name="robot_enhanced", enhanced=True, enhancement_model="pixtral", enhanced_at=stamp,
-               parent_prompt_id=pid(1), last_enhancement_run_id=rid(1)),
-        prompt(3, "Rain falls on a neon street at night, cars pass slowly", 40, name="rain",
-               enhanced=True, enhancement_model="pixtral", enhanced_at="2024-01-01T12:45:00Z",
-               last_enhancement_run_id=rid(2)),
-        prompt(5, "A drone over farmland", 50, name="drone"),
-        prompt(4, "A drone glides low over green farmland at sunset", 55, name="drone_enhanced",
-               enhanced=True, enhancement_model="llava", enhanced_at="2024-01-01T12:56:00Z",
-               parent_prompt_id=pid(5)),
-        prompt(6, "A forklift lifts a pallet in a bright warehouse", 60, enhanced=True,
-               enhancement_model="nim-llama", enhanced_at="2024-01-01T13:01:00+00:00"),
-    ])
-    raw["runs"].insert_many([
-        run(1, pid(1), 29, {"enhanced_text": "A robot arm carefully stacks three wooden blocks on a bench",
-                            "original_prompt_id": pid(1), "enhanced_prompt_id": pid(2),
-                            "duration_seconds": 45.2, "timestamp": stamp}, "pixtral"),
-        run(2, pid(3), 44, {"enhanced_text": "Rain falls on a neon street at night, cars pass slowly",
-                            "original_prompt_id": pid(3), "enhanced_prompt_id": pid(3),
-                            "duration_seconds": 12.0, "timestamp": "2024-01-01T12:45:00Z"}, "pixtral"),
-    ])
+    raw["prompts"].insert_many(
+        [
+            prompt(1, "A robot arm stacks blocks", 0, name="robot"),
+            prompt(
+                2,
+                "A robot arm carefully stacks three wooden blocks on a bench",
+                30,
+                name="robot_enhanced",
+                enhanced=True,
+                enhancement_model="pixtral",
+                enhanced_at=stamp,
+                parent_prompt_id=pid(1),
+                last_enhancement_run_id=rid(1),
+            ),
+            prompt(
+                3,
+                "Rain falls on a neon street at night, cars pass slowly",
+                40,
+                name="rain",
+                enhanced=True,
+                enhancement_model="pixtral",
+                enhanced_at="2024-01-01T12:45:00Z",
+                last_enhancement_run_id=rid(2),
+            ),
+            prompt(5, "A drone over farmland", 50, name="drone"),
+            prompt(
+                4,
+                "A drone glides low over green farmland at sunset",
+                55,
+                name="drone_enhanced",
+                enhanced=True,
+                enhancement_model="llava",
+                enhanced_at="2024-01-01T12:56:00Z",
+                parent_prompt_id=pid(5),
+            ),
+            prompt(
+                6,
+                "A forklift lifts a pallet in a bright warehouse",
+                60,
+                enhanced=True,
+                enhancement_model="nim-llama",
+                enhanced_at="2024-01-01T13:01:00+00:00",
+            ),
+        ]
+    )
+    raw["runs"].insert_many(
+        [
+            run(
+                1,
+                pid(1),
+                29,
+                {
+                    "enhanced_text": "A robot arm carefully stacks three wooden blocks on a bench",
+                    "original_prompt_id": pid(1),
+                    "enhanced_prompt_id": pid(2),
+                    "duration_seconds": 45.2,
+                    "timestamp": stamp,
+                },
+                "pixtral",
+            ),
+            run(
+                2,
+                pid(3),
+                44,
+                {
+                    "enhanced_text": "Rain falls on a neon street at night, cars pass slowly",
+                    "original_prompt_id": pid(3),
+                    "enhanced_prompt_id": pid(3),
+                    "duration_seconds": 12.0,
+                    "timestamp": "2024-01-01T12:45:00Z",
+                },
+                "pixtral",
+            ),
+        ]
+    )
     return {"A": pid(1), "B": pid(2), "C": pid(3), "D": pid(4), "E": pid(5), "F": pid(6)}

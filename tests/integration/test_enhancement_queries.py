@@ -11,8 +11,12 @@ from tests.integration.legacy_data import T0, insert_legacy, rid
 
 
 def seeded(store: Any) -> dict[str, Any]:
-    original = store.create_prompt("A robot arm stacks blocks", {"video": "in.mp4"}, {"name": "robot"})
-    created = store.enhance_prompt(original.id, enhanced_text="A robot arm stacks three blocks slowly.")
+    original = store.create_prompt(
+        "A robot arm stacks blocks", {"video": "in.mp4"}, {"name": "robot"}
+    )
+    created = store.enhance_prompt(
+        original.id, enhanced_text="A robot arm stacks three blocks slowly."
+    )
     plain = store.create_prompt("Waves roll onto a beach", {}, {})
     overwritten = store.enhance_prompt(plain.id, create_new=False, enhancement_model="template-v1")
     return {"original": original, "created": created, "plain": plain, "overwritten": overwritten}
@@ -25,7 +29,9 @@ def test_get_enhancement_details(store: Any) -> None:
     assert created.enhanced_text == "A robot arm stacks three blocks slowly."
     assert created.enhancement_model == "agent"
     assert (created.original_prompt_id, created.enhanced_prompt_id) == (
-        data["original"].id, data["created"].enhanced_prompt_id)
+        data["original"].id,
+        data["created"].enhanced_prompt_id,
+    )
     assert created.enhanced_at.tzinfo is not None and created.duration_seconds == 0.0
     in_place = store.get_enhancement_details(data["plain"].id)
     assert in_place.run_id == data["overwritten"].run_id
@@ -38,8 +44,12 @@ def test_get_enhancement_details(store: Any) -> None:
 
 def test_get_enhancement_details_ignores_failed_runs_and_picks_the_latest(store: Any) -> None:
     prompt = store.create_prompt("A cat sits on a mat", {}, {})
-    first = store.enhance_prompt(prompt.id, create_new=False, enhanced_text="A cat sits on a red mat.")
-    second = store.enhance_prompt(prompt.id, create_new=False, enhanced_text="A grey cat sits on a red mat.")
+    first = store.enhance_prompt(
+        prompt.id, create_new=False, enhanced_text="A cat sits on a red mat."
+    )
+    second = store.enhance_prompt(
+        prompt.id, create_new=False, enhanced_text="A grey cat sits on a red mat."
+    )
     assert store.get_enhancement_details(prompt.id).run_id == second.run_id
     store.revert_enhancement(second.run_id)
     assert store.get_enhancement_details(prompt.id).run_id == first.run_id
@@ -73,11 +83,16 @@ def test_list_enhanced_prompts_filter_is_the_partial_index_predicate() -> None:
 
 def test_get_enhancement_history(store: Any) -> None:
     data = seeded(store)
-    again = store.enhance_prompt(data["created"].enhanced_prompt_id, create_new=False,
-                                 enhanced_text="A robot arm stacks three blocks very slowly.")
+    again = store.enhance_prompt(
+        data["created"].enhanced_prompt_id,
+        create_new=False,
+        enhanced_text="A robot arm stacks three blocks very slowly.",
+    )
     history = store.get_enhancement_history(data["created"].enhanced_prompt_id)
     assert [run.id for run in history] == [again.run_id, data["created"].run_id]
-    assert [run.id for run in store.get_enhancement_history(data["original"].id)] == [data["created"].run_id]
+    assert [run.id for run in store.get_enhancement_history(data["original"].id)] == [
+        data["created"].run_id
+    ]
     assert all(run.model_type == "enhance" for run in history)
     assert store.get_enhancement_history(new_prompt_id()) == []
 
@@ -113,19 +128,25 @@ def test_queries_work_with_old_structure(backend: Backend) -> None:
 
     lineage = store.get_lineage(ids["D"])
     assert lineage.root_id == ids["E"]
-    assert [(e.parent_id, e.child_id, e.run) for e in lineage.ancestors] == [(ids["E"], ids["D"], None)]
+    assert [(e.parent_id, e.child_id, e.run) for e in lineage.ancestors] == [
+        (ids["E"], ids["D"], None)
+    ]
     assert [e.child_id for e in store.get_lineage(ids["A"]).descendants] == [ids["B"]]
     assert [r.id for r in store.get_lineage(ids["C"]).in_place] == [rid(2)]
     assert store.get_prompt(ids["A"]).updated_at is None  # readers accept the older shape
-    assert T0 < store.get_prompt(ids["B"]).created_at
+    assert store.get_prompt(ids["B"]).created_at > T0
 
 
 def test_new_enhancements_on_legacy_prompts_join_the_old_lineage(backend: Backend) -> None:
     ids = insert_legacy(backend.raw)
-    grandchild = backend.store.enhance_prompt(ids["D"], enhanced_text="A drone glides low over green farmland.")
+    grandchild = backend.store.enhance_prompt(
+        ids["D"], enhanced_text="A drone glides low over green farmland."
+    )
     lineage = backend.store.get_lineage(grandchild.enhanced_prompt_id)
     assert [e.parent_id for e in lineage.ancestors] == [ids["D"], ids["E"]]
     assert lineage.ancestors[0].run.id == grandchild.run_id and lineage.ancestors[1].run is None
     assert lineage.root_id == ids["E"]
     assert [e.child_id for e in backend.store.get_lineage(ids["E"]).descendants] == [
-        ids["D"], grandchild.enhanced_prompt_id]
+        ids["D"],
+        grandchild.enhanced_prompt_id,
+    ]
