@@ -374,7 +374,7 @@ def _ffmpeg() -> str | None:
     if found:
         return found
     try:
-        import imageio_ffmpeg  # type: ignore[import-not-found,unused-ignore]
+        import imageio_ffmpeg
     except ImportError:
         return None
     return str(imageio_ffmpeg.get_ffmpeg_exe())
