@@ -36,6 +36,7 @@ from typing import Any, Final, TypeVar
 
 import bson
 import mongomock as _mongomock
+from mongomock import aggregate as _aggregation
 from mongomock import filtering as _filtering
 from mongomock import helpers as _helpers
 from pymongo import ReturnDocument
@@ -46,6 +47,7 @@ from cosmos_mongo.errors import InvalidInputError, StorageError
 # mongomock's own type hints claim pymongo's classes; the engine treats it as untyped.
 mongomock: Any = _mongomock
 filtering: Any = _filtering
+aggregation: Any = _aggregation
 helpers: Any = _helpers
 
 T = TypeVar("T")
@@ -278,26 +280,34 @@ class _Planner:
     def candidates(
         self, collection: str, query: Mapping[str, Any], stored: Mapping[Any, Any]
     ) -> list[Any] | None:
-        """Ids of the documents that can match ``query``, or None when every one can."""
-        terms: list[Mapping[str, Any]] = [query]
-        conjunction = query.get("$and")
-        if isinstance(conjunction, list):
-            terms.extend(term for term in conjunction if isinstance(term, Mapping))
+        """Ids of the documents that can match ``query``, or None when every one can.
+
+        Every top-level term must hold, so the smallest candidate set of any term will do:
+        an equality or ``$in`` on ``_id`` or on a hashed field, an ``$and`` of such terms, or
+        an ``$or`` whose every branch narrows (the union of the branches).
+        """
         indexes = self._indexes.get(collection, {})
         best: list[Any] | None = None
-        for term in terms:
-            for path, condition in term.items():
-                if path != "_id" and path not in indexes:
-                    continue
-                values = _equality_values(condition)
-                if values is None:
-                    continue
-                if path == "_id":
+        for path, condition in query.items():
+            ids: list[Any] | None = None
+            if path == "$and" and isinstance(condition, list):
+                narrowed = [self.candidates(collection, term, stored) for term in condition]
+                ids = min((n for n in narrowed if n is not None), key=len, default=None)
+            elif path == "$or" and isinstance(condition, list) and condition:
+                branches = [self.candidates(collection, term, stored) for term in condition]
+                if all(branch is not None for branch in branches):
+                    ids = list(dict.fromkeys(i for branch in branches for i in branch or ()))
+            elif path == "_id":
+                # _id is never null or missing, so even {_id: null} pins the candidates.
+                values = [None] if condition is None else _equality_values(condition)
+                if values is not None:
                     ids = [value for value in dict.fromkeys(values) if value in stored]
-                else:
+            elif path in indexes:
+                values = _equality_values(condition)
+                if values is not None:
                     ids = list(indexes[path].lookup(values))
-                if best is None or len(ids) < len(best):
-                    best = ids
+            if ids is not None and (best is None or len(ids) < len(best)):
+                best = ids
         return best
 
 
@@ -315,6 +325,18 @@ class _IndexedCollection(mongomock.Collection):  # type: ignore[misc]
             filtering.filter_applies(filter, {})  # still reject a malformed filter
         documents = [stored[i] for i in ids if i in stored]
         return (document for document in documents if filtering.filter_applies(filter, document))
+
+    def aggregate(self, pipeline: list[Mapping[str, Any]], session: Any = None, **_: Any) -> Any:
+        """mongomock copies the whole collection before the first stage; a leading ``$match``
+        is served by the indexed ``find`` instead, and the rest runs on what it returns."""
+        stages = list(pipeline)
+        first = stages[0] if stages else {}
+        query = first.get("$match") if len(first) == 1 else None
+        if isinstance(query, Mapping):
+            documents, stages = list(self.find(query)), stages[1:]
+        else:
+            documents = list(self.find())
+        return aggregation.process_pipeline(documents, self.database, stages, session)
 
     def find_sorted(
         self,

@@ -239,3 +239,21 @@ def test_lookups_by_id_and_indexed_fields_scan_only_candidates(
     flagged = database["prompts"].find({"parameters.enhanced": True}, sort=[("created_at", -1)])
     assert len(flagged) == 30 and counter.calls <= 31
     database.close()
+
+
+def test_or_and_null_id_terms_narrow_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cosmos_mongo.embedded as engine_module
+
+    database = open_embedded(tmp_path)
+    store = CosmosStore(database)
+    store.ensure_indexes()
+    prompts = [store.create_prompt(f"prompt {i}", {}, {}) for i in range(200)]
+    enhanced = store.enhance_prompt(prompts[3].id, enhanced_text="Child.")
+    counter = _CountingFilter(engine_module.filtering)
+    monkeypatch.setattr(engine_module, "filtering", counter)
+    assert [r.id for r in store.get_enhancement_history(prompts[3].id)] == [enhanced.run_id]
+    assert counter.calls <= 4  # the $or branches' candidates, not 200 runs
+    counter.calls = 0
+    assert database["prompts"].find({"_id": None}) == []
+    assert counter.calls <= 1
+    database.close()

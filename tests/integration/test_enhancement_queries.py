@@ -67,9 +67,11 @@ def test_list_enhanced_prompts(backend: Backend) -> None:
     store = backend.store
     data = seeded(store)
     listed = store.list_enhanced_prompts()
-    assert [p.id for p in listed] == [data["plain"].id, data["created"].enhanced_prompt_id]
+    assert {p.id for p in listed} == {data["plain"].id, data["created"].enhanced_prompt_id}
+    assert [p.created_at for p in listed] == sorted((p.created_at for p in listed), reverse=True)
     assert all(p.enhanced for p in listed)
-    assert [p.id for p in store.list_enhanced_prompts(limit=1)] == [data["plain"].id]
+    assert [p.id for p in store.list_enhanced_prompts(limit=1)] == [listed[0].id]
+    assert data["original"].id not in {p.id for p in listed}
 
 
 def test_list_enhanced_prompts_filter_is_the_partial_index_predicate() -> None:
