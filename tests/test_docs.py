@@ -36,8 +36,9 @@ def _commands(group: click.Group, prefix: str = "") -> list[str]:
 @pytest.mark.parametrize("command", _commands(cli))
 def test_every_cli_command_is_in_the_readme(command: str) -> None:
     group, _, leaf = command.rpartition(" ")
-    pattern = rf"cosmos-mongo {group}.*\b{leaf}\b" if group else rf"cosmos-mongo {leaf}\b"
-    assert re.search(pattern, README), command
+    prefix = f"cosmos-mongo {group} " if group else "cosmos-mongo "
+    pattern = rf"^{prefix}.*\b{leaf}\b"
+    assert re.search(pattern, README, re.MULTILINE), command
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:

@@ -131,3 +131,54 @@ def test_runs_by_prompt_use_the_prompt_index(server: Any) -> None:
     stages = _stages(explained["queryPlanner"]["winningPlan"])
     assert any(s.get("indexName") == "runs_prompt_id_created_at" for s in stages)
     assert "SORT" not in [s.get("stage") for s in stages]
+
+
+def _plan_uses(explained: dict[str, Any], index: str) -> bool:
+    return any(
+        s.get("indexName") == index for s in _stages(explained["queryPlanner"]["winningPlan"])
+    )
+
+
+def test_helper_queries_use_their_indexes(server: Any) -> None:
+    store, _ = server
+    original = store.create_prompt("A robot arm stacks blocks", {}, {})
+    child = store.enhance_prompt(original.id, enhanced_text="A robot arm stacks three blocks.")
+    runs = store.db["runs"]
+    details = runs.find({"outputs.enhanced_prompt_id": child.enhanced_prompt_id}).explain()
+    assert _plan_uses(details, "runs_enhanced_prompt_id")
+    children = runs.find({"outputs.original_prompt_id": original.id}).explain()
+    assert _plan_uses(children, "runs_original_prompt_id")
+    history = runs.find(q.history_filter(original.id)).explain()
+    for index in (
+        "runs_prompt_id_created_at",
+        "runs_original_prompt_id",
+        "runs_enhanced_prompt_id",
+    ):
+        assert _plan_uses(history, index), index
+
+
+def test_graph_lookup_walks_lineage_on_a_server(server: Any) -> None:
+    store, counter = server
+    root = store.create_prompt("A robot arm stacks blocks", {}, {})
+    g1 = store.enhance_prompt(root.id, enhanced_text="Generation one.")
+    store.enhance_prompt(
+        g1.enhanced_prompt_id, create_new=False, enhanced_text="Generation one, again."
+    )
+    g2 = store.enhance_prompt(g1.enhanced_prompt_id, enhanced_text="Generation two.")
+    counter.commands.clear()
+    lineage = store.get_lineage(g1.enhanced_prompt_id)
+    assert counter.commands == ["aggregate"]
+    assert [e.parent_id for e in lineage.ancestors] == [root.id]
+    assert [e.child_id for e in lineage.descendants] == [g2.enhanced_prompt_id]
+    assert len(lineage.in_place) == 1
+    # depthField comes back as Int64 on a server: the raw stage works the same way
+    raw = list(store.db["prompts"].aggregate(q.lineage_pipeline(g2.enhanced_prompt_id)))
+    assert {run["_id"] for run in raw[0]["up_runs"]} >= {g1.run_id, g2.run_id}
+
+
+def test_an_agent_enhancement_is_one_read_and_three_writes_on_a_server(server: Any) -> None:
+    store, counter = server
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+    counter.commands.clear()
+    store.enhance_prompt(prompt.id, enhanced_text="A robot arm stacks three blocks.")
+    assert counter.commands == ["find", "insert", "insert", "update"]
