@@ -518,46 +518,46 @@ class OpenAICompatibleEnhancer:
             raise EnhancementError(f"{self.model} returned an empty answer")
         return limit_words(clean_enhanced_text(text))
 
-    def _retryable(self, attempt: int, response: httpx.Response | None) -> bool:
-        return attempt < self.max_retries and (
-            response is None or response.status_code in _RETRY_STATUSES
-        )
+    def _settle(self, attempt: int, outcome: httpx.Response | httpx.HTTPError) -> str | None:
+        """The answer, or None to try again; raises once retries are spent or pointless."""
+        retry = attempt < self.max_retries
+        if isinstance(outcome, httpx.HTTPError):
+            if retry:
+                return None
+            detail = f"{type(outcome).__name__}: {outcome}"
+            raise EnhancementError(f"{self.model} at {self.base_url}: {detail}") from outcome
+        if retry and outcome.status_code in _RETRY_STATUSES:
+            return None
+        return self._answer(outcome)
 
     def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
         body = self.request_body(prompt_text, inputs)
         url = f"{self.base_url}/chat/completions"
         with httpx.Client(timeout=self.timeout, transport=self._transport) as client:
             for attempt in range(self.max_retries + 1):
+                outcome: httpx.Response | httpx.HTTPError
                 try:
-                    response = client.post(url, json=body, headers=self._headers())
+                    outcome = client.post(url, json=body, headers=self._headers())
                 except httpx.HTTPError as exc:
-                    if not self._retryable(attempt, None):
-                        raise EnhancementError(
-                            f"{self.model} at {self.base_url}: {type(exc).__name__}: {exc}"
-                        ) from exc
-                else:
-                    if not self._retryable(attempt, response):
-                        return self._answer(response)
+                    outcome = exc
+                if (text := self._settle(attempt, outcome)) is not None:
+                    return text
                 time.sleep(self.retry_backoff * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
         body = await asyncio.to_thread(self.request_body, prompt_text, inputs)
         url = f"{self.base_url}/chat/completions"
-        async with httpx.AsyncClient(
-            timeout=self.timeout, transport=self._async_transport
-        ) as client:
+        transport = self._async_transport
+        async with httpx.AsyncClient(timeout=self.timeout, transport=transport) as client:
             for attempt in range(self.max_retries + 1):
+                outcome: httpx.Response | httpx.HTTPError
                 try:
-                    response = await client.post(url, json=body, headers=self._headers())
+                    outcome = await client.post(url, json=body, headers=self._headers())
                 except httpx.HTTPError as exc:
-                    if not self._retryable(attempt, None):
-                        raise EnhancementError(
-                            f"{self.model} at {self.base_url}: {type(exc).__name__}: {exc}"
-                        ) from exc
-                else:
-                    if not self._retryable(attempt, response):
-                        return self._answer(response)
+                    outcome = exc
+                if (text := self._settle(attempt, outcome)) is not None:
+                    return text
                 await asyncio.sleep(self.retry_backoff * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 

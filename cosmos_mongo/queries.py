@@ -367,33 +367,26 @@ def history_filter(prompt_id: str) -> Document:
     }
 
 
-def _walk_runs(start: str, up: bool, into: str) -> Document:
-    """``$graphLookup`` over completed enhance runs, toward originals (up) or results (down)."""
-    edge = ("outputs.original_prompt_id", "outputs.enhanced_prompt_id")
-    return {
-        "$graphLookup": {
-            "from": RUNS,
-            "startWith": start,
-            "connectFromField": edge[0] if up else edge[1],
-            "connectToField": edge[1] if up else edge[0],
-            "as": into,
-            "restrictSearchWithMatch": COMPLETED_ENHANCEMENT,
-        }
-    }
+RUN_EDGE: Final = ("outputs.original_prompt_id", "outputs.enhanced_prompt_id")
+LEGACY_EDGE: Final = ("parameters.parent_prompt_id", "_id")
 
 
-def _walk_legacy(start: str, up: bool, into: str) -> Document:
-    """``$graphLookup`` over prompts through legacy ``parameters.parent_prompt_id`` keys."""
-    edge = ("parameters.parent_prompt_id", "_id")
-    return {
-        "$graphLookup": {
-            "from": PROMPTS,
-            "startWith": start,
-            "connectFromField": edge[0] if up else edge[1],
-            "connectToField": edge[1] if up else edge[0],
-            "as": into,
-        }
+def _walk(collection: str, edge: tuple[str, str], start: str, up: bool, into: str) -> Document:
+    """``$graphLookup`` along ``edge`` (parent field, child field), toward parents if ``up``.
+
+    Over runs it follows completed enhancements; over prompts, legacy parent keys.
+    """
+    parent, child = edge
+    stage: Document = {
+        "from": collection,
+        "startWith": start,
+        "connectFromField": parent if up else child,
+        "connectToField": child if up else parent,
+        "as": into,
     }
+    if collection == RUNS:
+        stage["restrictSearchWithMatch"] = COMPLETED_ENHANCEMENT
+    return {"$graphLookup": stage}
 
 
 def _prompts_named_by(path: str, into: str) -> list[Document]:
@@ -423,14 +416,14 @@ def lineage_pipeline(prompt_id: str) -> list[Document]:
     """
     return [
         {"$match": by_id(prompt_id)},
-        _walk_runs("$_id", up=True, into="up_runs"),
+        _walk(RUNS, RUN_EDGE, "$_id", up=True, into="up_runs"),
         {"$addFields": {"up_run_parent_ids": "$up_runs.outputs.original_prompt_id"}},
-        _walk_legacy("$parameters.parent_prompt_id", up=True, into="up_prompts"),
-        _walk_legacy("$up_run_parent_ids", up=True, into="up_run_prompts"),
-        _walk_legacy("$_id", up=False, into="down_prompts"),
+        _walk(PROMPTS, LEGACY_EDGE, "$parameters.parent_prompt_id", up=True, into="up_prompts"),
+        _walk(PROMPTS, LEGACY_EDGE, "$up_run_parent_ids", up=True, into="up_run_prompts"),
+        _walk(PROMPTS, LEGACY_EDGE, "$_id", up=False, into="down_prompts"),
         {"$addFields": {"down_prompt_ids": "$down_prompts._id"}},
-        _walk_runs("$_id", up=False, into="down_runs"),
-        _walk_runs("$down_prompt_ids", up=False, into="down_legacy_runs"),
+        _walk(RUNS, RUN_EDGE, "$_id", up=False, into="down_runs"),
+        _walk(RUNS, RUN_EDGE, "$down_prompt_ids", up=False, into="down_legacy_runs"),
         *_prompts_named_by("$down_runs.outputs.enhanced_prompt_id", "down_run_prompts"),
         *_prompts_named_by(
             "$down_legacy_runs.outputs.enhanced_prompt_id", "down_legacy_run_prompts"
