@@ -501,7 +501,7 @@ def verify(state: _Context, stale_minutes: float, as_json: bool) -> None:
     """Check the enhancement data; exit 1 if a check fails."""
     report = state.store().verify(stale_after=timedelta(minutes=stale_minutes))
     if as_json:
-        click.echo(json.dumps({"ok": report.ok, **report.model_dump(mode="json")}, indent=2))
+        _emit(report)
     else:
         _print_verification(report)
     if not report.ok:

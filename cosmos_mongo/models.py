@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from cosmos_mongo.validation import PROMPT_ID_PREFIX, RUN_ID_PREFIX
 
@@ -140,6 +140,7 @@ class EnhancementResult(BaseModel):
     duration_seconds: float
     status: str
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def created_new(self) -> bool:
         return self.enhanced_prompt_id != self.original_prompt_id
@@ -214,6 +215,7 @@ class VerificationReport(BaseModel):
         description="Enhancements or reverts interrupted between writes; `repair` settles them."
     )
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
         return not (
@@ -247,6 +249,7 @@ class MigrationReport(BaseModel):
     runs_created: list[str] = Field(description="Runs made for legacy prompts that had none.")
     prompts_stripped: list[str] = Field(description="Prompts whose legacy keys were removed.")
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def changes(self) -> int:
         return len(self.runs_backfilled) + len(self.runs_created) + len(self.prompts_stripped)

@@ -68,6 +68,13 @@ def enhanced_prompts_filter() -> Document:
     return {"parameters.enhanced": True}
 
 
+def prompts_filter(enhanced: bool | None = None) -> Document:
+    """All prompts, only enhanced ones (the partial index), or only the others."""
+    if enhanced is None:
+        return {}
+    return enhanced_prompts_filter() if enhanced else {"parameters.enhanced": {"$ne": True}}
+
+
 def search_filter(query: str) -> Document:
     """Case-insensitive substring match on the text or the name; the query is regex-escaped."""
     pattern = {"$regex": re.escape(query), "$options": "i"}
@@ -443,12 +450,12 @@ LINEAGE_PROMPTS: Final = (
 
 def stale_enhancements_filter(before: datetime) -> Document:
     """Enhance runs still running that nobody has touched since ``before``."""
-    return {"model_type": ENHANCE, "status": "running", "updated_at": {"$lt": before}}
+    return {"model_type": ENHANCE, "status": "running", "updated_at": {"$lte": before}}
 
 
 def pending_reverts_filter(before: datetime) -> Document:
     """Reverts that started (flagged on the run) and have not finished since ``before``."""
-    return {"model_type": ENHANCE, "outputs.revert_pending": True, "updated_at": {"$lt": before}}
+    return {"model_type": ENHANCE, "outputs.revert_pending": True, "updated_at": {"$lte": before}}
 
 
 def legacy_prompts_filter() -> Document:

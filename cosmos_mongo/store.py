@@ -194,13 +194,17 @@ class CosmosStore(_StoreBase):
         """
         return self._run(wf.get_prompt(prompt_id))
 
-    def list_prompts(self, limit: int = 50, offset: int = 0) -> list[Prompt]:
-        """Prompts, newest first; ``offset`` pages through.
+    def list_prompts(
+        self, limit: int = 50, offset: int = 0, *, enhanced: bool | None = None
+    ) -> list[Prompt]:
+        """Prompts, newest first; ``offset`` pages through. ``enhanced=True`` lists only
+        enhanced prompts (served by the partial index), ``False`` only the others.
 
         Raises:
-            InvalidInputError: ``limit`` outside 1-1000 or a negative ``offset``.
+            InvalidInputError: ``limit`` outside 1-1000, a negative ``offset``, or an
+                ``enhanced`` that is not a boolean or None.
         """
-        return self._run(wf.list_prompts(limit, offset))
+        return self._run(wf.list_prompts(limit, offset, enhanced))
 
     def search_prompts(self, query: str, limit: int = 50) -> list[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first.
@@ -510,8 +514,10 @@ class AsyncCosmosStore(_StoreBase):
     async def get_prompt(self, prompt_id: str) -> Prompt | None:
         return await self._run(wf.get_prompt(prompt_id))
 
-    async def list_prompts(self, limit: int = 50, offset: int = 0) -> list[Prompt]:
-        return await self._run(wf.list_prompts(limit, offset))
+    async def list_prompts(
+        self, limit: int = 50, offset: int = 0, *, enhanced: bool | None = None
+    ) -> list[Prompt]:
+        return await self._run(wf.list_prompts(limit, offset, enhanced))
 
     async def search_prompts(self, query: str, limit: int = 50) -> list[Prompt]:
         return await self._run(wf.search_prompts(query, limit))

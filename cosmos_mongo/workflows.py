@@ -74,10 +74,14 @@ def get_prompt(prompt_id: object) -> Flow[Prompt | None]:
     return None if document is None else Prompt.from_document(document)
 
 
-def list_prompts(limit: object = 50, offset: object = 0) -> Flow[list[Prompt]]:
+def list_prompts(
+    limit: object = 50, offset: object = 0, enhanced: object = None
+) -> Flow[list[Prompt]]:
+    if enhanced is not None and not isinstance(enhanced, bool):
+        raise InvalidInputError("enhanced", "must be true, false or null")
     documents = yield Find(
         q.PROMPTS,
-        {},
+        q.prompts_filter(enhanced),
         sort=q.NEWEST_FIRST,
         skip=v.check_offset(offset),
         limit=v.check_limit(limit),

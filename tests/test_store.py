@@ -265,3 +265,14 @@ class TestBadInput:
             self.BAD_CALLS[case](backend.store, prompt.id, run.id)
         assert caught.value.field and caught.value.rule
         assert backend.snapshot() == before
+
+
+def test_list_prompts_filters_on_the_enhanced_flag(store: Any) -> None:
+    plain = make_prompt(store, "A plain prompt")
+    flagged = make_prompt(store, "An enhanced prompt", enhanced=True)
+    unflagged = make_prompt(store, "Explicitly not enhanced", enhanced=False)
+    assert [p.id for p in store.list_prompts(enhanced=True)] == [flagged.id]
+    assert {p.id for p in store.list_prompts(enhanced=False)} == {plain.id, unflagged.id}
+    assert len(store.list_prompts()) == 3
+    with pytest.raises(InvalidInputError, match="enhanced"):
+        store.list_prompts(enhanced="yes")
