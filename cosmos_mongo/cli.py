@@ -77,7 +77,7 @@ def _emit(value: BaseModel | Sequence[BaseModel] | None) -> None:
     if value is None:
         click.echo("null")
     elif isinstance(value, BaseModel):
-        click.echo(value.model_dump_json(indent=2, by_alias=False))
+        click.echo(value.model_dump_json(indent=2))
     else:
         click.echo(json.dumps([item.model_dump(mode="json") for item in value], indent=2))
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from cosmos_mongo.validation import PROMPT_ID_PREFIX, RUN_ID_PREFIX
 
@@ -40,9 +40,10 @@ def new_run_id() -> str:
 
 
 class _Document(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
-    id: str = Field(alias="_id")
+    # ``id`` in Python and JSON; ``_id`` in MongoDB. Both are accepted when reading.
+    id: str = Field(validation_alias=AliasChoices("id", "_id"))
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Self:
@@ -50,7 +51,7 @@ class _Document(BaseModel):
 
     def to_document(self) -> dict[str, Any]:
         """The document as stored: ``_id`` instead of ``id``, datetimes as aware UTC."""
-        return self.model_dump(by_alias=True, exclude_none=True)
+        return {"_id": self.id, **self.model_dump(exclude={"id"}, exclude_none=True)}
 
     @field_validator("created_at", "updated_at", "started_at", "completed_at", check_fields=False)
     @classmethod
