@@ -115,10 +115,14 @@ RunId = Annotated[
         max_length=35,
     ),
 ]
+# strict: a JSON true is not the number 1, "5" is not 5 (lax coercion would hide bad calls).
 Limit = Annotated[
-    int, Field(ge=1, le=1000, description="How many items to return at most (answers cap it).")
+    int,
+    Field(
+        strict=True, ge=1, le=1000, description="How many items to return at most (answers cap it)."
+    ),
 ]
-Offset = Annotated[int, Field(ge=0, description="How many items to skip, for paging.")]
+Offset = Annotated[int, Field(strict=True, ge=0, description="How many items to skip, for paging.")]
 JsonObject = dict[str, Any]
 
 
@@ -143,7 +147,10 @@ async def list_prompts(
     offset: Offset = 0,
     enhanced: Annotated[
         bool | None,
-        Field(description="true: only enhanced prompts; false: only the others; omit for all."),
+        Field(
+            strict=True,
+            description="true: only enhanced prompts; false: only the others; omit for all.",
+        ),
     ] = None,
 ) -> Annotated[CallToolResult, PromptPage]:
     """List prompts, newest first, a page at a time.
@@ -357,8 +364,9 @@ async def enhance_prompt(
     create_new: Annotated[
         bool,
         Field(
+            strict=True,
             description="true (default): store the rewrite as a new prompt and keep the "
-            "original; false: rewrite the prompt in place."
+            "original; false: rewrite the prompt in place.",
         ),
     ] = True,
     enhanced_text: Annotated[
@@ -380,8 +388,9 @@ async def enhance_prompt(
     force_overwrite: Annotated[
         bool,
         Field(
+            strict=True,
             description="With create_new=false: overwrite even if the prompt already has "
-            "other runs."
+            "other runs.",
         ),
     ] = False,
 ) -> Annotated[CallToolResult, EnhanceAnswer]:
@@ -456,7 +465,13 @@ async def rate_run(
     ctx: Context,
     run_id: RunId,
     rating: Annotated[
-        int, Field(ge=1, le=5, description="How good the result was, 1 (bad) to 5 (excellent).")
+        int,
+        Field(
+            strict=True,
+            ge=1,
+            le=5,
+            description="How good the result was, 1 (bad) to 5 (excellent).",
+        ),
     ],
 ) -> Annotated[CallToolResult, Run]:
     """Rate a run's result from 1 to 5 (rating again replaces the rating).
@@ -655,6 +670,8 @@ def build_server(
                 issuer_url=AnyHttpUrl(base),
                 resource_server_url=AnyHttpUrl(f"{base}/mcp"),
                 required_scopes=[],
+                # A shared static token carries no audience to check against this resource.
+                validate_token_resource=False,
             ),
         }
     server: MCPServer[AppState] = MCPServer(

@@ -11,6 +11,7 @@ import pytest
 from cosmos_mongo import CosmosStore
 from cosmos_mongo.cli import cli
 from cosmos_mongo.store import public_methods
+from mcp_server import TOOLS
 
 REPO = Path(__file__).parent.parent
 API = (REPO / "docs" / "API.md").read_text()
@@ -44,3 +45,9 @@ def test_every_cli_command_is_in_the_readme(command: str) -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci in README
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_mcp_tool_has_an_example_in_mcp_md(tool: str) -> None:
+    mcp_doc = (REPO / "docs" / "MCP.md").read_text()
+    assert f"### `{tool}`" in mcp_doc and f'"name": "{tool}"' in mcp_doc
