@@ -128,7 +128,14 @@ def enhancement_details(
         if is_completed_enhancement(run)
         and (run.get("outputs") or {}).get("enhanced_prompt_id") == prompt["_id"]
     ]
-    run = latest(produced)
+    # The run whose text the prompt still has wins; then the latest (ties are possible within
+    # a millisecond).
+    current = [
+        run
+        for run in produced
+        if (run.get("outputs") or {}).get("enhanced_text") == prompt.get("prompt_text")
+    ]
+    run = latest(current or produced)
     return details_from_run(run, prompt) if run is not None else details_from_legacy_prompt(prompt)
 
 

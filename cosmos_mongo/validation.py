@@ -16,7 +16,9 @@ from cosmos_mongo.errors import InvalidInputError
 
 PROMPT_ID_PREFIX: Final = "ps_"
 RUN_ID_PREFIX: Final = "rs_"
-_ID_PATTERN: Final = re.compile(r"(ps|rs)_[0-9a-f]{32}")
+# New ids are 32 hex characters; the predecessor's were shorter hashes (e.g. 12 hex), and
+# imported ids must stay reachable. Hex only: no operator, dot or dollar can get through.
+_ID_PATTERN: Final = re.compile(r"(ps|rs)_[0-9a-f]{8,64}")
 
 MAX_PROMPT_TEXT_CHARS: Final = 10_000
 MAX_QUERY_CHARS: Final = 500
@@ -43,7 +45,7 @@ def check_id(value: object, prefix: str, field: str) -> str:
     if not (value.startswith(prefix) and _ID_PATTERN.fullmatch(value)):
         shown = value if len(value) <= 60 else value[:57] + "..."
         raise InvalidInputError(
-            field, f"must be {prefix!r} followed by 32 lowercase hex characters, got {shown!r}"
+            field, f"must be {prefix!r} followed by 8 to 64 lowercase hex characters, got {shown!r}"
         )
     return value
 

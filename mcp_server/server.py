@@ -102,17 +102,17 @@ def _state(ctx: Context) -> AppState:
 PromptId = Annotated[
     str,
     Field(
-        description="A prompt id: 'ps_' and 32 lowercase hex characters, as returned by "
+        description="A prompt id: 'ps_' and lowercase hex characters, as returned by "
         "list_prompts, search_prompts or create_prompt.",
-        max_length=35,
+        max_length=67,
     ),
 ]
 RunId = Annotated[
     str,
     Field(
-        description="A run id: 'rs_' and 32 lowercase hex characters, as returned by "
+        description="A run id: 'rs_' and lowercase hex characters, as returned by "
         "list_runs, get_enhancement_history or enhance_prompt.",
-        max_length=35,
+        max_length=67,
     ),
 ]
 # strict: a JSON true is not the number 1, "5" is not 5 (lax coercion would hide bad calls).
@@ -210,7 +210,7 @@ async def get_enhancement_details(
 async def get_original_prompt(
     ctx: Context,
     enhanced_prompt_id: Annotated[
-        str, Field(description="The id of an enhanced prompt (ps_...).", max_length=35)
+        str, Field(description="The id of an enhanced prompt (ps_...).", max_length=67)
     ],
 ) -> Annotated[CallToolResult, OriginalAnswer]:
     """Get the prompt an enhanced prompt was created from (create_new enhancements only;
@@ -256,7 +256,7 @@ async def get_run(ctx: Context, run_id: RunId) -> Annotated[CallToolResult, Run]
 async def list_runs(
     ctx: Context,
     prompt_id: Annotated[
-        str | None, Field(description="Only runs of this prompt (ps_...).", max_length=35)
+        str | None, Field(description="Only runs of this prompt (ps_...).", max_length=67)
     ] = None,
     model_type: Annotated[
         str | None,

@@ -25,7 +25,8 @@ BAD: dict[str, st.SearchStrategy[Any]] = {
             [
                 "",
                 "ps_$where",
-                "ps_" + "0" * 31,
+                "ps_" + "0" * 7,
+                "ps_" + "0" * 65,
                 "ps_" + "G" * 32,
                 "rs_'; drop",
                 "ps_" + "0" * 32 + "\x00",

@@ -146,7 +146,7 @@ async def test_errors_are_actionable(harness: Harness) -> None:
         assert missing in await error(session, "get_prompt", prompt_id=missing)
         assert "list_runs" in await error(session, "get_run", run_id="rs_" + "0" * 32)
         text = await error(session, "get_lineage", prompt_id="ps_nothex")
-        assert "`prompt_id`" in text and "32 lowercase hex" in text
+        assert "`prompt_id`" in text and "lowercase hex characters" in text
         assert "`query`" in await error(session, "search_prompts", query="   ")
         refused = await error(session, "enhance_prompt", prompt_id=prompt.id, create_new=False)
         assert "force_overwrite=True" in refused and "create_new=True" in refused
