@@ -17,6 +17,14 @@ import click
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.tree import Tree
 
@@ -559,6 +567,57 @@ def revert(state: _Context, run_id: str, as_json: bool) -> None:
         _emit(restored)
     else:
         click.echo(f"Restored {restored.id}: {_short(restored.prompt_text)}")
+
+
+@cli.command("import-sqlite")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Report what would be imported; write nothing.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@_json_option
+@click.pass_obj
+def import_sqlite(
+    state: _Context, path: Path, dry_run: bool, batch_size: int, as_json: bool
+) -> None:
+    """Import the predecessor's SQLite database (outputs/cosmos.db); safe to run again."""
+    progress_console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=progress_console,
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(table: str, done: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = bar.add_task(table, total=total)
+            bar.update(tasks[table], completed=done)
+
+        report = state.store().import_sqlite(
+            path, batch_size=batch_size, dry_run=dry_run, progress=advance
+        )
+    if as_json:
+        _emit(report)
+        return
+    table = Table(
+        title=f"{'Dry run of ' if dry_run else ''}import from {path}", title_justify="left"
+    )
+    for column in ("table", "imported", "skipped", "invalid"):
+        table.add_column(column)
+    for name, counts in (("prompts", report.prompts), ("runs", report.runs)):
+        table.add_row(name, str(counts.imported), str(counts.skipped), str(counts.invalid))
+    table.add_row("job_queue", "0", str(report.job_queue_skipped), "0")
+    console.print(table)
+    for problem in report.problems[:20]:
+        console.print(
+            f"{problem.outcome:8} {problem.table} {problem.row_id}: {escape(problem.reason)}"
+        )
+    hidden = len(report.problems) - 20 + report.problems_not_listed
+    if hidden > 0:
+        console.print(f"... and {hidden} more (use --json for all)")
 
 
 DEMO_PROMPTS = (

@@ -99,6 +99,20 @@ class InsertOne(Operation):
 
 
 @dataclass(frozen=True, slots=True)
+class InsertMany(Operation):
+    """Insert a batch, unordered (one bad document does not stop the rest). Returns the count."""
+
+    method: ClassVar[str] = "insert_many"
+    documents: Sequence[Mapping[str, Any]]
+
+    def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return ([dict(document) for document in self.documents],), {"ordered": False}
+
+    def finish(self, raw: Any) -> Any:
+        return len(raw.inserted_ids)
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateOne(Operation):
     """Returns the number of documents matched (0 or 1)."""
 

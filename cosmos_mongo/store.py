@@ -11,11 +11,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from cosmos_mongo import enhancement as enh
-from cosmos_mongo import legacy
+from cosmos_mongo import importer, legacy
 from cosmos_mongo import validation as v
 from cosmos_mongo import workflows as wf
 from cosmos_mongo.config import Settings
@@ -23,6 +24,7 @@ from cosmos_mongo.embedded import AsyncEmbeddedDatabase, check_database_name, op
 from cosmos_mongo.enhancement import DEFAULT_STALE_AFTER
 from cosmos_mongo.enhancers import Enhancer, enhancer_from_settings, resolve_enhancer
 from cosmos_mongo.errors import InvalidInputError, StorageError
+from cosmos_mongo.importer import ImportReport, Progress
 from cosmos_mongo.models import (
     DeletionPreview,
     DeletionResult,
@@ -450,6 +452,27 @@ class CosmosStore(_StoreBase):
         """
         return self._run(legacy.migrate(dry_run))
 
+    def import_sqlite(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 500,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> ImportReport:
+        """Import the predecessor's SQLite database (``outputs/cosmos.db``): prompts, then runs.
+
+        Streams both tables in batches, converts JSON text and datetimes, keeps ids, and never
+        stops for one bad row: it is reported as invalid with the reason. Re-running imports
+        nothing twice and overwrites nothing. ``progress(table, done, total)`` is called after
+        each batch. ``job_queue`` rows are counted, not imported.
+
+        Raises:
+            InvalidInputError: ``path`` is not a predecessor database, or a bad option.
+            StorageError: the target database failed.
+        """
+        return self._run(importer.import_sqlite(path, batch_size, dry_run, progress))
+
 
 class AsyncCosmosStore(_StoreBase):
     """The async twin of :class:`CosmosStore`: same methods, awaited; ``aclose`` to close.
@@ -616,6 +639,16 @@ class AsyncCosmosStore(_StoreBase):
 
     async def migrate(self, dry_run: bool = True) -> MigrationReport:
         return await self._run(legacy.migrate(dry_run))
+
+    async def import_sqlite(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 500,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> ImportReport:
+        return await self._run(importer.import_sqlite(path, batch_size, dry_run, progress))
 
 
 def public_methods(cls: type) -> set[str]:
