@@ -31,6 +31,7 @@ from cosmos_mongo.errors import (
     InvalidInputError,
     PromptNotFoundError,
     RunNotFoundError,
+    StorageError,
 )
 from cosmos_mongo.models import (
     EnhancementDetails,
@@ -127,9 +128,22 @@ def enhance_prompt(
             )
     run_id = new_run_id()
     target = new_prompt_id() if new else checked_id
-    yield InsertOne(
-        q.RUNS, q.enhance_run_document(run_id, prompt, model, new, target, utc_now(), supplied)
-    )
+    document = q.enhance_run_document(run_id, prompt, model, new, target, utc_now(), supplied)
+    try:
+        yield InsertOne(q.RUNS, document)
+        return (yield from _produce(run_id, prompt, target, model, supplied))
+    except StorageError as exc:
+        # The outcome of the interrupted write is unknown: say which run to look at.
+        raise StorageError(
+            f"{exc} (during enhancement run {run_id}: verify() reports it if it was left "
+            "half-finished, and repair() settles it)"
+        ) from exc
+
+
+def _produce(
+    run_id: str, prompt: Mapping[str, Any], target: str, model: str, supplied: str | None
+) -> Flow[EnhancementResult]:
+    """Get the text (unless supplied), record it, then write the prompt and finish the run."""
     seconds = 0.0
     if supplied is None:
         reply = yield Generate(prompt["prompt_text"], prompt.get("inputs") or {})

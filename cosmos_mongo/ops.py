@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    AutoReconnect,
+    DuplicateKeyError,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
 from cosmos_mongo.errors import ConflictError, CosmosMongoError, StorageError
 
@@ -39,6 +44,9 @@ class Operation:
 
     method: ClassVar[str]
     returns_cursor: ClassVar[bool] = False
+    # Reads may be sent again after a dropped connection; writes are left to the driver's
+    # own retryable writes, which know whether the first attempt landed.
+    retry_safe: ClassVar[bool] = False
     collection: str
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -50,6 +58,7 @@ class Operation:
 
 @dataclass(frozen=True, slots=True)
 class FindOne(Operation):
+    retry_safe: ClassVar[bool] = True
     method: ClassVar[str] = "find_one"
     filter: Filter
     projection: Mapping[str, Any] | None = None
@@ -60,6 +69,7 @@ class FindOne(Operation):
 
 @dataclass(frozen=True, slots=True)
 class Find(Operation):
+    retry_safe: ClassVar[bool] = True
     method: ClassVar[str] = "find"
     returns_cursor: ClassVar[bool] = True
     filter: Filter
@@ -77,6 +87,7 @@ class Find(Operation):
 
 @dataclass(frozen=True, slots=True)
 class Aggregate(Operation):
+    retry_safe: ClassVar[bool] = True
     method: ClassVar[str] = "aggregate"
     returns_cursor: ClassVar[bool] = True
     pipeline: Pipeline
@@ -219,12 +230,20 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
     """Drive ``flow`` to completion against a synchronous pymongo-style database."""
     services = services or Services()
 
-    def execute(step: Step) -> Any:
-        if isinstance(step, Generate):
-            return _generate_sync(services, step)
+    def call(step: Operation) -> Any:
         args, kwargs = step.arguments()
         raw = getattr(database[step.collection], step.method)(*args, **kwargs)
         return step.finish(list(raw) if step.returns_cursor else raw)
+
+    def execute(step: Step) -> Any:
+        if isinstance(step, Generate):
+            return _generate_sync(services, step)
+        try:
+            return call(step)
+        except AutoReconnect as exc:
+            if not _send_again(step, exc):
+                raise
+            return call(step)
 
     try:
         step = next(flow)
@@ -243,14 +262,22 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
     """Drive ``flow`` to completion against an async database (pymongo async, Motor, mocks)."""
     services = services or Services()
 
-    async def execute(step: Step) -> Any:
-        if isinstance(step, Generate):
-            return await _generate_async(services, step)
+    async def call(step: Operation) -> Any:
         args, kwargs = step.arguments()
         raw = getattr(database[step.collection], step.method)(*args, **kwargs)
         if inspect.isawaitable(raw):  # pymongo async awaits aggregate(); Motor does not
             raw = await raw
         return step.finish(await raw.to_list(None) if step.returns_cursor else raw)
+
+    async def execute(step: Step) -> Any:
+        if isinstance(step, Generate):
+            return await _generate_async(services, step)
+        try:
+            return await call(step)
+        except AutoReconnect as exc:
+            if not _send_again(step, exc):
+                raise
+            return await call(step)
 
     try:
         step = next(flow)
@@ -263,6 +290,11 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
                 step = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+
+
+def _send_again(step: Operation, exc: AutoReconnect) -> bool:
+    """A read whose connection dropped is sent once more; a server nobody can reach is not."""
+    return step.retry_safe and not isinstance(exc, ServerSelectionTimeoutError)
 
 
 def _generate_sync(services: Services, step: Generate) -> Generated:

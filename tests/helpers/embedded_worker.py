@@ -69,6 +69,17 @@ def write_cost(data_dir: Path) -> None:
     )
 
 
+def import_slowly(data_dir: Path, source: Path) -> None:
+    """Import in small batches, printing after each, so a test can kill it midway."""
+    store = CosmosStore(open_embedded(data_dir))
+    store.import_sqlite(
+        source,
+        batch_size=50,
+        progress=lambda table, done, total: print(f"{table} {done} {total}", flush=True),
+    )
+    print("finished", flush=True)
+
+
 if __name__ == "__main__":
     mode, directory = sys.argv[1], Path(sys.argv[2])
     if mode == "write-forever":
@@ -77,5 +88,7 @@ if __name__ == "__main__":
         write_then_count(directory, int(sys.argv[3]), sys.argv[4])
     elif mode == "write-cost":
         write_cost(directory)
+    elif mode == "import-slowly":
+        import_slowly(directory, Path(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
