@@ -14,10 +14,11 @@ mongomock, and the ratio.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import json
 import random
+import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -124,10 +125,197 @@ def measure(store: CosmosStore, data: Dataset, repeat: int) -> dict[str, list[fl
     }
 
 
+PREDECESSOR_SCHEMA = """
+CREATE TABLE prompts (id TEXT PRIMARY KEY, prompt_text TEXT NOT NULL, created_at DATETIME,
+                      inputs JSON NOT NULL, parameters JSON NOT NULL);
+CREATE TABLE runs (id TEXT PRIMARY KEY, prompt_id TEXT REFERENCES prompts (id), model_type TEXT,
+                   status TEXT, created_at DATETIME, updated_at DATETIME, started_at DATETIME,
+                   completed_at DATETIME, execution_config JSON, outputs JSON, metadata JSON,
+                   log_path VARCHAR(500), error_message TEXT, rating INTEGER);
+"""
+
+
+class PredecessorBaseline:
+    """The same queries done the predecessor's way: SQLite, JSON text, ``json_extract``
+    filters, no JSON indexes (the schema of ``outputs/cosmos.db``)."""
+
+    def __init__(self, directory: Path, data: Dataset) -> None:
+        self.db = sqlite3.connect(directory / "cosmos.db")
+        self.db.executescript(PREDECESSOR_SCHEMA)
+        iso = lambda value: value.strftime("%Y-%m-%d %H:%M:%S.%f")  # noqa: E731 (SQLAlchemy's text)
+        self.db.executemany(
+            "INSERT INTO prompts VALUES (?,?,?,?,?)",
+            [
+                (
+                    d["_id"],
+                    d["prompt_text"],
+                    iso(d["created_at"]),
+                    json.dumps(d["inputs"]),
+                    json.dumps(d["parameters"]),
+                )
+                for d in data.prompts
+            ],
+        )
+        self.db.executemany(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    d["_id"],
+                    d["prompt_id"],
+                    d["model_type"],
+                    d["status"],
+                    iso(d["created_at"]),
+                    iso(d["updated_at"]),
+                    None,
+                    None,
+                    json.dumps(d["execution_config"]),
+                    json.dumps(d["outputs"], default=str),
+                    json.dumps(d["metadata"]),
+                    None,
+                    None,
+                    None,
+                )
+                for d in data.runs
+            ],
+        )
+        self.db.commit()
+
+    def rows(self, sql: str, *args: Any) -> list[Any]:
+        return self.db.execute(sql, args).fetchall()
+
+    def get_prompt(self, prompt_id: str) -> Any:
+        return self.rows("SELECT * FROM prompts WHERE id = ?", prompt_id)
+
+    def list_prompts(self) -> Any:
+        return self.rows("SELECT * FROM prompts ORDER BY created_at DESC LIMIT 50")
+
+    def list_enhanced_prompts(self) -> Any:
+        return self.rows(
+            "SELECT * FROM prompts WHERE json_extract(parameters, '$.enhanced') = 1 "
+            "ORDER BY created_at DESC LIMIT 100"
+        )
+
+    def get_enhancement_details(self, prompt_id: str) -> Any:
+        return self.rows(
+            "SELECT * FROM runs WHERE model_type = 'enhance' AND status = 'completed' "
+            "AND json_extract(outputs, '$.enhanced_prompt_id') = ? "
+            "ORDER BY created_at DESC LIMIT 1",
+            prompt_id,
+        )
+
+    def get_original_prompt(self, prompt_id: str) -> Any:
+        return self.rows(
+            "SELECT p.* FROM runs r JOIN prompts p "
+            "ON p.id = json_extract(r.outputs, '$.original_prompt_id') "
+            "WHERE r.model_type = 'enhance' "
+            "AND json_extract(r.outputs, '$.enhanced_prompt_id') = ?",
+            prompt_id,
+        )
+
+    def get_enhancement_history(self, prompt_id: str) -> Any:
+        return self.rows(
+            "SELECT * FROM runs WHERE model_type = 'enhance' AND (prompt_id = ? OR "
+            "json_extract(outputs, '$.original_prompt_id') = ? OR "
+            "json_extract(outputs, '$.enhanced_prompt_id') = ?) ORDER BY created_at DESC",
+            prompt_id,
+            prompt_id,
+            prompt_id,
+        )
+
+    def get_lineage(self, prompt_id: str) -> Any:
+        edges = (
+            "SELECT json_extract(outputs, '$.original_prompt_id') AS parent, "
+            "json_extract(outputs, '$.enhanced_prompt_id') AS child FROM runs "
+            "WHERE model_type = 'enhance' AND status = 'completed'"
+        )
+        up = self.rows(
+            f"WITH RECURSIVE e AS ({edges}), up(id) AS (SELECT ? UNION SELECT e.parent "
+            "FROM e JOIN up ON e.child = up.id AND e.parent != e.child) SELECT id FROM up",
+            prompt_id,
+        )
+        down = self.rows(
+            f"WITH RECURSIVE e AS ({edges}), down(id) AS (SELECT ? UNION SELECT e.child "
+            "FROM e JOIN down ON e.parent = down.id AND e.parent != e.child) SELECT id FROM down",
+            prompt_id,
+        )
+        return up, down
+
+    def create_prompt(self) -> None:
+        self.db.execute(
+            "INSERT INTO prompts VALUES (?,?,?,?,?)",
+            (new_prompt_id(), "A new robot prompt", "2026-01-01 00:00:00", "{}", "{}"),
+        )
+        self.db.commit()
+
+
+def measure_baseline(
+    baseline: PredecessorBaseline, data: Dataset, repeat: int
+) -> dict[str, list[float]]:
+    rng = random.Random(11)
+    pick = rng.choice
+    return {
+        "create_prompt": timed(baseline.create_prompt, repeat),
+        "get_prompt": timed(lambda: baseline.get_prompt(pick(data.originals)), repeat),
+        "list_prompts(50)": timed(baseline.list_prompts, repeat),
+        "list_enhanced_prompts(100)": timed(baseline.list_enhanced_prompts, repeat),
+        "get_enhancement_details": timed(
+            lambda: baseline.get_enhancement_details(pick(data.enhanced)), repeat
+        ),
+        "get_original_prompt": timed(
+            lambda: baseline.get_original_prompt(pick(data.enhanced)), repeat
+        ),
+        "get_enhancement_history": timed(
+            lambda: baseline.get_enhancement_history(pick(data.enhanced)), repeat
+        ),
+        "get_lineage (3 generations)": timed(
+            lambda: baseline.get_lineage(pick(data.chain_middles)), repeat
+        ),
+    }
+
+
 def load(store: CosmosStore, data: Dataset) -> None:
     store.ensure_indexes()
     store.db[q.PROMPTS].insert_many([dict(d) for d in data.prompts])
     store.db[q.RUNS].insert_many([dict(d) for d in data.runs])
+
+
+def compare(sizes: list[int], repeat: int, plain_up_to: int = 10_000) -> str:
+    """The Markdown table: embedded vs the predecessor's SQLite vs plain mongomock."""
+    lines = [
+        "| N prompts | operation | embedded median ms | embedded p95 ms "
+        "| predecessor SQLite median ms | SQLite / embedded | plain mongomock median ms "
+        "| plain / embedded |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for count in sizes:
+        data = build(count)
+        with tempfile.TemporaryDirectory() as directory:
+            database = open_embedded(Path(directory))
+            embedded = CosmosStore(database)
+            load(embedded, data)
+            fast = measure(embedded, data, repeat)
+            database.close()
+            baseline = measure_baseline(
+                PredecessorBaseline(Path(directory), data), data, max(5, repeat // 4)
+            )
+        slow: dict[str, list[float]] = {}
+        if count <= plain_up_to:  # plain mongomock scans: beyond 10k it takes minutes
+            plain = CosmosStore(mongomock.MongoClient(tz_aware=True)["bench"])
+            load(plain, data)
+            slow = measure(plain, data, max(5, repeat // 20))
+        for operation, samples in fast.items():
+            median = statistics.median(samples)
+            old = statistics.median(baseline[operation])
+            mock = "not run | "
+            if slow:
+                plain_median = statistics.median(slow[operation])
+                mock = f"{plain_median:.3f} | {plain_median / median:.1f}x"
+            lines.append(
+                f"| {count:,} | `{operation}` | {median:.3f} | {percentile(samples, 0.95):.3f} "
+                f"| {old:.3f} | {old / median:.1f}x | {mock} |"
+            )
+        print(f"measured N={count:,}", file=sys.stderr, flush=True)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,35 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeat", type=int, default=100)
     args = parser.parse_args(argv)
-
-    print(
-        f"Machine: {platform.platform()}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs.\nCommand: python benchmarks/bench_store.py --sizes "
-        f"{' '.join(map(str, args.sizes))} --repeat {args.repeat}\n"
-    )
-    print(
-        "| N prompts | operation | embedded median ms | embedded p95 ms "
-        "| plain mongomock median ms | plain / embedded |"
-    )
-    print("|---|---|---|---|---|---|")
-    for count in args.sizes:
-        data = build(count)
-        with tempfile.TemporaryDirectory() as directory:
-            database = open_embedded(Path(directory))
-            embedded = CosmosStore(database)
-            load(embedded, data)
-            fast = measure(embedded, data, args.repeat)
-            database.close()
-        plain = CosmosStore(mongomock.MongoClient(tz_aware=True)["bench"])
-        load(plain, data)
-        slow = measure(plain, data, max(5, args.repeat // 20))  # it scans: fewer repeats
-        for operation, samples in fast.items():
-            median, baseline = statistics.median(samples), statistics.median(slow[operation])
-            print(
-                f"| {count:,} | `{operation}` | {median:.3f} | {percentile(samples, 0.95):.3f} "
-                f"| {baseline:.3f} | {baseline / median:.1f}x |",
-                flush=True,
-            )
+    print(compare(args.sizes, args.repeat))
 
 
 if __name__ == "__main__":

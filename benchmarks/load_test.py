@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,15 +60,18 @@ class LoadResult:
             f"{self.calls / self.seconds:.0f} calls/s, {len(self.errors)} errors, "
             f"{len(self.enhancements)} enhancements (lost writes: {self.lost_writes}, "
             f"unexplained runs: {self.unexpected_runs}). Server memory (RSS) "
-            f"{self.rss_start_kib / 1024:.0f} MiB after warm-up → {self.rss_end_kib / 1024:.0f} MiB "
-            f"at the end (+{(self.rss_end_kib - self.rss_start_kib) / 1024:.0f} MiB).",
+            f"{self.rss_start_kib / 1024:.0f} MiB after warm-up, "
+            f"{self.rss_end_kib / 1024:.0f} MiB at the end "
+            f"(+{(self.rss_end_kib - self.rss_start_kib) / 1024:.0f} MiB).",
             "",
             "| tool | calls | p50 ms | p99 ms |",
             "|---|---|---|---|",
         ]
         for tool, samples in sorted(self.latencies.items()):
-            lines.append(f"| `{tool}` | {len(samples)} | {percentile(samples, 0.5):.1f} "
-                         f"| {percentile(samples, 0.99):.1f} |")
+            lines.append(
+                f"| `{tool}` | {len(samples)} | {percentile(samples, 0.5):.1f} "
+                f"| {percentile(samples, 0.99):.1f} |"
+            )
         return "\n".join(lines)
 
 
@@ -96,11 +98,18 @@ class HttpServer:
 
     def __init__(self, data_dir: Path) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_MONGO_", "COSMOS_MCP_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("COSMOS_MONGO_", "COSMOS_MCP_"))
+        }
         env.update(COSMOS_MONGO_DATA_DIR=str(data_dir), COSMOS_MCP_TOKEN=TOKEN)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mcp_server", "--transport", "http", "--port", str(self.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         ready = threading.Event()
 
@@ -109,6 +118,7 @@ class HttpServer:
             for line in self.process.stderr:
                 if "Uvicorn running on" in line:
                     ready.set()
+
         threading.Thread(target=watch, daemon=True).start()
         if not ready.wait(60):
             self.stop()
@@ -126,8 +136,9 @@ class HttpServer:
             self.process.stderr.close()
 
 
-async def _client(server: HttpServer, prompt_ids: list[str], deadline: float, result: LoadResult,
-                  seed: int) -> None:
+async def _client(
+    server: HttpServer, prompt_ids: list[str], deadline: float, result: LoadResult, seed: int
+) -> None:
     rng = random.Random(seed)
     http, client = server.session()
     async with http, client as session:
@@ -135,9 +146,14 @@ async def _client(server: HttpServer, prompt_ids: list[str], deadline: float, re
             prompt_id = rng.choice(prompt_ids)
             roll = rng.random()
             if roll < 0.3:
-                tool, arguments = "enhance_prompt", {
-                    "prompt_id": prompt_id, "enhancement_model": "load-agent",
-                    "enhanced_text": f"A robot arm stacks blocks, take {rng.randrange(10**9)}."}
+                tool, arguments = (
+                    "enhance_prompt",
+                    {
+                        "prompt_id": prompt_id,
+                        "enhancement_model": "load-agent",
+                        "enhanced_text": f"A robot arm stacks blocks, take {rng.randrange(10**9)}.",
+                    },
+                )
             elif roll < 0.5:
                 tool, arguments = "get_prompt", {"prompt_id": prompt_id}
             elif roll < 0.65:
@@ -169,7 +185,10 @@ async def run_load(clients: int, seconds: float, prompts: int = 50) -> LoadResul
         with open_embedded(data_dir) as database:  # seed through the library, beside the server
             store = CosmosStore(database)
             store.ensure_indexes()
-            prompt_ids = [store.create_prompt(f"A robot arm stacks block {i}", {}, {}).id for i in range(prompts)]
+            prompt_ids = [
+                store.create_prompt(f"A robot arm stacks block {i}", {}, {}).id
+                for i in range(prompts)
+            ]
         server = HttpServer(data_dir)
         try:
             warm_http, warm = server.session()
@@ -177,7 +196,9 @@ async def run_load(clients: int, seconds: float, prompts: int = 50) -> LoadResul
                 await session.call_tool("get_prompt", {"prompt_id": prompt_ids[0]})
             result.rss_start_kib = rss_kib(server.process.pid)
             deadline = time.monotonic() + seconds
-            await asyncio.gather(*(_client(server, prompt_ids, deadline, result, seed) for seed in range(clients)))
+            await asyncio.gather(
+                *(_client(server, prompt_ids, deadline, result, seed) for seed in range(clients))
+            )
             result.rss_end_kib = rss_kib(server.process.pid)
         finally:
             server.stop()
