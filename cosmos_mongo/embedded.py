@@ -201,16 +201,29 @@ class _OrderedIndex:
         bisect.insort(self.entries, entry)
         self.entry_of[document_id] = entry
 
-    def ordered(self, descending: bool, among: list[Any] | None) -> Iterable[Any] | None:
-        """Ids in order (all, or ``among``); None if some document cannot be ordered here."""
+    def ordered(
+        self, descending: bool, among: list[Any] | None, needed: int = 0
+    ) -> Iterable[Any] | None:
+        """Ids in order (all, or ``among``); None if some document cannot be ordered here.
+
+        ``needed`` (0: all) is how many the caller will take at most, which decides between
+        sorting the candidates and walking the whole index.
+        """
         if among is None:
             if self.declined:
                 return None
             if descending:
                 return _descending_keeping_ties(self.entries)
             return (entry[2] for entry in self.entries)
-        if any(document_id in self.declined for document_id in among):
+        if self.declined and not self.declined.isdisjoint(among):
             return None
+        if needed and len(among) ** 2 > needed * len(self.entries):
+            # Many candidates (say every enhanced prompt): walking the index until ``needed``
+            # are found reads about needed * N / k entries, fewer than the k the sort would.
+            wanted = set(among)
+            walk = self.ordered(descending, None)
+            assert walk is not None  # nothing is declined, checked above
+            return (document_id for document_id in walk if document_id in wanted)
         keyed = sorted(self.entry_of[i] for i in among if i in self.entry_of)
         keyed.sort(key=lambda entry: entry[0], reverse=descending)  # stable: ties by arrival
         return (entry[2] for entry in keyed)
@@ -357,7 +370,7 @@ class _IndexedCollection(mongomock.Collection):  # type: ignore[misc]
         spec = helpers.patch_datetime_awareness_in_document(query or {})
         stored = self._store._documents
         ids = self.planner.candidates(self.name, spec, stored)
-        ordered = order.ordered(descending, ids)
+        ordered = order.ordered(descending, ids, skip + limit if limit else 0)
         if ordered is None:
             return None
         filtering.filter_applies(spec, {})  # reject a malformed filter even when nothing matches
