@@ -186,7 +186,7 @@ that returned success was checked to be a completed run, with no other enhance r
 - This suite's first run at 100k showed `list_enhanced_prompts(100)` at 32 ms (x15 from 1k):
   it sorted all 10,000 enhanced candidates to return 100. When walking the ordered index to
   the limit reads fewer entries than sorting the candidates would (k² > limit * N), the engine
-  now walks; the same run then measured 7.6 ms.
+  now walks (the 100,000 row above is after that change).
 """
     if args.quick:
         print(document)
