@@ -102,7 +102,8 @@ def timed(call: Callable[[], Any], repeat: int) -> list[float]:
     return samples
 
 
-def measure(store: CosmosStore, data: Dataset, repeat: int) -> dict[str, list[float]]:
+def measure(store: Any, data: Dataset, repeat: int) -> dict[str, list[float]]:
+    """Time each operation on a store, or on anything answering the same method names."""
     rng = random.Random(11)
     pick = rng.choice
     return {
@@ -186,13 +187,14 @@ class PredecessorBaseline:
     def get_prompt(self, prompt_id: str) -> Any:
         return self.rows("SELECT * FROM prompts WHERE id = ?", prompt_id)
 
-    def list_prompts(self) -> Any:
-        return self.rows("SELECT * FROM prompts ORDER BY created_at DESC LIMIT 50")
+    def list_prompts(self, limit: int = 50) -> Any:
+        return self.rows("SELECT * FROM prompts ORDER BY created_at DESC LIMIT ?", limit)
 
-    def list_enhanced_prompts(self) -> Any:
+    def list_enhanced_prompts(self, limit: int = 100) -> Any:
         return self.rows(
             "SELECT * FROM prompts WHERE json_extract(parameters, '$.enhanced') = 1 "
-            "ORDER BY created_at DESC LIMIT 100"
+            "ORDER BY created_at DESC LIMIT ?",
+            limit,
         )
 
     def get_enhancement_details(self, prompt_id: str) -> Any:
@@ -240,37 +242,18 @@ class PredecessorBaseline:
         )
         return up, down
 
-    def create_prompt(self) -> None:
+    def create_prompt(self, text: str, inputs: Any, parameters: Any) -> None:
         self.db.execute(
             "INSERT INTO prompts VALUES (?,?,?,?,?)",
-            (new_prompt_id(), "A new robot prompt", "2026-01-01 00:00:00", "{}", "{}"),
+            (
+                new_prompt_id(),
+                text,
+                "2026-01-01 00:00:00",
+                json.dumps(inputs),
+                json.dumps(parameters),
+            ),
         )
         self.db.commit()
-
-
-def measure_baseline(
-    baseline: PredecessorBaseline, data: Dataset, repeat: int
-) -> dict[str, list[float]]:
-    rng = random.Random(11)
-    pick = rng.choice
-    return {
-        "create_prompt": timed(baseline.create_prompt, repeat),
-        "get_prompt": timed(lambda: baseline.get_prompt(pick(data.originals)), repeat),
-        "list_prompts(50)": timed(baseline.list_prompts, repeat),
-        "list_enhanced_prompts(100)": timed(baseline.list_enhanced_prompts, repeat),
-        "get_enhancement_details": timed(
-            lambda: baseline.get_enhancement_details(pick(data.enhanced)), repeat
-        ),
-        "get_original_prompt": timed(
-            lambda: baseline.get_original_prompt(pick(data.enhanced)), repeat
-        ),
-        "get_enhancement_history": timed(
-            lambda: baseline.get_enhancement_history(pick(data.enhanced)), repeat
-        ),
-        "get_lineage (3 generations)": timed(
-            lambda: baseline.get_lineage(pick(data.chain_middles)), repeat
-        ),
-    }
 
 
 def load(store: CosmosStore, data: Dataset) -> None:
@@ -295,7 +278,7 @@ def compare(sizes: list[int], repeat: int, plain_up_to: int = 10_000) -> str:
             load(embedded, data)
             fast = measure(embedded, data, repeat)
             database.close()
-            baseline = measure_baseline(
+            baseline = measure(
                 PredecessorBaseline(Path(directory), data), data, max(5, repeat // 4)
             )
         slow: dict[str, list[float]] = {}
