@@ -24,7 +24,12 @@ from typing import Any
 from cosmos_mongo import legacy
 from cosmos_mongo import queries as q
 from cosmos_mongo import validation as v
-from cosmos_mongo.enhancers import MAX_ENHANCED_WORDS, clean_enhanced_text, limit_words, word_count
+from cosmos_mongo.enhancers import (
+    MAX_ENHANCED_WORDS,
+    clean_enhanced_text,
+    tidy_model_text,
+    word_count,
+)
 from cosmos_mongo.errors import (
     ConflictError,
     EnhancementError,
@@ -93,7 +98,7 @@ def _usable(reply: Generated, model: str) -> tuple[str, str | None]:
         return "", f"enhancer {model} failed: {type(reply.error).__name__}: {reply.error}"
     if not isinstance(reply.text, str):
         return "", f"enhancer {model} returned no text"
-    text = limit_words(clean_enhanced_text(reply.text.replace("\x00", "")))
+    text = tidy_model_text(reply.text)
     if not text:
         return "", f"enhancer {model} returned empty text"
     if len(text) > v.MAX_PROMPT_TEXT_CHARS:

@@ -35,6 +35,8 @@ from cosmos_mongo.errors import EnhancementError, InvalidInputError
 log = logging.getLogger(__name__)
 
 MAX_ENHANCED_WORDS: Final = 250
+MAX_TOKENS: Final = 400  # room for 250 words
+TEMPERATURE: Final = 0.2  # faithful rewrites, little invention
 
 # Written for this project from Cosmos' published guidance on prompt upsampling.
 INSTRUCTIONS: Final = (
@@ -85,6 +87,11 @@ def clean_enhanced_text(text: str) -> str:
             if len(cleaned) >= 2 and cleaned.startswith(opening) and cleaned.endswith(closing):
                 cleaned = cleaned[1:-1].strip()
     return cleaned
+
+
+def tidy_model_text(text: str) -> str:
+    """A model's answer as stored: cleaned, then cut to the word limit at a sentence end."""
+    return limit_words(clean_enhanced_text(text.replace("\x00", "")))
 
 
 def word_count(text: str) -> int:
@@ -445,8 +452,8 @@ class OpenAICompatibleEnhancer:
         max_retries: int = 2,
         retry_backoff: float = 0.5,
         vision: bool | None = None,
-        max_tokens: int = 400,
-        temperature: float = 0.2,
+        max_tokens: int = MAX_TOKENS,
+        temperature: float = TEMPERATURE,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -516,7 +523,7 @@ class OpenAICompatibleEnhancer:
             raise EnhancementError(f"{self.model} returned an unreadable answer") from exc
         if not isinstance(text, str) or not text.strip():
             raise EnhancementError(f"{self.model} returned an empty answer")
-        return limit_words(clean_enhanced_text(text))
+        return tidy_model_text(text)
 
     def _settle(self, attempt: int, outcome: httpx.Response | httpx.HTTPError) -> str | None:
         """The answer, or None to try again; raises once retries are spent or pointless."""

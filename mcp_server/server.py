@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse
 import cosmos_mongo
 from cosmos_mongo import AsyncCosmosStore
 from cosmos_mongo.config import Settings
-from cosmos_mongo.enhancers import INSTRUCTIONS, clean_enhanced_text, limit_words
+from cosmos_mongo.enhancers import INSTRUCTIONS, MAX_TOKENS, TEMPERATURE, tidy_model_text
 from cosmos_mongo.errors import CosmosMongoError
 from cosmos_mongo.models import Lineage, Prompt, Run, VerificationReport
 from cosmos_mongo.validation import MAX_PROMPT_TEXT_CHARS, MODEL_TYPES, RUN_STATUSES
@@ -350,9 +350,9 @@ async def _client_rewrite(
     )
     return Sample(
         [SamplingMessage(role="user", content=TextContent(type="text", text=prompt.prompt_text))],
-        max_tokens=400,
+        max_tokens=MAX_TOKENS,
         system_prompt=INSTRUCTIONS,
-        temperature=0.2,
+        temperature=TEMPERATURE,
         model_preferences=hints,
     )
 
@@ -407,7 +407,7 @@ async def enhance_prompt(
     elif sampled.model != _NOT_SAMPLED:
         content = sampled.content
         written = content.text if isinstance(content, TextContent) else ""
-        text = limit_words(clean_enhanced_text(written))
+        text = tidy_model_text(written)
         if not text:
             raise ToolError(
                 "The client's model returned no text. Write the rewrite yourself and pass "

@@ -22,19 +22,23 @@ class CountingDatabase:
         self.calls: list[tuple[str, str]] = []
 
     def __getitem__(self, name: str) -> Any:
-        return _CountingCollection(self._database[name], name, self.calls)
+        return _CountingCollection(self, self._database[name], name)
+
+    def call(self, name: str, method: str, target: Any, args: Any, kwargs: Any) -> Any:
+        """Every collection call passes here; subclasses inject faults around it."""
+        self.calls.append((name, method))
+        return target(*args, **kwargs)
 
 
 class _CountingCollection:
-    def __init__(self, collection: Any, name: str, calls: list[tuple[str, str]]) -> None:
-        self._collection, self._name, self._calls = collection, name, calls
+    def __init__(self, owner: CountingDatabase, collection: Any, name: str) -> None:
+        self._owner, self._collection, self._name = owner, collection, name
 
     def __getattr__(self, method: str) -> Any:
         target = getattr(self._collection, method)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._calls.append((self._name, method))
-            return target(*args, **kwargs)
+            return self._owner.call(self._name, method, target, args, kwargs)
 
         return call
 

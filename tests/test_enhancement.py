@@ -255,25 +255,12 @@ class CrashingDatabase(CountingDatabase):
         super().__init__(database)
         self.crash_at = crash_at
 
-    def __getitem__(self, name: str) -> Any:
-        collection = super().__getitem__(name)
-        outer = self
-
-        class Guard:
-            def __getattr__(self, method: str) -> Any:
-                target = getattr(collection, method)
-                if method not in outer.WRITES:
-                    return target
-
-                def call(*args: Any, **kwargs: Any) -> Any:
-                    writes = sum(1 for _, m in outer.calls if m in outer.WRITES)
-                    if writes + 1 == outer.crash_at:
-                        raise Crash(f"crash before write {outer.crash_at}")
-                    return target(*args, **kwargs)
-
-                return call
-
-        return Guard()
+    def call(self, name: str, method: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if method in self.WRITES:
+            writes = sum(1 for _, m in self.calls if m in self.WRITES)
+            if writes + 1 == self.crash_at:
+                raise Crash(f"crash before write {self.crash_at}")
+        return super().call(name, method, target, args, kwargs)
 
 
 SCENARIOS = {

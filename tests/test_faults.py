@@ -29,23 +29,11 @@ class DroppingDatabase(CountingDatabase):
         super().__init__(database)
         self.drop_on, self.error = drop_on, error
 
-    def __getitem__(self, name: str) -> Any:
-        collection = super().__getitem__(name)
-        outer = self
-
-        class Flaky:
-            def __getattr__(self, method: str) -> Any:
-                target = getattr(collection, method)
-
-                def call(*args: Any, **kwargs: Any) -> Any:
-                    result = target(*args, **kwargs)  # counts the call
-                    if len(outer.calls) in outer.drop_on:
-                        raise outer.error("connection closed by peer")
-                    return result
-
-                return call
-
-        return Flaky()
+    def call(self, name: str, method: str, target: Any, args: Any, kwargs: Any) -> Any:
+        result = super().call(name, method, target, args, kwargs)  # counts the call
+        if len(self.calls) in self.drop_on:
+            raise self.error("connection closed by peer")  # it landed; the answer is lost
+        return result
 
 
 def test_a_read_whose_connection_drops_is_retried_once() -> None:
