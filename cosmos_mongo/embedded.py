@@ -171,7 +171,8 @@ class _OrderedIndex:
 
     Values of one comparable kind (dates, strings or numbers: the first kind seen) are kept in
     a sorted list. A document with a missing or other-kind value makes the index decline, so
-    the caller falls back to mongomock's own sort and BSON ordering.
+    the caller falls back to mongomock's own sort and BSON ordering. Equal values keep
+    mongomock's (stable, arrival) order, or are ordered by ``_id`` when the sort says so.
     """
 
     path: str
@@ -180,11 +181,13 @@ class _OrderedIndex:
     declined: set[Any] = field(default_factory=set)
     kind: type | None = None
     arrivals: int = 0
+    id_kinds: dict[type | None, int] = field(default_factory=dict)
 
     def put(self, document_id: Any, document: Mapping[str, Any] | None) -> None:
         old = self.entry_of.pop(document_id, None)
         if old is not None:
             del self.entries[bisect.bisect_left(self.entries, old)]
+            self._count_id(document_id, -1)
         self.declined.discard(document_id)
         if document is None:
             return
@@ -200,45 +203,69 @@ class _OrderedIndex:
         entry = (value, self.arrivals if old is None else old[1], document_id)
         bisect.insort(self.entries, entry)
         self.entry_of[document_id] = entry
+        self._count_id(document_id, 1)
+
+    def _count_id(self, document_id: Any, change: int) -> None:
+        kind = _sort_kind(document_id)
+        self.id_kinds[kind] = self.id_kinds.get(kind, 0) + change
+        if not self.id_kinds[kind]:
+            del self.id_kinds[kind]
 
     def ordered(
-        self, descending: bool, among: list[Any] | None, needed: int = 0
+        self, descending: bool, among: list[Any] | None, needed: int = 0, ties_by_id: bool = False
     ) -> Iterable[Any] | None:
         """Ids in order (all, or ``among``); None if some document cannot be ordered here.
 
         ``needed`` (0: all) is how many the caller will take at most, which decides between
-        sorting the candidates and walking the whole index.
+        sorting the candidates and walking the whole index. ``ties_by_id`` orders equal
+        values by ``_id`` in the same direction (ids of one comparable kind only).
         """
+        if ties_by_id and (None in self.id_kinds or len(self.id_kinds) > 1):
+            return None
         if among is None:
             if self.declined:
                 return None
-            if descending:
-                return _descending_keeping_ties(self.entries)
-            return (entry[2] for entry in self.entries)
+            return _walk_entries(self.entries, descending, ties_by_id)
         if self.declined and not self.declined.isdisjoint(among):
             return None
         if needed and len(among) ** 2 > needed * len(self.entries):
             # Many candidates (say every enhanced prompt): walking the index until ``needed``
             # are found reads about needed * N / k entries, fewer than the k the sort would.
             wanted = set(among)
-            walk = self.ordered(descending, None)
+            walk = self.ordered(descending, None, ties_by_id=ties_by_id)
             assert walk is not None  # nothing is declined, checked above
             return (document_id for document_id in walk if document_id in wanted)
         keyed = sorted(self.entry_of[i] for i in among if i in self.entry_of)
-        keyed.sort(key=lambda entry: entry[0], reverse=descending)  # stable: ties by arrival
+        if ties_by_id:
+            keyed.sort(key=lambda entry: (entry[0], entry[2]), reverse=descending)
+        else:
+            keyed.sort(key=lambda entry: entry[0], reverse=descending)  # stable: ties by arrival
         return (entry[2] for entry in keyed)
 
 
-def _descending_keeping_ties(entries: list[tuple[Any, int, Any]]) -> Iterator[Any]:
-    """Walk sorted entries from the largest value down; equal values stay in arrival order."""
+def _walk_entries(
+    entries: list[tuple[Any, int, Any]], descending: bool, ties_by_id: bool
+) -> Iterator[Any]:
+    """Walk sorted entries in value order. Equal values stay in arrival order, or go by id."""
+    if not descending and not ties_by_id:
+        yield from (entry[2] for entry in entries)
+        return
     end = len(entries)
-    while end > 0:
-        start = end - 1
-        while start > 0 and entries[start - 1][0] == entries[end - 1][0]:
-            start -= 1
-        for entry in entries[start:end]:
-            yield entry[2]
-        end = start
+    position = 0
+    while (end > 0) if descending else (position < end):
+        if descending:
+            start = end - 1
+            while start > 0 and entries[start - 1][0] == entries[end - 1][0]:
+                start -= 1
+            group, end = entries[start:end], start
+        else:
+            stop = position + 1
+            while stop < end and entries[stop][0] == entries[position][0]:
+                stop += 1
+            group, position = entries[position:stop], stop
+        if ties_by_id and len(group) > 1:
+            group = sorted(group, key=lambda entry: entry[2], reverse=descending)
+        yield from (entry[2] for entry in group)
 
 
 def _sort_kind(value: Any) -> type | None:
@@ -281,14 +308,16 @@ class _Planner:
         for order in self._orders.get(collection, {}).values():
             order.put(document_id, document)
 
-    def order_for(self, collection: str, sort: Any) -> tuple[_OrderedIndex, bool] | None:
-        """The ordered index serving a one-key sort, and whether it runs descending."""
+    def order_for(self, collection: str, sort: Any) -> tuple[_OrderedIndex, bool, bool] | None:
+        """The ordered index serving a sort on one key, or one key then ``_id`` in the same
+        direction; whether it runs descending; and whether ties go by ``_id``."""
         keys = list(sort.items()) if isinstance(sort, Mapping) else list(sort or ())
-        if len(keys) != 1:
+        ties_by_id = len(keys) == 2 and tuple(keys[1]) == ("_id", keys[0][1])
+        if len(keys) != 1 and not ties_by_id:
             return None
         path, direction = keys[0]
         order = self._orders.get(collection, {}).get(path)
-        return None if order is None else (order, direction == -1)
+        return None if order is None else (order, direction == -1, ties_by_id)
 
     def candidates(
         self, collection: str, query: Mapping[str, Any], stored: Mapping[Any, Any]
@@ -366,11 +395,11 @@ class _IndexedCollection(mongomock.Collection):  # type: ignore[misc]
         plan = self.planner.order_for(self.name, sort)
         if plan is None:
             return None
-        order, descending = plan
+        order, descending, ties_by_id = plan
         spec = helpers.patch_datetime_awareness_in_document(query or {})
         stored = self._store._documents
         ids = self.planner.candidates(self.name, spec, stored)
-        ordered = order.ordered(descending, ids, skip + limit if limit else 0)
+        ordered = order.ordered(descending, ids, skip + limit if limit else 0, ties_by_id)
         if ordered is None:
             return None
         filtering.filter_applies(spec, {})  # reject a malformed filter even when nothing matches

@@ -339,10 +339,12 @@ def assemble_lineage(document: Mapping[str, Any]) -> Lineage:
     prompt_docs[prompt_id] = document
     in_place = sorted(
         (Run.from_document(r) for r in runs.values() if _endpoints(r)[0] == _endpoints(r)[1]),
-        key=lambda run: run.created_at,
+        key=lambda run: (run.created_at, run.id),
     )
     parent_of: dict[str, tuple[str, Run | None]] = {}
-    for run in sorted(runs.values(), key=lambda r: legacy.run_enhanced_at(r) or r["created_at"]):
+    for run in sorted(
+        runs.values(), key=lambda r: (legacy.run_enhanced_at(r) or r["created_at"], str(r["_id"]))
+    ):
         parent, child = _endpoints(run)
         if parent and child and parent != child and child not in parent_of:
             parent_of[child] = (parent, Run.from_document(run))

@@ -69,11 +69,15 @@ def is_completed_enhancement(run: Mapping[str, Any]) -> bool:
 
 
 def latest(runs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The most recent run by enhancement time, then creation time."""
+    """The most recent run by enhancement time, then creation time, then (time-ordered) id."""
     floor = datetime.min.replace(tzinfo=UTC)
     return max(
         runs,
-        key=lambda run: (run_enhanced_at(run) or floor, parse_time(run.get("created_at")) or floor),
+        key=lambda run: (
+            run_enhanced_at(run) or floor,
+            parse_time(run.get("created_at")) or floor,
+            str(run.get("_id")),
+        ),
         default=None,
     )
 

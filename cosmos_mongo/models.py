@@ -8,7 +8,9 @@ or ``metadata``, and naive datetimes are read as UTC); writers are strict (see
 
 from __future__ import annotations
 
-import uuid
+import secrets
+import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -31,12 +33,45 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+class _TimeOrderedIds:
+    """32 hex digits: a 12-digit millisecond timestamp, a 5-digit counter, 15 random digits.
+
+    Within one process every id is greater than the one before, even within one millisecond
+    or when the wall clock steps back: the counter starts at a random point in its lower half
+    each millisecond and counts up; if it ever runs out, the timestamp moves on by one.
+    """
+
+    _COUNTER_LIMIT = 16**5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._millis = 0
+        self._counter = 0
+
+    def next(self) -> str:
+        with self._lock:
+            millis = time.time_ns() // 1_000_000
+            if millis > self._millis:
+                self._millis, self._counter = millis, secrets.randbelow(self._COUNTER_LIMIT // 2)
+            else:
+                self._counter += 1
+                if self._counter >= self._COUNTER_LIMIT:
+                    self._millis, self._counter = self._millis + 1, 0
+            millis, counter = self._millis, self._counter
+        return f"{millis:012x}{counter:05x}{secrets.randbits(60):015x}"
+
+
+_ids = _TimeOrderedIds()
+
+
 def new_prompt_id() -> str:
-    return PROMPT_ID_PREFIX + uuid.uuid4().hex
+    """A new, time-ordered prompt id: ``ps_`` + 32 lowercase hex digits."""
+    return PROMPT_ID_PREFIX + _ids.next()
 
 
 def new_run_id() -> str:
-    return RUN_ID_PREFIX + uuid.uuid4().hex
+    """A new, time-ordered run id: ``rs_`` + 32 lowercase hex digits."""
+    return RUN_ID_PREFIX + _ids.next()
 
 
 class _Document(BaseModel):

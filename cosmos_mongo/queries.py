@@ -19,7 +19,9 @@ from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS as LEGACY_KEYS
 PROMPTS: Final = "prompts"
 RUNS: Final = "runs"
 
-NEWEST_FIRST: Final[SortSpec] = (("created_at", -1),)
+# `_id` breaks ties within a millisecond: new ids are time-ordered, so the order is total,
+# stable for skip paging, and newest first even for two writes in the same millisecond.
+NEWEST_FIRST: Final[SortSpec] = (("created_at", -1), ("_id", -1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,21 +36,30 @@ class IndexSpec:
 
 ENHANCE: Final = "enhance"
 
+# The indexes that serve a listing end in `created_at, _id` like NEWEST_FIRST, so a server
+# walks them in order with no in-memory sort. (Their names end in `_id` since 0.2: the 0.1
+# indexes without it are no longer used and may be dropped.)
 INDEXES: Final[tuple[IndexSpec, ...]] = (
     IndexSpec(
         PROMPTS,
-        "prompts_enhanced_created_at",
-        (("parameters.enhanced", 1), ("created_at", -1)),
+        "prompts_enhanced_created_at_id",
+        (("parameters.enhanced", 1), ("created_at", -1), ("_id", -1)),
         {"partialFilterExpression": {"parameters.enhanced": True}},
     ),
-    IndexSpec(PROMPTS, "prompts_created_at", (("created_at", -1),)),
-    IndexSpec(RUNS, "runs_prompt_id_created_at", (("prompt_id", 1), ("created_at", -1))),
+    IndexSpec(PROMPTS, "prompts_created_at_id", (("created_at", -1), ("_id", -1))),
+    IndexSpec(
+        RUNS, "runs_prompt_id_created_at_id", (("prompt_id", 1), ("created_at", -1), ("_id", -1))
+    ),
     # Not partial: $lookup joins on these fields with no room to repeat a model_type predicate.
     IndexSpec(RUNS, "runs_original_prompt_id", (("outputs.original_prompt_id", 1),)),
     IndexSpec(RUNS, "runs_enhanced_prompt_id", (("outputs.enhanced_prompt_id", 1),)),
-    IndexSpec(RUNS, "runs_model_type_created_at", (("model_type", 1), ("created_at", -1))),
+    IndexSpec(
+        RUNS,
+        "runs_model_type_created_at_id",
+        (("model_type", 1), ("created_at", -1), ("_id", -1)),
+    ),
     # Not in the design's minimum: serves list_runs() with no prompt or model filter.
-    IndexSpec(RUNS, "runs_created_at", (("created_at", -1),)),
+    IndexSpec(RUNS, "runs_created_at_id", (("created_at", -1), ("_id", -1))),
     # Legacy data: walks down lineage through parent_prompt_id keys; empty once migrated.
     IndexSpec(
         PROMPTS,

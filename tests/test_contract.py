@@ -116,11 +116,11 @@ def test_ensure_indexes_is_idempotent(mock_store: CosmosStore) -> None:
     second = mock_store.ensure_indexes()
     assert first == second
     names = {index["name"] for index in mock_store.db["prompts"].list_indexes()}
-    assert {"prompts_enhanced_created_at", "prompts_created_at"} <= names
+    assert {"prompts_enhanced_created_at_id", "prompts_created_at_id"} <= names
 
 
 def test_partial_index_on_the_enhanced_flag(mock_store: CosmosStore) -> None:
     mock_store.ensure_indexes()
-    info = mock_store.db["prompts"].index_information()["prompts_enhanced_created_at"]
-    assert info["key"] == [("parameters.enhanced", 1), ("created_at", -1)]
+    info = mock_store.db["prompts"].index_information()["prompts_enhanced_created_at_id"]
+    assert info["key"] == [("parameters.enhanced", 1), ("created_at", -1), ("_id", -1)]
     assert info["partialFilterExpression"] == {"parameters.enhanced": True}

@@ -46,7 +46,7 @@ def test_a_second_handle_sees_writes_and_loads_only_what_changed(tmp_path: Path)
     assert second.engine.stats.documents_loaded == loaded + 1
     assert second.engine.stats.full_loads == 1
     names = {index["name"] for index in second["prompts"].list_indexes()}
-    assert "prompts_enhanced_created_at" in names  # indexes travel through the file too
+    assert "prompts_enhanced_created_at_id" in names  # indexes travel through the file too
     first.close()
     second.close()
 
@@ -168,6 +168,7 @@ filters = st.one_of(
     docs=documents,
     query=filters,
     direction=st.sampled_from([1, -1]),
+    ties_by_id=st.booleans(),
     skip=st.integers(0, 3),
     limit=st.integers(0, 4),
     updates=st.lists(st.integers(0, 30), max_size=3),
@@ -177,6 +178,7 @@ def test_indexed_engine_answers_exactly_like_plain_mongomock(
     docs: list[dict[str, Any]],
     query: dict[str, Any],
     direction: int,
+    ties_by_id: bool,
     skip: int,
     limit: int,
     updates: list[int],
@@ -194,7 +196,7 @@ def test_indexed_engine_answers_exactly_like_plain_mongomock(
             collection.update_one(
                 {"_id": i}, {"$set": {"prompt_id": "p0", "model_type": "enhance"}}
             )
-    sort = [("created_at", direction)]
+    sort = [("created_at", direction)] + ([("_id", direction)] if ties_by_id else [])
     expected = list(plain.find(query, sort=sort, skip=skip, limit=limit))
     assert embedded.find(query, sort=sort, skip=skip, limit=limit) == expected
     unsorted = sorted(plain.find(query), key=lambda doc: doc["_id"])

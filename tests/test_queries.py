@@ -12,16 +12,25 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 def test_indexes_match_the_data_contract() -> None:
     by_name = {spec.name: spec for spec in q.INDEXES}
-    enhanced = by_name["prompts_enhanced_created_at"]
+    enhanced = by_name["prompts_enhanced_created_at_id"]
     assert enhanced.collection == q.PROMPTS
-    assert list(enhanced.keys) == [("parameters.enhanced", 1), ("created_at", -1)]
+    assert list(enhanced.keys) == [("parameters.enhanced", 1), ("created_at", -1), ("_id", -1)]
     assert enhanced.options == {"partialFilterExpression": {"parameters.enhanced": True}}
-    assert list(by_name["prompts_created_at"].keys) == [("created_at", -1)]
-    assert list(by_name["runs_prompt_id_created_at"].keys) == [("prompt_id", 1), ("created_at", -1)]
-    assert list(by_name["runs_model_type_created_at"].keys) == [
+    assert list(by_name["prompts_created_at_id"].keys) == [("created_at", -1), ("_id", -1)]
+    assert list(by_name["runs_prompt_id_created_at_id"].keys) == [
+        ("prompt_id", 1),
+        ("created_at", -1),
+        ("_id", -1),
+    ]
+    assert list(by_name["runs_model_type_created_at_id"].keys) == [
         ("model_type", 1),
         ("created_at", -1),
+        ("_id", -1),
     ]
+    # Every index that serves a listing ends in the listing's sort, so no in-memory sort.
+    for spec in q.INDEXES:
+        if ("created_at", -1) in spec.keys:
+            assert list(spec.keys)[-2:] == list(q.NEWEST_FIRST), spec.name
     for name, field in [
         ("runs_original_prompt_id", "outputs.original_prompt_id"),
         ("runs_enhanced_prompt_id", "outputs.enhanced_prompt_id"),

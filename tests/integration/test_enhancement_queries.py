@@ -80,7 +80,7 @@ def test_list_enhanced_prompts_filter_is_the_partial_index_predicate() -> None:
     flow = enhancement.list_enhanced_prompts(10)
     step = next(flow)
     assert step.filter == {"parameters.enhanced": True}
-    assert list(step.sort) == [("created_at", -1)]
+    assert list(step.sort) == [("created_at", -1), ("_id", -1)]
 
 
 def test_get_enhancement_history(store: Any) -> None:

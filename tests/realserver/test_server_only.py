@@ -99,7 +99,7 @@ def test_enhanced_listing_uses_the_partial_index_with_no_sort_stage(server: Any)
     names = [stage.get("stage") for stage in stages]
     assert "SORT" not in names
     scans = [stage for stage in stages if stage.get("stage") == "IXSCAN"]
-    assert scans and scans[0]["indexName"] == "prompts_enhanced_created_at"
+    assert scans and scans[0]["indexName"] == "prompts_enhanced_created_at_id"
     assert scans[0]["isPartial"] is True
 
 
@@ -129,7 +129,7 @@ def test_runs_by_prompt_use_the_prompt_index(server: Any) -> None:
     store.create_run(prompt.id, {})
     explained = store.db["runs"].find(q.runs_filter(prompt.id)).sort(list(q.NEWEST_FIRST)).explain()
     stages = _stages(explained["queryPlanner"]["winningPlan"])
-    assert any(s.get("indexName") == "runs_prompt_id_created_at" for s in stages)
+    assert any(s.get("indexName") == "runs_prompt_id_created_at_id" for s in stages)
     assert "SORT" not in [s.get("stage") for s in stages]
 
 
@@ -150,7 +150,7 @@ def test_helper_queries_use_their_indexes(server: Any) -> None:
     assert _plan_uses(children, "runs_original_prompt_id")
     history = runs.find(q.history_filter(original.id)).explain()
     for index in (
-        "runs_prompt_id_created_at",
+        "runs_prompt_id_created_at_id",
         "runs_original_prompt_id",
         "runs_enhanced_prompt_id",
     ):
