@@ -9,7 +9,9 @@ overwrites nothing. ``job_queue`` rows are counted and skipped: they describe th
 predecessor's pending work, not data this product keeps.
 
 Legacy enhancement keys in prompt parameters are imported as they are; the helpers read them,
-and ``migrate`` tidies them afterwards.
+and ``migrate`` tidies them afterwards. The ``enhanced`` flag is stored as a real boolean
+(the predecessor's ``1`` or ``"true"`` becomes ``true``, a false value is dropped), because a
+server's partial index matches only ``true``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence, Set
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field
 
@@ -122,17 +124,39 @@ def _checked(check: Callable[..., Any], value: Any, *args: Any) -> Any:
         raise _Invalid(str(exc)) from exc
 
 
+_TRUE_FLAGS: Final = (True, 1, "1", "true", "True", "TRUE", "yes")
+_FALSE_FLAGS: Final = (False, 0, "0", "false", "False", "FALSE", "no", "", None)
+
+
+def _real_flag(parameters: dict[str, Any]) -> str | None:
+    """Make ``parameters.enhanced`` a real boolean (or absent); a note if it was changed."""
+    if "enhanced" not in parameters or parameters["enhanced"] is True:
+        return None
+    value = parameters.pop("enhanced")
+    # 1 == True in Python; compare types too so 1.5 or "maybe" are not read as a flag.
+    if any(type(value) is type(flag) and value == flag for flag in _TRUE_FLAGS):
+        parameters["enhanced"] = True
+        return f"parameters.enhanced {value!r} stored as true"
+    if not any(type(value) is type(flag) and value == flag for flag in _FALSE_FLAGS):
+        raise _Invalid(f"parameters.enhanced must be a boolean, got {value!r}")
+    return f"parameters.enhanced {value!r} dropped (not enhanced)"
+
+
 def convert_prompt(row: sqlite3.Row, now: datetime) -> tuple[dict[str, Any], str | None]:
     """A prompt document from a ``prompts`` row, and a note if something was adjusted."""
     created = _time(row["created_at"], "created_at")
+    parameters = _json_object(row["parameters"], "parameters", required=True)
+    notes = [_real_flag(parameters)]
     document = {
         "_id": _checked(v.check_prompt_id, row["id"], "id"),
         "prompt_text": _checked(v.check_text, row["prompt_text"], "prompt_text"),
         "inputs": _json_object(row["inputs"], "inputs", required=True),
-        "parameters": _json_object(row["parameters"], "parameters", required=True),
+        "parameters": parameters,
         "created_at": created or now,
     }
-    return document, None if created else "created_at was empty; set to the import time"
+    if not created:
+        notes.append("created_at was empty; set to the import time")
+    return document, "; ".join(note for note in notes if note) or None
 
 
 def convert_run(row: sqlite3.Row) -> dict[str, Any]:
@@ -250,6 +274,7 @@ def _import_prompts(
                 continue
             if adjusted:
                 report.note("prompts", document["_id"], "adjusted", adjusted)
+            if row["created_at"] in (None, ""):
                 filled_in.add(document["_id"])
             converted.append(document)
         fresh = yield from _store_new(

@@ -135,16 +135,24 @@ def _check_value(value: object, path: str, depth: int, counter: list[int]) -> An
 
 
 def check_parameters(value: object, field: str = "parameters") -> dict[str, Any]:
-    """Check prompt parameters: JSON-like, no legacy enhancement keys, ``enhanced`` a boolean."""
+    """Check prompt parameters from a caller: JSON-like, no enhancement metadata.
+
+    ``enhanced`` belongs to the library (enhancement, revert, import and migrate set it), so a
+    caller cannot make the flag disagree with the runs; nor can it write the legacy keys.
+    """
     parameters = check_document_fields(value, field)
+    if "enhanced" in parameters:
+        raise InvalidInputError(
+            f"{field}.enhanced",
+            "is set by the library when a prompt is enhanced (enhance_prompt) or reverted; "
+            "leave it out",
+        )
     legacy = sorted(LEGACY_ENHANCEMENT_KEYS.intersection(parameters))
     if legacy:
         raise InvalidInputError(
             field,
             f"must not contain {', '.join(legacy)}: enhancement details live on the enhance run",
         )
-    if "enhanced" in parameters and not isinstance(parameters["enhanced"], bool):
-        raise InvalidInputError(f"{field}.enhanced", "must be true or false")
     return parameters
 
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from cosmos_mongo import InvalidInputError
 from cosmos_mongo.cli import cli
 from tests.conftest import Backend
+from tests import predecessor_db
 from tests.predecessor_db import add_prompt, pid, rid, sample
 
 
@@ -132,3 +133,23 @@ def test_cli_import_with_dry_run_and_json(
     assert again["prompts"]["imported"] == 0 and again["prompts"]["skipped"] == 8
     missing = runner.invoke(cli, ["import-sqlite", str(tmp_path / "nope.db")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_the_enhanced_flag_is_imported_as_a_real_boolean(mock_store: Any, tmp_path: Path) -> None:
+    db = predecessor_db.create(tmp_path / "flags.db")
+    flags = {1: 1, 2: "true", 3: 0, 4: "false", 5: True, 6: "maybe"}
+    for n, flag in flags.items():
+        predecessor_db.add_prompt(
+            db, predecessor_db.pid(n), f"Prompt {n}", "2024-01-01 00:00:00", {}, {"enhanced": flag}
+        )
+    db.commit()
+    db.close()
+    report = mock_store.import_sqlite(tmp_path / "flags.db")
+    stored = {
+        doc["_id"]: doc["parameters"] for doc in mock_store.db["prompts"].find({}, {"parameters": 1})
+    }
+    assert stored[pid(1)] == stored[pid(2)] == stored[pid(5)] == {"enhanced": True}
+    assert stored[pid(3)] == stored[pid(4)] == {}
+    assert pid(6) not in stored  # neither true nor false: reported, not guessed
+    assert any(p.row_id == pid(6) and "boolean" in p.reason for p in report.problems)
+    assert {p.id for p in mock_store.list_enhanced_prompts()} == {pid(1), pid(2), pid(5)}

@@ -269,10 +269,26 @@ class TestBadInput:
 
 def test_list_prompts_filters_on_the_enhanced_flag(store: Any) -> None:
     plain = make_prompt(store, "A plain prompt")
-    flagged = make_prompt(store, "An enhanced prompt", enhanced=True)
-    unflagged = make_prompt(store, "Explicitly not enhanced", enhanced=False)
+    flagged = make_prompt(store, "A prompt to enhance")
+    store.enhance_prompt(flagged.id, create_new=False, enhanced_text="An enhanced prompt.")
+    unflagged = make_prompt(store, "Enhanced, then reverted")
+    done = store.enhance_prompt(unflagged.id, create_new=False, enhanced_text="Rewritten.")
+    store.revert_enhancement(done.run_id)
     assert [p.id for p in store.list_prompts(enhanced=True)] == [flagged.id]
     assert {p.id for p in store.list_prompts(enhanced=False)} == {plain.id, unflagged.id}
     assert len(store.list_prompts()) == 3
     with pytest.raises(InvalidInputError, match="enhanced"):
         store.list_prompts(enhanced="yes")
+
+
+@pytest.mark.parametrize("value", [True, False, 1, "true"])
+def test_callers_cannot_set_the_enhanced_flag(backend: Any, value: Any) -> None:
+    store = backend.store
+    with pytest.raises(InvalidInputError, match=r"parameters\.enhanced") as caught:
+        store.create_prompt("A robot arm stacks blocks", {}, {"enhanced": value})
+    assert caught.value.field == "parameters.enhanced"
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {"name": "robot"})
+    before = backend.snapshot()
+    with pytest.raises(InvalidInputError, match=r"parameters\.enhanced"):
+        store.update_prompt(prompt.id, parameters={"enhanced": value})
+    assert backend.snapshot() == before
