@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 from cosmos_mongo import legacy
 from cosmos_mongo import queries as q
@@ -47,12 +48,15 @@ from cosmos_mongo.models import (
     RepairReport,
     Run,
     VerificationReport,
+    as_utc,
     new_prompt_id,
     new_run_id,
     utc_now,
 )
 from cosmos_mongo.ops import (
     Aggregate,
+    DeleteMany,
+    DeleteOne,
     Find,
     FindOne,
     FindOneAndUpdate,
@@ -64,13 +68,9 @@ from cosmos_mongo.ops import (
 )
 
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
+# Runs that mean a GPU job is using the prompt's text right now.
+OVERWRITE_ACTIVE_STATUSES: Final = frozenset({"running", "uploading"})
 _ID_ONLY = {"_id": 1}
-
-
-def check_flag(value: object, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInputError(field, f"must be true or false, got {value!r}")
-    return value
 
 
 def check_enhanced_text(value: object) -> str:
@@ -116,27 +116,24 @@ def enhance_prompt(
 ) -> Flow[EnhancementResult]:
     """Enhance a prompt; ``model`` is the name the store resolved (enhancer or text's author)."""
     checked_id = v.check_prompt_id(prompt_id)
-    new = check_flag(create_new, "create_new")
-    force = check_flag(force_overwrite, "force_overwrite")
+    new = v.check_flag(create_new, "create_new")
+    force = v.check_flag(force_overwrite, "force_overwrite")
     supplied = None if enhanced_text is None else check_enhanced_text(enhanced_text)
     prompt = yield FindOne(q.PROMPTS, q.by_id(checked_id))
     if prompt is None:
         raise PromptNotFoundError(checked_id)
-    if not new and not force:
-        blocking = yield FindOne(q.RUNS, q.blocking_runs_filter(checked_id), {"model_type": 1})
-        if blocking is not None:
-            raise ConflictError(
-                f"prompt {checked_id} has a {blocking.get('model_type')} run "
-                f"({blocking['_id']}) that used its current text, so it is not overwritten. "
-                "Pass create_new=True to keep the original and create an enhanced copy, or "
-                "force_overwrite=True to overwrite it anyway."
-            )
+    guarded = not new and not force
+    if guarded and (refusal := (yield from _overwrite_refusal(checked_id))) is not None:
+        raise refusal
     run_id = new_run_id()
     target = new_prompt_id() if new else checked_id
     document = q.enhance_run_document(run_id, prompt, model, new, target, utc_now(), supplied)
     try:
+        if not new and legacy.has_legacy_keys(prompt):
+            # The overwrite unsets the old keys: first let the runs record what they knew.
+            yield from legacy.absorb_legacy_keys(prompt)
         yield InsertOne(q.RUNS, document)
-        return (yield from _produce(run_id, prompt, target, model, supplied))
+        return (yield from _produce(run_id, prompt, target, model, supplied, guarded))
     except StorageError as exc:
         # The outcome of the interrupted write is unknown: say which run to look at.
         raise StorageError(
@@ -145,22 +142,97 @@ def enhance_prompt(
         ) from exc
 
 
+def _overwrite_refusal(prompt_id: str) -> Flow[ConflictError | None]:
+    """Why an in-place overwrite must not go ahead: runs that used the current text."""
+    blocking = yield Find(
+        q.RUNS,
+        q.blocking_runs_filter(prompt_id),
+        sort=q.NEWEST_FIRST,
+        limit=v.MAX_LIMIT,
+        projection={"model_type": 1, "status": 1},
+    )
+    if not blocking:
+        return None
+    active = [run for run in blocking if run.get("status") in OVERWRITE_ACTIVE_STATUSES]
+    shown = ", ".join(
+        f"{run['_id']} ({run.get('model_type')}, {run.get('status')})" for run in blocking[:20]
+    )
+    more = f" and {len(blocking) - 20} more" if len(blocking) > 20 else ""
+    return ConflictError(
+        f"prompt {prompt_id} has {len(blocking)} run(s) that used its current text, "
+        f"{len(active)} of them active (running or uploading): {shown}{more}. It is not "
+        "overwritten. Pass create_new=True to keep the original and create an enhanced copy, "
+        "or force_overwrite=True to overwrite it anyway.",
+        prompt_id=prompt_id,
+        run_ids=[run["_id"] for run in blocking],
+        reason="has_runs",
+    )
+
+
 def _produce(
-    run_id: str, prompt: Mapping[str, Any], target: str, model: str, supplied: str | None
+    run_id: str,
+    prompt: Mapping[str, Any],
+    target: str,
+    model: str,
+    supplied: str | None,
+    guarded: bool,
 ) -> Flow[EnhancementResult]:
-    """Get the text (unless supplied), record it, then write the prompt and finish the run."""
+    """Get the text (unless supplied), record it, then write the prompt and finish the run.
+
+    Recording the text only matches a run that is still ``running``: if ``delete_prompt`` or
+    ``repair`` settled the run while the enhancer worked, nothing further is written.
+    """
     seconds = 0.0
     if supplied is None:
         reply = yield Generate(prompt["prompt_text"], prompt.get("inputs") or {})
         text, problem = _usable(reply, model)
         if problem is not None:
-            yield UpdateOne(q.RUNS, q.running_run(run_id), q.fail_run(problem, utc_now()))
-            raise EnhancementError(problem, run_id) from reply.error
-        yield UpdateOne(q.RUNS, q.by_id(run_id), q.record_text(text, utc_now()))
+            outcome = yield from _fail(run_id, prompt["_id"], problem)
+            raise EnhancementError(problem, run_id, outcome=outcome) from reply.error
+        if not (yield UpdateOne(q.RUNS, q.running_run(run_id), q.record_text(text, utc_now()))):
+            raise (yield from _lost_run(run_id, prompt["_id"], "while the enhancer worked"))
         seconds = reply.seconds
     else:
         text = supplied
+    if guarded and (refusal := (yield from _overwrite_refusal(prompt["_id"]))) is not None:
+        # A run of the prompt appeared while the text was being written: refuse after all.
+        outcome = yield from _fail(run_id, prompt["_id"], "refused: " + str(refusal))
+        raise ConflictError(
+            f"{refusal} (run {run_id} {outcome})",
+            prompt_id=refusal.prompt_id,
+            run_ids=[*refusal.run_ids, run_id],
+            reason=refusal.reason,
+        )
     return (yield from _apply(run_id, prompt, target, text, model, seconds, prompt["prompt_text"]))
+
+
+def _fail(run_id: str, prompt_id: str, problem: str) -> Flow[str]:
+    """Mark a running enhance run failed; say what became of it.
+
+    A run whose prompt is gone is deleted instead, so a failed call leaves no orphan.
+    """
+    if not (yield UpdateOne(q.RUNS, q.running_run(run_id), q.fail_run(problem, utc_now()))):
+        return "was already settled or deleted by another writer"
+    if (yield FindOne(q.PROMPTS, q.by_id(prompt_id), _ID_ONLY)) is None:
+        yield DeleteOne(q.RUNS, q.by_id(run_id))
+        return "deleted with its prompt"
+    return "marked failed"
+
+
+def _lost_run(run_id: str, prompt_id: str, when: str) -> Flow[ConflictError]:
+    """The error for a run that another writer settled or deleted ``when``."""
+    run = yield FindOne(q.RUNS, q.by_id(run_id), {"status": 1, "error_message": 1})
+    if run is None:
+        fate = "was deleted (its prompt was deleted)"
+    else:
+        fate = f"was settled by another writer (repair?) as {run.get('status')}"
+    return ConflictError(
+        f"enhance run {run_id} {fate} {when}; the enhancement was abandoned and nothing "
+        "else was written",
+        prompt_id=prompt_id,
+        run_ids=[run_id],
+        reason="run_settled",
+    )
 
 
 def _apply(
@@ -172,7 +244,12 @@ def _apply(
     seconds: float | None,
     expected_text: str,
 ) -> Flow[EnhancementResult]:
-    """Writes 3 and 4: the prompt, then the run's completion. Safe to repeat."""
+    """Writes 3 and 4: the prompt, then the run's completion. Safe to repeat.
+
+    Each write checks what it matched. If the run was settled or deleted meanwhile, the
+    prompt write is undone (compensation) and the call fails, so no answer describes
+    something that is not stored and nothing is left orphaned.
+    """
     now = utc_now()
     if target != original["_id"]:
         document = q.enhanced_prompt_document(target, original, text, now)
@@ -183,13 +260,22 @@ def _apply(
             q.PROMPTS, q.overwrite_filter(target, expected_text), q.overwrite_update(text, now)
         )
         if not matched:
+            current = yield FindOne(q.PROMPTS, q.by_id(target), _ID_ONLY)
             problem = (
-                "the prompt's text changed while it was being enhanced; nothing was overwritten"
+                "the prompt was deleted while it was being enhanced"
+                if current is None
+                else "the prompt's text changed while it was being enhanced"
             )
-            yield UpdateOne(q.RUNS, q.running_run(run_id), q.fail_run(problem, now))
-            raise ConflictError(f"{problem} (run {run_id} marked failed); enhance it again")
+            outcome = yield from _fail(run_id, target, f"{problem}; nothing was overwritten")
+            raise ConflictError(
+                f"{problem}; nothing was overwritten (run {run_id} {outcome}); enhance it again",
+                prompt_id=target,
+                run_ids=[run_id],
+                reason="prompt_deleted" if current is None else "text_changed",
+            )
     outputs = q.enhancement_outputs(original["_id"], target, text, model, now, seconds)
-    yield UpdateOne(q.RUNS, q.running_run(run_id), q.complete_run(outputs, now))
+    if not (yield UpdateOne(q.RUNS, q.running_run(run_id), q.complete_run(outputs, now))):
+        yield from _compensate(run_id, original, target, text, expected_text)
     return EnhancementResult(
         run_id=run_id,
         original_prompt_id=original["_id"],
@@ -199,6 +285,34 @@ def _apply(
         duration_seconds=round(seconds or 0.0, 3),
         status="completed",
     )
+
+
+def _compensate(
+    run_id: str, original: Mapping[str, Any], target: str, text: str, expected_text: str
+) -> Flow[None]:
+    """The run could not be completed. If another writer completed it just as this call would
+    have, the answer stands; otherwise undo the prompt write and raise."""
+    run = yield FindOne(q.RUNS, q.by_id(run_id))
+    outputs = (run or {}).get("outputs") or {}
+    if (
+        run is not None
+        and run.get("status") == "completed"
+        and outputs.get("enhanced_prompt_id") == target
+        and outputs.get("enhanced_text") == text
+    ):
+        return
+    now = utc_now()
+    if target != original["_id"]:
+        yield DeleteOne(q.PROMPTS, {"_id": target, "prompt_text": text})
+    else:
+        previously = bool((run or {}).get("execution_config", {}).get("previously_enhanced"))
+        previously = previously or (original.get("parameters") or {}).get("enhanced") is True
+        yield UpdateOne(
+            q.PROMPTS,
+            q.overwrite_filter(target, text),
+            q.overwrite_update(expected_text, now, previously),
+        )
+    raise (yield from _lost_run(run_id, str(original["_id"]), "before it could be completed"))
 
 
 def revert_enhancement(run_id: object) -> Flow[Prompt]:
@@ -406,34 +520,69 @@ def _endpoints(run: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 def verify(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[VerificationReport]:
-    """The seed's three checks, plus enhancements and reverts interrupted between writes."""
+    """The seed's three checks, the flag against the runs both ways, orphans, and enhancements
+    and reverts interrupted between writes."""
     before = utc_now() - check_stale_after(stale_after)
     legacy_prompts = yield Find(q.PROMPTS, q.legacy_prompts_filter(), projection=_ID_ONLY)
     incomplete = yield Find(q.RUNS, q.incomplete_runs_filter(), projection=_ID_ONLY)
-    dangling = yield Aggregate(q.RUNS, q.dangling_edges_pipeline())
+    findings = yield from _inconsistencies(before)
     stale = yield Find(q.RUNS, q.stale_enhancements_filter(before), projection=_ID_ONLY)
     reverts = yield Find(q.RUNS, q.pending_reverts_filter(before), projection=_ID_ONLY)
     return VerificationReport(
         prompts_with_legacy_keys=[doc["_id"] for doc in legacy_prompts],
         incomplete_enhance_runs=[doc["_id"] for doc in incomplete],
-        dangling_edges=[_describe_dangling(doc) for doc in dangling],
+        dangling_edges=[text for text, _ in findings.dangling],
+        orphan_runs=[text for text, _ in findings.orphans],
+        flag_mismatches=[text for text, _, _ in findings.flags],
         half_finished=[f"{doc['_id']}: enhancement interrupted" for doc in stale]
         + [f"{doc['_id']}: revert interrupted" for doc in reverts],
     )
 
 
-def _describe_dangling(run: Mapping[str, Any]) -> str:
-    original, result = _endpoints(run)
-    gone = []
-    if not run.get("original"):
-        gone.append(f"original {original}")
-    if not run.get("result"):
-        gone.append(f"result {result}")
-    return f"{run['_id']}: {' and '.join(gone)} missing"
+@dataclass
+class _Findings:
+    """What disagrees, each with a sentence and what repair needs to fix it."""
+
+    dangling: list[tuple[str, str]] = field(default_factory=list)  # (text, run id)
+    orphans: list[tuple[str, str]] = field(default_factory=list)  # (text, run id)
+    flags: list[tuple[str, str, bool]] = field(default_factory=list)  # (text, prompt, flag)
+
+
+def _inconsistencies(before: datetime) -> Flow[_Findings]:
+    """Runs whose prompts are gone, and flags that disagree with the runs, in three reads."""
+    findings = _Findings()
+    should_be_flagged: dict[str, str] = {}
+    for run in (yield Aggregate(q.RUNS, q.produced_prompts_pipeline())):
+        produced = _endpoints(run)[1]
+        result = run.get("result") or []
+        if not result:
+            findings.dangling.append((f"{run['_id']}: result {produced} missing", run["_id"]))
+        elif (result[0].get("parameters") or {}).get("enhanced") is not True:
+            should_be_flagged[str(produced)] = str(run["_id"])
+    for prompt_id, run_id in sorted(should_be_flagged.items()):
+        text = f"{prompt_id}: not flagged, but completed enhance run {run_id} produced it"
+        findings.flags.append((text, prompt_id, True))
+    for prompt in (yield Aggregate(q.PROMPTS, q.flagged_prompts_pipeline())):
+        if legacy.has_legacy_keys(prompt):
+            continue  # a legacy record: its keys are what knows the enhancement
+        if not any(legacy.is_completed_enhancement(run) for run in prompt.get("result_of", [])):
+            text = f"{prompt['_id']}: flagged enhanced, but no completed enhance run produced it"
+            findings.flags.append((text, prompt["_id"], False))
+    for run in (yield Aggregate(q.RUNS, q.orphan_runs_pipeline())):
+        produced = (run.get("outputs") or {}).get("enhanced_prompt_id")
+        if legacy.is_completed_enhancement(run) and run.get("result") and produced:
+            continue  # kept provenance of a prompt enhanced from a deleted one
+        updated = run.get("updated_at")
+        if run.get("status") == "running" and (updated is None or as_utc(updated) > before):
+            continue  # may still be live; it fails by itself, or counts once stale
+        text = f"{run['_id']}: its prompt {run.get('prompt_id')} does not exist"
+        findings.orphans.append((text, run["_id"]))
+    return findings
 
 
 def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
-    """Finish or roll back interrupted enhancements and reverts, then migrate legacy data."""
+    """Finish or roll back interrupted enhancements and reverts, remove what interrupted
+    deletions left, make flags agree with the runs, then migrate legacy data."""
     before = utc_now() - check_stale_after(stale_after)
     completed: list[str] = []
     rolled_back: list[str] = []
@@ -449,8 +598,19 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
         else:
             unrepairable.append(f"{run['_id']}: {problem}")
     migration = yield from legacy.migrate(dry_run=False)
-    for doc in (yield Aggregate(q.RUNS, q.dangling_edges_pipeline())):
-        unrepairable.append(f"{_describe_dangling(doc)}: a deleted prompt cannot be restored")
+    findings = yield from _inconsistencies(before)
+    removed = [run_id for _, run_id in findings.dangling + findings.orphans]
+    if removed:
+        yield DeleteMany(q.RUNS, {"_id": {"$in": removed}})
+    flags_fixed = []
+    for _, prompt_id, flagged in findings.flags:
+        change: dict[str, Any] = (
+            {"$set": {"parameters.enhanced": True, "updated_at": utc_now()}}
+            if flagged
+            else {"$unset": {"parameters.enhanced": ""}, "$set": {"updated_at": utc_now()}}
+        )
+        if (yield UpdateOne(q.PROMPTS, q.by_id(prompt_id), change)):
+            flags_fixed.append(prompt_id)
     for doc in (yield Find(q.RUNS, q.incomplete_runs_filter())):
         missing = [name for name in q.OUTPUT_FIELDS if name not in (doc.get("outputs") or {})]
         unrepairable.append(f"{doc['_id']}: nothing records its {', '.join(missing)}")
@@ -458,6 +618,8 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
         completed=completed,
         rolled_back=rolled_back,
         reverts_finished=reverts_finished,
+        runs_removed=removed,
+        flags_fixed=flags_fixed,
         migration=migration,
         unrepairable=unrepairable,
     )

@@ -54,7 +54,29 @@ class RunNotFoundError(NotFoundError):
 
 
 class ConflictError(CosmosMongoError):
-    """The operation conflicts with the current state of the data."""
+    """The operation conflicts with the current state of the data; nothing was changed.
+
+    ``prompt_id`` and ``run_ids`` name the documents involved (when known); ``reason`` is a
+    short machine-readable cause, e.g. ``"has_runs"``, ``"text_changed"``, ``"run_settled"``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_id: str | None = None,
+        run_ids: tuple[str, ...] | list[str] = (),
+        reason: str | None = None,
+    ) -> None:
+        self.prompt_id = prompt_id
+        self.run_ids = list(run_ids)
+        self.reason = reason
+        super().__init__(message)
+
+    @property
+    def run_id(self) -> str | None:
+        """The first run involved, if any."""
+        return self.run_ids[0] if self.run_ids else None
 
 
 class EnhancementError(CosmosMongoError):
@@ -64,9 +86,11 @@ class EnhancementError(CosmosMongoError):
     before any run existed, e.g. when raised by an enhancer backend itself).
     """
 
-    def __init__(self, message: str, run_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, run_id: str | None = None, *, outcome: str = "marked failed"
+    ) -> None:
         self.run_id = run_id
-        super().__init__(message if run_id is None else f"{message} (run {run_id} marked failed)")
+        super().__init__(message if run_id is None else f"{message} (run {run_id} {outcome})")
 
 
 class StorageError(CosmosMongoError):

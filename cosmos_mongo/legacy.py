@@ -70,30 +70,33 @@ def is_completed_enhancement(run: Mapping[str, Any]) -> bool:
 
 def latest(runs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The most recent run by enhancement time, then creation time, then (time-ordered) id."""
-    floor = datetime.min.replace(tzinfo=UTC)
-    return max(
-        runs,
-        key=lambda run: (
-            run_enhanced_at(run) or floor,
-            parse_time(run.get("created_at")) or floor,
-            str(run.get("_id")),
-        ),
-        default=None,
-    )
+    return max(runs, key=_order, default=None)
+
+
+def resolved_outputs(run: Mapping[str, Any], prompt: Mapping[str, Any]) -> dict[str, Any]:
+    """The outputs of ``run``, the latest enhancement that produced ``prompt``, field by field:
+    the run's own value, else its own fallbacks, else the prompt's legacy keys.
+
+    The helpers read this, and ``migrate`` writes it, so they answer the same before and after.
+    """
+    outputs = run.get("outputs") or {}
+    parameters = prompt.get("parameters") or {}
+    return {
+        "enhanced_text": _text(outputs.get("enhanced_text")) or prompt.get("prompt_text", ""),
+        "original_prompt_id": _text(outputs.get("original_prompt_id"))
+        or legacy_parent_id(prompt)
+        or _text(run.get("prompt_id"))
+        or prompt["_id"],
+        "enhanced_prompt_id": _text(outputs.get("enhanced_prompt_id")) or prompt["_id"],
+        "enhancement_model": run_enhancement_model(run)
+        or _text(parameters.get("enhancement_model")),
+        "enhanced_at": run_enhanced_at(run) or parse_time(parameters.get("enhanced_at")),
+        "duration_seconds": _number(outputs.get("duration_seconds")),
+    }
 
 
 def details_from_run(run: Mapping[str, Any], prompt: Mapping[str, Any]) -> EnhancementDetails:
-    outputs = run.get("outputs") or {}
-    prompt_id = prompt["_id"]
-    return EnhancementDetails(
-        run_id=str(run["_id"]),
-        enhanced_text=_text(outputs.get("enhanced_text")) or prompt.get("prompt_text", ""),
-        enhancement_model=run_enhancement_model(run),
-        enhanced_at=run_enhanced_at(run),
-        original_prompt_id=_text(outputs.get("original_prompt_id")) or prompt_id,
-        enhanced_prompt_id=_text(outputs.get("enhanced_prompt_id")) or prompt_id,
-        duration_seconds=_number(outputs.get("duration_seconds")),
-    )
+    return EnhancementDetails(run_id=str(run["_id"]), **resolved_outputs(run, prompt))
 
 
 def has_legacy_keys(prompt: Mapping[str, Any]) -> bool:
@@ -146,18 +149,13 @@ def enhancement_details(
 # -- migration -------------------------------------------------------------------------------
 
 
-def _backfill(run: Mapping[str, Any], prompt: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The output fields a completed enhance run lacks, from fallbacks and legacy keys."""
+def _own_backfill(run: Mapping[str, Any]) -> dict[str, Any]:
+    """What a completed enhance run lacks and its own fallbacks know (model, time, original)."""
     outputs = run.get("outputs") or {}
-    parameters = (prompt or {}).get("parameters") or {}
-    known: dict[str, Any] = {
-        "enhancement_model": run_enhancement_model(run)
-        or _text(parameters.get("enhancement_model")),
-        "enhanced_at": run_enhanced_at(run) or parse_time(parameters.get("enhanced_at")),
-        "enhanced_text": (prompt or {}).get("prompt_text"),
-        "enhanced_prompt_id": (prompt or {}).get("_id"),
-        "original_prompt_id": (legacy_parent_id(prompt) if prompt else None)
-        or run.get("prompt_id"),
+    known = {
+        "enhancement_model": run_enhancement_model(run),
+        "enhanced_at": run_enhanced_at(run),
+        "original_prompt_id": _text(run.get("prompt_id")),
         "duration_seconds": None,
     }
     return {
@@ -165,6 +163,57 @@ def _backfill(run: Mapping[str, Any], prompt: Mapping[str, Any] | None) -> dict[
         for name, value in known.items()
         if name not in outputs and (value is not None or name == "duration_seconds")
     }
+
+
+def _backfills(
+    prompt: Mapping[str, Any], producing: list[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The outputs each run that produced a legacy prompt lacks, by run id.
+
+    The latest run gets everything :func:`resolved_outputs` knows (the prompt's text and its
+    legacy keys included), exactly what the helpers show for it. Older runs get what their
+    own fallbacks know; a legacy key also fills the newest run that would otherwise lack it,
+    so nothing the keys know is lost when they are removed.
+    """
+    newest_first = sorted(producing, key=_order, reverse=True)
+    changes: dict[str, dict[str, Any]] = {}
+    parameters = prompt.get("parameters") or {}
+    for position, run in enumerate(newest_first):
+        outputs = run.get("outputs") or {}
+        if position == 0:
+            known = resolved_outputs(run, prompt)
+            wanted = {
+                f"outputs.{name}": value
+                for name, value in known.items()
+                if name not in outputs and (value is not None or name == "duration_seconds")
+            }
+        else:
+            wanted = _own_backfill(run)
+        changes[str(run["_id"])] = wanted
+    key_values = {
+        "enhancement_model": _text(parameters.get("enhancement_model")),
+        "enhanced_at": parse_time(parameters.get("enhanced_at")),
+    }
+    for name, value in key_values.items():
+        path = f"outputs.{name}"
+        if value is None:
+            continue
+        for run in newest_first:
+            run_changes = changes[str(run["_id"])]
+            if name in (run.get("outputs") or {}) or run_changes.get(path) is not None:
+                continue
+            run_changes[path] = value
+            break
+    return {run_id: wanted for run_id, wanted in changes.items() if wanted}
+
+
+def _order(run: Mapping[str, Any]) -> tuple[datetime, datetime, str]:
+    floor = datetime.min.replace(tzinfo=UTC)
+    return (
+        run_enhanced_at(run) or floor,
+        parse_time(run.get("created_at")) or floor,
+        str(run.get("_id")),
+    )
 
 
 def _run_from_legacy_keys(prompt: Mapping[str, Any], now: datetime) -> dict[str, Any]:
@@ -194,13 +243,44 @@ def _run_from_legacy_keys(prompt: Mapping[str, Any], now: datetime) -> dict[str,
     return document
 
 
+def _record_legacy_keys(
+    prompt: Mapping[str, Any],
+    producing: list[Mapping[str, Any]],
+    now: datetime,
+    dry_run: bool,
+    report: dict[str, list[str]],
+) -> Flow[None]:
+    """Write into runs what the prompt's legacy keys know (step one of migrating it)."""
+    if not producing:
+        document = _run_from_legacy_keys(prompt, now)
+        report["created"].append(document["_id"])
+        if not dry_run:
+            yield InsertOne(q.RUNS, document)
+        return
+    for run_id, changes in _backfills(prompt, producing).items():
+        report["backfilled"].append(run_id)
+        if not dry_run:
+            yield UpdateOne(q.RUNS, q.by_id(run_id), {"$set": {**changes, "updated_at": now}})
+
+
+def absorb_legacy_keys(prompt: Mapping[str, Any]) -> Flow[None]:
+    """Before a legacy prompt is overwritten in place (which unsets its keys), record what the
+    keys know on the runs that produced it, as ``migrate`` would."""
+    producing = yield Find(
+        q.RUNS, {**q.COMPLETED_ENHANCEMENT, "outputs.enhanced_prompt_id": prompt["_id"]}
+    )
+    report: dict[str, list[str]] = {"created": [], "backfilled": []}
+    yield from _record_legacy_keys(prompt, producing, utc_now(), False, report)
+
+
 def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
     """Backfill run records from legacy keys and fallbacks, then strip the keys. Idempotent.
 
-    For each enhanced prompt with legacy keys: its completed enhance run gains the outputs it
-    lacks (or, if it has none, a run is created from the keys); only then are the keys removed,
-    so a crash in between leaves keys that the next run migrates again. Completed enhance runs
-    missing ``enhancement_model`` or ``enhanced_at`` are backfilled from their own fallbacks.
+    For each enhanced prompt with legacy keys: every completed enhance run that produced it
+    gains the outputs it lacks (or, if it has none, a run is created from the keys); only then
+    are the keys removed, so a crash in between leaves keys that the next run migrates again.
+    Completed enhance runs missing ``enhancement_model`` or ``enhanced_at`` are backfilled
+    from their own fallbacks.
     """
     if not isinstance(dry_run, bool):
         raise InvalidInputError("dry_run", "must be true or false")
@@ -213,39 +293,23 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
             "outputs.enhanced_prompt_id": {"$in": [prompt["_id"] for prompt in legacy_prompts]},
         },
     )
-    backfilled: list[str] = []
-    created: list[str] = []
+    report: dict[str, list[str]] = {"created": [], "backfilled": []}
     stripped: list[str] = []
     for prompt in legacy_prompts:
-        run = latest(
-            [r for r in producing if r["outputs"].get("enhanced_prompt_id") == prompt["_id"]]
-        )
-        if run is None:
-            document = _run_from_legacy_keys(prompt, now)
-            created.append(document["_id"])
-            if not dry_run:
-                yield InsertOne(q.RUNS, document)
-        else:
-            changes = _backfill(run, prompt)
-            if changes:
-                backfilled.append(str(run["_id"]))
-                if not dry_run:
-                    yield UpdateOne(
-                        q.RUNS, q.by_id(run["_id"]), {"$set": {**changes, "updated_at": now}}
-                    )
+        runs = [r for r in producing if r["outputs"].get("enhanced_prompt_id") == prompt["_id"]]
+        yield from _record_legacy_keys(prompt, runs, now, dry_run, report)
         stripped.append(prompt["_id"])
         if not dry_run:
             unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
             yield UpdateOne(
                 q.PROMPTS, q.by_id(prompt["_id"]), {"$unset": unset, "$set": {"updated_at": now}}
             )
+    backfilled = report["backfilled"]
     incomplete = yield Find(q.RUNS, q.incomplete_runs_filter())
     for run in incomplete:
         if str(run["_id"]) in backfilled:
             continue
-        changes = _backfill(run, None)
-        changes.pop("outputs.enhanced_prompt_id", None)  # unknown without a prompt: leave it
-        changes.pop("outputs.enhanced_text", None)
+        changes = _own_backfill(run)
         if changes:
             backfilled.append(str(run["_id"]))
             if not dry_run:
@@ -256,6 +320,6 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
         dry_run=dry_run,
         prompts_examined=len(legacy_prompts),
         runs_backfilled=backfilled,
-        runs_created=created,
+        runs_created=report["created"],
         prompts_stripped=stripped,
     )

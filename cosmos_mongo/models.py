@@ -148,9 +148,18 @@ class DeletionPreview(BaseModel):
     active_run_ids: list[str] = Field(
         description="Runs still pending or in progress; deleting the prompt deletes them too."
     )
+    running_enhancement_ids: list[str] = Field(
+        default_factory=list,
+        description="Enhancements in progress: delete_prompt refuses unless force=True.",
+    )
+    kept_run_ids: list[str] = Field(
+        default_factory=list,
+        description="Enhance runs that produced other prompts: they stay as those prompts' "
+        "record and keep pointing at this one.",
+    )
     derived_prompt_ids: list[str] = Field(
         default_factory=list,
-        description="Prompts enhanced from this one; they stay, but lose the run recording it.",
+        description="Prompts enhanced from this one; they stay, with their enhance runs.",
     )
 
 
@@ -161,6 +170,9 @@ class DeletionResult(BaseModel):
 
     prompt_id: str
     deleted_runs: int
+    kept_run_ids: list[str] = Field(
+        default_factory=list, description="Enhance runs kept as other prompts' provenance."
+    )
 
 
 class EnhancementResult(BaseModel):
@@ -245,7 +257,18 @@ class VerificationReport(BaseModel):
         description="Completed enhance runs missing part of their outputs; `repair` backfills."
     )
     dangling_edges: list[str] = Field(
-        description="Completed enhance runs naming a prompt that does not exist."
+        description="Completed enhance runs whose produced prompt does not exist; `repair` "
+        "removes them (their original being gone is fine: that is kept provenance)."
+    )
+    orphan_runs: list[str] = Field(
+        default_factory=list,
+        description="Runs whose prompt does not exist and that are not kept provenance "
+        "(a deletion interrupted midway); `repair` removes them.",
+    )
+    flag_mismatches: list[str] = Field(
+        default_factory=list,
+        description="Prompts whose `enhanced` flag disagrees with their enhance runs; `repair` "
+        "sets or clears the flag to match.",
     )
     half_finished: list[str] = Field(
         description="Enhancements or reverts interrupted between writes; `repair` settles them."
@@ -258,6 +281,8 @@ class VerificationReport(BaseModel):
             self.prompts_with_legacy_keys
             or self.incomplete_enhance_runs
             or self.dangling_edges
+            or self.orphan_runs
+            or self.flag_mismatches
             or self.half_finished
         )
 
@@ -270,6 +295,13 @@ class RepairReport(BaseModel):
     completed: list[str] = Field(description="Interrupted enhancements finished.")
     rolled_back: list[str] = Field(description="Interrupted enhancements marked failed.")
     reverts_finished: list[str] = Field(description="Interrupted reverts finished.")
+    runs_removed: list[str] = Field(
+        default_factory=list,
+        description="Runs of deleted prompts left by an interrupted deletion, removed.",
+    )
+    flags_fixed: list[str] = Field(
+        default_factory=list, description="Prompts whose `enhanced` flag was set or cleared."
+    )
     migration: MigrationReport
     unrepairable: list[str] = Field(description="Problems repair cannot fix, with the reason.")
 

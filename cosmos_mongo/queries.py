@@ -170,12 +170,26 @@ def run_update(now: datetime, fields: dict[str, Any]) -> Document:
     return {"$set": changes}
 
 
-def deletion_filter(prompt_id: str) -> Document:
-    """What goes with a prompt: its runs, and the enhance runs whose result it is.
+def kept_provenance_filter(prompt_id: str) -> Document:
+    """Runs of a deleted prompt that stay: completed enhancements that produced another prompt.
 
-    An enhancement that produced the prompt is an edge to it; leaving it would dangle.
+    They are the other prompt's birth record (its details and history read them), so they
+    outlive the original and keep pointing at it.
     """
-    return {"$or": [{"prompt_id": prompt_id}, {"outputs.enhanced_prompt_id": prompt_id}]}
+    return {
+        "model_type": ENHANCE,
+        "status": "completed",
+        "outputs.enhanced_prompt_id": {"$nin": [prompt_id, None]},
+    }
+
+
+def deletion_filter(prompt_id: str) -> Document:
+    """What goes with a prompt: its runs, and the enhance runs whose result it is, except the
+    kept provenance of prompts enhanced from it."""
+    return {
+        "$or": [{"prompt_id": prompt_id}, {"outputs.enhanced_prompt_id": prompt_id}],
+        "$nor": [kept_provenance_filter(prompt_id)],
+    }
 
 
 def deletion_preview_pipeline(prompt_id: str) -> list[Document]:
@@ -253,6 +267,11 @@ def blocking_runs_filter(prompt_id: str) -> Document:
     return {"prompt_id": prompt_id, "model_type": {"$ne": ENHANCE}}
 
 
+def running_enhancements_filter(prompt_id: str) -> Document:
+    """Enhancements of the prompt still in progress (or interrupted and not yet repaired)."""
+    return {"prompt_id": prompt_id, "model_type": ENHANCE, "status": "running"}
+
+
 def record_text(enhanced_text: str, now: datetime) -> Document:
     return {"$set": {"outputs.enhanced_text": enhanced_text, "updated_at": now}}
 
@@ -282,15 +301,18 @@ def overwrite_filter(prompt_id: str, expected_text: str) -> Document:
 
 
 def overwrite_update(enhanced_text: str, now: datetime, enhanced: bool = True) -> Document:
-    flag: Document = (
-        {"$set": {"prompt_text": enhanced_text, "parameters.enhanced": True, "updated_at": now}}
-        if enhanced
-        else {
-            "$set": {"prompt_text": enhanced_text, "updated_at": now},
-            "$unset": {"parameters.enhanced": ""},
+    """Set the text and the flag. Legacy enhancement keys go too: the enhance run recorded
+    what they knew before this write (see ``legacy.absorb_legacy_keys``)."""
+    unset = {f"parameters.{key}": "" for key in sorted(LEGACY_KEYS)}
+    if enhanced:
+        return {
+            "$set": {"prompt_text": enhanced_text, "parameters.enhanced": True, "updated_at": now},
+            "$unset": unset,
         }
-    )
-    return flag
+    return {
+        "$set": {"prompt_text": enhanced_text, "updated_at": now},
+        "$unset": {"parameters.enhanced": "", **unset},
+    }
 
 
 def enhancement_outputs(
@@ -484,18 +506,10 @@ def incomplete_runs_filter() -> Document:
     }
 
 
-def dangling_edges_pipeline() -> list[Document]:
-    """Completed enhance runs whose original or result prompt does not exist."""
+def produced_prompts_pipeline() -> list[Document]:
+    """Completed enhance runs with the prompt each produced (absent if it is gone)."""
     return [
         {"$match": COMPLETED_ENHANCEMENT},
-        {
-            "$lookup": {
-                "from": PROMPTS,
-                "localField": "outputs.original_prompt_id",
-                "foreignField": "_id",
-                "as": "original",
-            }
-        },
         {
             "$lookup": {
                 "from": PROMPTS,
@@ -504,13 +518,69 @@ def dangling_edges_pipeline() -> list[Document]:
                 "as": "result",
             }
         },
-        {"$match": {"$or": [{"original": {"$size": 0}}, {"result": {"$size": 0}}]}},
         {
             "$project": {
                 "_id": 1,
                 "outputs.original_prompt_id": 1,
                 "outputs.enhanced_prompt_id": 1,
-                "original._id": 1,
+                "result._id": 1,
+                "result.parameters.enhanced": 1,
+            }
+        },
+    ]
+
+
+def flagged_prompts_pipeline() -> list[Document]:
+    """Prompts flagged as enhanced, with the status of every run that names them as result."""
+    return [
+        {"$match": enhanced_prompts_filter()},
+        {
+            "$lookup": {
+                "from": RUNS,
+                "localField": "_id",
+                "foreignField": "outputs.enhanced_prompt_id",
+                "as": "result_of",
+            }
+        },
+        {
+            "$project": {
+                "_id": 1,
+                **{f"parameters.{key}": 1 for key in sorted(LEGACY_KEYS)},
+                "result_of.model_type": 1,
+                "result_of.status": 1,
+            }
+        },
+    ]
+
+
+def orphan_runs_pipeline() -> list[Document]:
+    """Runs whose own prompt does not exist, with the prompt each produced (if any)."""
+    return [
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "prompt_id",
+                "foreignField": "_id",
+                "as": "prompt",
+            }
+        },
+        {"$match": {"prompt": {"$size": 0}}},
+        {
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "outputs.enhanced_prompt_id",
+                "foreignField": "_id",
+                "as": "result",
+            }
+        },
+        {
+            "$project": {
+                "_id": 1,
+                "prompt_id": 1,
+                "model_type": 1,
+                "status": 1,
+                "updated_at": 1,
+                "outputs.enhanced_prompt_id": 1,
                 "result._id": 1,
             }
         },

@@ -232,7 +232,9 @@ class CosmosStore(_StoreBase):
         return self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
 
     def preview_prompt_deletion(self, prompt_id: str) -> DeletionPreview:
-        """What :meth:`delete_prompt` would remove: the prompt and its runs.
+        """What :meth:`delete_prompt` would do: the runs it removes, the enhance runs it keeps
+        as other prompts' provenance, the prompts derived from this one, and any enhancement
+        in progress that would make it refuse.
 
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
@@ -240,14 +242,17 @@ class CosmosStore(_StoreBase):
         """
         return self._run(wf.preview_prompt_deletion(prompt_id))
 
-    def delete_prompt(self, prompt_id: str) -> DeletionResult:
-        """Delete the prompt and all its runs.
+    def delete_prompt(self, prompt_id: str, *, force: bool = False) -> DeletionResult:
+        """Delete the prompt and its runs, keeping the enhance runs that produced other prompts
+        (their provenance: they keep pointing at this prompt).
 
         Raises:
-            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id, or ``force`` not a boolean.
             PromptNotFoundError: no prompt has this id.
+            ConflictError: an enhancement of the prompt is running (``.run_ids``); pass
+                ``force=True`` to delete anyway, and that enhancement fails cleanly.
         """
-        return self._run(wf.delete_prompt(prompt_id))
+        return self._run(wf.delete_prompt(prompt_id, force))
 
     def create_run(
         self,
@@ -262,7 +267,8 @@ class CosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: a bad id, ``model_type``, ``initial_status`` or mapping.
-            PromptNotFoundError: no prompt has this id.
+            PromptNotFoundError: no prompt has this id (or it was deleted while the run was
+                being recorded: the run is then taken back).
         """
         return self._run(
             wf.create_run(prompt_id, execution_config, model_type, metadata, initial_status)
@@ -557,8 +563,8 @@ class AsyncCosmosStore(_StoreBase):
     async def preview_prompt_deletion(self, prompt_id: str) -> DeletionPreview:
         return await self._run(wf.preview_prompt_deletion(prompt_id))
 
-    async def delete_prompt(self, prompt_id: str) -> DeletionResult:
-        return await self._run(wf.delete_prompt(prompt_id))
+    async def delete_prompt(self, prompt_id: str, *, force: bool = False) -> DeletionResult:
+        return await self._run(wf.delete_prompt(prompt_id, force))
 
     async def create_run(
         self,

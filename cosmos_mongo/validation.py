@@ -156,6 +156,12 @@ def check_parameters(value: object, field: str = "parameters") -> dict[str, Any]
     return parameters
 
 
+def check_flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(field, f"must be true or false, got {value!r}")
+    return value
+
+
 def check_choice(value: object, field: str, choices: frozenset[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise InvalidInputError(

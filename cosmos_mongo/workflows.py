@@ -9,12 +9,17 @@ reaches the database.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cosmos_mongo import queries as q
 from cosmos_mongo import validation as v
-from cosmos_mongo.errors import InvalidInputError, PromptNotFoundError, RunNotFoundError
+from cosmos_mongo.errors import (
+    ConflictError,
+    InvalidInputError,
+    PromptNotFoundError,
+    RunNotFoundError,
+)
 from cosmos_mongo.models import (
     DeletionPreview,
     DeletionResult,
@@ -29,6 +34,7 @@ from cosmos_mongo.ops import (
     CreateIndex,
     DeleteMany,
     DeleteOne,
+    Document,
     Find,
     FindOne,
     FindOneAndUpdate,
@@ -118,32 +124,71 @@ def preview_prompt_deletion(prompt_id: object) -> Flow[DeletionPreview]:
     found = yield Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
     if not found:
         raise PromptNotFoundError(checked_id)
-    document = found[0]
+    return _deletion_preview(checked_id, found[0])
+
+
+def _deletion_preview(prompt_id: str, document: Document) -> DeletionPreview:
+    """Split the prompt's runs as ``delete_prompt`` will: removed, or kept as provenance."""
     own = document.pop("runs", [])
-    runs = list({run["_id"]: run for run in [*own, *document.pop("created_by", [])]}.values())
-    derived = {
-        (run.get("outputs") or {}).get("enhanced_prompt_id")
-        for run in own
-        if run.get("model_type") == "enhance" and run.get("status") == "completed"
-    }
+    every = {run["_id"]: run for run in [*own, *document.pop("created_by", [])]}
+    kept = [run for run in own if _is_kept_provenance(run, prompt_id)]
+    kept_ids = {run["_id"] for run in kept}
+    removed = [run for run_id, run in every.items() if run_id not in kept_ids]
     return DeletionPreview(
         prompt=Prompt.from_document(document),
-        run_count=len(runs),
-        run_ids=[run["_id"] for run in runs],
-        runs_by_status=dict(Counter(str(run.get("status")) for run in runs)),
-        active_run_ids=[run["_id"] for run in runs if run.get("status") in ACTIVE_STATUSES],
-        derived_prompt_ids=sorted(str(d) for d in derived - {None, checked_id}),
+        run_count=len(removed),
+        run_ids=[run["_id"] for run in removed],
+        runs_by_status=dict(Counter(str(run.get("status")) for run in removed)),
+        active_run_ids=[run["_id"] for run in removed if run.get("status") in ACTIVE_STATUSES],
+        running_enhancement_ids=[
+            run["_id"]
+            for run in removed
+            if run.get("model_type") == q.ENHANCE and run.get("status") == "running"
+        ],
+        kept_run_ids=[run["_id"] for run in kept],
+        derived_prompt_ids=sorted({str(run["outputs"]["enhanced_prompt_id"]) for run in kept}),
     )
 
 
-def delete_prompt(prompt_id: object) -> Flow[DeletionResult]:
-    """Runs go first: a crash in between leaves the prompt, and deleting again finishes."""
+def _is_kept_provenance(run: Mapping[str, Any], prompt_id: str) -> bool:
+    """The same test as ``q.kept_provenance_filter``, on a run already read."""
+    produced = (run.get("outputs") or {}).get("enhanced_prompt_id")
+    return (
+        run.get("model_type") == q.ENHANCE
+        and run.get("status") == "completed"
+        and produced not in (prompt_id, None)
+    )
+
+
+def delete_prompt(prompt_id: object, force: object = False) -> Flow[DeletionResult]:
+    """The prompt goes first, then its runs (provenance of other prompts stays).
+
+    In this order no run can outlive its prompt unnoticed: ``create_run`` re-checks the prompt
+    after inserting, a live enhancement finds its run gone and fails, and a crash in between
+    leaves runs whose prompt is gone, which ``verify`` reports and ``repair`` removes.
+    """
     checked_id = v.check_prompt_id(prompt_id)
-    if (yield FindOne(q.PROMPTS, q.by_id(checked_id), {"_id": 1})) is None:
+    forced = v.check_flag(force, "force")
+    found = yield Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
+    if not found:
         raise PromptNotFoundError(checked_id)
+    preview = _deletion_preview(checked_id, found[0])
+    if preview.running_enhancement_ids and not forced:
+        running = ", ".join(preview.running_enhancement_ids)
+        raise ConflictError(
+            f"prompt {checked_id} is being enhanced (run {running}); nothing was deleted. Wait "
+            "for it to finish, or pass force=True to delete anyway (that enhancement then "
+            "fails and writes nothing).",
+            prompt_id=checked_id,
+            run_ids=preview.running_enhancement_ids,
+            reason="enhancement_running",
+        )
+    if not (yield DeleteOne(q.PROMPTS, q.by_id(checked_id))):
+        raise PromptNotFoundError(checked_id)  # another writer deleted it first
     deleted_runs = yield DeleteMany(q.RUNS, q.deletion_filter(checked_id))
-    yield DeleteOne(q.PROMPTS, q.by_id(checked_id))
-    return DeletionResult(prompt_id=checked_id, deleted_runs=deleted_runs)
+    return DeletionResult(
+        prompt_id=checked_id, deleted_runs=deleted_runs, kept_run_ids=preview.kept_run_ids
+    )
 
 
 def create_run(
@@ -153,6 +198,8 @@ def create_run(
     metadata: object = None,
     initial_status: object = "pending",
 ) -> Flow[Run]:
+    """Insert, then check the prompt again: a run whose prompt was deleted meanwhile is
+    taken back, so no run outlives its prompt."""
     checked_prompt_id = v.check_prompt_id(prompt_id)
     document = q.run_document(
         new_run_id(),
@@ -166,6 +213,9 @@ def create_run(
     if (yield FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
         raise PromptNotFoundError(checked_prompt_id)
     yield InsertOne(q.RUNS, document)
+    if (yield FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
+        yield DeleteOne(q.RUNS, q.by_id(document["_id"]))
+        raise PromptNotFoundError(checked_prompt_id)
     return Run.from_document(document)
 
 

@@ -402,14 +402,31 @@ def test_the_default_enhancer_is_the_offline_template(
         CosmosStore(mock_store.db)
 
 
-def test_preview_names_derived_prompts_and_delete_removes_dangling_edges(backend: Backend) -> None:
+def test_deleting_a_prompt_keeps_the_provenance_of_prompts_enhanced_from_it(
+    backend: Backend,
+) -> None:
     store = backend.store
     parent = store.create_prompt("A robot arm stacks blocks", {}, {})
     child = store.enhance_prompt(parent.id, enhanced_text="Child text.")
     grandchild = store.enhance_prompt(child.enhanced_prompt_id, enhanced_text="Grandchild text.")
+    transfer = store.create_run(child.enhanced_prompt_id, {})
+    details_before = store.get_enhancement_details(grandchild.enhanced_prompt_id)
+    history_before = store.get_enhancement_history(grandchild.enhanced_prompt_id)
     preview = store.preview_prompt_deletion(child.enhanced_prompt_id)
     assert preview.derived_prompt_ids == [grandchild.enhanced_prompt_id]
-    assert set(preview.run_ids) == {child.run_id, grandchild.run_id}
-    store.delete_prompt(child.enhanced_prompt_id)
-    assert store.verify().ok  # the edges to the deleted prompt went with it
+    assert preview.kept_run_ids == [grandchild.run_id]
+    assert set(preview.run_ids) == {child.run_id, transfer.id}
+    result = store.delete_prompt(child.enhanced_prompt_id)
+    assert (result.deleted_runs, result.kept_run_ids) == (2, [grandchild.run_id])
+    assert store.verify().ok, store.verify()  # kept provenance is valid
+    # The grandchild's record answers as before; its original is simply gone.
+    assert store.get_enhancement_details(grandchild.enhanced_prompt_id) == details_before
+    assert store.get_enhancement_history(grandchild.enhanced_prompt_id) == history_before
+    assert store.get_original_prompt(grandchild.enhanced_prompt_id) is None
+    lineage = store.get_lineage(grandchild.enhanced_prompt_id)
+    assert lineage.missing_prompt_ids == [child.enhanced_prompt_id]
+    assert (
+        store.get_run(grandchild.run_id).outputs["original_prompt_id"] == child.enhanced_prompt_id
+    )
+    # The parent's run that produced the deleted child went with it.
     assert store.get_enhancement_history(parent.id) == []

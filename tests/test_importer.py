@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from cosmos_mongo import InvalidInputError
 from cosmos_mongo.cli import cli
-from tests.conftest import Backend
 from tests import predecessor_db
+from tests.conftest import Backend
 from tests.predecessor_db import add_prompt, pid, rid, sample
 
 
@@ -146,7 +146,8 @@ def test_the_enhanced_flag_is_imported_as_a_real_boolean(mock_store: Any, tmp_pa
     db.close()
     report = mock_store.import_sqlite(tmp_path / "flags.db")
     stored = {
-        doc["_id"]: doc["parameters"] for doc in mock_store.db["prompts"].find({}, {"parameters": 1})
+        doc["_id"]: doc["parameters"]
+        for doc in mock_store.db["prompts"].find({}, {"parameters": 1})
     }
     assert stored[pid(1)] == stored[pid(2)] == stored[pid(5)] == {"enhanced": True}
     assert stored[pid(3)] == stored[pid(4)] == {}

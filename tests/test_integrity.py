@@ -9,26 +9,18 @@ just before one of the workflow's writes. The multi-process versions live in
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from cosmos_mongo import (
-    ConflictError,
     CosmosStore,
-    InvalidInputError,
-    PromptNotFoundError,
 )
 from cosmos_mongo import enhancement as enhancement_module
 from cosmos_mongo import legacy as legacy_module
 from cosmos_mongo import workflows as workflows_module
-from cosmos_mongo.errors import EnhancementError
 from cosmos_mongo.models import new_prompt_id, new_run_id
 from tests.conftest import Backend
-from tests.test_contract import CountingDatabase
-from tests.test_enhancement import store_on
 
 NOW = timedelta(0)
 ID_PATTERN = re.compile(r"(ps|rs)_[0-9a-f]{32}")
