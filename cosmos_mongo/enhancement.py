@@ -219,7 +219,9 @@ def _fail(run_id: str, prompt_id: str, problem: str) -> Flow[str]:
     return "marked failed"
 
 
-def _lost_run(run_id: str, prompt_id: str, when: str) -> Flow[ConflictError]:
+def _lost_run(
+    run_id: str, prompt_id: str, when: str, done: str = "nothing else was written"
+) -> Flow[ConflictError]:
     """The error for a run that another writer settled or deleted ``when``."""
     run = yield FindOne(q.RUNS, q.by_id(run_id), {"status": 1, "error_message": 1})
     if run is None:
@@ -227,8 +229,7 @@ def _lost_run(run_id: str, prompt_id: str, when: str) -> Flow[ConflictError]:
     else:
         fate = f"was settled by another writer (repair?) as {run.get('status')}"
     return ConflictError(
-        f"enhance run {run_id} {fate} {when}; the enhancement was abandoned and nothing "
-        "else was written",
+        f"enhance run {run_id} {fate} {when}; the enhancement was abandoned and {done}",
         prompt_id=prompt_id,
         run_ids=[run_id],
         reason="run_settled",
@@ -259,8 +260,10 @@ def _apply(
         matched = yield UpdateOne(
             q.PROMPTS, q.overwrite_filter(target, expected_text), q.overwrite_update(text, now)
         )
+        if not matched and (yield from _finished_by_another(run_id, target, text)):
+            matched = 1  # repair finished this very enhancement meanwhile
+        current = None if matched else (yield FindOne(q.PROMPTS, q.by_id(target), _ID_ONLY))
         if not matched:
-            current = yield FindOne(q.PROMPTS, q.by_id(target), _ID_ONLY)
             problem = (
                 "the prompt was deleted while it was being enhanced"
                 if current is None
@@ -287,20 +290,26 @@ def _apply(
     )
 
 
+def _finished_by_another(run_id: str, target: str, text: str) -> Flow[bool]:
+    """Whether another writer (repair) completed this run exactly as this call would."""
+    run = yield FindOne(q.RUNS, q.by_id(run_id), {"status": 1, "outputs": 1})
+    outputs = (run or {}).get("outputs") or {}
+    return (
+        run is not None
+        and run.get("status") == "completed"
+        and outputs.get("enhanced_prompt_id") == target
+        and outputs.get("enhanced_text") == text
+    )
+
+
 def _compensate(
     run_id: str, original: Mapping[str, Any], target: str, text: str, expected_text: str
 ) -> Flow[None]:
     """The run could not be completed. If another writer completed it just as this call would
     have, the answer stands; otherwise undo the prompt write and raise."""
-    run = yield FindOne(q.RUNS, q.by_id(run_id))
-    outputs = (run or {}).get("outputs") or {}
-    if (
-        run is not None
-        and run.get("status") == "completed"
-        and outputs.get("enhanced_prompt_id") == target
-        and outputs.get("enhanced_text") == text
-    ):
+    if (yield from _finished_by_another(run_id, target, text)):
         return
+    run = yield FindOne(q.RUNS, q.by_id(run_id), {"execution_config": 1})
     now = utc_now()
     if target != original["_id"]:
         yield DeleteOne(q.PROMPTS, {"_id": target, "prompt_text": text})
@@ -312,7 +321,11 @@ def _compensate(
             q.overwrite_filter(target, text),
             q.overwrite_update(expected_text, now, previously),
         )
-    raise (yield from _lost_run(run_id, str(original["_id"]), "before it could be completed"))
+    raise (
+        yield from _lost_run(
+            run_id, str(original["_id"]), "before it was completed", "its prompt write was undone"
+        )
+    )
 
 
 def revert_enhancement(run_id: object) -> Flow[Prompt]:
