@@ -262,3 +262,92 @@ def without_updated_at(snapshot: dict[str, list[dict[str, Any]]]) -> Any:
         name: [{k: v for k, v in doc.items() if k != "updated_at"} for doc in docs]
         for name, docs in snapshot.items()
     }
+
+
+# -- legacy data answers the same before and after migrate ------------------------------------
+
+
+def insert_plan_shape(raw: Any) -> dict[str, str]:
+    """The plan's exact legacy shape: runs that lack the model name (no outputs model, no
+    execution_config model) while the prompts still carry ``enhancement_model``."""
+    from tests.integration.legacy_data import insert_legacy, pid, prompt, rid, run
+
+    ids = insert_legacy(raw)
+    raw["prompts"].insert_one(
+        prompt(
+            20,
+            "A crane lifts steel beams over a busy construction site at dawn",
+            70,
+            name="crane",
+            enhanced=True,
+            enhancement_model="pixtral-legacy",
+            enhanced_at="2024-01-01T13:10:00Z",
+            last_enhancement_run_id=rid(20),
+        )
+    )
+    legacy_run = run(
+        20,
+        pid(20),
+        69,
+        {
+            "enhanced_text": "A crane lifts steel beams over a busy construction site at dawn",
+            "original_prompt_id": pid(20),
+            "enhanced_prompt_id": pid(20),
+        },
+        "unused",
+    )
+    legacy_run["execution_config"] = {}
+    raw["runs"].insert_one(legacy_run)
+    return {**ids, "G": pid(20)}
+
+
+def every_answer(store: Any, ids: dict[str, str]) -> dict[str, Any]:
+    answers: dict[str, Any] = {}
+    for name, prompt_id in sorted(ids.items()):
+        details = store.get_enhancement_details(prompt_id)
+        original = store.get_original_prompt(prompt_id)
+        lineage = store.get_lineage(prompt_id)
+        answers[name] = {
+            "details": None
+            if details is None
+            else details.model_dump(exclude={"run_id"} if details.run_id is None else set()),
+            "original": None if original is None else original.id,
+            "history": [run.id for run in store.get_enhancement_history(prompt_id)],
+            "ancestors": [(e.parent_id, e.child_id) for e in lineage.ancestors],
+            "descendants": [(e.parent_id, e.child_id) for e in lineage.descendants],
+        }
+    answers["enhanced"] = [p.id for p in store.list_enhanced_prompts()]
+    return answers
+
+
+def test_legacy_data_answers_the_same_before_and_after_migrate(backend: Backend) -> None:
+    ids = insert_plan_shape(backend.raw)
+    store = backend.store
+    g = store.get_enhancement_details(ids["G"])
+    assert g.enhancement_model == "pixtral-legacy"  # the run lacks it; the prompt's key knows
+    before = every_answer(store, ids)
+    store.migrate(dry_run=False)
+    after = every_answer(store, ids)
+    # Run-less legacy prompts gain a run (and so a run id, and a history entry for them and
+    # for D's parent E): that is all.
+    for name in ("D", "E", "F"):
+        for answers in (before, after):
+            answers[name].pop("history")
+            if answers[name]["details"] is not None:
+                answers[name]["details"].pop("run_id", None)
+    assert after == before
+    assert store.verify().ok, store.verify()
+
+
+def test_enhancing_a_legacy_prompt_in_place_keeps_what_its_keys_knew(backend: Backend) -> None:
+    ids = insert_plan_shape(backend.raw)
+    store = backend.store
+    legacy_run = store.get_enhancement_details(ids["G"]).run_id
+    store.enhance_prompt(ids["G"], create_new=False, enhanced_text="A crane at dawn, rewritten.")
+    stored = backend.raw["prompts"].find_one({"_id": ids["G"]})
+    assert set(stored["parameters"]) == {"name", "enhanced"}  # the stale keys are gone
+    old = store.get_run(legacy_run)
+    assert old.outputs["enhancement_model"] == "pixtral-legacy"  # moved onto the legacy run
+    store.migrate(dry_run=False)
+    assert store.verify().ok, store.verify()
+    assert store.get_run(legacy_run).outputs["enhancement_model"] == "pixtral-legacy"
