@@ -7,6 +7,7 @@ reaches the user. Every command prints a table by default and JSON with ``--json
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,7 +30,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cosmos_mongo.config import Settings
-from cosmos_mongo.errors import CosmosMongoError
+from cosmos_mongo.enhancers import without_credentials
+from cosmos_mongo.errors import CosmosMongoError, InvalidInputError
 from cosmos_mongo.models import Lineage, LineageEdge, Prompt, Run, VerificationReport
 from cosmos_mongo.store import CosmosStore
 from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES
@@ -66,13 +68,28 @@ class _Context:
 
 
 class _Group(click.Group):
-    """Turns library errors into one-line messages for the whole command tree."""
+    """Turns every error into one line on stderr for the whole command tree: library errors
+    as they are, anything unexpected with its type (``COSMOS_MONGO_DEBUG=1`` shows the
+    traceback). Credentials in URLs are never echoed."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CosmosMongoError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(_printable(str(exc))) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("COSMOS_MONGO_DEBUG"):
+                raise
+            message = f"unexpected error ({type(exc).__name__}): {exc}"
+            raise click.ClickException(_printable(message)) from exc
+
+
+def _printable(message: str) -> str:
+    """One line, credentials removed, encodable whatever the argument bytes were."""
+    flat = " ".join(without_credentials(message).split())
+    return flat.encode("utf-8", "replace").decode("utf-8")
 
 
 def _json_option(function: F) -> F:
@@ -277,22 +294,43 @@ def prompt_search(state: _Context, query: str, limit: int, as_json: bool) -> Non
 @prompt.command("delete")
 @click.argument("prompt_id")
 @click.option("--yes", is_flag=True, help="Delete without asking.")
+@click.option(
+    "--force", is_flag=True, help="Delete even while an enhancement of it runs (it then fails)."
+)
 @_json_option
 @click.pass_obj
-def prompt_delete(state: _Context, prompt_id: str, yes: bool, as_json: bool) -> None:
-    """Delete a prompt and all its runs (shows what goes first)."""
+def prompt_delete(state: _Context, prompt_id: str, yes: bool, force: bool, as_json: bool) -> None:
+    """Delete a prompt and its runs (shows what goes, and what stays, first).
+
+    Enhance runs that produced other prompts stay, as those prompts' record.
+    """
     store = state.store()
     preview = store.preview_prompt_deletion(prompt_id)
     if not yes:
         active = f", {len(preview.active_run_ids)} still active" if preview.active_run_ids else ""
         click.echo(f"{prompt_id}: {_short(preview.prompt.prompt_text)}", err=True)
         click.echo(f"This deletes the prompt and {preview.run_count} run(s){active}.", err=True)
+        if preview.derived_prompt_ids:
+            click.echo(
+                f"Prompts enhanced from it stay: {', '.join(preview.derived_prompt_ids)}; "
+                f"their enhance runs stay too: {', '.join(preview.kept_run_ids)}.",
+                err=True,
+            )
+        if preview.running_enhancement_ids:
+            click.echo(
+                f"It is being enhanced now: {', '.join(preview.running_enhancement_ids)}.",
+                err=True,
+            )
         click.confirm("Delete?", abort=True, err=True)
-    result = store.delete_prompt(prompt_id)
+    result = store.delete_prompt(prompt_id, force=force)
     if as_json:
         _emit(result)
     else:
-        click.echo(f"Deleted {result.prompt_id} and {result.deleted_runs} run(s).")
+        kept = f"; kept {len(result.kept_run_ids)} run(s) of prompts enhanced from it"
+        click.echo(
+            f"Deleted {result.prompt_id} and {result.deleted_runs} run(s)"
+            f"{kept if result.kept_run_ids else ''}."
+        )
 
 
 @cli.group()
@@ -333,9 +371,18 @@ def run_show(state: _Context, run_id: str, as_json: bool) -> None:
 
 # -- enhancement ----------------------------------------------------------------------------
 
+
+def _check_minutes(ctx: click.Context, param: click.Parameter, minutes: float) -> float:
+    """Minutes from 0 to 100 years; nan and infinity are usage errors, not tracebacks."""
+    if not 0 <= minutes <= 36500 * 24 * 60:  # also false for nan
+        raise click.BadParameter(f"{minutes!r} must be a number from 0 to 52560000 (100 years)")
+    return minutes
+
+
 _STALE = click.option(
     "--stale-minutes",
-    type=click.FloatRange(0),
+    type=float,
+    callback=_check_minutes,
     default=10.0,
     show_default=True,
     help="Treat enhancements running longer than this as interrupted.",
@@ -489,8 +536,11 @@ def _print_verification(report: VerificationReport) -> None:
     checks = [
         ("prompts carry only `enhanced`", report.prompts_with_legacy_keys, "run `migrate --apply`"),
         ("enhance runs have complete outputs", report.incomplete_enhance_runs, "run `repair`"),
-        ("lineage edges resolve to prompts", report.dangling_edges, "prompts were deleted"),
+        ("enhance runs' results exist", report.dangling_edges, "run `repair`"),
+        ("every run's prompt exists", report.orphan_runs, "run `repair`"),
+        ("the enhanced flag agrees with the runs", report.flag_mismatches, "run `repair`"),
         ("no half-finished enhancements", report.half_finished, "run `repair`"),
+        ("stored documents are intact", report.damaged_documents, "restore from a backup"),
     ]
     for title, problems, advice in checks:
         if problems:
@@ -567,6 +617,25 @@ def revert(state: _Context, run_id: str, as_json: bool) -> None:
         _emit(restored)
     else:
         click.echo(f"Restored {restored.id}: {_short(restored.prompt_text)}")
+
+
+@cli.command()
+@click.argument("destination", type=click.Path(dir_okay=True, path_type=Path))
+@_json_option
+@click.pass_obj
+def backup(state: _Context, destination: Path, as_json: bool) -> None:
+    """Copy the embedded database to DESTINATION (a new file, or a directory), consistently,
+    even while other processes use it. On a MongoDB server, use mongodump instead."""
+    database = state.store().db
+    if not hasattr(type(database), "backup"):
+        raise InvalidInputError(
+            "backup", "works on the embedded default; for a MongoDB server use mongodump"
+        )
+    copy = database.backup(destination)
+    if as_json:
+        click.echo(json.dumps({"backup": str(copy)}))
+    else:
+        click.echo(f"Backed up {state.where()} to {copy}")
 
 
 @cli.command("import-sqlite")
@@ -677,3 +746,7 @@ def demo(ctx: click.Context) -> None:
 def main() -> None:
     """Entry point of the ``cosmos-mongo`` script."""
     cli(prog_name="cosmos-mongo")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import os
 import re
 import sqlite3
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import bson
+import bson.errors
 import mongomock as _mongomock
 from mongomock import aggregate as _aggregation
 from mongomock import filtering as _filtering
@@ -43,6 +46,7 @@ from pymongo import ReturnDocument
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
 from cosmos_mongo.errors import InvalidInputError, StorageError
+from cosmos_mongo.validation import MAX_DOCUMENT_BYTES
 
 # mongomock's own type hints claim pymongo's classes; the engine treats it as untyped.
 mongomock: Any = _mongomock
@@ -58,13 +62,17 @@ CREATE TABLE IF NOT EXISTS documents (
     key BLOB NOT NULL,
     seq INTEGER NOT NULL,
     body BLOB,
+    body_crc INTEGER,
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_seq ON documents (seq);
+-- body_crc: CRC-32 of body, checked on load (NULL in rows written before it existed;
+-- files made before it get the column added on open).
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1);
 """
 _INDEX_CATALOG: Final = "system.indexes"
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _DATABASE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _NARROWABLE: Final = (str, int, float)  # bool is an int; Mongo and Python agree on equality
 
@@ -83,6 +91,76 @@ def _encode_key(document_id: Any) -> bytes:
 
 def _decode_key(key: bytes) -> Any:
     return bson.decode(key)["_id"]
+
+
+def _key_label(key: bytes) -> str:
+    try:
+        return str(_decode_key(key))
+    except (bson.errors.BSONError, ValueError, KeyError):
+        return f"key {key[:32].hex()}"
+
+
+class _Damaged(Exception):
+    def __init__(self, label: str, why: str) -> None:
+        self.label = label
+        super().__init__(why)
+
+
+def _checked_document(key: bytes, body: bytes | None, crc: int | None) -> Any:
+    """The decoded row, or ``_Damaged`` if its checksum or its BSON is wrong."""
+    if body is None:
+        return None
+    if crc is not None and zlib.crc32(body) != crc:
+        raise _Damaged(_key_label(key), "checksum mismatch: the stored bytes changed on disk")
+    try:
+        return bson.decode(body)
+    except (bson.errors.BSONError, ValueError) as exc:
+        raise _Damaged(_key_label(key), f"not valid BSON ({exc})") from exc
+
+
+def _encoded(document: Mapping[str, Any]) -> bytes:
+    """BSON of a document, refused over 16 MB as a server would (updates can grow one)."""
+    body = bson.encode(document)
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise InvalidInputError(
+            "document",
+            f"is {len(body)} bytes as BSON; MongoDB stores at most {MAX_DOCUMENT_BYTES}",
+        )
+    return body
+
+
+def _create_if_missing(path: Path) -> None:
+    """Create the data dir (0700) and a new database file (0600) atomically, or check that
+    an existing file is a SQLite database: an empty or foreign file is refused, untouched.
+
+    The new file is built aside and linked into place, so a second process starting at the
+    same moment never sees a half-made (0-byte) file.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+        try:
+            fd = os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+            connection = sqlite3.connect(staging)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.executescript(_SCHEMA)
+            finally:
+                connection.close()
+            with contextlib.suppress(FileExistsError):  # another process created it first
+                os.link(staging, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+    with path.open("rb") as file:
+        header = file.read(len(_SQLITE_HEADER))
+    if header != _SQLITE_HEADER:
+        what = "is empty (0 bytes)" if not header else "is not a SQLite database"
+        raise StorageError(
+            f"the embedded database {path} {what}; it was left untouched. Restore it from a "
+            "backup (cosmos-mongo backup), or move it away to start a new store."
+        )
 
 
 _MISSING: Final = object()
@@ -460,14 +538,26 @@ class EmbeddedEngine:
         client._database_accesses[database] = self._mock
         self._seq = 0
         self._data_version: int | None = None
+        self.damaged: dict[tuple[str, str], str] = {}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_if_missing(path)
             self._conn = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
+                f"file:{path}?mode=rw",
+                uri=True,
+                timeout=30.0,
+                isolation_level=None,
+                check_same_thread=False,
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
+            if "body_crc" not in columns:
+                try:
+                    self._conn.execute("ALTER TABLE documents ADD COLUMN body_crc INTEGER")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the embedded database at {path}: {exc}") from exc
         with self._sqlite_errors():
@@ -486,7 +576,7 @@ class EmbeddedEngine:
             self._conn.execute("BEGIN")
             try:
                 rows = self._conn.execute(
-                    "SELECT collection, key, body FROM documents WHERE body IS NOT NULL"
+                    "SELECT collection, key, body, body_crc FROM documents WHERE body IS NOT NULL"
                 ).fetchall()
                 (self._seq,) = self._conn.execute(
                     "SELECT value FROM meta WHERE name='seq'"
@@ -495,7 +585,7 @@ class EmbeddedEngine:
                 self._conn.execute("COMMIT")
             self._data_version = self._current_data_version()
             self.stats.full_loads += 1
-            self._apply_rows((collection, key, body) for collection, key, body in rows)
+            self._apply_rows(rows)
 
     def _current_data_version(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
@@ -505,19 +595,26 @@ class EmbeddedEngine:
         if version == self._data_version:
             return
         rows = self._conn.execute(
-            "SELECT collection, key, body, seq FROM documents WHERE seq > ? ORDER BY seq",
+            "SELECT collection, key, body, body_crc, seq FROM documents WHERE seq > ? ORDER BY seq",
             (self._seq,),
         ).fetchall()
         self._data_version = version
         if rows:
             self.stats.catch_ups += 1
-            self._seq = max(self._seq, rows[-1][3])
-            self._apply_rows((collection, key, body) for collection, key, body, _ in rows)
+            self._seq = max(self._seq, rows[-1][4])
+            self._apply_rows(row[:4] for row in rows)
 
-    def _apply_rows(self, rows: Iterable[tuple[str, bytes, bytes | None]]) -> None:
+    def _apply_rows(self, rows: Iterable[tuple[str, bytes, bytes | None, int | None]]) -> None:
         catalog: list[Mapping[str, Any]] = []
-        for collection, key, body in rows:
-            document = None if body is None else bson.decode(body)
+        for collection, key, body, crc in rows:
+            try:
+                document = _checked_document(key, body, crc)
+            except _Damaged as exc:
+                # Not served: the rest of the store stays usable, and verify() names it.
+                self.damaged[(collection, exc.label)] = str(exc)
+                self._put_in_memory_if_decodable(collection, key, None)
+                continue
+            self.damaged.pop((collection, _key_label(key)), None)
             if collection == _INDEX_CATALOG:
                 if document is not None:
                     catalog.append(document)
@@ -526,6 +623,34 @@ class EmbeddedEngine:
             self._put_in_memory(collection, _decode_key(key), document)
         for spec in catalog:
             self._install_index(spec)
+
+    def _put_in_memory_if_decodable(self, collection: str, key: bytes, document: Any) -> None:
+        with contextlib.suppress(bson.errors.BSONError, ValueError):
+            self._put_in_memory(collection, _decode_key(key), document)
+
+    def damaged_documents(self) -> list[str]:
+        """Rows that failed their checksum or could not be decoded: "collection id: why"."""
+        with self._lock, self._sqlite_errors():
+            self._catch_up()
+            return [f"{c} {label}: {why}" for (c, label), why in sorted(self.damaged.items())]
+
+    def backup(self, destination: Path) -> Path:
+        """A consistent copy of the file through SQLite's online backup, safe while other
+        processes hold and write the store. Refuses to overwrite an existing file."""
+        target = Path(destination)
+        if target.is_dir():
+            target = target / self.path.name
+        if target.exists():
+            raise InvalidInputError("destination", f"{target} exists; choose a new file")
+        with self._lock, self._sqlite_errors():
+            copy = sqlite3.connect(target)
+            try:
+                self._conn.backup(copy)
+            finally:
+                copy.close()
+        with contextlib.suppress(OSError):
+            target.chmod(0o600)
+        return target
 
     def _put_in_memory(self, collection: str, document_id: Any, document: Any) -> None:
         store = self._mock[collection]._store
@@ -609,15 +734,16 @@ class EmbeddedEngine:
         for document_id in touched:
             document = store.get(document_id)
             self._planner.put(collection, document_id, document)
-            body = None if document is None else bson.encode(document)
+            body = None if document is None else _encoded(document)
             rows.append((collection, _encode_key(document_id), seq, body))
         self._upsert_rows(rows)
 
     def _upsert_rows(self, rows: list[tuple[str, bytes, int, bytes | None]]) -> None:
         self._conn.executemany(
-            "INSERT INTO documents (collection, key, seq, body) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq, body = excluded.body",
-            rows,
+            "INSERT INTO documents (collection, key, seq, body, body_crc) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq, "
+            "body = excluded.body, body_crc = excluded.body_crc",
+            [(*row, None if row[3] is None else zlib.crc32(row[3])) for row in rows],
         )
 
     def _restore(self, collection: str, touched: set[Any]) -> None:
@@ -819,6 +945,14 @@ class EmbeddedDatabase:
     def close(self) -> None:
         self.engine.close()
 
+    def damaged_documents(self) -> list[str]:
+        """Stored rows that failed their checksum or decoding; they are not served."""
+        return self.engine.damaged_documents()
+
+    def backup(self, destination: Path) -> Path:
+        """A consistent copy of the database file (SQLite online backup); returns its path."""
+        return self.engine.backup(destination)
+
     def __enter__(self) -> EmbeddedDatabase:
         return self
 
@@ -876,3 +1010,6 @@ class AsyncEmbeddedDatabase:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.sync.close)
+
+    async def damaged_documents(self) -> list[str]:
+        return await asyncio.to_thread(self.sync.damaged_documents)

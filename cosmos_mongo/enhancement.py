@@ -55,6 +55,7 @@ from cosmos_mongo.models import (
 )
 from cosmos_mongo.ops import (
     Aggregate,
+    DamagedDocuments,
     DeleteMany,
     DeleteOne,
     Find,
@@ -86,9 +87,14 @@ def check_enhanced_text(value: object) -> str:
     return text
 
 
+MAX_STALE_AFTER: Final = timedelta(days=36500)
+
+
 def check_stale_after(value: object) -> timedelta:
-    if not isinstance(value, timedelta) or value < timedelta(0):
-        raise InvalidInputError("stale_after", "must be a timedelta of zero or more")
+    if not isinstance(value, timedelta) or not timedelta(0) <= value <= MAX_STALE_AFTER:
+        raise InvalidInputError(
+            "stale_after", "must be a timedelta from zero to 100 years (36500 days)"
+        )
     return value
 
 
@@ -101,6 +107,10 @@ def _usable(reply: Generated, model: str) -> tuple[str, str | None]:
     text = tidy_model_text(reply.text)
     if not text:
         return "", f"enhancer {model} returned empty text"
+    try:
+        v.check_unicode(text, "enhanced_text")
+    except InvalidInputError:
+        return "", f"enhancer {model} returned text that is not valid Unicode (a lone surrogate)"
     if len(text) > v.MAX_PROMPT_TEXT_CHARS:
         return "", f"enhancer {model} returned more than {v.MAX_PROMPT_TEXT_CHARS} characters"
     return text, None
@@ -541,7 +551,9 @@ def verify(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[VerificationReport
     findings = yield from _inconsistencies(before)
     stale = yield Find(q.RUNS, q.stale_enhancements_filter(before), projection=_ID_ONLY)
     reverts = yield Find(q.RUNS, q.pending_reverts_filter(before), projection=_ID_ONLY)
+    damaged = yield DamagedDocuments()
     return VerificationReport(
+        damaged_documents=damaged,
         prompts_with_legacy_keys=[doc["_id"] for doc in legacy_prompts],
         incomplete_enhance_runs=[doc["_id"] for doc in incomplete],
         dangling_edges=[text for text, _ in findings.dangling],

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -431,6 +432,14 @@ def first_frame(path: str, max_side: int = 1024) -> tuple[bytes, str] | None:
     return (result.stdout, "image/jpeg") if result.returncode == 0 and result.stdout else None
 
 
+_URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def without_credentials(text: str) -> str:
+    """Any ``scheme://user:password@`` in ``text`` with the credentials replaced by ``***``."""
+    return _URL_CREDENTIALS.sub("***@", text)
+
+
 class OpenAICompatibleEnhancer:
     """Chat completions at ``{base_url}/chat/completions``: vLLM, NVIDIA NIM, Ollama, OpenAI.
 
@@ -460,6 +469,7 @@ class OpenAICompatibleEnhancer:
         if not base_url.startswith(("http://", "https://")):
             raise InvalidInputError("base_url", "must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
+        self.shown_url = without_credentials(self.base_url)  # for messages, logs and repr
         self.model = model
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self.timeout = timeout
@@ -473,7 +483,18 @@ class OpenAICompatibleEnhancer:
         self._async_transport = async_transport
 
     def __repr__(self) -> str:
-        return f"OpenAICompatibleEnhancer(base_url={self.base_url!r}, model={self.model!r})"
+        return f"OpenAICompatibleEnhancer(base_url={self.shown_url!r}, model={self.model!r})"
+
+    def _redacted(self, text: str) -> str:
+        """``text`` without the URL's credentials or any echo of the API key."""
+        text = text.replace(self.base_url, self.shown_url)
+        secrets = [urlsplit(self.base_url).password or "", urlsplit(self.base_url).username or ""]
+        if self._api_key is not None:
+            secrets.append(self._api_key.get_secret_value())
+        for secret in secrets:
+            if len(secret) >= 4:  # a 1-3 character "secret" would blank out ordinary words
+                text = text.replace(secret, "***")
+        return without_credentials(text)
 
     def with_model(self, model: str) -> OpenAICompatibleEnhancer:
         """The same endpoint and settings, asking for another model."""
@@ -514,8 +535,10 @@ class OpenAICompatibleEnhancer:
     def _answer(self, response: httpx.Response) -> str:
         if response.status_code != 200:
             raise EnhancementError(
-                f"{self.model} at {self.base_url} answered HTTP {response.status_code}: "
-                f"{response.text[:200]}"
+                self._redacted(
+                    f"{self.model} at {self.base_url} answered HTTP {response.status_code}: "
+                    f"{response.text[:200]}"
+                )
             )
         try:
             text = response.json()["choices"][0]["message"]["content"]
@@ -532,7 +555,9 @@ class OpenAICompatibleEnhancer:
             if retry:
                 return None
             detail = f"{type(outcome).__name__}: {outcome}"
-            raise EnhancementError(f"{self.model} at {self.base_url}: {detail}") from outcome
+            raise EnhancementError(
+                self._redacted(f"{self.model} at {self.base_url}: {detail}")
+            ) from outcome
         if retry and outcome.status_code in _RETRY_STATUSES:
             return None
         return self._answer(outcome)

@@ -273,6 +273,11 @@ class VerificationReport(BaseModel):
     half_finished: list[str] = Field(
         description="Enhancements or reverts interrupted between writes; `repair` settles them."
     )
+    damaged_documents: list[str] = Field(
+        default_factory=list,
+        description="Stored rows of the embedded default that failed their checksum or could "
+        "not be decoded (collection and id); they are not served. Restore from a backup.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -284,6 +289,7 @@ class VerificationReport(BaseModel):
             or self.orphan_runs
             or self.flag_mismatches
             or self.half_finished
+            or self.damaged_documents
         )
 
 

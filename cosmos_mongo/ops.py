@@ -18,17 +18,22 @@ import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
+from bson.errors import InvalidDocument
 from pymongo import ReturnDocument
 from pymongo.errors import (
     AutoReconnect,
     DuplicateKeyError,
+    OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
 
-from cosmos_mongo.errors import ConflictError, CosmosMongoError, StorageError
+from cosmos_mongo.errors import ConflictError, CosmosMongoError, InvalidInputError, StorageError
+
+# Server codes for a document over the 16 MB BSON limit (BSONObjectTooLarge and kin).
+_TOO_LARGE_CODES: Final = frozenset({10334, 17419, 17420})
 
 T = TypeVar("T")
 
@@ -202,7 +207,21 @@ class Generated:
     error: BaseException | None = None
 
 
-Step = Operation | Generate
+@dataclass(frozen=True, slots=True)
+class DamagedDocuments:
+    """Ask the database which stored documents failed their integrity checks. Not a query:
+    the embedded default checks a checksum on every row it loads; other databases have no
+    such method and answer with an empty list."""
+
+
+Step = Operation | Generate | DamagedDocuments
+
+
+def _damaged_probe(database: Any) -> Any:
+    # Looked up on the class: pymongo's Database turns unknown attributes into collections.
+    return getattr(type(database), "damaged_documents", None)
+
+
 Flow = Generator[Step, Any, T]
 """A workflow: yields operations, is sent their results, returns its answer."""
 
@@ -215,11 +234,16 @@ class Services:
     timeout: float = 180.0
 
 
-def _translate(exc: PyMongoError) -> CosmosMongoError:
+def _translate(exc: PyMongoError | InvalidDocument) -> CosmosMongoError:
     """Map a driver error to the library's tree, keeping the original as ``__cause__``."""
     translated: CosmosMongoError
     if isinstance(exc, DuplicateKeyError):
-        translated = ConflictError("a document with that key already exists")
+        translated = ConflictError("a document with that key already exists", reason="duplicate")
+    elif isinstance(exc, InvalidDocument) or (
+        isinstance(exc, OperationFailure) and exc.code in _TOO_LARGE_CODES
+    ):
+        # pymongo's DocumentTooLarge is an InvalidDocument, not a PyMongoError.
+        translated = InvalidInputError("document", f"cannot be stored: {exc}"[:300])
     else:
         translated = StorageError(f"database operation failed: {type(exc).__name__}: {exc}")
     translated.__cause__ = exc
@@ -238,6 +262,8 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
     def execute(step: Step) -> Any:
         if isinstance(step, Generate):
             return _generate_sync(services, step)
+        if isinstance(step, DamagedDocuments):
+            return [] if _damaged_probe(database) is None else database.damaged_documents()
         try:
             return call(step)
         except AutoReconnect as exc:
@@ -250,7 +276,7 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
         while True:
             try:
                 result = execute(step)
-            except PyMongoError as exc:
+            except (PyMongoError, InvalidDocument) as exc:
                 step = flow.throw(_translate(exc))
             else:
                 step = flow.send(result)
@@ -272,6 +298,8 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
     async def execute(step: Step) -> Any:
         if isinstance(step, Generate):
             return await _generate_async(services, step)
+        if isinstance(step, DamagedDocuments):
+            return [] if _damaged_probe(database) is None else await database.damaged_documents()
         try:
             return await call(step)
         except AutoReconnect as exc:
@@ -284,7 +312,7 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
         while True:
             try:
                 result = await execute(step)
-            except PyMongoError as exc:
+            except (PyMongoError, InvalidDocument) as exc:
                 step = flow.throw(_translate(exc))
             else:
                 step = flow.send(result)

@@ -349,7 +349,8 @@ def fail_run(message: str, now: datetime) -> Document:
     return {
         "$set": {
             "status": "failed",
-            "error_message": message[:2000],
+            # Storable whatever the message holds (an enhancer's error text may not be UTF-8).
+            "error_message": message[:2000].encode("utf-8", "replace").decode("utf-8"),
             "completed_at": now,
             "updated_at": now,
         }

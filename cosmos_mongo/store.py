@@ -72,7 +72,7 @@ def _open(
     client_class: Any = AsyncMongoClient if asynchronous else MongoClient
     try:
         client = client_class(resolved, tz_aware=True, appname="cosmos-mongo")
-    except PyMongoError as exc:
+    except (PyMongoError, ValueError, TypeError) as exc:  # pymongo raises ValueError for some
         # The message may quote the connection string; say only what kind of failure it was.
         raise StorageError(f"cannot connect to MongoDB: {type(exc).__name__}") from exc
     return client[database], client.close

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+import bson
+
 from cosmos_mongo.errors import InvalidInputError
 
 PROMPT_ID_PREFIX: Final = "ps_"
@@ -64,12 +66,27 @@ def check_text(value: object, field: str, max_chars: int = MAX_PROMPT_TEXT_CHARS
         raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
     if "\x00" in value:
         raise InvalidInputError(field, "must not contain NUL bytes")
+    check_unicode(value, field)
     text = value.strip()
     if not text:
         raise InvalidInputError(field, "must not be empty or only whitespace")
     if len(text) > max_chars:
         raise InvalidInputError(field, f"must be at most {max_chars} characters, got {len(text)}")
     return text
+
+
+def check_unicode(value: str, field: str) -> str:
+    """Refuse a lone surrogate: what Python makes of invalid UTF-8 (in a CLI argument, say),
+    which no database can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            field,
+            f"must be valid Unicode text; position {exc.start} holds a lone surrogate "
+            "(invalid UTF-8)",
+        ) from None
+    return value
 
 
 def check_document_fields(value: object, field: str) -> dict[str, Any]:
@@ -99,6 +116,7 @@ def _check_mapping(
             raise InvalidInputError(
                 path, f"key {key!r} must not start with '$' or contain '.' or NUL"
             )
+        check_unicode(key, path)
         result[key] = _check_value(item, f"{path}.{key}", depth, counter)
     return result
 
@@ -118,6 +136,7 @@ def _check_value(value: object, path: str, depth: int, counter: list[int]) -> An
     if isinstance(value, str):
         if "\x00" in value:
             raise InvalidInputError(path, "must not contain NUL bytes")
+        check_unicode(value, path)
         if len(value) > MAX_STRING_CHARS:
             raise InvalidInputError(path, f"strings must be at most {MAX_STRING_CHARS} characters")
         return value
@@ -156,6 +175,18 @@ def check_parameters(value: object, field: str = "parameters") -> dict[str, Any]
     return parameters
 
 
+MAX_DOCUMENT_BYTES: Final = 16 * 1024 * 1024  # MongoDB's BSON document limit
+
+
+def check_document_size(document: Mapping[str, Any], field: str) -> None:
+    """Refuse what a server would refuse: a document (or an update) over 16 MB of BSON."""
+    size = len(bson.encode(document))
+    if size > MAX_DOCUMENT_BYTES:
+        raise InvalidInputError(
+            field, f"makes a document of {size} bytes; MongoDB stores at most {MAX_DOCUMENT_BYTES}"
+        )
+
+
 def check_flag(value: object, field: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidInputError(field, f"must be true or false, got {value!r}")
@@ -192,9 +223,14 @@ def check_limit(value: object, field: str = "limit") -> int:
     return value
 
 
+MAX_OFFSET: Final = 2**31 - 1
+
+
 def check_offset(value: object, field: str = "offset") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInputError(field, f"must be a whole number of 0 or more, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
+        raise InvalidInputError(
+            field, f"must be a whole number from 0 to {MAX_OFFSET}, got {value!r}"[:200]
+        )
     return value
 
 

@@ -71,6 +71,7 @@ def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Fl
         v.check_parameters(parameters),
         utc_now(),
     )
+    v.check_document_size(document, "prompt")
     yield InsertOne(q.PROMPTS, document)
     return Prompt.from_document(document)
 
@@ -111,9 +112,9 @@ def update_prompt(
     params = None if parameters is None else v.check_parameters(parameters)
     if text is None and not params:
         raise InvalidInputError("prompt_text", "give prompt_text or parameters to change")
-    document = yield FindOneAndUpdate(
-        q.PROMPTS, q.by_id(checked_id), q.prompt_update(utc_now(), text, params)
-    )
+    update = q.prompt_update(utc_now(), text, params)
+    v.check_document_size(update, "parameters")
+    document = yield FindOneAndUpdate(q.PROMPTS, q.by_id(checked_id), update)
     if document is None:
         raise PromptNotFoundError(checked_id)
     return Prompt.from_document(document)
@@ -210,6 +211,7 @@ def create_run(
         v.check_document_fields(metadata, "metadata"),
         utc_now(),
     )
+    v.check_document_size(document, "run")
     if (yield FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
         raise PromptNotFoundError(checked_prompt_id)
     yield InsertOne(q.RUNS, document)
@@ -255,7 +257,9 @@ def update_run(run_id: object, fields: dict[str, Any]) -> Flow[Run]:
         allowed = ", ".join(sorted(_RUN_FIELD_CHECKS))
         raise InvalidInputError(unknown[0], f"is not a field update_run can set; use {allowed}")
     checked = {name: _RUN_FIELD_CHECKS[name](value, name) for name, value in fields.items()}
-    document = yield FindOneAndUpdate(q.RUNS, q.by_id(checked_id), q.run_update(utc_now(), checked))
+    update = q.run_update(utc_now(), checked)
+    v.check_document_size(update, "fields")
+    document = yield FindOneAndUpdate(q.RUNS, q.by_id(checked_id), update)
     if document is None:
         raise RunNotFoundError(checked_id)
     return Run.from_document(document)

@@ -351,3 +351,232 @@ def test_enhancing_a_legacy_prompt_in_place_keeps_what_its_keys_knew(backend: Ba
     store.migrate(dry_run=False)
     assert store.verify().ok, store.verify()
     assert store.get_run(legacy_run).outputs["enhancement_model"] == "pixtral-legacy"
+
+
+# -- damaged storage is never silent ----------------------------------------------------------
+
+
+def test_an_empty_or_foreign_database_file_is_refused_and_left_untouched(tmp_path: Any) -> None:
+    from cosmos_mongo.embedded import open_embedded
+    from cosmos_mongo.errors import StorageError
+
+    for content, why in ((b"", "empty"), (b"not a database at all\n" * 10, "not a SQLite")):
+        data = tmp_path / why.replace(" ", "-")
+        data.mkdir()
+        file = data / "cosmos.sqlite3"
+        file.write_bytes(content)
+        with pytest.raises(StorageError, match=why):
+            open_embedded(data)
+        assert file.read_bytes() == content
+        assert sorted(p.name for p in data.iterdir()) == ["cosmos.sqlite3"]
+
+
+def test_new_data_dirs_and_files_are_private(tmp_path: Any) -> None:
+    from cosmos_mongo.embedded import open_embedded
+
+    data = tmp_path / "new" / "data"
+    with open_embedded(data) as database:
+        CosmosStore(database).create_prompt("A robot arm stacks blocks", {}, {})
+    assert data.stat().st_mode & 0o777 == 0o700
+    for file in data.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o600, file
+
+
+def _damage(path: Any, prompt_id: str, change: Callable[[bytes], bytes]) -> None:
+    import sqlite3
+
+    import bson
+
+    connection = sqlite3.connect(path)
+    key = bson.encode({"_id": prompt_id})
+    (body,) = connection.execute(
+        "SELECT body FROM documents WHERE collection='prompts' AND key=?", (key,)
+    ).fetchone()
+    connection.execute(
+        "UPDATE documents SET body=? WHERE collection='prompts' AND key=?", (change(body), key)
+    )
+    connection.commit()
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda body: body.replace(b"stacks", b"stocks"), id="a changed byte"),
+        pytest.param(lambda body: b"\xff\xff\xff\x7f" + body[4:], id="a corrupt BSON length"),
+    ],
+)
+def test_a_damaged_row_is_not_served_and_verify_names_it(
+    tmp_path: Any, change: Callable[[bytes], bytes]
+) -> None:
+    from cosmos_mongo.embedded import open_embedded
+
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        damaged = store.create_prompt("A robot arm stacks blocks", {}, {})
+        healthy = store.create_prompt("Waves roll onto a beach", {}, {})
+    _damage(tmp_path / "cosmos.sqlite3", damaged.id, change)
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        assert store.get_prompt(damaged.id) is None
+        assert store.get_prompt(healthy.id) == healthy
+        assert [p.id for p in store.list_prompts()] == [healthy.id]
+        report = store.verify()
+        assert not report.ok
+        assert len(report.damaged_documents) == 1
+        assert report.damaged_documents[0].startswith(f"prompts {damaged.id}:")
+
+
+def test_backup_copies_a_store_another_process_holds(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from cosmos_mongo.embedded import open_embedded
+
+    holder = open_embedded(tmp_path / "data")  # an idle holder: its writes sit in the WAL
+    prompts = [CosmosStore(holder).create_prompt(f"Prompt {i}", {}, {}) for i in range(20)]
+    code = (
+        "import sys; from cosmos_mongo.embedded import open_embedded; "
+        "db = open_embedded(sys.argv[1]); print(db.backup(sys.argv[2])); db.close()"
+    )
+    copy = tmp_path / "backup.sqlite3"
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "data"), str(copy)], check=True, timeout=60
+    )
+    holder.close()
+    assert copy.stat().st_mode & 0o777 == 0o600
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    copy.rename(restored / "cosmos.sqlite3")
+    with open_embedded(restored) as database:
+        store = CosmosStore(database)
+        assert {p.id for p in store.list_prompts(limit=100)} == {p.id for p in prompts}
+        assert store.verify().ok
+
+
+# -- bad input and secrets ----------------------------------------------------------------------
+
+SURROGATE = "\ud800"
+
+
+def test_lone_surrogates_are_refused_with_the_field_named(backend: Backend) -> None:
+    from cosmos_mongo import InvalidInputError
+
+    store = backend.store
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+    before = backend.snapshot()
+    calls = {
+        "prompt_text": lambda: store.create_prompt(f"bad {SURROGATE} text", {}, {}),
+        "parameters.name": lambda: store.create_prompt("ok", {}, {"name": SURROGATE}),
+        "inputs": lambda: store.create_prompt("ok", {f"k{SURROGATE}": "v"}, {}),
+        "query": lambda: store.search_prompts(SURROGATE),
+        "enhanced_text": lambda: store.enhance_prompt(prompt.id, enhanced_text=SURROGATE + "x"),
+        "execution_config.seed": lambda: store.create_run(prompt.id, {"seed": SURROGATE}),
+    }
+    for field, call in calls.items():
+        with pytest.raises(InvalidInputError, match="lone surrogate") as caught:
+            call()
+        assert caught.value.field == field
+    assert backend.snapshot() == before
+
+
+def test_an_enhancer_that_returns_or_raises_bad_unicode_leaves_a_failed_run(
+    backend: Backend,
+) -> None:
+    from cosmos_mongo.errors import EnhancementError
+    from tests.test_enhancement import FailingEnhancer
+
+    prompt = backend.store.create_prompt("A robot arm stacks blocks", {}, {})
+    for enhancer in (
+        FailingEnhancer(reply=f"A robot {SURROGATE} arm"),
+        FailingEnhancer(error=RuntimeError(f"broken {SURROGATE} reply")),
+    ):
+        with pytest.raises(EnhancementError) as caught:
+            store_on(backend, enhancer).enhance_prompt(prompt.id)
+        run = backend.store.get_run(caught.value.run_id)
+        assert run.status == "failed", run
+    assert backend.store.list_runs(status="running") == []
+
+
+def test_documents_over_16_mb_are_refused_like_a_server_would(backend: Backend) -> None:
+    from cosmos_mongo import InvalidInputError
+
+    store = backend.store
+    huge = {f"k{i}": "😀" * 10_000 for i in range(450)}  # 450 x 40 kB of UTF-8
+    with pytest.raises(InvalidInputError, match="at most 16777216") as caught:
+        store.create_prompt("A robot arm stacks blocks", {}, huge)
+    assert caught.value.field == "prompt"
+    assert backend.snapshot() == {"prompts": [], "runs": []}
+
+
+def test_numbers_and_durations_that_would_overflow_are_refused(backend: Backend) -> None:
+    from cosmos_mongo import InvalidInputError
+
+    store = backend.store
+    for call in (
+        lambda: store.list_prompts(offset=2**70),
+        lambda: store.verify(stale_after=timedelta.max),
+        lambda: store.repair(stale_after=timedelta(days=10**6)),
+        lambda: store.create_prompt("ok", {}, {"steps": float("nan")}),
+        lambda: store.create_prompt("ok", {}, {"steps": 2**80}),
+    ):
+        with pytest.raises(InvalidInputError):
+            call()
+
+
+def test_credentials_and_the_api_key_never_reach_messages_or_runs(backend: Backend) -> None:
+    import httpx
+
+    from cosmos_mongo.enhancers import OpenAICompatibleEnhancer
+    from cosmos_mongo.errors import EnhancementError
+
+    key = "sk-live-0123456789abcdef"
+
+    def echo_key(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, text=f"invalid key {request.headers['Authorization']}")
+
+    enhancer = OpenAICompatibleEnhancer(
+        "http://alice:hunter2secret@127.0.0.1:9/v1",
+        "pixtral",
+        api_key=key,
+        max_retries=0,
+        transport=httpx.MockTransport(echo_key),
+        async_transport=httpx.MockTransport(echo_key),
+    )
+    assert "hunter2secret" not in repr(enhancer)
+    prompt = backend.store.create_prompt("A robot arm stacks blocks", {}, {})
+    with pytest.raises(EnhancementError) as caught:
+        store_on(backend, enhancer).enhance_prompt(prompt.id)
+    stored = backend.store.get_run(caught.value.run_id).error_message
+    for text in (str(caught.value), stored):
+        assert "401" in text
+        assert key not in text and "hunter2secret" not in text and "alice" not in text
+
+
+def test_the_cli_answers_bad_arguments_in_one_line_without_a_traceback(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COSMOS_MONGO_DATA_DIR": str(tmp_path), "COSMOS_MONGO_DEBUG": ""}
+    env.pop("COSMOS_MONGO_URI", None)
+    cases = [
+        (["verify", "--stale-minutes", "nan"], 2),
+        (["repair", "--stale-minutes", "inf"], 2),
+        (["--uri", "mongodb://alice:secret@localhost:99999/", "prompt", "list"], 1),
+        (["--uri", "mongodb://[::1", "prompt", "list"], 1),
+        ([b"prompt", b"create", b"bad \xff\xfe bytes"], 1),
+        (["prompt", "show", "ps_" + "0" * 32 + "$"], 1),
+    ]
+    for arguments, code in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "cosmos_mongo.cli", *arguments],
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        stderr = done.stderr.decode("utf-8", "replace")
+        assert done.returncode == code, (arguments, stderr)
+        assert "Traceback" not in stderr and "secret" not in stderr, stderr
+        assert stderr.strip(), arguments
