@@ -1,0 +1,72 @@
+"""The integrity races across real processes sharing the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from cosmos_mongo import ConflictError, CosmosStore
+from cosmos_mongo.embedded import open_embedded
+
+WORKER = Path(__file__).parent / "helpers" / "race_worker.py"
+REPO = Path(__file__).parent.parent
+TIMEOUT = 120
+
+pytestmark = pytest.mark.slow
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def finish(process: subprocess.Popen[str], stdin: str = "") -> list[str]:
+    out, _ = process.communicate(stdin, timeout=TIMEOUT)
+    assert process.returncode == 0
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("mode", ["new", "in-place"])
+def test_a_delete_in_another_process_during_enhance_leaves_a_true_answer(
+    tmp_path: Path, mode: str
+) -> None:
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+        worker = start("enhance-waiting", str(tmp_path), prompt.id, mode)
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "waiting"  # its run exists, running
+        with pytest.raises(ConflictError, match="force=True"):
+            store.delete_prompt(prompt.id)
+        store.delete_prompt(prompt.id, force=True)
+        outcome = json.loads(finish(worker, "go\n")[-1])
+        assert outcome["ok"] is False and outcome["error"] == "ConflictError", outcome
+        assert store.list_prompts() == [] and store.list_runs() == []
+        assert store.verify(stale_after=timedelta(0)).ok
+
+
+def test_create_run_racing_delete_prompt_in_two_processes_leaves_no_orphan(
+    tmp_path: Path,
+) -> None:
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        prompts = [store.create_prompt(f"Prompt {i}", {}, {}).id for i in range(60)]
+        worker = start("create-runs", str(tmp_path), *prompts)
+        for prompt_id in prompts:
+            store.delete_prompt(prompt_id)
+        attempts = [json.loads(line) for line in finish(worker)]
+        assert len(attempts) == len(prompts)
+        assert store.list_prompts() == []
+        assert store.list_runs(limit=1000) == []  # every run went with, or was taken back
+        assert store.verify().ok
