@@ -56,6 +56,44 @@ def test_a_delete_in_another_process_during_enhance_leaves_a_true_answer(
         assert store.verify(stale_after=timedelta(0)).ok
 
 
+def test_repair_or_a_new_run_in_another_process_during_enhance_makes_it_fail(
+    tmp_path: Path,
+) -> None:
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        for action in ("repair", "transfer run"):
+            prompt = store.create_prompt(f"A robot arm stacks blocks ({action})", {}, {})
+            worker = start("enhance-waiting", str(tmp_path), prompt.id, "in-place")
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "waiting"
+            if action == "repair":
+                assert store.repair(stale_after=timedelta(0)).rolled_back != []
+            else:
+                store.create_run(prompt.id, {})
+            outcome = json.loads(finish(worker, "go\n")[-1])
+            assert outcome["ok"] is False and outcome["error"] == "ConflictError", outcome
+            assert store.get_prompt(prompt.id) == prompt  # text unchanged
+            assert store.list_runs(status="running") == []
+        assert store.verify(stale_after=timedelta(0)).ok
+
+
+def test_cli_backup_copies_the_store_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cosmos_mongo.cli import cli
+
+    with open_embedded(tmp_path / "data") as database:
+        prompt = CosmosStore(database).create_prompt("A robot arm stacks blocks", {}, {})
+        arguments = ["--data-dir", str(tmp_path / "data"), "backup", str(tmp_path / "copy")]
+        (tmp_path / "copy").mkdir()
+        done = CliRunner().invoke(cli, arguments)
+        assert done.exit_code == 0, done.output
+        again = CliRunner().invoke(cli, arguments)
+        assert again.exit_code == 1 and "exists" in again.output
+    with open_embedded(tmp_path / "copy") as copy:
+        assert CosmosStore(copy).get_prompt(prompt.id) == prompt
+
+
 def test_create_run_racing_delete_prompt_in_two_processes_leaves_no_orphan(
     tmp_path: Path,
 ) -> None:
