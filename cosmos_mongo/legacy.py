@@ -158,6 +158,11 @@ def _own_backfill(run: Mapping[str, Any]) -> dict[str, Any]:
         "original_prompt_id": _text(run.get("prompt_id")),
         "duration_seconds": None,
     }
+    return _missing(outputs, known)
+
+
+def _missing(outputs: Mapping[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
+    """``$set`` terms for the known output fields a run lacks (a None duration is recorded)."""
     return {
         f"outputs.{name}": value
         for name, value in known.items()
@@ -181,12 +186,7 @@ def _backfills(
     for position, run in enumerate(newest_first):
         outputs = run.get("outputs") or {}
         if position == 0:
-            known = resolved_outputs(run, prompt)
-            wanted = {
-                f"outputs.{name}": value
-                for name, value in known.items()
-                if name not in outputs and (value is not None or name == "duration_seconds")
-            }
+            wanted = _missing(outputs, resolved_outputs(run, prompt))
         else:
             wanted = _own_backfill(run)
         changes[str(run["_id"])] = wanted
