@@ -21,6 +21,7 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from cosmos_mongo import AsyncCosmosStore, CosmosStore
+from cosmos_mongo.config import Settings
 from cosmos_mongo.embedded import AsyncEmbeddedDatabase, open_embedded
 
 MONGODB_URI = os.environ.get("MONGODB_URI")
@@ -32,7 +33,7 @@ class AwaitingStore:
 
     def __init__(self, store: AsyncCosmosStore, runner: asyncio.Runner) -> None:
         self.async_store = store
-        self._runner = runner
+        self.runner = runner
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.async_store, name)
@@ -40,7 +41,7 @@ class AwaitingStore:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._runner.run(attribute(*args, **kwargs))
+            return self.runner.run(attribute(*args, **kwargs))
 
         return call
 
@@ -50,6 +51,25 @@ class Backend:
     name: str
     store: Any
     raw: Any  # a synchronous database holding the same data
+
+    def over(
+        self,
+        wrap: Callable[[Any], Any] = lambda database: database,
+        *,
+        enhancer: Any = None,
+        settings: Settings | None = None,
+    ) -> Any:
+        """A store of the same flavour over ``wrap(database)``, with another enhancer or
+        settings if given: fault injection and racing enhancers on every backend."""
+        if isinstance(self.store, AwaitingStore):
+            inner = self.store.async_store
+            twin = AsyncCosmosStore(
+                wrap(inner.db), enhancer=enhancer or inner.enhancer, settings=settings
+            )
+            return AwaitingStore(twin, self.store.runner)
+        return CosmosStore(
+            wrap(self.store.db), enhancer=enhancer or self.store.enhancer, settings=settings
+        )
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Every document of both collections, for "nothing changed" assertions."""
@@ -160,6 +180,14 @@ def _open_backend(name: str, tmp_path: Path, runner: asyncio.Runner) -> Iterator
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
 ) -> Iterator[Backend]:
+    yield from _open_backend(request.param, tmp_path, runner)
+
+
+@pytest.fixture(params=_params(["mongomock", "embedded", "server"]))
+def sync_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
+) -> Iterator[Backend]:
+    """Only the sync flavours: for tests that run several threads at once."""
     yield from _open_backend(request.param, tmp_path, runner)
 
 

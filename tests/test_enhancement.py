@@ -49,12 +49,7 @@ class FailingEnhancer:
 
 def store_on(backend: Backend, enhancer: Any, timeout: float = 180.0) -> Any:
     """A store of the backend's flavour over the same data, with another enhancer."""
-    settings = Settings(enhancement_timeout=timeout)
-    inner = getattr(backend.store, "async_store", None)
-    if inner is None:
-        return CosmosStore(backend.store.db, enhancer=enhancer, settings=settings)
-    twin = AsyncCosmosStore(inner.db, enhancer=enhancer, settings=settings)
-    return type(backend.store)(twin, backend.store._runner)
+    return backend.over(enhancer=enhancer, settings=Settings(enhancement_timeout=timeout))
 
 
 @pytest.mark.parametrize(
@@ -226,7 +221,7 @@ def test_concurrent_overwrites_in_tasks_lose_no_update(async_backend: Backend) -
         )
         return [prompt.id, *outcomes]
 
-    prompt_id, *outcomes = backend.store._runner.run(race())
+    prompt_id, *outcomes = backend.store.runner.run(race())
     assert_one_winner(backend.store, prompt_id, outcomes)
 
 
