@@ -6,6 +6,7 @@ from cosmos_mongo.errors import (
     InvalidInputError,
     NotFoundError,
     PromptNotFoundError,
+    ReadOnlyError,
     RunNotFoundError,
     StorageError,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "NotFoundError",
     "Prompt",
     "PromptNotFoundError",
+    "ReadOnlyError",
     "Run",
     "RunNotFoundError",
     "StorageError",

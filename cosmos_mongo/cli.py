@@ -50,10 +50,15 @@ class _Context:
     data_dir: Path | None
     _store: CosmosStore | None = None
 
+    def settings(self) -> Settings:
+        chosen: dict[str, Any] = {"database": self.database}
+        if self.data_dir is not None:
+            chosen["data_dir"] = self.data_dir
+        return Settings(**chosen)
+
     def store(self) -> CosmosStore:
         if self._store is None:
-            settings = Settings() if self.data_dir is None else Settings(data_dir=self.data_dir)
-            self._store = CosmosStore.connect(self.uri, self.database, settings=settings)
+            self._store = CosmosStore.connect(self.uri, settings=self.settings())
         return self._store
 
     def close(self) -> None:
@@ -61,10 +66,7 @@ class _Context:
             self._store.close()
 
     def where(self) -> str:
-        if self.uri or Settings().uri:
-            return f"MongoDB database {self.database!r}"
-        data_dir = self.data_dir or Settings().data_dir
-        return f"embedded database {self.database!r} in {data_dir}"
+        return self.settings().location(self.uri)
 
 
 class _Group(click.Group):
@@ -521,13 +523,23 @@ def _lineage_tree(lineage: Lineage) -> Tree:
 
 @cli.command()
 @click.argument("prompt_id")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["tree", "json", "mermaid"]),
+    default="tree",
+    show_default=True,
+    help="A tree for the terminal, JSON, or a Mermaid flowchart to paste into Markdown.",
+)
 @_json_option
 @click.pass_obj
-def lineage(state: _Context, prompt_id: str, as_json: bool) -> None:
-    """Draw where a prompt came from and what came of it, as a tree."""
+def lineage(state: _Context, prompt_id: str, output: str, as_json: bool) -> None:
+    """Draw where a prompt came from and what came of it."""
     found = state.store().get_lineage(prompt_id)
-    if as_json:
+    if as_json or output == "json":
         _emit(found)
+    elif output == "mermaid":
+        click.echo(found.to_mermaid(), nl=False)
     else:
         console.print(_lineage_tree(found))
 

@@ -27,6 +27,17 @@ class Settings(BaseSettings):
         description="MongoDB connection string (mongodb:// or mongodb+srv://). Never logged.",
     )
     database: str = Field(default="cosmos", description="Database name.")
+    read_only: bool = Field(
+        default=False,
+        description="Refuse every write; the embedded default is opened read-only and never "
+        "created.",
+    )
+    timeout_ms: int = Field(
+        default=5000,
+        ge=100,
+        le=600_000,
+        description="Milliseconds to wait for a MongoDB server before an operation fails.",
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Directory of the embedded default database.",
@@ -52,3 +63,19 @@ class Settings(BaseSettings):
     enhancement_timeout: float = Field(
         default=180.0, gt=0, description="Seconds one enhancement may take before it is failed."
     )
+
+    def location(self, uri: str | None = None) -> str:
+        """Where the data lives, for messages: the hosts of ``uri`` (else the configured one),
+        never its credentials or options; else the embedded database's path."""
+        if uri is None and self.uri is not None:
+            uri = self.uri.get_secret_value()
+        if uri is None:
+            return f"the embedded database {self.database!r} in {self.data_dir}"
+        return f"MongoDB at {mongodb_hosts(uri)} (database {self.database!r})"
+
+
+def mongodb_hosts(uri: str) -> str:
+    """``host:port,...`` of a mongodb:// or mongodb+srv:// string, without credentials."""
+    rest = uri.split("://", 1)[-1]
+    hosts = rest.split("/", 1)[0].split("?", 1)[0]
+    return hosts.rsplit("@", 1)[-1] or "an unnamed host"

@@ -45,7 +45,7 @@ from mongomock import helpers as _helpers
 from pymongo import ReturnDocument
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
-from cosmos_mongo.errors import InvalidInputError, StorageError
+from cosmos_mongo.errors import InvalidInputError, ReadOnlyError, StorageError
 from cosmos_mongo.validation import MAX_DOCUMENT_BYTES
 
 # mongomock's own type hints claim pymongo's classes; the engine treats it as untyped.
@@ -153,6 +153,11 @@ def _create_if_missing(path: Path) -> None:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
+    _check_header(path)
+
+
+def _check_header(path: Path) -> None:
+    """Refuse, untouched, a file that is empty or not a SQLite database."""
     with path.open("rb") as file:
         header = file.read(len(_SQLITE_HEADER))
     if header != _SQLITE_HEADER:
@@ -525,8 +530,9 @@ class EngineStats:
 class EmbeddedEngine:
     """One SQLite file and the in-memory mongomock database that mirrors it."""
 
-    def __init__(self, path: Path, database: str) -> None:
+    def __init__(self, path: Path, database: str, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self.stats = EngineStats()
         self._lock = threading.RLock()
         self._planner = _Planner()
@@ -540,28 +546,44 @@ class EmbeddedEngine:
         self._data_version: int | None = None
         self.damaged: dict[tuple[str, str], str] = {}
         try:
-            _create_if_missing(path)
-            self._conn = sqlite3.connect(
-                f"file:{path}?mode=rw",
-                uri=True,
-                timeout=30.0,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
-            if "body_crc" not in columns:
-                try:
-                    self._conn.execute("ALTER TABLE documents ADD COLUMN body_crc INTEGER")
-                except sqlite3.OperationalError as exc:  # another process added it first
-                    if "duplicate column" not in str(exc):
-                        raise
+            if read_only:
+                self._conn = self._connect_read_only(path)
+            else:
+                _create_if_missing(path)
+                self._conn = self._connect(f"file:{path}?mode=rw")
+                self._prepare()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the embedded database at {path}: {exc}") from exc
         with self._sqlite_errors():
             self._load_everything()
+
+    @staticmethod
+    def _connect(uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+
+    def _connect_read_only(self, path: Path) -> sqlite3.Connection:
+        """The file opened read-only; a missing one reads as an empty store and is not made."""
+        if not path.exists():
+            connection = self._connect("file::memory:")
+            connection.executescript(_SCHEMA)
+            return connection
+        _check_header(path)
+        return self._connect(f"file:{path}?mode=ro")
+
+    def _prepare(self) -> None:
+        """Set the journal up and bring an older file's schema up to date."""
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
+        if "body_crc" not in columns:
+            try:
+                self._conn.execute("ALTER TABLE documents ADD COLUMN body_crc INTEGER")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
     # -- reading -------------------------------------------------------------------------
 
@@ -710,6 +732,8 @@ class EmbeddedEngine:
         self._install_index(spec)
 
     def _transaction(self, apply: Callable[[int], T], restore: Callable[[], None]) -> T:
+        if self.read_only:
+            raise ReadOnlyError(f"the embedded database {self.path} is open read-only")
         with self._lock, self._sqlite_errors():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -960,10 +984,17 @@ class EmbeddedDatabase:
         self.close()
 
 
-def open_embedded(data_dir: Path, database: str = "cosmos") -> EmbeddedDatabase:
-    """Open (creating if needed) the embedded database ``database`` in ``data_dir``."""
+def open_embedded(
+    data_dir: Path, database: str = "cosmos", *, read_only: bool = False
+) -> EmbeddedDatabase:
+    """Open (creating if needed) the embedded database ``database`` in ``data_dir``.
+
+    ``read_only=True`` creates and changes nothing: a missing database reads as empty, and
+    every write raises :class:`~cosmos_mongo.errors.StorageError`.
+    """
     name = check_database_name(database)
-    return EmbeddedDatabase(EmbeddedEngine(Path(data_dir) / f"{name}.sqlite3", name), name)
+    path = Path(data_dir) / f"{name}.sqlite3"
+    return EmbeddedDatabase(EmbeddedEngine(path, name, read_only=read_only), name)
 
 
 class _Materialized:

@@ -29,6 +29,7 @@ from cosmos_mongo.enhancers import (
     MAX_ENHANCED_WORDS,
     clean_enhanced_text,
     tidy_model_text,
+    without_credentials,
     word_count,
 )
 from cosmos_mongo.errors import (
@@ -101,7 +102,9 @@ def check_stale_after(value: object) -> timedelta:
 def _usable(reply: Generated, model: str) -> tuple[str, str | None]:
     """The cleaned text of an enhancer's reply, or why it cannot be used."""
     if reply.error is not None:
-        return "", f"enhancer {model} failed: {type(reply.error).__name__}: {reply.error}"
+        # Any enhancer's exception may quote a URL with its credentials: never store those.
+        detail = without_credentials(str(reply.error))
+        return "", f"enhancer {model} failed: {type(reply.error).__name__}: {detail}"
     if not isinstance(reply.text, str):
         return "", f"enhancer {model} returned no text"
     text = tidy_model_text(reply.text)
@@ -443,18 +446,25 @@ def get_original_prompt(enhanced_prompt_id: object) -> Flow[Prompt | None]:
     return None if match is None else Prompt.from_document(match)
 
 
-def list_enhanced_prompts(limit: object = 100) -> Flow[list[Prompt]]:
+def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[list[Prompt]]:
     documents = yield Find(
-        q.PROMPTS, q.enhanced_prompts_filter(), sort=q.NEWEST_FIRST, limit=v.check_limit(limit)
+        q.PROMPTS,
+        q.enhanced_prompts_filter(),
+        sort=q.NEWEST_FIRST,
+        skip=v.check_offset(offset),
+        limit=v.check_limit(limit),
     )
     return [Prompt.from_document(document) for document in documents]
 
 
-def get_enhancement_history(prompt_id: object, limit: object = 100) -> Flow[list[Run]]:
+def get_enhancement_history(
+    prompt_id: object, limit: object = 100, offset: object = 0
+) -> Flow[list[Run]]:
     documents = yield Find(
         q.RUNS,
         q.history_filter(v.check_prompt_id(prompt_id)),
         sort=q.NEWEST_FIRST,
+        skip=v.check_offset(offset),
         limit=v.check_limit(limit),
     )
     return [Run.from_document(document) for document in documents]

@@ -10,6 +10,7 @@ Every exception the library raises on purpose derives from one root::
     ├── ConflictError            the operation would break a rule about existing data
     ├── EnhancementError         the enhancer failed, timed out or returned nothing usable
     └── StorageError             the database or embedded store failed (driver errors land here)
+        └── ReadOnlyError        a write on a store opened read-only; nothing was written
 
 Driver errors (pymongo, sqlite3) are translated once, at the executor boundary, with
 ``raise StorageError(...) from exc`` so the original stays reachable as ``__cause__``.
@@ -95,3 +96,8 @@ class EnhancementError(CosmosMongoError):
 
 class StorageError(CosmosMongoError):
     """The database could not carry out the operation (connection, disk, permissions)."""
+
+
+class ReadOnlyError(StorageError):
+    """A write was asked of a store opened read-only (``COSMOS_MONGO_READ_ONLY``); nothing
+    was written."""

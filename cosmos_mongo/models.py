@@ -244,6 +244,54 @@ class Lineage(BaseModel):
     def children_of(self, prompt_id: str) -> list[LineageEdge]:
         return [edge for edge in self.descendants if edge.parent_id == prompt_id]
 
+    def to_mermaid(self) -> str:
+        """The tree as a Mermaid ``flowchart``: a node per prompt (id and the start of its
+        text), an edge per completed enhancement labelled with its model and run id, and a
+        self-loop per completed in-place rewrite. Stored text is escaped, so it cannot break
+        out of a label."""
+        edges = [
+            edge
+            for edge in [*reversed(self.ancestors), *self.descendants]
+            if edge.run is None or edge.run.status == "completed"
+        ]
+        order = [self.root_id, self.prompt_id]
+        order += [i for edge in edges for i in (edge.parent_id, edge.child_id)]
+        node = {prompt_id: f"n{n}" for n, prompt_id in enumerate(dict.fromkeys(order))}
+        lines = ["flowchart TD"]
+        for prompt_id, name in node.items():
+            found = self.prompts.get(prompt_id)
+            text = "(deleted)" if found is None else _shortened(found.prompt_text, 48)
+            lines.append(f'    {name}["{_mermaid_text(prompt_id)}<br/>{_mermaid_text(text)}"]')
+        for edge in edges:
+            label = "legacy parent link" if edge.run is None else _edge_label(edge.run)
+            lines.append(f'    {node[edge.parent_id]} -->|"{label}"| {node[edge.child_id]}')
+        for run in self.in_place:
+            if run.status == "completed" and run.prompt_id in node:
+                loop = node[run.prompt_id]
+                lines.append(f'    {loop} -->|"in place: {_edge_label(run)}"| {loop}')
+        lines.append(f"    style {node[self.prompt_id]} stroke-width:3px")
+        return "\n".join(lines) + "\n"
+
+
+_MERMAID_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,_-")
+
+
+def _mermaid_text(text: str) -> str:
+    """Every character but letters, digits and plain punctuation as a Mermaid entity code
+    (``#34;``), so quotes, brackets, pipes and markup in stored text stay text."""
+    return "".join(c if c in _MERMAID_PLAIN else f"#{ord(c)};" for c in text)
+
+
+def _shortened(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "\u2026"
+
+
+def _edge_label(run: Run) -> str:
+    named = run.outputs.get("enhancement_model") or run.execution_config.get("enhancement_model")
+    model = _shortened(str(named or "unknown model"), 32)
+    return f"{_mermaid_text(model)}, {_mermaid_text(run.id)}"
+
 
 class VerificationReport(BaseModel):
     """The enhancement data checks (see ``verify()``). ``ok`` is True when every list is empty."""

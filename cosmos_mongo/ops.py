@@ -30,7 +30,13 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from cosmos_mongo.errors import ConflictError, CosmosMongoError, InvalidInputError, StorageError
+from cosmos_mongo.errors import (
+    ConflictError,
+    CosmosMongoError,
+    InvalidInputError,
+    ReadOnlyError,
+    StorageError,
+)
 
 # Server codes for a document over the 16 MB BSON limit (BSONObjectTooLarge and kin).
 _TOO_LARGE_CODES: Final = frozenset({10334, 17419, 17420})
@@ -52,6 +58,7 @@ class Operation:
     # Reads may be sent again after a dropped connection; writes are left to the driver's
     # own retryable writes, which know whether the first attempt landed.
     retry_safe: ClassVar[bool] = False
+    writes: ClassVar[bool] = True
     collection: str
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -64,6 +71,7 @@ class Operation:
 @dataclass(frozen=True, slots=True)
 class FindOne(Operation):
     retry_safe: ClassVar[bool] = True
+    writes: ClassVar[bool] = False
     method: ClassVar[str] = "find_one"
     filter: Filter
     projection: Mapping[str, Any] | None = None
@@ -75,6 +83,7 @@ class FindOne(Operation):
 @dataclass(frozen=True, slots=True)
 class Find(Operation):
     retry_safe: ClassVar[bool] = True
+    writes: ClassVar[bool] = False
     method: ClassVar[str] = "find"
     returns_cursor: ClassVar[bool] = True
     filter: Filter
@@ -93,6 +102,7 @@ class Find(Operation):
 @dataclass(frozen=True, slots=True)
 class Aggregate(Operation):
     retry_safe: ClassVar[bool] = True
+    writes: ClassVar[bool] = False
     method: ClassVar[str] = "aggregate"
     returns_cursor: ClassVar[bool] = True
     pipeline: Pipeline
@@ -232,6 +242,15 @@ class Services:
 
     enhancer: Any = None
     timeout: float = 180.0
+    read_only: bool = False
+
+
+def _refuse_writes(services: Services, step: Operation) -> None:
+    if services.read_only and step.writes:
+        raise ReadOnlyError(
+            f"this store is read-only (COSMOS_MONGO_READ_ONLY): refused {step.method} on "
+            f"{step.collection}; nothing was written"
+        )
 
 
 def _translate(exc: PyMongoError | InvalidDocument) -> CosmosMongoError:
@@ -264,6 +283,7 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
             return _generate_sync(services, step)
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else database.damaged_documents()
+        _refuse_writes(services, step)
         try:
             return call(step)
         except AutoReconnect as exc:
@@ -300,6 +320,7 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
             return await _generate_async(services, step)
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else await database.damaged_documents()
+        _refuse_writes(services, step)
         try:
             return await call(step)
         except AutoReconnect as exc:

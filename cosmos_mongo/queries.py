@@ -70,6 +70,11 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
 )
 
 
+def id_prefix_filter(prefix: str) -> Document:
+    """Documents whose ``_id`` starts with ``prefix`` (an anchored regex: served by ``_id``)."""
+    return {"_id": {"$regex": "^" + re.escape(prefix)}}
+
+
 def by_id(document_id: str) -> Document:
     return {"_id": document_id}
 

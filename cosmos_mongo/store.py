@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from cosmos_mongo import enhancement as enh
 from cosmos_mongo import importer, legacy
@@ -56,12 +56,13 @@ def _resolve(uri: str | None, database: str, settings: Settings) -> str | None:
 
 
 def _open(
-    uri: str | None, database: str, settings: Settings, *, asynchronous: bool
+    uri: str | None, database: str | None, settings: Settings, *, asynchronous: bool
 ) -> tuple[Any, Callable[[], Any]]:
     """A database for ``connect`` and the function that closes its client."""
+    database = settings.database if database is None else database
     resolved = _resolve(uri, database, settings)
     if resolved is None:
-        embedded = open_embedded(settings.data_dir, database)
+        embedded = open_embedded(settings.data_dir, database, read_only=settings.read_only)
         if asynchronous:
             adapter = AsyncEmbeddedDatabase(embedded)
             return adapter, adapter.close
@@ -71,7 +72,14 @@ def _open(
 
     client_class: Any = AsyncMongoClient if asynchronous else MongoClient
     try:
-        client = client_class(resolved, tz_aware=True, appname="cosmos-mongo")
+        client = client_class(
+            resolved,
+            tz_aware=True,
+            appname="cosmos-mongo",
+            # Fail in seconds, not pymongo's 30, when the server is down or unreachable.
+            serverSelectionTimeoutMS=settings.timeout_ms,
+            connectTimeoutMS=settings.timeout_ms,
+        )
     except (PyMongoError, ValueError, TypeError) as exc:  # pymongo raises ValueError for some
         # The message may quote the connection string; say only what kind of failure it was.
         raise StorageError(f"cannot connect to MongoDB: {type(exc).__name__}") from exc
@@ -93,10 +101,11 @@ class _StoreBase:
         self.db = db
         self.enhancer: Enhancer = enhancer or enhancer_from_settings(settings)
         self.enhancement_timeout = settings.enhancement_timeout
+        self.read_only = settings.read_only
         self._on_close = _on_close
 
     def _services(self, enhancer: Enhancer | None = None) -> Services:
-        return Services(enhancer or self.enhancer, self.enhancement_timeout)
+        return Services(enhancer or self.enhancer, self.enhancement_timeout, self.read_only)
 
     def _enhancer_for(self, enhancement_model: object, enhanced_text: object) -> Enhancer:
         model = v.check_optional_text(enhancement_model, "enhancement_model", 200)
@@ -116,7 +125,7 @@ class CosmosStore(_StoreBase):
     def connect(
         cls,
         uri: str | None = None,
-        database: str = "cosmos",
+        database: str | None = None,
         *,
         settings: Settings | None = None,
         ensure_indexes: bool = True,
@@ -124,8 +133,12 @@ class CosmosStore(_StoreBase):
     ) -> CosmosStore:
         """Open a store on ``uri``, else ``COSMOS_MONGO_URI``, else the embedded default.
 
+        ``database`` defaults to the settings' (``COSMOS_MONGO_DATABASE``, else ``cosmos``).
+
         The embedded default lives in ``COSMOS_MONGO_DATA_DIR`` (default: the platform's user
-        data directory). Indexes are created unless ``ensure_indexes=False``.
+        data directory). Indexes are created unless ``ensure_indexes=False`` or the settings
+        are read-only (``COSMOS_MONGO_READ_ONLY``): then nothing is written, every write raises
+        ``StorageError``, and a missing embedded database reads as empty and is not created.
 
         Raises:
             InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
@@ -135,7 +148,7 @@ class CosmosStore(_StoreBase):
         settings = settings or Settings()
         db, on_close = _open(uri, database, settings, asynchronous=False)
         store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
-        if ensure_indexes:
+        if ensure_indexes and not settings.read_only:
             try:
                 store.ensure_indexes()
             except BaseException:
@@ -208,13 +221,26 @@ class CosmosStore(_StoreBase):
         """
         return self._run(wf.list_prompts(limit, offset, enhanced))
 
-    def search_prompts(self, query: str, limit: int = 50) -> list[Prompt]:
-        """Prompts whose text or name contains ``query`` (case-insensitive), newest first.
+    def search_prompts(self, query: str, limit: int = 50, offset: int = 0) -> list[Prompt]:
+        """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
+        ``offset`` pages through.
 
         Raises:
-            InvalidInputError: empty query, or ``limit`` outside 1-1000.
+            InvalidInputError: empty query, ``limit`` outside 1-1000, or a negative ``offset``.
         """
-        return self._run(wf.search_prompts(query, limit))
+        return self._run(wf.search_prompts(query, limit, offset))
+
+    def suggest_ids(
+        self, kind: Literal["prompt", "run"], prefix: str = "", limit: int = 20
+    ) -> list[str]:
+        """Ids of prompts (``kind="prompt"``) or runs starting with ``prefix``, newest first:
+        for completing an id someone is typing.
+
+        Raises:
+            InvalidInputError: an unknown ``kind``, a ``prefix`` no id can start with, or
+                ``limit`` outside 1-1000.
+        """
+        return self._run(wf.suggest_ids(kind, prefix, limit))
 
     def update_prompt(
         self,
@@ -401,22 +427,25 @@ class CosmosStore(_StoreBase):
         """
         return self._run(enh.get_original_prompt(enhanced_prompt_id))
 
-    def list_enhanced_prompts(self, limit: int = 100) -> list[Prompt]:
-        """Enhanced prompts, newest first (served by the partial index on the flag).
+    def list_enhanced_prompts(self, limit: int = 100, offset: int = 0) -> list[Prompt]:
+        """Enhanced prompts, newest first (served by the partial index on the flag);
+        ``offset`` pages through.
 
         Raises:
-            InvalidInputError: ``limit`` outside 1-1000.
+            InvalidInputError: ``limit`` outside 1-1000, or a negative ``offset``.
         """
-        return self._run(enh.list_enhanced_prompts(limit))
+        return self._run(enh.list_enhanced_prompts(limit, offset))
 
-    def get_enhancement_history(self, prompt_id: str, limit: int = 100) -> list[Run]:
+    def get_enhancement_history(
+        self, prompt_id: str, limit: int = 100, offset: int = 0
+    ) -> list[Run]:
         """Every enhance run where the prompt is the original, the result or the run's prompt,
-        newest first, failed and reverted ones included.
+        newest first, failed and reverted ones included; ``offset`` pages through.
 
         Raises:
-            InvalidInputError: a bad id or ``limit``.
+            InvalidInputError: a bad id, ``limit`` or ``offset``.
         """
-        return self._run(enh.get_enhancement_history(prompt_id, limit))
+        return self._run(enh.get_enhancement_history(prompt_id, limit, offset))
 
     def get_lineage(self, prompt_id: str) -> Lineage:
         """Ancestors up to the root and descendants down the tree, each edge with its run.
@@ -491,7 +520,7 @@ class AsyncCosmosStore(_StoreBase):
     async def connect(
         cls,
         uri: str | None = None,
-        database: str = "cosmos",
+        database: str | None = None,
         *,
         settings: Settings | None = None,
         ensure_indexes: bool = True,
@@ -500,7 +529,7 @@ class AsyncCosmosStore(_StoreBase):
         settings = settings or Settings()
         db, on_close = _open(uri, database, settings, asynchronous=True)
         store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
-        if ensure_indexes:
+        if ensure_indexes and not settings.read_only:
             try:
                 await store.ensure_indexes()
             except BaseException:
@@ -548,8 +577,13 @@ class AsyncCosmosStore(_StoreBase):
     ) -> list[Prompt]:
         return await self._run(wf.list_prompts(limit, offset, enhanced))
 
-    async def search_prompts(self, query: str, limit: int = 50) -> list[Prompt]:
-        return await self._run(wf.search_prompts(query, limit))
+    async def search_prompts(self, query: str, limit: int = 50, offset: int = 0) -> list[Prompt]:
+        return await self._run(wf.search_prompts(query, limit, offset))
+
+    async def suggest_ids(
+        self, kind: Literal["prompt", "run"], prefix: str = "", limit: int = 20
+    ) -> list[str]:
+        return await self._run(wf.suggest_ids(kind, prefix, limit))
 
     async def update_prompt(
         self,
@@ -628,11 +662,13 @@ class AsyncCosmosStore(_StoreBase):
     async def get_original_prompt(self, enhanced_prompt_id: str) -> Prompt | None:
         return await self._run(enh.get_original_prompt(enhanced_prompt_id))
 
-    async def list_enhanced_prompts(self, limit: int = 100) -> list[Prompt]:
-        return await self._run(enh.list_enhanced_prompts(limit))
+    async def list_enhanced_prompts(self, limit: int = 100, offset: int = 0) -> list[Prompt]:
+        return await self._run(enh.list_enhanced_prompts(limit, offset))
 
-    async def get_enhancement_history(self, prompt_id: str, limit: int = 100) -> list[Run]:
-        return await self._run(enh.get_enhancement_history(prompt_id, limit))
+    async def get_enhancement_history(
+        self, prompt_id: str, limit: int = 100, offset: int = 0
+    ) -> list[Run]:
+        return await self._run(enh.get_enhancement_history(prompt_id, limit, offset))
 
     async def get_lineage(self, prompt_id: str) -> Lineage:
         return await self._run(enh.get_lineage(prompt_id))

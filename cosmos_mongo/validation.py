@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import bson
 
@@ -21,6 +21,7 @@ RUN_ID_PREFIX: Final = "rs_"
 # New ids are 32 hex characters; the predecessor's were shorter hashes (e.g. 12 hex), and
 # imported ids must stay reachable. Hex only: no operator, dot or dollar can get through.
 _ID_PATTERN: Final = re.compile(r"(ps|rs)_[0-9a-f]{8,64}")
+_ID_PREFIX_PATTERN: Final = re.compile(r"[a-z_0-9]{0,67}")
 
 MAX_PROMPT_TEXT_CHARS: Final = 10_000
 MAX_QUERY_CHARS: Final = 500
@@ -29,10 +30,12 @@ MAX_MAPPING_ITEMS: Final = 500
 MAX_STRING_CHARS: Final = 10_000
 MAX_LIMIT: Final = 1000
 
-MODEL_TYPES: Final = frozenset({"transfer", "enhance", "upscale", "predict", "reason"})
-RUN_STATUSES: Final = frozenset(
-    {"pending", "running", "completed", "failed", "cancelled", "uploading", "downloading"}
-)
+ModelType = Literal["transfer", "enhance", "upscale", "predict", "reason"]
+RunStatus = Literal[
+    "pending", "running", "completed", "failed", "cancelled", "uploading", "downloading"
+]
+MODEL_TYPES: Final = frozenset(get_args(ModelType))
+RUN_STATUSES: Final = frozenset(get_args(RunStatus))
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
 # The predecessor duplicated these into prompt parameters; the enhance run now owns them.
 LEGACY_ENHANCEMENT_KEYS: Final = frozenset(
@@ -203,6 +206,13 @@ def check_choice(value: object, field: str, choices: frozenset[str]) -> str:
 
 def check_status(value: object, field: str = "status") -> str:
     return check_choice(value, field, RUN_STATUSES)
+
+
+def check_id_prefix(value: object, field: str = "prefix") -> str:
+    """The start of an id, for completions: up to 67 of the characters ids are made of."""
+    if not isinstance(value, str) or not _ID_PREFIX_PATTERN.fullmatch(value):
+        raise InvalidInputError(field, "must be the start of an id: lowercase hex, 'ps_', 'rs_'")
+    return value
 
 
 def check_model_type(value: object, field: str = "model_type") -> str:

@@ -96,12 +96,32 @@ def list_prompts(
     return [Prompt.from_document(document) for document in documents]
 
 
-def search_prompts(query: object, limit: object = 50) -> Flow[list[Prompt]]:
+def search_prompts(query: object, limit: object = 50, offset: object = 0) -> Flow[list[Prompt]]:
     text = v.check_text(query, "query", v.MAX_QUERY_CHARS)
     documents = yield Find(
-        q.PROMPTS, q.search_filter(text), sort=q.NEWEST_FIRST, limit=v.check_limit(limit)
+        q.PROMPTS,
+        q.search_filter(text),
+        sort=q.NEWEST_FIRST,
+        skip=v.check_offset(offset),
+        limit=v.check_limit(limit),
     )
     return [Prompt.from_document(document) for document in documents]
+
+
+def suggest_ids(kind: object, prefix: object, limit: object = 20) -> Flow[list[str]]:
+    """Ids of ``kind`` ("prompt" or "run") starting with ``prefix``, newest first."""
+    if kind not in ("prompt", "run"):
+        raise InvalidInputError("kind", "must be 'prompt' or 'run'")
+    collection = q.PROMPTS if kind == "prompt" else q.RUNS
+    text = v.check_id_prefix(prefix)
+    documents = yield Find(
+        collection,
+        q.id_prefix_filter(text),
+        sort=q.NEWEST_FIRST,
+        limit=v.check_limit(limit),
+        projection={"_id": 1, "created_at": 1},
+    )
+    return [str(document["_id"]) for document in documents]
 
 
 def update_prompt(

@@ -33,6 +33,9 @@ def _transport_security(settings: ServerSettings) -> TransportSecuritySettings |
 
 def check_http(settings: ServerSettings) -> str | None:
     """Why the HTTP transport must not start with these settings, or None."""
+    if settings.token is not None and not settings.token.get_secret_value().strip():
+        # An empty token would let the SDK demand a token nobody can send: refuse, say why.
+        return "COSMOS_MCP_TOKEN is set but empty: set a token, or unset it (loopback only)"
     if settings.loopback:
         return None
     if settings.token is None:

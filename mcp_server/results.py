@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
@@ -20,12 +20,19 @@ from cosmos_mongo.errors import (
     EnhancementError,
     InvalidInputError,
     NotFoundError,
+    ReadOnlyError,
     StorageError,
 )
-from cosmos_mongo.models import EnhancementDetails, EnhancementResult, Prompt, Run
+from cosmos_mongo.models import EnhancementDetails, EnhancementResult, Lineage, Prompt, Run
 
 T = TypeVar("T")
 Item = TypeVar("Item", bound=BaseModel)
+
+# Values under these keys are free-form JSON (dict[str, Any] in the models): a cut may replace
+# a whole value with a marker string there and still match the output schema.
+FREE_FORM_KEYS = frozenset({"inputs", "parameters", "outputs", "execution_config", "metadata"})
+# Bytes an answer's text copy adds around the JSON: the untrusted-data wrapper.
+WRAPPER_BYTES = 400
 
 
 class Page(BaseModel):
@@ -67,6 +74,20 @@ class EnhanceAnswer(EnhancementResult):
     )
 
 
+class LineageAnswer(Lineage):
+    mermaid: str = Field(
+        description="The tree as a Mermaid flowchart, ready to paste into a chat or Markdown."
+    )
+
+
+class DocumentText(BaseModel):
+    document_id: str
+    offset: int = Field(description="Character offset of `text` in the whole document's JSON.")
+    total_chars: int = Field(description="Length of the whole document's JSON.")
+    next_offset: int | None = Field(description="Pass as `offset` for the rest; null at the end.")
+    text: str = Field(description="This slice of the document's JSON.")
+
+
 def page(
     items: Sequence[Item],
     *,
@@ -80,11 +101,12 @@ def page(
 
     Returns the items kept and the :class:`Page` fields describing the cut.
     """
+    budget = data_budget(max_bytes)
     kept: list[Item] = []
     size = 0
     for item in items:
         size += len(item.model_dump_json()) + 1
-        if kept and size > max_bytes:
+        if kept and size > budget:
             break
         kept.append(item)
     capped: Literal["count", "bytes"] | None = None
@@ -112,12 +134,91 @@ def page(
     }
 
 
-def answer(model: BaseModel) -> CallToolResult:
-    """Structured content as is; the text copy wrapped as untrusted stored data."""
-    data = model.model_dump(mode="json")
+def data_budget(max_bytes: int) -> int:
+    """Bytes the structured data may take: an answer carries it twice (structured and text)."""
+    return (max_bytes - WRAPPER_BYTES) // 2
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+def fit(data: Any, max_bytes: int) -> Any:
+    """``data`` with long values cut until its JSON takes at most ``max_bytes``.
+
+    Long strings keep their start; a large free-form value is replaced whole. Each cut leaves
+    a marker saying how much is missing and how to read it (``read_document``).
+
+    Raises:
+        ToolError: even with every long value cut, the data is too large (too many items).
+    """
+    if json_size(data) <= max_bytes:
+        return data
+    limit = max_bytes // 4
+    while limit >= 64:
+        cut = _cut(data, limit, None, free=False)
+        if json_size(cut) <= max_bytes:
+            return cut
+        limit //= 2
+    raise ToolError(
+        f"The answer is larger than the {max_bytes:,}-byte cap even with every long value cut. "
+        "Ask for less: a smaller limit, or one document at a time."
+    )
+
+
+def _cut(value: Any, limit: int, document_id: str | None, *, free: bool) -> Any:
+    """``value`` with long strings shortened; inside free-form JSON (``free``), a large item
+    is replaced whole by a marker string, which the schema (``Any``) allows there."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        return value[:limit] + _marker(len(value) - limit, "characters", document_id)
+    if isinstance(value, list):
+        return [_cut_item(item, limit, document_id, free=free) for item in value]
+    if not isinstance(value, dict):
+        return value
+    own_id = value.get("id")
+    if isinstance(own_id, str) and own_id.startswith(("ps_", "rs_")):
+        document_id = own_id
+    return {
+        key: _cut_item(item, limit, document_id, free=free, key=key) for key, item in value.items()
+    }
+
+
+def _cut_item(item: Any, limit: int, document_id: str | None, *, free: bool, key: str = "") -> Any:
+    if free and not isinstance(item, str) and json_size(item) > limit:
+        return _marker(json_size(item), "bytes of JSON", document_id).lstrip()
+    return _cut(item, limit, document_id, free=free or key in FREE_FORM_KEYS)
+
+
+def _marker(missing: int, unit: str, document_id: str | None) -> str:
+    how = (
+        f'read the whole document with read_document(document_id="{document_id}")'
+        if document_id
+        else "ask for less"
+    )
+    return f" [cut by cosmos-mongo: {missing:,} {unit} not shown; {how}]"
+
+
+def answer(model: BaseModel, max_bytes: int) -> CallToolResult:
+    """Structured content cut to fit the cap; the text copy wrapped as untrusted stored data."""
+    data = fit(model.model_dump(mode="json"), data_budget(max_bytes))
     return CallToolResult(
         content=[TextContent(type="text", text=untrusted(json.dumps(data, ensure_ascii=False)))],
         structured_content=data,
+    )
+
+
+def document_text(document_id: str, whole: str, offset: int, max_chars: int) -> DocumentText:
+    """One slice of a document's JSON, no longer than ``max_chars``."""
+    text = whole[offset : offset + max_chars]
+    end = offset + len(text)
+    return DocumentText(
+        document_id=document_id,
+        offset=offset,
+        total_chars=len(whole),
+        next_offset=end if end < len(whole) else None,
+        text=text,
     )
 
 
@@ -131,7 +232,7 @@ def untrusted(text: str) -> str:
     )
 
 
-def tool_error(exc: CosmosMongoError) -> ToolError:
+def tool_error(exc: CosmosMongoError, location: str) -> ToolError:
     """An actionable message for a library error; never a trace or a connection string."""
     if isinstance(exc, NotFoundError):
         finder = "list_runs" if exc.kind == "run" else "list_prompts or search_prompts"
@@ -146,16 +247,40 @@ def tool_error(exc: CosmosMongoError) -> ToolError:
     elif isinstance(exc, ConflictError):
         message = str(exc)
     elif isinstance(exc, StorageError):
-        cause = type(exc.__cause__).__name__ if exc.__cause__ else "StorageError"
-        message = f"The database did not answer ({cause}). Nothing was changed; try again later."
+        message = storage_message(exc, location)
     else:
         message = str(exc)
     return ToolError(message)
 
 
-async def library(call: Awaitable[T]) -> T:
+def storage_message(exc: StorageError, location: str) -> str:
+    """What a storage failure means for the caller, naming where (never credentials)."""
+    cause = exc.__cause__
+    if cause is not None and type(cause).__name__ in _UNREACHABLE:
+        return (
+            f"The database is unreachable: {location} did not answer "
+            f"({type(cause).__name__}). Nothing was changed; try again later."
+        )
+    if isinstance(exc, ReadOnlyError):
+        return f"{exc}."
+    kind = type(cause).__name__ if cause is not None else "StorageError"
+    return f"The database ({location}) failed ({kind}). Nothing was changed; try again later."
+
+
+# pymongo's errors for a server that cannot be reached (matched by name: no pymongo import).
+_UNREACHABLE = frozenset(
+    {
+        "ServerSelectionTimeoutError",
+        "AutoReconnect",
+        "ConnectionFailure",
+        "NetworkTimeout",
+    }
+)
+
+
+async def library(call: Awaitable[T], location: str) -> T:
     """Await a store call, translating library errors at this one boundary."""
     try:
         return await call
     except CosmosMongoError as exc:
-        raise tool_error(exc) from exc
+        raise tool_error(exc, location) from exc

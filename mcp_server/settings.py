@@ -33,6 +33,11 @@ class ServerSettings(BaseSettings):
     )
     max_results: int = Field(default=100, ge=1, le=1000, description="Most items per answer.")
     max_bytes: int = Field(default=1_000_000, ge=10_000, description="Most bytes per answer.")
+    max_input_bytes: int = Field(
+        default=100_000,
+        ge=1_000,
+        description="Most bytes of JSON create_prompt takes for inputs, and for parameters.",
+    )
     progress_interval: float = Field(
         default=2.0, gt=0, description="Seconds between progress reports while a model works."
     )

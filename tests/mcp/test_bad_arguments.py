@@ -85,6 +85,10 @@ KIND = {
     "parameters": "parameters",
     "limit": "limit",
     "offset": "offset",
+    "max_chars": "limit",
+    "document_id": "id",
+    "force": "bool",
+    "confirm": "bool",
     "rating": "rating",
     "create_new": "bool",
     "force_overwrite": "bool",
@@ -99,11 +103,11 @@ def valid_arguments(tool: str, prompt_id: str, run_id: str) -> dict[str, Any]:
     base: dict[str, dict[str, Any]] = {
         "get_prompt": {"prompt_id": prompt_id},
         "list_prompts": {"limit": 5, "offset": 0, "enhanced": True},
-        "search_prompts": {"query": "robot", "limit": 5},
-        "list_enhanced_prompts": {"limit": 5},
+        "search_prompts": {"query": "robot", "limit": 5, "offset": 0},
+        "list_enhanced_prompts": {"limit": 5, "offset": 0},
         "get_enhancement_details": {"prompt_id": prompt_id},
         "get_original_prompt": {"enhanced_prompt_id": prompt_id},
-        "get_enhancement_history": {"prompt_id": prompt_id, "limit": 5},
+        "get_enhancement_history": {"prompt_id": prompt_id, "limit": 5, "offset": 0},
         "get_lineage": {"prompt_id": prompt_id},
         "get_run": {"run_id": run_id},
         "list_runs": {
@@ -113,6 +117,7 @@ def valid_arguments(tool: str, prompt_id: str, run_id: str) -> dict[str, Any]:
             "limit": 5,
             "offset": 0,
         },
+        "read_document": {"document_id": prompt_id, "offset": 0, "max_chars": 1000},
         "verify_enhancements": {},
         "create_prompt": {
             "prompt_text": "A new prompt",
@@ -125,8 +130,10 @@ def valid_arguments(tool: str, prompt_id: str, run_id: str) -> dict[str, Any]:
             "enhanced_text": "Rewritten.",
             "enhancement_model": "agent",
             "force_overwrite": False,
+            "confirm": True,
         },
-        "revert_enhancement": {"run_id": run_id},
+        "revert_enhancement": {"run_id": run_id, "confirm": True},
+        "delete_prompt": {"prompt_id": prompt_id, "force": False, "confirm": True},
         "rate_run": {"run_id": run_id, "rating": 3},
     }
     return base[tool]

@@ -43,7 +43,8 @@ async def test_tools_are_listed_with_schemas_and_truthful_annotations(harness: H
         operation = TOOLS[name][0]
         hints = tool.annotations
         assert hints.read_only_hint is (operation is Operation.READ), name
-        assert hints.destructive_hint is (operation in (Operation.UPDATE, Operation.SET)), name
+        destructive = operation in (Operation.UPDATE, Operation.SET, Operation.DELETE)
+        assert hints.destructive_hint is destructive, name
         assert hints.idempotent_hint is (operation in (Operation.READ, Operation.SET)), name
         assert tool.output_schema is not None and tool.description
         for parameter, schema in tool.input_schema.get("properties", {}).items():
@@ -120,9 +121,12 @@ async def test_enhancement_tools(harness: Harness) -> None:
             create_new=False,
             enhanced_text="A robot arm stacks three blocks.",
             enhancement_model="claude",
+            confirm=True,
         )
         assert (in_place["path"], in_place["enhancement_model"]) == ("agent", "claude")
-        restored = await call(session, "revert_enhancement", run_id=in_place["run_id"])
+        restored = await call(
+            session, "revert_enhancement", run_id=in_place["run_id"], confirm=True
+        )
         assert restored["prompt_text"] == enhanced["enhanced_text"]
         assert (await call(session, "verify_enhancements"))["ok"] is True
 
@@ -148,7 +152,9 @@ async def test_errors_are_actionable(harness: Harness) -> None:
         text = await error(session, "get_lineage", prompt_id="ps_nothex")
         assert "`prompt_id`" in text and "lowercase hex characters" in text
         assert "`query`" in await error(session, "search_prompts", query="   ")
-        refused = await error(session, "enhance_prompt", prompt_id=prompt.id, create_new=False)
+        refused = await error(
+            session, "enhance_prompt", prompt_id=prompt.id, create_new=False, confirm=True
+        )
         assert "force_overwrite=True" in refused and "create_new=True" in refused
         schema_error = await error(session, "rate_run", run_id="rs_" + "1" * 32, rating=9)
         assert "rating" in schema_error and "less than or equal to 5" in schema_error
@@ -315,6 +321,7 @@ async def test_resources_serve_prompts_runs_and_lineage(harness: Harness) -> Non
             "cosmos://prompts/{prompt_id}",
             "cosmos://runs/{run_id}",
             "cosmos://prompts/{prompt_id}/lineage",
+            "cosmos://lineage/{prompt_id}",
         }
         text = (await session.read_resource(f"cosmos://prompts/{prompt.id}")).contents[0].text
         assert '"prompt_text": "A robot arm stacks blocks"' in text
@@ -354,21 +361,17 @@ async def test_a_dead_database_gives_a_clear_error_without_the_connection_string
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from mcp import Client
-    from pymongo import AsyncMongoClient
 
-    from cosmos_mongo import AsyncCosmosStore
+    from cosmos_mongo.config import Settings
     from mcp_server import build_server
 
-    uri = "mongodb://admin:hunter2@127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
-    client: Any = AsyncMongoClient(uri, tz_aware=True)
-    server = build_server(store=AsyncCosmosStore(client["cosmos"]))
+    uri = "mongodb://admin:hunter2@127.0.0.1:1/?appname=secret-app"
+    server = build_server(library_settings=Settings(uri=uri, timeout_ms=300))
     caplog.set_level("DEBUG")
     async with Client(server) as session:
         text = await error(session, "get_prompt", prompt_id="ps_" + "0" * 32)
         created = await error(session, "create_prompt", prompt_text="A robot arm stacks blocks")
-    await client.close()
-    assert (
-        "did not answer (ServerSelectionTimeoutError)" in text and "Nothing was changed" in created
-    )
+    assert "unreachable: MongoDB at 127.0.0.1:1 (database 'cosmos') did not answer" in text
+    assert "(ServerSelectionTimeoutError)" in text and "Nothing was changed" in created
     for output in (text, created, caplog.text):
-        assert "hunter2" not in output and "admin:" not in output
+        assert "hunter2" not in output and "admin:" not in output and "secret-app" not in output

@@ -182,3 +182,52 @@ def test_an_agent_enhancement_is_one_read_and_three_writes_on_a_server(server: A
     counter.commands.clear()
     store.enhance_prompt(prompt.id, enhanced_text="A robot arm stacks three blocks.")
     assert counter.commands == ["find", "insert", "insert", "update"]
+
+
+def test_a_read_only_store_sends_no_write_command_and_creates_no_database() -> None:
+    from pymongo import MongoClient
+
+    from cosmos_mongo.config import Settings
+    from cosmos_mongo.errors import ReadOnlyError
+
+    assert MONGODB_URI is not None
+    name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
+    settings = Settings(uri=MONGODB_URI, database=name, read_only=True)
+    with CosmosStore.connect(settings=settings) as store:  # no ensure_indexes when read-only
+        assert store.list_prompts() == [] and store.verify().ok
+        with pytest.raises(ReadOnlyError):
+            store.create_prompt("A robot arm stacks blocks", {}, {})
+    client: Any = MongoClient(MONGODB_URI)
+    try:
+        assert name not in client.list_database_names()
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_mcp_server_reads_the_named_database_read_only() -> None:
+    from mcp import Client
+
+    from cosmos_mongo.config import Settings
+    from mcp_server import ServerSettings, build_server
+
+    assert MONGODB_URI is not None
+    name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
+    server = build_server(
+        ServerSettings(read_only=True), library_settings=Settings(uri=MONGODB_URI, database=name)
+    )
+    async with Client(server) as session:
+        listed = await session.call_tool("list_prompts", {})
+        assert not listed.is_error and listed.structured_content["prompts"] == []
+    from pymongo import MongoClient
+
+    client: Any = MongoClient(MONGODB_URI)
+    try:
+        assert name not in client.list_database_names()
+    finally:
+        client.close()
