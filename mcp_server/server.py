@@ -49,7 +49,7 @@ import cosmos_mongo
 from cosmos_mongo import AsyncCosmosStore
 from cosmos_mongo.config import Settings
 from cosmos_mongo.enhancers import INSTRUCTIONS, MAX_TOKENS, TEMPERATURE, tidy_model_text
-from cosmos_mongo.errors import CosmosMongoError, StorageError
+from cosmos_mongo.errors import CosmosMongoError, InvalidInputError, StorageError
 from cosmos_mongo.models import DeletionResult, Prompt, Run, VerificationReport
 from cosmos_mongo.validation import MAX_PROMPT_TEXT_CHARS, ModelType, RunStatus
 from mcp_server.protocol import CosmosMCPServer
@@ -899,8 +899,10 @@ def _register_prompt(server: CosmosMCPServer[AppState], can_store: bool) -> None
         state = _state(ctx)
         try:
             prompt = await (await state.store()).get_prompt(prompt_id)
+        except InvalidInputError as exc:  # its text names the argument and the rule
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
         except (CosmosMongoError, ToolError) as exc:
-            raise MCPError(code=INVALID_PARAMS, message=f"prompt_id: {exc}") from exc
+            raise MCPError(code=INVALID_PARAMS, message=f"prompt {prompt_id!r}: {exc}") from exc
         if prompt is None:
             raise MCPError(
                 code=INVALID_PARAMS,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -51,3 +53,18 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_every_mcp_tool_has_an_example_in_mcp_md(tool: str) -> None:
     mcp_doc = (REPO / "docs" / "MCP.md").read_text()
     assert f"### `{tool}`" in mcp_doc and f'"name": "{tool}"' in mcp_doc
+
+
+def test_the_mcp_tool_reference_is_real_calls_and_their_answers() -> None:
+    from scripts.mcp_reference import examples
+
+    documented = (REPO / "docs" / "MCP.md").read_text().split("## Tool reference", 1)[1]
+    blocks = re.findall(
+        r"### `(\w+)`\n\n```json\n(.*?)\n```\n\n.*?```json\n(.*?)\n```", documented, re.S
+    )
+    real = asyncio.run(examples())
+    assert [(tool, json.loads(call)["arguments"].keys()) for tool, call, _ in blocks] == [
+        (tool, arguments.keys()) for tool, arguments, _ in real
+    ]
+    for (tool, _, answer), (_, _, real_answer) in zip(blocks, real, strict=True):
+        assert json.loads(answer).keys() == real_answer.keys(), tool
