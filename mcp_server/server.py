@@ -14,6 +14,7 @@ import enum
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ from mcp_server.results import (
 from mcp_server.settings import ServerSettings
 
 NAME = "cosmos-mongo"
+INDEX_RETRY_SECONDS = 30.0
 T = TypeVar("T")
 log = logging.getLogger("mcp_server")
 
@@ -109,28 +111,35 @@ class AppState:
     ensure_indexes: bool
     opened: AsyncCosmosStore | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_index_attempt: float = 0.0
 
     async def store(self) -> AsyncCosmosStore:
-        """The store, opened (and its indexes made) on first use; retried after a failure.
+        """The store, opened on first use (and again after a failed open), its indexes made
+        once the database answers.
 
         Raises:
-            ToolError: the database cannot be opened or reached.
+            ToolError: the database cannot be opened.
         """
-        async with self.lock:
+        if self.opened is None:
+            async with self.lock:
+                if self.opened is None:
+                    try:
+                        self.opened = await self.opener()
+                    except StorageError as exc:
+                        raise ToolError(storage_message(exc, self.location)) from exc
+                    except CosmosMongoError as exc:
+                        raise ToolError(f"The database cannot be opened: {exc}") from exc
+        opened = self.opened
+        if self.ensure_indexes and time.monotonic() >= self.next_index_attempt:
+            # One attempt at a time, and during an outage one per INDEX_RETRY_SECONDS: calls
+            # must not queue behind index creation that cannot succeed yet.
+            self.next_index_attempt = time.monotonic() + INDEX_RETRY_SECONDS
             try:
-                if self.opened is None:
-                    self.opened = await self.opener()
-                if self.ensure_indexes:
-                    await self.opened.ensure_indexes()
-                    self.ensure_indexes = False
+                await opened.ensure_indexes()
+                self.ensure_indexes = False
             except StorageError as exc:
-                if self.opened is None:
-                    raise ToolError(storage_message(exc, self.location)) from exc
-                # Indexes wait for the next call; this one reports the database itself.
                 log.warning("indexes not made yet: %s", storage_message(exc, self.location))
-            except CosmosMongoError as exc:
-                raise ToolError(f"The database cannot be opened: {exc}") from exc
-            return self.opened
+        return opened
 
     async def call(self, method: Callable[[AsyncCosmosStore], Awaitable[T]]) -> T:
         """Run one store call, translating library errors at this one boundary."""
