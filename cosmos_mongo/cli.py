@@ -48,12 +48,15 @@ class _Context:
     uri: str | None
     database: str
     data_dir: Path | None
+    ensure_indexes: bool | None = None
     _store: CosmosStore | None = None
 
     def settings(self) -> Settings:
         chosen: dict[str, Any] = {"database": self.database}
         if self.data_dir is not None:
             chosen["data_dir"] = self.data_dir
+        if self.ensure_indexes is not None:
+            chosen["ensure_indexes"] = self.ensure_indexes
         return Settings(**chosen)
 
     def store(self) -> CosmosStore:
@@ -205,21 +208,66 @@ def _details(model: BaseModel) -> None:
     show_envvar=True,
     help="Directory of the embedded default database.",
 )
+@click.option(
+    "--no-ensure-indexes",
+    "skip_indexes",
+    is_flag=True,
+    help="Do not create missing indexes (for users with only the read role; "
+    "COSMOS_MONGO_ENSURE_INDEXES=0).",
+)
 @click.version_option(package_name="cosmos-mongo")
 @click.pass_context
-def cli(ctx: click.Context, uri: str | None, database: str, data_dir: Path | None) -> None:
+def cli(
+    ctx: click.Context, uri: str | None, database: str, data_dir: Path | None, skip_indexes: bool
+) -> None:
     """Store and inspect NVIDIA Cosmos prompts and runs in MongoDB."""
-    state = _Context(uri=uri or None, database=database, data_dir=data_dir)
+    state = _Context(
+        uri=uri or None,
+        database=database,
+        data_dir=data_dir,
+        ensure_indexes=False if skip_indexes else None,
+    )
     ctx.obj = state
     ctx.call_on_close(state.close)
 
 
 @cli.command()
+@click.option(
+    "--reconcile",
+    is_flag=True,
+    help="Compare the indexes with this version's and list what would change.",
+)
+@click.option("--apply", is_flag=True, help="With --reconcile: make the changes.")
+@_json_option
 @click.pass_obj
-def init(state: _Context) -> None:
-    """Create the database and its indexes (safe to run again)."""
-    names = state.store().ensure_indexes()
-    click.echo(f"Ready: {state.where()} with {len(names)} indexes.")
+def init(state: _Context, reconcile: bool, apply: bool, as_json: bool) -> None:
+    """Create the database and its missing indexes (safe to run again)."""
+    if apply and not reconcile:
+        raise click.UsageError("--apply goes with --reconcile")
+    if not reconcile:
+        names = state.store().ensure_indexes()
+        click.echo(f"Ready: {state.where()} with {len(names)} indexes.")
+        return
+    state.ensure_indexes = False  # a conflict must not stop the command that fixes it
+    report = state.store().reconcile_indexes(apply=apply)
+    if as_json:
+        _emit(report)
+        return
+    verb = "" if apply else "would be "
+    for title, names in [
+        ("in order", report.present),
+        ("served by another index", report.reused),
+        (f"{verb}created", report.created),
+        (f"{verb}dropped and recreated", report.recreated),
+        (f"{verb}dropped (retired)", report.dropped),
+        ("conflicts (not ours: left alone)", report.conflicts),
+    ]:
+        if names:
+            console.print(f"{title}: {escape(', '.join(names))}")
+    if report.in_order:
+        click.echo("Indexes are in order.")
+    elif not apply:
+        click.echo("Dry run: nothing changed. Run again with --apply to make these changes.")
 
 
 @cli.group()

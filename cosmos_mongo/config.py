@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         description="Refuse every write; the embedded default is opened read-only and never "
         "created.",
     )
+    ensure_indexes: bool = Field(
+        default=True,
+        description="Create missing indexes when a store is opened; off for users with only "
+        "the read role (COSMOS_MONGO_ENSURE_INDEXES=0).",
+    )
     timeout_ms: int = Field(
         default=5000,
         ge=100,

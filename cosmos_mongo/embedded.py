@@ -731,6 +731,17 @@ class EmbeddedEngine:
         self._transaction(apply, lambda: None)
         self._install_index(spec)
 
+    def forget_index(self, collection: str, name: str) -> None:
+        """Drop an index here and from the file (the catalog row is deleted)."""
+        key = _encode_key(f"{collection}.{name}")
+
+        def apply(seq: int) -> None:
+            self._upsert_rows([(_INDEX_CATALOG, key, seq, None)])
+
+        self._transaction(apply, lambda: None)
+        with contextlib.suppress(Exception):  # mongomock: already gone in memory
+            self._mock[collection].drop_index(name)
+
     def _transaction(self, apply: Callable[[int], T], restore: Callable[[], None]) -> T:
         if self.read_only:
             raise ReadOnlyError(f"the embedded database {self.path} is open read-only")
@@ -942,6 +953,9 @@ class EmbeddedCollection:
         self._engine.record_index(self.name, index_name, key_list, options)
         return index_name
 
+    def drop_index(self, name: str) -> None:
+        self._engine.forget_index(self.name, name)
+
 
 def _matching_ids(
     collection: Any, query: Mapping[str, Any], many: bool, sort: Any = None
@@ -1019,6 +1033,9 @@ class AsyncEmbeddedCollection:
 
     def aggregate(self, *args: Any, **kwargs: Any) -> _Materialized:
         return _Materialized(lambda: self._collection.aggregate(*args, **kwargs))
+
+    def list_indexes(self) -> _Materialized:
+        return _Materialized(self._collection.list_indexes)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._collection, name)

@@ -175,6 +175,25 @@ class DeletionResult(BaseModel):
     )
 
 
+class IndexReport(BaseModel):
+    """How the indexes compare with this version's (``reconcile_indexes``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    present: list[str] = Field(description="The library's indexes, as this version defines them.")
+    created: list[str] = Field(description="Missing: created (with ``apply``) or to create.")
+    reused: list[str] = Field(description="Served by an identical index under another name.")
+    recreated: list[str] = Field(description="The library's, defined otherwise: dropped and made.")
+    dropped: list[str] = Field(description="Retired names of earlier versions' indexes.")
+    conflicts: list[str] = Field(description="Another index with the keys; left alone.")
+    applied: bool = Field(description="False for a dry run: nothing was changed.")
+
+    @property
+    def in_order(self) -> bool:
+        """Nothing to create, recreate, drop, and no conflict."""
+        return not (self.created or self.recreated or self.dropped or self.conflicts)
+
+
 class EnhancementResult(BaseModel):
     """What :meth:`CosmosStore.enhance_prompt` did."""
 

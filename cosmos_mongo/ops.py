@@ -199,6 +199,33 @@ class CreateIndex(Operation):
 
 
 @dataclass(frozen=True, slots=True)
+class ListIndexes(Operation):
+    """The collection's indexes, as ``list_indexes`` gives them (name, key, options)."""
+
+    retry_safe: ClassVar[bool] = True
+    writes: ClassVar[bool] = False
+    method: ClassVar[str] = "list_indexes"
+    returns_cursor: ClassVar[bool] = True
+
+    def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (), {}
+
+    def finish(self, raw: Any) -> Any:
+        return [dict(entry) for entry in raw]
+
+
+@dataclass(frozen=True, slots=True)
+class DropIndex(Operation):
+    """Drop one index by name (only the library's own: reconcile never drops others)."""
+
+    method: ClassVar[str] = "drop_index"
+    name: str
+
+    def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.name,), {}
+
+
+@dataclass(frozen=True, slots=True)
 class Generate:
     """Ask the driver's enhancer for a rewrite. Not a database call.
 

@@ -70,6 +70,82 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
 )
 
 
+# Names earlier versions created: the library owns them, so reconcile may drop them.
+RETIRED_INDEX_NAMES: Final = frozenset(
+    {
+        "prompts_created_at",
+        "prompts_enhanced_created_at",
+        "runs_created_at",
+        "runs_model_type_created_at",
+        "runs_prompt_id_created_at",
+        "runs_enhance_enhanced_prompt_id",
+        "runs_enhance_original_prompt_id",
+    }
+)
+# The options that change what an index is; others (v, ns, background) do not.
+_DEFINING_OPTIONS: Final = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
+
+
+def index_definition(keys: Any, options: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two indexes the same index: ordered keys and the defining options."""
+    pairs = tuple((str(field), int(direction)) for field, direction in dict(keys).items())
+    defining = tuple(
+        (name, repr(options[name]))
+        for name in _DEFINING_OPTIONS
+        if options.get(name) not in (None, False)
+    )
+    return pairs, defining
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPlan:
+    """How the indexes a collection has compare with the ones the library needs."""
+
+    present: list[str] = field(default_factory=list)  # ours, as defined
+    create: list[IndexSpec] = field(default_factory=list)
+    reused: list[tuple[str, str]] = field(default_factory=list)  # (our name, the other name)
+    changed: list[tuple[IndexSpec, str]] = field(default_factory=list)  # ours, defined otherwise
+    conflicts: list[str] = field(default_factory=list)  # same keys, other options, not ours
+    retired: list[tuple[str, str]] = field(default_factory=list)  # (collection, old name of ours)
+
+
+def plan_indexes(existing: Mapping[str, list[Mapping[str, Any]]]) -> IndexPlan:
+    """Compare ``existing`` (collection -> ``list_indexes`` entries) with :data:`INDEXES`."""
+    plan = IndexPlan()
+    for spec in INDEXES:
+        have = [entry for entry in existing.get(spec.collection, []) if entry["name"] != "_id_"]
+        wanted = index_definition(spec.keys, spec.options)
+        by_name = {entry["name"]: entry for entry in have}
+        same = [e for e in have if index_definition(e["key"], e) == wanted]
+        same_keys = [e for e in have if index_definition(e["key"], {})[0] == wanted[0]]
+        if spec.name in by_name:
+            if index_definition(by_name[spec.name]["key"], by_name[spec.name]) == wanted:
+                plan.present.append(spec.name)
+            else:
+                plan.changed.append((spec, _describe(by_name[spec.name])))
+        elif same:
+            plan.reused.append((spec.name, same[0]["name"]))
+        elif same_keys and not wanted[1]:
+            plan.conflicts.append(
+                f"{spec.collection}.{same_keys[0]['name']} ({_describe(same_keys[0])}) has the "
+                f"keys {spec.name} needs with other options"
+            )
+        else:
+            plan.create.append(spec)
+    for collection, entries in existing.items():
+        for entry in entries:
+            if entry["name"] in RETIRED_INDEX_NAMES:
+                plan.retired.append((collection, entry["name"]))
+    return plan
+
+
+def _describe(entry: Mapping[str, Any]) -> str:
+    keys, options = index_definition(entry["key"], entry)
+    shown = ", ".join(f"{field}: {direction}" for field, direction in keys)
+    extra = "".join(f", {name}={value}" for name, value in options)
+    return f"{{{shown}}}{extra}"
+
+
 def id_prefix_filter(prefix: str) -> Document:
     """Documents whose ``_id`` starts with ``prefix`` (an anchored regex: served by ``_id``)."""
     return {"_id": {"$regex": "^" + re.escape(prefix)}}

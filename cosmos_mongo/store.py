@@ -30,6 +30,7 @@ from cosmos_mongo.models import (
     DeletionResult,
     EnhancementDetails,
     EnhancementResult,
+    IndexReport,
     Lineage,
     MigrationReport,
     Prompt,
@@ -86,6 +87,12 @@ def _open(
     return client[database], client.close
 
 
+def _should_ensure_indexes(asked: bool | None, settings: Settings) -> bool:
+    """``connect``'s argument wins; else the settings; never on a read-only store."""
+    wanted = settings.ensure_indexes if asked is None else asked
+    return wanted and not settings.read_only
+
+
 class _StoreBase:
     """What the twins share: the database, the enhancer, and how a call gets its services."""
 
@@ -128,7 +135,7 @@ class CosmosStore(_StoreBase):
         database: str | None = None,
         *,
         settings: Settings | None = None,
-        ensure_indexes: bool = True,
+        ensure_indexes: bool | None = None,
         enhancer: Enhancer | None = None,
     ) -> CosmosStore:
         """Open a store on ``uri``, else ``COSMOS_MONGO_URI``, else the embedded default.
@@ -136,9 +143,10 @@ class CosmosStore(_StoreBase):
         ``database`` defaults to the settings' (``COSMOS_MONGO_DATABASE``, else ``cosmos``).
 
         The embedded default lives in ``COSMOS_MONGO_DATA_DIR`` (default: the platform's user
-        data directory). Indexes are created unless ``ensure_indexes=False`` or the settings
-        are read-only (``COSMOS_MONGO_READ_ONLY``): then nothing is written, every write raises
-        ``StorageError``, and a missing embedded database reads as empty and is not created.
+        data directory). Missing indexes are created unless ``ensure_indexes=False`` (default:
+        ``COSMOS_MONGO_ENSURE_INDEXES``, on) or the settings are read-only
+        (``COSMOS_MONGO_READ_ONLY``): then nothing is written, every write raises
+        ``ReadOnlyError``, and a missing embedded database reads as empty and is not created.
 
         Raises:
             InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
@@ -148,7 +156,7 @@ class CosmosStore(_StoreBase):
         settings = settings or Settings()
         db, on_close = _open(uri, database, settings, asynchronous=False)
         store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
-        if ensure_indexes and not settings.read_only:
+        if _should_ensure_indexes(ensure_indexes, settings):
             try:
                 store.ensure_indexes()
             except BaseException:
@@ -177,12 +185,26 @@ class CosmosStore(_StoreBase):
         self.close()
 
     def ensure_indexes(self) -> list[str]:
-        """Create the product's indexes by name; safe to call again. Returns their names.
+        """Create the product's missing indexes; safe to call again. Reads the existing ones
+        first: an identical index under another name is reused. Returns the names in use.
 
         Raises:
-            StorageError: the server refused (for example, a user without index rights).
+            StorageError: the server refused (for example, a user without index rights), or
+                an index conflicts: one of ours defined otherwise (fix it with
+                :meth:`reconcile_indexes`), or another index with our keys and other options.
         """
         return self._run(wf.ensure_indexes())
+
+    def reconcile_indexes(self, apply: bool = False) -> IndexReport:
+        """Compare the indexes with this version's. With ``apply=True``, drop and recreate
+        the library's own indexes whose definition changed, drop its retired ones, and create
+        the missing ones. Indexes it does not own are never dropped.
+
+        Raises:
+            InvalidInputError: ``apply`` is not a boolean.
+            StorageError: the server refused.
+        """
+        return self._run(wf.reconcile_indexes(apply))
 
     def create_prompt(
         self,
@@ -523,13 +545,13 @@ class AsyncCosmosStore(_StoreBase):
         database: str | None = None,
         *,
         settings: Settings | None = None,
-        ensure_indexes: bool = True,
+        ensure_indexes: bool | None = None,
         enhancer: Enhancer | None = None,
     ) -> AsyncCosmosStore:
         settings = settings or Settings()
         db, on_close = _open(uri, database, settings, asynchronous=True)
         store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
-        if ensure_indexes and not settings.read_only:
+        if _should_ensure_indexes(ensure_indexes, settings):
             try:
                 await store.ensure_indexes()
             except BaseException:
@@ -560,6 +582,9 @@ class AsyncCosmosStore(_StoreBase):
 
     async def ensure_indexes(self) -> list[str]:
         return await self._run(wf.ensure_indexes())
+
+    async def reconcile_indexes(self, apply: bool = False) -> IndexReport:
+        return await self._run(wf.reconcile_indexes(apply))
 
     async def create_prompt(
         self,

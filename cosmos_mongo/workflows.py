@@ -19,10 +19,12 @@ from cosmos_mongo.errors import (
     InvalidInputError,
     PromptNotFoundError,
     RunNotFoundError,
+    StorageError,
 )
 from cosmos_mongo.models import (
     DeletionPreview,
     DeletionResult,
+    IndexReport,
     Prompt,
     Run,
     new_prompt_id,
@@ -35,11 +37,13 @@ from cosmos_mongo.ops import (
     DeleteMany,
     DeleteOne,
     Document,
+    DropIndex,
     Find,
     FindOne,
     FindOneAndUpdate,
     Flow,
     InsertOne,
+    ListIndexes,
 )
 
 ACTIVE_STATUSES = v.RUN_STATUSES - v.TERMINAL_STATUSES
@@ -56,11 +60,57 @@ _RUN_FIELD_CHECKS: dict[str, Callable[[object, str], object]] = {
 }
 
 
+def _index_plan() -> Flow[q.IndexPlan]:
+    existing = {}
+    for collection in (q.PROMPTS, q.RUNS):
+        existing[collection] = yield ListIndexes(collection)
+    return q.plan_indexes(existing)
+
+
 def ensure_indexes() -> Flow[list[str]]:
-    names = []
-    for spec in q.INDEXES:
-        names.append((yield CreateIndex(spec.collection, spec.keys, spec.name, spec.options)))
-    return names
+    """Create the indexes that are missing; reuse an identical one under another name."""
+    plan = yield from _index_plan()
+    problems = [
+        f"{spec.collection}.{spec.name} exists as {found}, not as this version defines it "
+        "(run `cosmos-mongo init --reconcile --apply` to recreate it)"
+        for spec, found in plan.changed
+    ] + [
+        f"{conflict}: drop or rename that index, then run `cosmos-mongo init` again"
+        for conflict in plan.conflicts
+    ]
+    if problems:
+        raise StorageError("cannot create the indexes: " + "; ".join(problems))
+    for spec in plan.create:
+        yield CreateIndex(spec.collection, spec.keys, spec.name, spec.options)
+    reused = dict(plan.reused)
+    return [reused.get(spec.name, spec.name) for spec in q.INDEXES]
+
+
+def reconcile_indexes(apply: object = False) -> Flow[IndexReport]:
+    """Compare the indexes with this version's; with ``apply``, make the library's own match.
+
+    Indexes the library does not own are never dropped.
+    """
+    if not isinstance(apply, bool):
+        raise InvalidInputError("apply", "must be true or false")
+    plan = yield from _index_plan()
+    report = IndexReport(
+        present=plan.present,
+        created=[spec.name for spec in plan.create],
+        reused=[f"{ours} as {theirs}" for ours, theirs in plan.reused],
+        recreated=[spec.name for spec, _ in plan.changed],
+        dropped=[f"{collection}.{name}" for collection, name in plan.retired],
+        conflicts=plan.conflicts,
+        applied=apply,
+    )
+    if apply:
+        for collection, name in plan.retired:
+            yield DropIndex(collection, name)
+        for spec, _ in plan.changed:
+            yield DropIndex(spec.collection, spec.name)
+        for spec in [*plan.create, *(spec for spec, _ in plan.changed)]:
+            yield CreateIndex(spec.collection, spec.keys, spec.name, spec.options)
+    return report
 
 
 def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Flow[Prompt]:

@@ -72,6 +72,12 @@ def check_http(settings: ServerSettings) -> str | None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Embedded database directory (default: COSMOS_MONGO_DATA_DIR or the user data dir).",
 )
+@click.option(
+    "--no-ensure-indexes",
+    "skip_indexes",
+    is_flag=True,
+    help="Create no index (users with only the read role; --read-only implies it).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log requests to stderr.")
 def main(
     transport: str | None,
@@ -82,6 +88,7 @@ def main(
     uri: str | None,
     database: str | None,
     data_dir: Path | None,
+    skip_indexes: bool,
     verbose: bool,
 ) -> None:
     """Serve cosmos-mongo to LLM agents over the Model Context Protocol."""
@@ -97,6 +104,8 @@ def main(
             update={"disabled_tools": [*settings.disabled_tools, *disabled]}
         )
     library: dict[str, Any] = {"uri": uri, "database": database, "data_dir": data_dir}
+    if skip_indexes:
+        library["ensure_indexes"] = False
     library_settings = Settings.model_validate({k: v for k, v in library.items() if v is not None})
     # Logs go to stderr: on stdio, stdout carries the protocol.
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING)

@@ -1057,7 +1057,8 @@ def build_server(
         async def connect() -> AsyncCosmosStore:
             return await AsyncCosmosStore.connect(settings=chosen, ensure_indexes=False)
 
-        state = AppState(settings, chosen.location(), connect, not chosen.read_only)
+        wants_indexes = chosen.ensure_indexes and not chosen.read_only
+        state = AppState(settings, chosen.location(), connect, wants_indexes)
         try:
             yield state
         finally:
