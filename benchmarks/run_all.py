@@ -91,6 +91,74 @@ def growth(table: str, small: int, large: int) -> list[str]:
     return notes
 
 
+# Every query shape the library sends, and the index that serves it on a server.
+QUERY_SHAPES = [
+    ("get_prompt, get_run", "`{_id}`", "", "_id_"),
+    ("list_prompts", "`{}`", "created_at, _id", "prompts_created_at_id"),
+    (
+        "list_prompts(enhanced=True), list_enhanced_prompts",
+        "`{parameters.enhanced: true}`",
+        "created_at, _id",
+        "prompts_enhanced_created_at_id (partial)",
+    ),
+    (
+        "list_prompts(enhanced=False)",
+        "`{parameters.enhanced: {$ne: true}}`",
+        "created_at, _id",
+        "prompts_created_at_id (filtered walk)",
+    ),
+    (
+        "search_prompts",
+        "`{$or: [prompt_text ~ /q/i, parameters.name ~ /q/i]}`",
+        "created_at, _id",
+        "prompts_created_at_id (walk and filter: reads until `limit` matches)",
+    ),
+    ("list_runs(prompt_id)", "`{prompt_id}`", "created_at, _id", "runs_prompt_id_created_at_id"),
+    ("list_runs(model_type)", "`{model_type}`", "created_at, _id", "runs_model_type_created_at_id"),
+    ("list_runs(status)", "`{status}`", "created_at, _id", "runs_status_created_at_id"),
+    ("list_runs()", "`{}`", "created_at, _id", "runs_created_at_id"),
+    (
+        "get_enhancement_history",
+        "`{model_type: enhance, $or: [prompt_id, outputs.original_prompt_id, "
+        "outputs.enhanced_prompt_id]}`",
+        "created_at, _id",
+        "the three `*_created_at_id` indexes of the branches, merged (SORT_MERGE)",
+    ),
+    (
+        "get_enhancement_details, get_original_prompt",
+        "`$lookup` on `outputs.enhanced_prompt_id`",
+        "",
+        "runs_enhanced_prompt_id_created_at_id",
+    ),
+    (
+        "get_lineage",
+        "`$graphLookup` over `outputs.original_prompt_id` / `outputs.enhanced_prompt_id`",
+        "",
+        "runs_original_prompt_id_created_at_id, runs_enhanced_prompt_id_created_at_id",
+    ),
+    (
+        "lineage through legacy keys",
+        "`$graphLookup` over `parameters.parent_prompt_id`",
+        "",
+        "prompts_legacy_parent_prompt_id (sparse)",
+    ),
+    ("delete_prompt, preview", "`{prompt_id}` on runs", "", "runs_prompt_id_created_at_id"),
+    ("suggest_ids", "`{_id: /^prefix/}`", "created_at, _id", "_id_ (anchored prefix)"),
+]
+
+
+def query_shapes() -> str:
+    rows = [
+        "| operation | filter | sort | index |",
+        "|---|---|---|---|",
+        *(
+            f"| {op} | {query} | {sort or '-'} | `{index}` |"
+            for op, query, sort, index in QUERY_SHAPES
+        ),
+    ]
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run all benchmarks; write docs/PERFORMANCE.md.")
     parser.add_argument(
@@ -146,6 +214,16 @@ SQLite because nothing is validated into models there.
 ## On a real MongoDB server
 
 {server}
+
+## Query shapes and their indexes
+
+Every query the library sends, and the index that serves it on a server (`tests/realserver`
+checks the plans when `MONGODB_URI` is set; no blocking `SORT` stage where a sort is listed).
+`search_prompts` is a case-insensitive substring match: it walks the newest-first index and
+stops at `limit` matches, so a common word is cheap and a rare one reads most prompts (about
+1M documents at 1M prompts); on a server, prefer a text index or Atlas Search for that.
+
+{query_shapes()}
 
 ## Database round trips per operation
 

@@ -280,16 +280,35 @@ def _refuse_writes(services: Services, step: Operation) -> None:
         )
 
 
-def _translate(exc: PyMongoError | InvalidDocument) -> CosmosMongoError:
+_DriverError = PyMongoError | InvalidDocument | OverflowError
+_UNAUTHORIZED_CODES: Final = frozenset({13})  # Unauthorized
+
+
+def _translate(exc: _DriverError) -> CosmosMongoError:
     """Map a driver error to the library's tree, keeping the original as ``__cause__``."""
     translated: CosmosMongoError
     if isinstance(exc, DuplicateKeyError):
         translated = ConflictError("a document with that key already exists", reason="duplicate")
-    elif isinstance(exc, InvalidDocument) or (
+    elif isinstance(exc, InvalidDocument | OverflowError) or (
         isinstance(exc, OperationFailure) and exc.code in _TOO_LARGE_CODES
     ):
-        # pymongo's DocumentTooLarge is an InvalidDocument, not a PyMongoError.
+        # pymongo's DocumentTooLarge is an InvalidDocument and bson's integer overflow an
+        # OverflowError: neither is a PyMongoError.
         translated = InvalidInputError("document", f"cannot be stored: {exc}"[:300])
+    elif isinstance(exc, OperationFailure) and exc.code in _UNAUTHORIZED_CODES:
+        translated = StorageError(
+            "not authorized: the database user may not do this "
+            f"({str(exc.details.get('errmsg', exc) if exc.details else exc)[:200]}). A user "
+            "with only the read role runs with --no-ensure-indexes "
+            "(COSMOS_MONGO_ENSURE_INDEXES=0) and without write commands."
+        )
+    elif isinstance(exc, ServerSelectionTimeoutError):
+        # pymongo's text starts with "host:port: reason", then the whole topology: keep the
+        # start, which names the host and never the credentials.
+        reached = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+        translated = StorageError(
+            f"MongoDB unreachable (ServerSelectionTimeoutError): {reached[:300]}"
+        )
     else:
         translated = StorageError(f"database operation failed: {type(exc).__name__}: {exc}")
     translated.__cause__ = exc
@@ -323,7 +342,7 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
         while True:
             try:
                 result = execute(step)
-            except (PyMongoError, InvalidDocument) as exc:
+            except (PyMongoError, InvalidDocument, OverflowError) as exc:
                 step = flow.throw(_translate(exc))
             else:
                 step = flow.send(result)
@@ -360,7 +379,7 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
         while True:
             try:
                 result = await execute(step)
-            except (PyMongoError, InvalidDocument) as exc:
+            except (PyMongoError, InvalidDocument, OverflowError) as exc:
                 step = flow.throw(_translate(exc))
             else:
                 step = flow.send(result)

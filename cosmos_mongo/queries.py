@@ -51,8 +51,20 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         RUNS, "runs_prompt_id_created_at_id", (("prompt_id", 1), ("created_at", -1), ("_id", -1))
     ),
     # Not partial: $lookup joins on these fields with no room to repeat a model_type predicate.
-    IndexSpec(RUNS, "runs_original_prompt_id", (("outputs.original_prompt_id", 1),)),
-    IndexSpec(RUNS, "runs_enhanced_prompt_id", (("outputs.enhanced_prompt_id", 1),)),
+    # They end in the listing sort so each branch of the history's $or comes out in order and
+    # the server merges them (SORT_MERGE) instead of sorting in memory.
+    IndexSpec(
+        RUNS,
+        "runs_original_prompt_id_created_at_id",
+        (("outputs.original_prompt_id", 1), ("created_at", -1), ("_id", -1)),
+    ),
+    IndexSpec(
+        RUNS,
+        "runs_enhanced_prompt_id_created_at_id",
+        (("outputs.enhanced_prompt_id", 1), ("created_at", -1), ("_id", -1)),
+    ),
+    # list_runs(status=...): "what failed", "what is still running".
+    IndexSpec(RUNS, "runs_status_created_at_id", (("status", 1), ("created_at", -1), ("_id", -1))),
     IndexSpec(
         RUNS,
         "runs_model_type_created_at_id",
@@ -80,6 +92,8 @@ RETIRED_INDEX_NAMES: Final = frozenset(
         "runs_prompt_id_created_at",
         "runs_enhance_enhanced_prompt_id",
         "runs_enhance_original_prompt_id",
+        "runs_original_prompt_id",  # 0.2: without the sort suffix
+        "runs_enhanced_prompt_id",
     }
 )
 # The options that change what an index is; others (v, ns, background) do not.

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
+from urllib.parse import parse_qs
 
 from cosmos_mongo import enhancement as enh
 from cosmos_mongo import importer, legacy
@@ -80,6 +81,7 @@ def _open(
             # Fail in seconds, not pymongo's 30, when the server is down or unreachable.
             serverSelectionTimeoutMS=settings.timeout_ms,
             connectTimeoutMS=settings.timeout_ms,
+            **explicit_concerns(resolved),
         )
     except (PyMongoError, ValueError, TypeError) as exc:  # pymongo raises ValueError for some
         # The message may quote the connection string; say only what kind of failure it was.
@@ -91,6 +93,20 @@ def _should_ensure_indexes(asked: bool | None, settings: Settings) -> bool:
     """``connect``'s argument wins; else the settings; never on a read-only store."""
     wanted = settings.ensure_indexes if asked is None else asked
     return wanted and not settings.read_only
+
+
+# What the workflows assume: a read sees the writes before it (primary), and an answered
+# write survives a failover (majority, journaled). The server's default w is not always
+# majority (a primary-secondary-arbiter set answers w: 1), so it is said, not assumed.
+_CONCERNS: Final = {"w": "majority", "journal": True, "readPreference": "primary"}
+
+
+def explicit_concerns(uri: str) -> dict[str, Any]:
+    """The concerns to pass to the client: ours, except those the URI sets itself (for people
+    who know why)."""
+    query = uri.split("?", 1)[1] if "?" in uri else ""
+    given = {key.lower() for key in parse_qs(query, keep_blank_values=True)}
+    return {option: value for option, value in _CONCERNS.items() if option.lower() not in given}
 
 
 class _StoreBase:

@@ -9,6 +9,7 @@ is a synchronous view of the same data for assertions. The real-server flavours 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -131,15 +132,26 @@ def _server_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Cal
     def close() -> None:
         sync_client.drop_database(name)
         sync_client.close()
-        runner.run(client.close())
+        runner.run(_close_async_client(client))
 
     return store, sync_client[name], close
 
 
 async def _make_async_client() -> Any:
+    """pymongo's AsyncMongoClient, or Motor with MONGODB_ASYNC_DRIVER=motor (the server CI)."""
+    if os.environ.get("MONGODB_ASYNC_DRIVER") == "motor":
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        return AsyncIOMotorClient(MONGODB_URI, tz_aware=True)
     from pymongo import AsyncMongoClient
 
     return AsyncMongoClient(MONGODB_URI, tz_aware=True)
+
+
+async def _close_async_client(client: Any) -> None:
+    closed = client.close()  # a coroutine for pymongo's client, None for Motor's
+    if inspect.isawaitable(closed):
+        await closed
 
 
 BACKENDS = {

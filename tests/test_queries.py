@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 from cosmos_mongo import queries as q
+from tests.helpers.plans import plan_stages
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -32,11 +33,12 @@ def test_indexes_match_the_data_contract() -> None:
         if ("created_at", -1) in spec.keys:
             assert list(spec.keys)[-2:] == list(q.NEWEST_FIRST), spec.name
     for name, field in [
-        ("runs_original_prompt_id", "outputs.original_prompt_id"),
-        ("runs_enhanced_prompt_id", "outputs.enhanced_prompt_id"),
+        ("runs_original_prompt_id_created_at_id", "outputs.original_prompt_id"),
+        ("runs_enhanced_prompt_id_created_at_id", "outputs.enhanced_prompt_id"),
+        ("runs_status_created_at_id", "status"),
     ]:
         # Not partial: the $lookup joins on these fields cannot repeat a model_type predicate.
-        assert list(by_name[name].keys) == [(field, 1)]
+        assert list(by_name[name].keys) == [(field, 1), *q.NEWEST_FIRST]
         assert by_name[name].options == {}
     legacy = by_name["prompts_legacy_parent_prompt_id"]
     assert list(legacy.keys) == [("parameters.parent_prompt_id", 1)]
@@ -94,3 +96,27 @@ def test_deletion_preview_is_one_pipeline_over_prompts_with_a_runs_lookup() -> N
         "_id",
         "prompt_id",
     )
+
+
+def test_the_plan_walker_reads_classic_sbe_and_sharded_shapes() -> None:
+    scan = {"stage": "IXSCAN", "indexName": "runs_status_created_at_id"}
+    classic = {"stage": "FETCH", "inputStage": scan}
+    sbe = {"queryPlan": {"stage": "FETCH", "inputStage": scan}, "slotBasedPlan": {}}
+    sharded = {"stage": "SHARD_MERGE", "shards": [{"shardName": "s0", "winningPlan": sbe}]}
+    union = {"stage": "SORT_MERGE", "inputStages": [classic, scan]}
+    for plan in (classic, sbe, sharded, union):
+        assert "runs_status_created_at_id" in [s.get("indexName") for s in plan_stages(plan)]
+
+
+def test_every_index_the_query_shape_table_names_exists() -> None:
+    from benchmarks.run_all import QUERY_SHAPES
+
+    ours = {spec.name for spec in q.INDEXES} | {"_id_"}
+    named = {
+        word.strip("`,")
+        for *_, index in QUERY_SHAPES
+        for word in index.split()
+        if word.strip("`,").startswith(("prompts_", "runs_", "_id_"))
+    }
+    assert named and named <= ours, named - ours
+    assert ours - {"_id_"} <= named  # and every index serves some shape

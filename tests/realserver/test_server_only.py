@@ -16,6 +16,7 @@ import pytest
 
 from cosmos_mongo import CosmosStore
 from cosmos_mongo import queries as q
+from tests.helpers.plans import plan_stages
 
 MONGODB_URI = os.environ.get("MONGODB_URI")
 pytestmark = [
@@ -68,14 +69,7 @@ def server() -> Iterator[tuple[CosmosStore, CommandCounter]]:
         client.close()
 
 
-def _stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for key in ("inputStage", "queryPlan"):
-        if key in plan:
-            found += _stages(plan[key])
-    for child in plan.get("inputStages", []):
-        found += _stages(child)
-    return found
+_stages = plan_stages
 
 
 def test_enhanced_listing_uses_the_partial_index_with_no_sort_stage(server: Any) -> None:
@@ -141,18 +135,24 @@ def _plan_uses(explained: dict[str, Any], index: str) -> bool:
 
 def test_helper_queries_use_their_indexes(server: Any) -> None:
     store, _ = server
+    # Enough other runs that scanning by model_type or created_at is plainly the worse plan.
+    for i in range(60):
+        other = store.create_prompt(f"Other prompt {i}", {}, {})
+        store.enhance_prompt(other.id, enhanced_text=f"Other rewrite {i}.")
     original = store.create_prompt("A robot arm stacks blocks", {}, {})
     child = store.enhance_prompt(original.id, enhanced_text="A robot arm stacks three blocks.")
     runs = store.db["runs"]
     details = runs.find({"outputs.enhanced_prompt_id": child.enhanced_prompt_id}).explain()
-    assert _plan_uses(details, "runs_enhanced_prompt_id")
+    assert _plan_uses(details, "runs_enhanced_prompt_id_created_at_id")
     children = runs.find({"outputs.original_prompt_id": original.id}).explain()
-    assert _plan_uses(children, "runs_original_prompt_id")
-    history = runs.find(q.history_filter(original.id)).explain()
+    assert _plan_uses(children, "runs_original_prompt_id_created_at_id")
+    history = runs.find(q.history_filter(original.id)).sort(list(q.NEWEST_FIRST)).explain()
+    history_stages = [st.get("stage") for st in _stages(history["queryPlanner"]["winningPlan"])]
+    assert "SORT" not in history_stages  # the branches arrive in order and are merged
     for index in (
         "runs_prompt_id_created_at_id",
-        "runs_original_prompt_id",
-        "runs_enhanced_prompt_id",
+        "runs_original_prompt_id_created_at_id",
+        "runs_enhanced_prompt_id_created_at_id",
     ):
         assert _plan_uses(history, index), index
 

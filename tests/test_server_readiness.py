@@ -1,0 +1,152 @@
+"""What a real MongoDB at a user's site needs: explicit concerns, fast and clear failure,
+every driver error translated. (Index reconciliation: tests/test_indexes.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pytest
+from pymongo import ReadPreference
+from pymongo.errors import OperationFailure
+
+from cosmos_mongo import CosmosStore, InvalidInputError, StorageError
+from cosmos_mongo.config import Settings
+from cosmos_mongo.store import explicit_concerns
+from tests.test_contract import CountingDatabase
+
+REPO = Path(__file__).parent.parent
+
+
+def test_clients_read_from_the_primary_and_write_majority_journaled() -> None:
+    with CosmosStore.connect("mongodb://127.0.0.1:1/", ensure_indexes=False) as store:
+        assert store.db.write_concern.document == {"w": "majority", "j": True}
+        assert store.db.read_preference == ReadPreference.PRIMARY
+    chosen = "mongodb://127.0.0.1:1/?w=1&readPreference=secondaryPreferred"
+    with CosmosStore.connect(chosen, ensure_indexes=False) as store:
+        assert store.db.write_concern.document == {"w": 1, "j": True}
+        assert store.db.read_preference == ReadPreference.SECONDARY_PREFERRED
+
+
+def test_the_uri_may_override_each_concern_by_name() -> None:
+    assert explicit_concerns("mongodb://h/?W=2&JOURNAL=false") == {"readPreference": "primary"}
+    assert explicit_concerns("mongodb+srv://u:p@c/db") == {
+        "w": "majority",
+        "journal": True,
+        "readPreference": "primary",
+    }
+
+
+class Refusing(CountingDatabase):
+    """Raises ``error`` from every call of ``method``."""
+
+    def __init__(self, database: Any, method: str, error: BaseException) -> None:
+        super().__init__(database)
+        self.method, self.error = method, error
+
+    def call(self, name: str, method: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if method == self.method:
+            raise self.error
+        return super().call(name, method, target, args, kwargs)
+
+
+def test_an_unauthorized_user_gets_one_line_that_says_what_to_do() -> None:
+    database = mongomock.MongoClient(tz_aware=True)["cosmos"]
+    denied = OperationFailure(
+        "not authorized", code=13, details={"errmsg": "not authorized on cosmos to execute"}
+    )
+    store = CosmosStore(Refusing(database, "create_index", denied))
+    with pytest.raises(StorageError) as caught:
+        store.ensure_indexes()
+    message = str(caught.value)
+    assert message.startswith("not authorized") and "--no-ensure-indexes" in message
+    assert "\n" not in message
+
+
+def test_a_bson_overflow_is_an_input_error_not_an_escape() -> None:
+    database = mongomock.MongoClient(tz_aware=True)["cosmos"]
+    store = CosmosStore(
+        Refusing(database, "find", OverflowError("MongoDB can only handle 8-byte ints"))
+    )
+    with pytest.raises(InvalidInputError):
+        store.list_prompts()
+
+
+def test_the_cli_fails_fast_with_one_line_naming_the_host_not_the_password(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("COSMOS_MONGO_")},
+        "COSMOS_MONGO_URI": "mongodb://admin:hunter2@127.0.0.1:1/?appname=x",
+        "COSMOS_MONGO_TIMEOUT_MS": "300",
+        "PYTHONPATH": str(REPO),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cosmos_mongo.cli", "prompt", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and "MongoDB unreachable (ServerSelectionTimeoutError): 127.0.0.1:1" in lines[0]
+    ), result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_timeout_setting_reaches_the_client() -> None:
+    settings = Settings(timeout_ms=1234)
+    with CosmosStore.connect(
+        "mongodb://127.0.0.1:1/", settings=settings, ensure_indexes=False
+    ) as s:
+        assert s.db.client.options.server_selection_timeout == pytest.approx(1.234)
+
+
+class Recording(CountingDatabase):
+    """Records the filter of every single-document write."""
+
+    SINGLE = {"update_one", "delete_one", "find_one_and_update"}
+
+    def __init__(self, database: Any) -> None:
+        super().__init__(database)
+        self.filters: list[tuple[str, Any]] = []
+
+    def call(self, name: str, method: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if method in self.SINGLE:
+            self.filters.append((method, args[0]))
+        return super().call(name, method, target, args, kwargs)
+
+
+def test_every_single_document_write_targets_one_id() -> None:
+    """So that with the recommended shard key (hashed _id) every such write goes to one shard
+    and carries the shard key, as MongoDB 6.0 requires of updateOne/findAndModify."""
+    from datetime import timedelta
+
+    database = mongomock.MongoClient(tz_aware=True)["cosmos"]
+    recording = Recording(database)
+    store = CosmosStore(recording)
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {"name": "r"})
+    child = store.enhance_prompt(prompt.id)
+    done = store.enhance_prompt(prompt.id, create_new=False, enhanced_text="Rewritten.")
+    store.revert_enhancement(done.run_id)
+    run = store.create_run(prompt.id, {})
+    store.update_run_status(run.id, "running")
+    store.set_run_rating(run.id, 3)
+    store.update_prompt(prompt.id, prompt_text="Another text.")
+    stuck = store.create_run(prompt.id, {}, model_type="enhance", initial_status="running")
+    store.repair(stale_after=timedelta(0))
+    store.migrate(dry_run=False)
+    store.delete_run(stuck.id)
+    store.delete_prompt(child.enhanced_prompt_id)
+    store.delete_prompt(prompt.id, force=True)
+    assert len(recording.filters) > 10
+    for method, filter_ in recording.filters:
+        assert isinstance(filter_.get("_id"), str), (method, filter_)
