@@ -541,7 +541,18 @@ def assemble_lineage(document: Mapping[str, Any]) -> Lineage:
             i: Prompt.from_document(prompt_docs[i]) for i in sorted(named) if i in prompt_docs
         },
         missing_prompt_ids=sorted(named - set(prompt_docs)),
+        truncated=_cut_short(document, ancestors, descendants),
     )
+
+
+def _cut_short(
+    document: Mapping[str, Any], ancestors: list[LineageEdge], descendants: list[LineageEdge]
+) -> bool:
+    """Whether the pipeline's bounds cut the tree: a walk hit its node cap, or a chain
+    reached the depth cap (it may go on beyond)."""
+    over = any((document.get(count) or 0) > q.LINEAGE_MAX_NODES for count in q.LINEAGE_COUNTS)
+    deepest = max([len(ancestors), *(edge.depth for edge in descendants)])
+    return over or deepest >= q.LINEAGE_MAX_DEPTH
 
 
 def _endpoints(run: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -635,8 +646,8 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
     migration = yield from legacy.migrate(dry_run=False)
     findings = yield from _inconsistencies(before)
     removed = [run_id for _, run_id in findings.dangling + findings.orphans]
-    if removed:
-        yield DeleteMany(q.RUNS, {"_id": {"$in": removed}})
+    for start in range(0, len(removed), 1000):  # one bounded $in per thousand
+        yield DeleteMany(q.RUNS, {"_id": {"$in": removed[start : start + 1000]}})
     flags_fixed = []
     for _, prompt_id, flagged in findings.flags:
         change: dict[str, Any] = (

@@ -273,6 +273,9 @@ def absorb_legacy_keys(prompt: Mapping[str, Any]) -> Flow[None]:
     yield from _record_legacy_keys(prompt, producing, utc_now(), False, report)
 
 
+MIGRATE_BATCH = 1000
+
+
 def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
     """Backfill run records from legacy keys and fallbacks, then strip the keys. Idempotent.
 
@@ -285,25 +288,34 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
     if not isinstance(dry_run, bool):
         raise InvalidInputError("dry_run", "must be true or false")
     now = utc_now()
-    legacy_prompts = yield Find(q.PROMPTS, q.legacy_prompts_filter(), sort=q.NEWEST_FIRST)
-    producing = yield Find(
-        q.RUNS,
-        {
-            **q.COMPLETED_ENHANCEMENT,
-            "outputs.enhanced_prompt_id": {"$in": [prompt["_id"] for prompt in legacy_prompts]},
-        },
-    )
     report: dict[str, list[str]] = {"created": [], "backfilled": []}
     stripped: list[str] = []
-    for prompt in legacy_prompts:
-        runs = [r for r in producing if r["outputs"].get("enhanced_prompt_id") == prompt["_id"]]
-        yield from _record_legacy_keys(prompt, runs, now, dry_run, report)
-        stripped.append(prompt["_id"])
-        if not dry_run:
-            unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
-            yield UpdateOne(
-                q.PROMPTS, q.by_id(prompt["_id"]), {"$unset": unset, "$set": {"updated_at": now}}
-            )
+    examined = 0
+    after: Any = None
+    # In batches by _id: one $in per batch stays far below 16 MB however many prompts there are.
+    while True:
+        page = q.legacy_prompts_filter()
+        if after is not None:
+            page = {"$and": [page, {"_id": {"$gt": after}}]}
+        batch = yield Find(q.PROMPTS, page, sort=(("_id", 1),), limit=MIGRATE_BATCH)
+        if not batch:
+            break
+        after, examined = batch[-1]["_id"], examined + len(batch)
+        producing = yield Find(
+            q.RUNS,
+            {
+                **q.COMPLETED_ENHANCEMENT,
+                "outputs.enhanced_prompt_id": {"$in": [prompt["_id"] for prompt in batch]},
+            },
+        )
+        for prompt in batch:
+            runs = [r for r in producing if r["outputs"].get("enhanced_prompt_id") == prompt["_id"]]
+            yield from _record_legacy_keys(prompt, runs, now, dry_run, report)
+            stripped.append(prompt["_id"])
+            if not dry_run:
+                unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
+                change = {"$unset": unset, "$set": {"updated_at": now}}
+                yield UpdateOne(q.PROMPTS, q.by_id(prompt["_id"]), change)
     backfilled = report["backfilled"]
     incomplete = yield Find(q.RUNS, q.incomplete_runs_filter())
     for run in incomplete:
@@ -318,7 +330,7 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
                 )
     return MigrationReport(
         dry_run=dry_run,
-        prompts_examined=len(legacy_prompts),
+        prompts_examined=examined,
         runs_backfilled=backfilled,
         runs_created=report["created"],
         prompts_stripped=stripped,

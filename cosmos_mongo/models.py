@@ -259,6 +259,11 @@ class Lineage(BaseModel):
     in_place: list[Run] = Field(description="Overwrite enhancements of prompts in this lineage.")
     prompts: dict[str, Prompt] = Field(description="Every prompt of the lineage that exists.")
     missing_prompt_ids: list[str] = Field(description="Ids an edge names but no prompt has.")
+    truncated: bool = Field(
+        default=False,
+        description="True when the tree was larger than one answer holds and was cut: ask "
+        "get_lineage of a prompt at the edge to see beyond.",
+    )
 
     def children_of(self, prompt_id: str) -> list[LineageEdge]:
         return [edge for edge in self.descendants if edge.parent_id == prompt_id]

@@ -507,6 +507,24 @@ RUN_EDGE: Final = ("outputs.original_prompt_id", "outputs.enhanced_prompt_id")
 LEGACY_EDGE: Final = ("parameters.parent_prompt_id", "_id")
 
 
+# How much of a lineage one answer holds: generations each way, and nodes per walk.
+LINEAGE_MAX_DEPTH: Final = 100
+LINEAGE_MAX_NODES: Final = 1000
+_WALKED: Final = (
+    "up_runs",
+    "up_prompts",
+    "up_run_prompts",
+    "down_prompts",
+    "down_runs",
+    "down_legacy_runs",
+)
+
+
+def _walked(name: str) -> Document:
+    """A walk's array; a server always sets it, mongomock leaves it out when nothing starts."""
+    return {"$ifNull": [f"${name}", []]}
+
+
 def _walk(collection: str, edge: tuple[str, str], start: str, up: bool, into: str) -> Document:
     """``$graphLookup`` along ``edge`` (parent field, child field), toward parents if ``up``.
 
@@ -522,6 +540,7 @@ def _walk(collection: str, edge: tuple[str, str], start: str, up: bool, into: st
     }
     if collection == RUNS:
         stage["restrictSearchWithMatch"] = COMPLETED_ENHANCEMENT
+    stage["maxDepth"] = LINEAGE_MAX_DEPTH - 1  # depth 0 is the first generation
     return {"$graphLookup": stage}
 
 
@@ -560,6 +579,14 @@ def lineage_pipeline(prompt_id: str) -> list[Document]:
         {"$addFields": {"down_prompt_ids": "$down_prompts._id"}},
         _walk(RUNS, RUN_EDGE, "$_id", up=False, into="down_runs"),
         _walk(RUNS, RUN_EDGE, "$down_prompt_ids", up=False, into="down_legacy_runs"),
+        # Bound the answer (one result document holds at most 16 MB): keep the first nodes of
+        # each walk and say how many there were.
+        {
+            "$addFields": {
+                **{f"{name}_count": {"$size": _walked(name)} for name in _WALKED},
+                **{name: {"$slice": [_walked(name), LINEAGE_MAX_NODES]} for name in _WALKED},
+            }
+        },
         *_prompts_named_by("$down_runs.outputs.enhanced_prompt_id", "down_run_prompts"),
         *_prompts_named_by(
             "$down_legacy_runs.outputs.enhanced_prompt_id", "down_legacy_run_prompts"
@@ -568,6 +595,7 @@ def lineage_pipeline(prompt_id: str) -> list[Document]:
 
 
 LINEAGE_RUNS: Final = ("up_runs", "down_runs", "down_legacy_runs")
+LINEAGE_COUNTS: Final = tuple(f"{name}_count" for name in _WALKED)
 LINEAGE_PROMPTS: Final = (
     "up_prompts",
     "up_run_prompts",

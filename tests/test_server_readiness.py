@@ -150,3 +150,73 @@ def test_every_single_document_write_targets_one_id() -> None:
     assert len(recording.filters) > 10
     for method, filter_ in recording.filters:
         assert isinstance(filter_.get("_id"), str), (method, filter_)
+
+
+class FindRecording(CountingDatabase):
+    def __init__(self, database: Any) -> None:
+        super().__init__(database)
+        self.in_sizes: list[int] = []
+
+    def call(self, name: str, method: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if method in ("find", "delete_many") and args:
+            for condition in args[0].values():
+                if isinstance(condition, dict) and "$in" in condition:
+                    self.in_sizes.append(len(condition["$in"]))
+        return super().call(name, method, target, args, kwargs)
+
+
+def test_migrate_works_in_batches_so_no_in_list_grows_with_the_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import UTC, datetime
+
+    from cosmos_mongo import legacy
+
+    monkeypatch.setattr(legacy, "MIGRATE_BATCH", 3)
+    database = mongomock.MongoClient(tz_aware=True)["cosmos"]
+    parent = CosmosStore(database).create_prompt("A robot arm stacks blocks", {}, {})
+    for i in range(8):
+        database["prompts"].insert_one(
+            {
+                "_id": f"ps_{i:032x}",
+                "prompt_text": f"Legacy rewrite {i}.",
+                "inputs": {},
+                "parameters": {
+                    "enhanced": True,
+                    "enhancement_model": "old-llm",
+                    "parent_prompt_id": parent.id,
+                },
+                "created_at": datetime(2025, 1, 1, tzinfo=UTC),
+            }
+        )
+    recording = FindRecording(database)
+    report = CosmosStore(recording).migrate(dry_run=False)
+    assert report.prompts_examined == 8 and len(report.runs_created) == 8
+    assert recording.in_sizes and max(recording.in_sizes) <= 3
+    assert CosmosStore(database).verify().ok
+
+
+def test_a_lineage_larger_than_one_answer_is_cut_and_says_so(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cosmos_mongo import queries as q
+
+    store = backend.store
+    root = store.create_prompt("A robot arm stacks blocks", {}, {})
+    chain = [root.id]
+    for generation in range(5):
+        chain.append(
+            store.enhance_prompt(chain[-1], enhanced_text=f"Gen {generation}.").enhanced_prompt_id
+        )
+    for sibling in range(4):
+        store.enhance_prompt(root.id, enhanced_text=f"Sibling {sibling}.")
+    whole = store.get_lineage(root.id)
+    assert not whole.truncated and len(whole.descendants) == 9
+    monkeypatch.setattr(q, "LINEAGE_MAX_DEPTH", 3)
+    deep = store.get_lineage(root.id)
+    assert deep.truncated and max(edge.depth for edge in deep.descendants) == 3
+    assert store.get_lineage(chain[3]).descendants  # the rest, from a prompt at the edge
+    monkeypatch.setattr(q, "LINEAGE_MAX_DEPTH", 100)
+    monkeypatch.setattr(q, "LINEAGE_MAX_NODES", 4)
+    wide = store.get_lineage(root.id)
+    assert wide.truncated and len(wide.descendants) <= 4
