@@ -1,8 +1,10 @@
 """cosmos-mongo: a MongoDB document store for NVIDIA Cosmos prompts, runs and enhancements."""
 
+from cosmos_mongo.config import Settings
 from cosmos_mongo.errors import (
     ConflictError,
     CosmosMongoError,
+    EnhancementError,
     InvalidInputError,
     NotFoundError,
     PromptNotFoundError,
@@ -10,7 +12,21 @@ from cosmos_mongo.errors import (
     RunNotFoundError,
     StorageError,
 )
-from cosmos_mongo.models import DeletionPreview, DeletionResult, Prompt, Run
+from cosmos_mongo.importer import ImportReport
+from cosmos_mongo.models import (
+    DeletionPreview,
+    DeletionResult,
+    EnhancementDetails,
+    EnhancementResult,
+    IndexReport,
+    Lineage,
+    LineageEdge,
+    MigrationReport,
+    Prompt,
+    RepairReport,
+    Run,
+    VerificationReport,
+)
 from cosmos_mongo.store import AsyncCosmosStore, CosmosStore
 
 __version__ = "0.1.0"
@@ -22,13 +38,24 @@ __all__ = [
     "CosmosStore",
     "DeletionPreview",
     "DeletionResult",
+    "EnhancementDetails",
+    "EnhancementError",
+    "EnhancementResult",
+    "ImportReport",
+    "IndexReport",
     "InvalidInputError",
+    "Lineage",
+    "LineageEdge",
+    "MigrationReport",
     "NotFoundError",
     "Prompt",
     "PromptNotFoundError",
     "ReadOnlyError",
+    "RepairReport",
     "Run",
     "RunNotFoundError",
+    "Settings",
     "StorageError",
+    "VerificationReport",
     "__version__",
 ]

@@ -9,7 +9,7 @@ the async twin, so both document the same behaviour from one text.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -87,6 +87,31 @@ def _open(
         # The message may quote the connection string; say only what kind of failure it was.
         raise StorageError(f"cannot connect to MongoDB: {type(exc).__name__}") from exc
     return client[database], client.close
+
+
+class Opening:
+    """What :meth:`AsyncCosmosStore.connect` returns: await it for the store, or enter it
+    with ``async with`` to have the store closed on exit."""
+
+    def __init__(self, opening: Coroutine[Any, Any, AsyncCosmosStore]) -> None:
+        self._opening = opening
+        self._store: AsyncCosmosStore | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncCosmosStore]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> AsyncCosmosStore:
+        self._store = await self._opening
+        return self._store
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.aclose()
 
 
 def _should_ensure_indexes(asked: bool | None, settings: Settings) -> bool:
@@ -555,7 +580,7 @@ class AsyncCosmosStore(_StoreBase):
     """
 
     @classmethod
-    async def connect(
+    def connect(
         cls,
         uri: str | None = None,
         database: str | None = None,
@@ -563,6 +588,26 @@ class AsyncCosmosStore(_StoreBase):
         settings: Settings | None = None,
         ensure_indexes: bool | None = None,
         enhancer: Enhancer | None = None,
+    ) -> Opening:
+        """Open a store: ``store = await AsyncCosmosStore.connect(...)``, or
+        ``async with AsyncCosmosStore.connect(...) as store:``, which closes it on exit.
+        Otherwise as :meth:`CosmosStore.connect`.
+
+        Raises:
+            InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
+                database name is not valid.
+            StorageError: the database cannot be opened.
+        """
+        return Opening(cls._connect(uri, database, settings, ensure_indexes, enhancer))
+
+    @classmethod
+    async def _connect(
+        cls,
+        uri: str | None,
+        database: str | None,
+        settings: Settings | None,
+        ensure_indexes: bool | None,
+        enhancer: Enhancer | None,
     ) -> AsyncCosmosStore:
         settings = settings or Settings()
         db, on_close = _open(uri, database, settings, asynchronous=True)
@@ -597,9 +642,25 @@ class AsyncCosmosStore(_StoreBase):
         await self.aclose()
 
     async def ensure_indexes(self) -> list[str]:
+        """Create the product's missing indexes; safe to call again. Reads the existing ones
+        first: an identical index under another name is reused. Returns the names in use.
+
+        Raises:
+            StorageError: the server refused (for example, a user without index rights), or
+                an index conflicts: one of ours defined otherwise (fix it with
+                :meth:`reconcile_indexes`), or another index with our keys and other options.
+        """
         return await self._run(wf.ensure_indexes())
 
     async def reconcile_indexes(self, apply: bool = False) -> IndexReport:
+        """Compare the indexes with this version's. With ``apply=True``, drop and recreate
+        the library's own indexes whose definition changed, drop its retired ones, and create
+        the missing ones. Indexes it does not own are never dropped.
+
+        Raises:
+            InvalidInputError: ``apply`` is not a boolean.
+            StorageError: the server refused.
+        """
         return await self._run(wf.reconcile_indexes(apply))
 
     async def create_prompt(
@@ -608,22 +669,56 @@ class AsyncCosmosStore(_StoreBase):
         inputs: dict[str, Any] | None = None,
         parameters: dict[str, Any] | None = None,
     ) -> Prompt:
+        """Store a new prompt and return it.
+
+        ``inputs`` holds the input files (``video``, ``depth``, ``seg``, ...); ``parameters``
+        the generation parameters (``name``, ``negative_prompt``, ...). Both are JSON-like.
+
+        Raises:
+            InvalidInputError: empty or over-long text, NUL bytes, keys with ``$`` or ``.``,
+                values that are not JSON-like, or legacy enhancement keys in ``parameters``.
+        """
         return await self._run(wf.create_prompt(prompt_text, inputs, parameters))
 
     async def get_prompt(self, prompt_id: str) -> Prompt | None:
+        """The prompt with this id, or None.
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+        """
         return await self._run(wf.get_prompt(prompt_id))
 
     async def list_prompts(
         self, limit: int = 50, offset: int = 0, *, enhanced: bool | None = None
     ) -> list[Prompt]:
+        """Prompts, newest first; ``offset`` pages through. ``enhanced=True`` lists only
+        enhanced prompts (served by the partial index), ``False`` only the others.
+
+        Raises:
+            InvalidInputError: ``limit`` outside 1-1000, a negative ``offset``, or an
+                ``enhanced`` that is not a boolean or None.
+        """
         return await self._run(wf.list_prompts(limit, offset, enhanced))
 
     async def search_prompts(self, query: str, limit: int = 50, offset: int = 0) -> list[Prompt]:
+        """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
+        ``offset`` pages through.
+
+        Raises:
+            InvalidInputError: empty query, ``limit`` outside 1-1000, or a negative ``offset``.
+        """
         return await self._run(wf.search_prompts(query, limit, offset))
 
     async def suggest_ids(
         self, kind: Literal["prompt", "run"], prefix: str = "", limit: int = 20
     ) -> list[str]:
+        """Ids of prompts (``kind="prompt"``) or runs starting with ``prefix``, newest first:
+        for completing an id someone is typing.
+
+        Raises:
+            InvalidInputError: an unknown ``kind``, a ``prefix`` no id can start with, or
+                ``limit`` outside 1-1000.
+        """
         return await self._run(wf.suggest_ids(kind, prefix, limit))
 
     async def update_prompt(
@@ -633,12 +728,35 @@ class AsyncCosmosStore(_StoreBase):
         prompt_text: str | None = None,
         parameters: dict[str, Any] | None = None,
     ) -> Prompt:
+        """Replace the text and/or merge ``parameters`` into the prompt's; returns the result.
+
+        Raises:
+            InvalidInputError: a bad id, text or parameters, or nothing to change.
+            PromptNotFoundError: no prompt has this id.
+        """
         return await self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
 
     async def preview_prompt_deletion(self, prompt_id: str) -> DeletionPreview:
+        """What :meth:`delete_prompt` would do: the runs it removes, the enhance runs it keeps
+        as other prompts' provenance, the prompts derived from this one, and any enhancement
+        in progress that would make it refuse.
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            PromptNotFoundError: no prompt has this id.
+        """
         return await self._run(wf.preview_prompt_deletion(prompt_id))
 
     async def delete_prompt(self, prompt_id: str, *, force: bool = False) -> DeletionResult:
+        """Delete the prompt and its runs, keeping the enhance runs that produced other prompts
+        (their provenance: they keep pointing at this prompt).
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id, or ``force`` not a boolean.
+            PromptNotFoundError: no prompt has this id.
+            ConflictError: an enhancement of the prompt is running (``.run_ids``); pass
+                ``force=True`` to delete anyway, and that enhancement fails cleanly.
+        """
         return await self._run(wf.delete_prompt(prompt_id, force))
 
     async def create_run(
@@ -650,11 +768,23 @@ class AsyncCosmosStore(_StoreBase):
         metadata: dict[str, Any] | None = None,
         initial_status: str = "pending",
     ) -> Run:
+        """Record a new run of the prompt and return it.
+
+        Raises:
+            InvalidInputError: a bad id, ``model_type``, ``initial_status`` or mapping.
+            PromptNotFoundError: no prompt has this id (or it was deleted while the run was
+                being recorded: the run is then taken back).
+        """
         return await self._run(
             wf.create_run(prompt_id, execution_config, model_type, metadata, initial_status)
         )
 
     async def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or None.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+        """
         return await self._run(wf.get_run(run_id))
 
     async def list_runs(
@@ -665,18 +795,48 @@ class AsyncCosmosStore(_StoreBase):
         limit: int = 50,
         offset: int = 0,
     ) -> list[Run]:
+        """Runs, newest first, optionally of one prompt, model type and/or status.
+
+        Raises:
+            InvalidInputError: a bad id, model type, status, ``limit`` or ``offset``.
+        """
         return await self._run(wf.list_runs(prompt_id, model_type, status, limit, offset))
 
     async def update_run_status(self, run_id: str, status: str) -> Run:
+        """Set the status; ``running`` stamps ``started_at``, a final status ``completed_at``.
+
+        Raises:
+            InvalidInputError: a bad id or an unknown status.
+            RunNotFoundError: no run has this id.
+        """
         return await self._run(wf.update_run(run_id, {"status": status}))
 
     async def update_run(self, run_id: str, **fields: Any) -> Run:
+        """Set any of ``status``, ``outputs``, ``metadata``, ``execution_config``,
+        ``error_message``, ``log_path`` and ``rating``; returns the updated run.
+
+        Raises:
+            InvalidInputError: a bad id, an unknown field, or a bad value.
+            RunNotFoundError: no run has this id.
+        """
         return await self._run(wf.update_run(run_id, fields))
 
     async def set_run_rating(self, run_id: str, rating: int) -> Run:
+        """Rate the run from 1 to 5.
+
+        Raises:
+            InvalidInputError: a bad id, or a rating that is not a whole number from 1 to 5.
+            RunNotFoundError: no run has this id.
+        """
         return await self._run(wf.update_run(run_id, {"rating": rating}))
 
     async def delete_run(self, run_id: str) -> None:
+        """Delete the run.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            RunNotFoundError: no run has this id.
+        """
         return await self._run(wf.delete_run(run_id))
 
     async def enhance_prompt(
@@ -688,6 +848,23 @@ class AsyncCosmosStore(_StoreBase):
         force_overwrite: bool = False,
         enhanced_text: str | None = None,
     ) -> EnhancementResult:
+        """Rewrite the prompt into a detailed Cosmos prompt and record it on an enhance run.
+
+        ``create_new=True`` stores the rewrite as a new prompt (the original's inputs and
+        parameters, ``name`` + ``_enhanced``, ``enhanced: true``); ``create_new=False``
+        overwrites the text in place. The text comes from ``enhanced_text`` when given (its
+        author is ``enhancement_model``, default ``"agent"``), else from the enhancer
+        (``enhancement_model`` may ask it for another model). The enhance run holds every
+        detail; the prompt gains only ``parameters.enhanced``.
+
+        Raises:
+            InvalidInputError: a bad id, flag, model name or ``enhanced_text``.
+            PromptNotFoundError: no prompt has this id.
+            ConflictError: an overwrite of a prompt with non-enhance runs (pass
+                ``force_overwrite=True`` or use ``create_new``), or the text changed meanwhile.
+            EnhancementError: the enhancer failed, timed out or returned nothing usable; the
+                run is marked failed (``.run_id``) and no prompt is touched.
+        """
         enhancer = self._enhancer_for(enhancement_model, enhanced_text)
         flow = enh.enhance_prompt(
             prompt_id, create_new, force_overwrite, enhanced_text, model=enhancer.model
@@ -695,32 +872,98 @@ class AsyncCosmosStore(_StoreBase):
         return await self._run(flow, enhancer)
 
     async def revert_enhancement(self, run_id: str) -> Prompt:
+        """Restore the text an in-place enhancement replaced; returns the restored prompt.
+
+        The run becomes ``cancelled`` with ``outputs.reverted_at``.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            RunNotFoundError: no run has this id.
+            PromptNotFoundError: the prompt it changed no longer exists.
+            ConflictError: the run is not a completed overwrite enhancement, or the prompt has
+                changed since it (revert later enhancements first).
+        """
         return await self._run(enh.revert_enhancement(run_id))
 
     async def get_enhancement_details(self, prompt_id: str) -> EnhancementDetails | None:
+        """How the prompt got its current enhanced text, or None if it is not enhanced.
+
+        Read from the latest completed enhance run whose result is this prompt; for legacy
+        data with no such run, from the prompt's old keys (``run_id`` is then None).
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+        """
         return await self._run(enh.get_enhancement_details(prompt_id))
 
     async def get_original_prompt(self, enhanced_prompt_id: str) -> Prompt | None:
+        """The prompt this one was created from by a create_new enhancement, or None.
+
+        An overwrite has no separate original (see ``get_enhancement_details``).
+
+        Raises:
+            InvalidInputError: ``enhanced_prompt_id`` is not a ``ps_`` id.
+        """
         return await self._run(enh.get_original_prompt(enhanced_prompt_id))
 
     async def list_enhanced_prompts(self, limit: int = 100, offset: int = 0) -> list[Prompt]:
+        """Enhanced prompts, newest first (served by the partial index on the flag);
+        ``offset`` pages through.
+
+        Raises:
+            InvalidInputError: ``limit`` outside 1-1000, or a negative ``offset``.
+        """
         return await self._run(enh.list_enhanced_prompts(limit, offset))
 
     async def get_enhancement_history(
         self, prompt_id: str, limit: int = 100, offset: int = 0
     ) -> list[Run]:
+        """Every enhance run where the prompt is the original, the result or the run's prompt,
+        newest first, failed and reverted ones included; ``offset`` pages through.
+
+        Raises:
+            InvalidInputError: a bad id, ``limit`` or ``offset``.
+        """
         return await self._run(enh.get_enhancement_history(prompt_id, limit, offset))
 
     async def get_lineage(self, prompt_id: str) -> Lineage:
+        """Ancestors up to the root and descendants down the tree, each edge with its run.
+
+        Overwrites are not parents: they are listed as ``in_place`` enhancements.
+
+        Raises:
+            InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            PromptNotFoundError: no prompt has this id.
+        """
         return await self._run(enh.get_lineage(prompt_id))
 
     async def verify(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> VerificationReport:
+        """Check the enhancement data: prompts carry only the flag, enhance runs are complete,
+        every lineage edge resolves, and nothing older than ``stale_after`` is half-finished.
+
+        Raises:
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+        """
         return await self._run(enh.verify(stale_after))
 
     async def repair(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> RepairReport:
+        """Fix what ``verify`` finds: finish or roll back interrupted enhancements and reverts
+        older than ``stale_after``, and migrate legacy data. Reports what it cannot fix.
+
+        Raises:
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+        """
         return await self._run(enh.repair(stale_after))
 
     async def migrate(self, dry_run: bool = True) -> MigrationReport:
+        """Move legacy enhancement metadata from prompts into runs; ``dry_run`` only reports.
+
+        Idempotent: a second run changes nothing. Every helper answers the same before and
+        after, except that legacy prompts without a run gain one (and so a ``run_id``).
+
+        Raises:
+            InvalidInputError: ``dry_run`` is not a boolean.
+        """
         return await self._run(legacy.migrate(dry_run))
 
     async def import_sqlite(
@@ -731,21 +974,19 @@ class AsyncCosmosStore(_StoreBase):
         dry_run: bool = False,
         progress: Progress | None = None,
     ) -> ImportReport:
+        """Import the predecessor's SQLite database (``outputs/cosmos.db``): prompts, then runs.
+
+        Streams both tables in batches, converts JSON text and datetimes, keeps ids, and never
+        stops for one bad row: it is reported as invalid with the reason. Re-running imports
+        nothing twice and overwrites nothing. ``progress(table, done, total)`` is called after
+        each batch. ``job_queue`` rows are counted, not imported.
+
+        Raises:
+            InvalidInputError: ``path`` is not a predecessor database, or a bad option.
+            StorageError: the target database failed.
+        """
         return await self._run(importer.import_sqlite(path, batch_size, dry_run, progress))
 
 
 def public_methods(cls: type) -> set[str]:
     return {name for name, _ in inspect.getmembers(cls, callable) if not name.startswith("_")}
-
-
-def _share_docstrings() -> None:
-    """One text per behaviour: the async twin documents itself with the sync docstrings."""
-    for name in public_methods(CosmosStore):
-        twin = getattr(AsyncCosmosStore, name, None)
-        source = getattr(CosmosStore, name)
-        if twin is not None and not twin.__doc__ and source.__doc__:
-            target = twin.__func__ if inspect.ismethod(twin) else twin
-            target.__doc__ = source.__doc__
-
-
-_share_docstrings()

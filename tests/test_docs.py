@@ -68,3 +68,19 @@ def test_the_mcp_tool_reference_is_real_calls_and_their_answers() -> None:
     ]
     for (tool, _, answer), (_, _, real_answer) in zip(blocks, real, strict=True):
         assert json.loads(answer).keys() == real_answer.keys(), tool
+
+
+def test_every_class_api_md_names_imports_from_cosmos_mongo() -> None:
+    import cosmos_mongo
+    from cosmos_mongo import embedded, enhancers, errors, importer, models
+
+    ours = {
+        name
+        for module in (errors, models, importer, enhancers, embedded)
+        for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__
+    }
+    named = set(re.findall(r"`([A-Z][A-Za-z]+)`", API)) & ours
+    assert named, "API.md names no class?"
+    missing = {name for name in named if not hasattr(cosmos_mongo, name)}
+    assert not missing, missing
