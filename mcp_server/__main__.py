@@ -1,5 +1,5 @@
 """``python -m mcp_server``: the same as ``cosmos-mongo-mcp``."""
 
-from mcp_server.cli import main
+from mcp_server.launch import main
 
-main(prog_name="cosmos-mongo-mcp")
+main()

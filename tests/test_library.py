@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import cosmos_mongo
@@ -54,3 +56,47 @@ def test_the_public_names_import_from_the_package() -> None:
         assert hasattr(cosmos_mongo, name), name
     for name in ("EnhancementError", "EnhancementResult", "Lineage", "Settings", "RepairReport"):
         assert name in cosmos_mongo.__all__
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
+
+
+BLOCK_MCP = "import sys\nfor name in ('mcp', 'mcp_types', 'starlette', 'uvicorn'): sys.modules[name] = None\n"
+
+
+def test_the_library_and_its_cli_import_without_the_mcp_stack() -> None:
+    result = _python(
+        BLOCK_MCP
+        + "import cosmos_mongo, cosmos_mongo.cli, cosmos_mongo.embedded\n"
+        + "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        + "('mcp', 'starlette', 'uvicorn', 'jsonschema', 'jwt') and sys.modules[m]))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_mcp_server_without_its_extra_says_what_to_install() -> None:
+    result = _python(BLOCK_MCP + "from mcp_server.launch import main\nmain()")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "cosmos-mongo-mcp: the cosmos-mongo MCP server needs the MCP SDK: pip install "
+        "'cosmos-mongo[mcp]' (from a clone: .venv/bin/pip install -e '.[mcp]')"
+    )
+
+
+def test_the_core_install_leaves_the_mcp_stack_to_its_extra() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {requirement.split(">")[0].split("[")[0] for requirement in project["dependencies"]}
+    assert not core & {"mcp", "starlette", "uvicorn", "jsonschema"}
+    assert any(r.startswith("mcp") for r in project["optional-dependencies"]["mcp"])
+    assert project["scripts"]["cosmos-mongo-mcp"] == "mcp_server.launch:main"
