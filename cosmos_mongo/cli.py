@@ -39,8 +39,8 @@ from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console()
-if not console.is_terminal:  # piped output: rich would assume 80 columns and squeeze the text
-    console = Console(width=160)
+if not console.is_terminal:  # piped: rich would assume 80 columns and cut cells to fit them
+    console = Console(width=4096)
 
 
 @dataclass
@@ -185,7 +185,7 @@ def _details(model: BaseModel) -> None:
     console.print(table)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--uri",
     envvar="COSMOS_MONGO_URI",
@@ -246,7 +246,10 @@ def init(state: _Context, reconcile: bool, apply: bool, as_json: bool) -> None:
         raise click.UsageError("--apply goes with --reconcile")
     if not reconcile:
         names = state.store().ensure_indexes()
-        click.echo(f"Ready: {state.where()} with {len(names)} indexes.")
+        if as_json:
+            click.echo(json.dumps({"where": state.where(), "indexes": names}, indent=2))
+        else:
+            click.echo(f"Ready: {state.where()} with {len(names)} indexes.")
         return
     state.ensure_indexes = False  # a conflict must not stop the command that fixes it
     report = state.store().reconcile_indexes(apply=apply)
@@ -320,19 +323,44 @@ def prompt_show(state: _Context, prompt_id: str, as_json: bool) -> None:
 
 
 @prompt.command("list")
-@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=50,
+    show_default=True,
+    help="Most items to show.",
+)
+@click.option(
+    "--offset",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Items to skip, for the next page.",
+)
+@click.option(
+    "--enhanced/--not-enhanced",
+    default=None,
+    help="Only enhanced prompts, or only the others (default: all).",
+)
 @_json_option
 @click.pass_obj
-def prompt_list(state: _Context, limit: int, offset: int, as_json: bool) -> None:
+def prompt_list(
+    state: _Context, limit: int, offset: int, enhanced: bool | None, as_json: bool
+) -> None:
     """List prompts, newest first."""
-    prompts = state.store().list_prompts(limit=limit, offset=offset)
+    prompts = state.store().list_prompts(limit=limit, offset=offset, enhanced=enhanced)
     _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} prompt(s)")
 
 
 @prompt.command("search")
 @click.argument("query")
-@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=50,
+    show_default=True,
+    help="Most items to show.",
+)
 @_json_option
 @click.pass_obj
 def prompt_search(state: _Context, query: str, limit: int, as_json: bool) -> None:
@@ -390,10 +418,24 @@ def run() -> None:
 
 @run.command("list")
 @click.option("--prompt-id", help="Only runs of this prompt.")
-@click.option("--model-type", type=click.Choice(sorted(MODEL_TYPES)))
-@click.option("--status", type=click.Choice(sorted(RUN_STATUSES)))
-@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--model-type", type=click.Choice(sorted(MODEL_TYPES)), help="Only runs of this type."
+)
+@click.option("--status", type=click.Choice(sorted(RUN_STATUSES)), help="Only runs in this status.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=50,
+    show_default=True,
+    help="Most items to show.",
+)
+@click.option(
+    "--offset",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Items to skip, for the next page.",
+)
 @_json_option
 @click.pass_obj
 def run_list(
@@ -459,6 +501,8 @@ def enhance(
     as_json: bool,
 ) -> None:
     """Rewrite a prompt into a detailed Cosmos prompt (offline template unless configured)."""
+    if force and not overwrite:
+        raise click.UsageError("--force goes with --overwrite (it lets an overwrite proceed)")
     result = state.store().enhance_prompt(
         prompt_id,
         create_new=not overwrite,
@@ -496,7 +540,13 @@ def original(state: _Context, prompt_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=100,
+    show_default=True,
+    help="Most items to show.",
+)
 @_json_option
 @click.pass_obj
 def enhanced(state: _Context, limit: int, as_json: bool) -> None:
@@ -507,7 +557,13 @@ def enhanced(state: _Context, limit: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("prompt_id")
-@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=100,
+    show_default=True,
+    help="Most items to show.",
+)
 @_json_option
 @click.pass_obj
 def history(state: _Context, prompt_id: str, limit: int, as_json: bool) -> None:
@@ -701,7 +757,13 @@ def backup(state: _Context, destination: Path, as_json: bool) -> None:
 @cli.command("import-sqlite")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report what would be imported; write nothing.")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=500,
+    show_default=True,
+    help="Rows read and written per round trip.",
+)
 @_json_option
 @click.pass_obj
 def import_sqlite(
@@ -709,6 +771,7 @@ def import_sqlite(
 ) -> None:
     """Import the predecessor's SQLite database (outputs/cosmos.db); safe to run again."""
     progress_console = Console(stderr=True)
+    live = progress_console.is_terminal and not as_json
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -716,11 +779,14 @@ def import_sqlite(
         TimeElapsedColumn(),
         console=progress_console,
         transient=True,
-        disable=as_json,
+        disable=not live,
     ) as bar:
         tasks: dict[str, TaskID] = {}
 
         def advance(table: str, done: int, total: int) -> None:
+            if not live:  # piped or in CI: one plain line per batch, on stderr
+                click.echo(f"import-sqlite: {table} {done:,}/{total:,}", err=True)
+                return
             if table not in tasks:
                 tasks[table] = bar.add_task(table, total=total)
             bar.update(tasks[table], completed=done)
@@ -770,18 +836,20 @@ DEMO_PROMPTS = (
 
 
 @cli.command()
+@_json_option
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, as_json: bool) -> None:
     """Seed sample Cosmos prompts, enhance them, and show the results.
 
-    Uses the database ``cosmos_demo`` unless --db (or COSMOS_MONGO_DATABASE) names another.
+    Uses the database cosmos_demo unless --db (or COSMOS_MONGO_DATABASE) names another.
     """
     state: _Context = ctx.obj
     source = ctx.parent.get_parameter_source("database") if ctx.parent else None
     if source in (None, click.core.ParameterSource.DEFAULT):
         state.database = "cosmos_demo"
     store = state.store()
-    click.echo(f"Demo on {state.where()}, enhancer {store.enhancer.model}\n")
+    if not as_json:
+        click.echo(f"Demo on {state.where()}, enhancer {store.enhancer.model}\n")
     seeded = [
         store.create_prompt(text, inputs, {"name": name, "negative_prompt": "blurry, distorted"})
         for name, text, inputs in DEMO_PROMPTS
@@ -796,6 +864,16 @@ def demo(ctx: click.Context) -> None:
         enhancement_model="demo-editor",
     )
     store.enhance_prompt(second.enhanced_prompt_id, create_new=False)
+    if as_json:
+        shown = {
+            "enhanced_prompts": [
+                p.model_dump(mode="json") for p in store.list_enhanced_prompts(limit=10)
+            ],
+            "lineage": store.get_lineage(seeded[0].id).model_dump(mode="json"),
+            "verification": store.verify().model_dump(mode="json"),
+        }
+        click.echo(json.dumps(shown, indent=2))
+        return
     _prompt_table(store.list_enhanced_prompts(limit=10), "Enhanced prompts (newest first)")
     click.echo(f"\nLineage of {seeded[0].id}:")
     console.print(_lineage_tree(store.get_lineage(seeded[0].id)))

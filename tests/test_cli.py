@@ -209,3 +209,84 @@ def test_enhance_errors_are_one_line(invoke: Any) -> None:
     result = invoke("enhance", prompt_id, "--model", "gpt-9")
     assert result.exit_code == 1 and "only runs 'template-v1'" in result.output
     assert "Traceback" not in result.output
+
+
+# -- what a new user trips over ---------------------------------------------------------------
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    import click
+
+    found: list[tuple[tuple[str, ...], Any]] = [(path, group)]
+    if isinstance(group, click.Group):
+        for name, command in group.commands.items():
+            found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_command_takes_h_and_documents_every_option(invoke: Any) -> None:
+    import click
+
+    for path, command in _commands(cli):
+        shown = invoke(*path, "-h")
+        assert shown.exit_code == 0 and "Usage:" in shown.output, path
+        assert "``" not in shown.output, f"reST markup in {path} help"
+        for parameter in command.params:
+            if isinstance(parameter, click.Option) and "--help" not in parameter.opts:
+                assert parameter.help, f"{' '.join(path)} {parameter.opts[0]} has no help"
+
+
+def test_every_leaf_command_offers_json(invoke: Any) -> None:
+    import click
+
+    for path, command in _commands(cli):
+        if isinstance(command, click.Group):
+            continue
+        names = {opt for parameter in command.params for opt in getattr(parameter, "opts", [])}
+        assert "--json" in names, path
+
+
+def test_init_and_demo_print_json(invoke: Any) -> None:
+    ready = json.loads(invoke("init", "--json").output)
+    assert len(ready["indexes"]) == len(INDEXES) and "embedded" in ready["where"]
+    shown = json.loads(invoke("demo", "--json").output)
+    assert shown["verification"]["ok"] is True and shown["enhanced_prompts"]
+
+
+def test_prompt_list_filters_on_the_enhanced_flag(invoke: Any) -> None:
+    plain = created_id(invoke, "A robot arm stacks blocks")
+    child = json.loads(invoke("enhance", plain, "--json").output)["enhanced_prompt_id"]
+    enhanced = json.loads(invoke("prompt", "list", "--enhanced", "--json").output)
+    others = json.loads(invoke("prompt", "list", "--not-enhanced", "--json").output)
+    assert [p["id"] for p in enhanced] == [child] and [p["id"] for p in others] == [plain]
+
+
+def test_force_without_overwrite_is_a_usage_error(invoke: Any) -> None:
+    prompt_id = created_id(invoke, "A robot arm stacks blocks")
+    refused = invoke("enhance", prompt_id, "--force")
+    assert refused.exit_code == 2 and "--force goes with --overwrite" in refused.output
+
+
+def test_piped_tables_do_not_cut_cells(invoke: Any) -> None:
+    prompt_id = created_id(invoke, "A robot arm stacks blocks")
+    invoke("enhance", prompt_id)
+    listed = invoke("run", "list")
+    assert "completed" in listed.output and "…" not in listed.output
+
+
+def test_import_sqlite_shows_progress_lines_when_piped(invoke: Any, tmp_path: Path) -> None:
+    import re
+
+    from tests.predecessor_db import sample
+
+    source = sample(tmp_path / "cosmos.db", prompts=6)
+    result = invoke("import-sqlite", str(source), "--batch-size", "2")
+    assert result.exit_code == 0
+    progress = [line for line in result.stderr.splitlines() if line.startswith("import-sqlite:")]
+    assert progress and all(
+        re.fullmatch(r"import-sqlite: (prompts|runs) [\d,]+/[\d,]+", line) for line in progress
+    )
+    last = {line.split()[1]: line.split()[2] for line in progress}  # the final count per table
+    assert set(last) == {"prompts", "runs"}
+    assert all(done == total for done, total in (count.split("/") for count in last.values()))
+    assert not result.output.startswith("\n")

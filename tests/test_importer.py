@@ -127,9 +127,9 @@ def test_cli_import_with_dry_run_and_json(
     runner = CliRunner()
     dry = runner.invoke(cli, ["import-sqlite", str(source), "--dry-run"])
     assert dry.exit_code == 0 and "Dry run" in dry.output and "invalid" in dry.output
-    done = json.loads(runner.invoke(cli, ["import-sqlite", str(source), "--json"]).output)
+    done = json.loads(runner.invoke(cli, ["import-sqlite", str(source), "--json"]).stdout)
     assert done["prompts"]["imported"] == 8
-    again = json.loads(runner.invoke(cli, ["import-sqlite", str(source), "--json"]).output)
+    again = json.loads(runner.invoke(cli, ["import-sqlite", str(source), "--json"]).stdout)
     assert again["prompts"]["imported"] == 0 and again["prompts"]["skipped"] == 8
     missing = runner.invoke(cli, ["import-sqlite", str(tmp_path / "nope.db")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
