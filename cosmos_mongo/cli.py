@@ -10,11 +10,12 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
+from bson import json_util
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
@@ -813,6 +814,119 @@ def import_sqlite(
     hidden = len(report.problems) - 20 + report.problems_not_listed
     if hidden > 0:
         console.print(f"... and {hidden} more (use --json for all)")
+
+
+# In this order: a run's prompt goes first.
+COLLECTIONS: tuple[Literal["prompts", "runs"], ...] = ("prompts", "runs")
+
+
+def _batches(documents: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for document in documents:
+        batch.append(document)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _say_progress(command: str, as_json: bool) -> Callable[[str, int], None]:
+    """A line per batch on stderr (a terminal gets it too: the counts have no known total)."""
+
+    def say(collection: str, done: int) -> None:
+        if not as_json or not Console(stderr=True).is_terminal:
+            click.echo(f"{command}: {collection} {done:,}", err=True)
+
+    return say
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@_json_option
+@click.pass_obj
+def export(state: _Context, directory: Path, as_json: bool) -> None:
+    """Write every prompt and run to DIRECTORY as MongoDB Extended JSON, one file per
+    collection and one document per line (mongoimport reads them as they are)."""
+    targets = {name: directory / f"{name}.json" for name in COLLECTIONS}
+    taken = [str(path) for path in targets.values() if path.exists()]
+    if taken:
+        raise InvalidInputError("directory", f"already holds {', '.join(taken)}; nothing written")
+    directory.mkdir(parents=True, exist_ok=True)
+    store, say = state.store(), _say_progress("export", as_json)
+    counts = {}
+    for name, path in targets.items():
+        written = 0
+        with path.open("x", encoding="utf-8") as file:
+            for batch in _batches(store.iter_documents(name), 500):
+                for document in batch:
+                    file.write(json_util.dumps(document, json_options=_EXTENDED_JSON) + "\n")
+                written += len(batch)
+                say(name, written)
+        counts[name] = written
+    if as_json:
+        click.echo(json.dumps({"directory": str(directory), **counts}, indent=2))
+    else:
+        click.echo(
+            f"Exported {counts['prompts']:,} prompt(s) and {counts['runs']:,} run(s) from "
+            f"{state.where()} to {directory}"
+        )
+
+
+_EXTENDED_JSON = json_util.JSONOptions(
+    json_mode=json_util.JSONMode.RELAXED, tz_aware=True, tzinfo=UTC
+)
+
+
+@cli.command()
+@click.option("--to", "to_uri", help="The target MongoDB connection string.")
+@click.option(
+    "--to-data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The target embedded database's directory.",
+)
+@click.option("--to-db", help="The target database name (default: the source's).")
+@_json_option
+@click.pass_obj
+def copy(
+    state: _Context, to_uri: str | None, to_data_dir: Path | None, to_db: str | None, as_json: bool
+) -> None:
+    """Copy every prompt and run to another store (MongoDB or embedded), ids kept. Safe to
+    run again: documents already there are left alone. Ends with verify on the target."""
+    if (to_uri is None) == (to_data_dir is None):
+        raise click.UsageError("give exactly one of --to URI and --to-data-dir DIR")
+    chosen: dict[str, Any] = {"database": to_db or state.database}
+    if to_data_dir is not None:
+        chosen["data_dir"] = to_data_dir
+    target_settings = Settings(**chosen)
+    if target_settings.location(to_uri) == state.where():
+        raise click.UsageError("the target is the source")
+    source, say = state.store(), _say_progress("copy", as_json)
+    outcome: dict[str, dict[str, int]] = {}
+    with CosmosStore.connect(to_uri, settings=target_settings) as target:
+        for name in COLLECTIONS:
+            totals = {"inserted": 0, "identical": 0, "differing": 0}
+            for batch in _batches(source.iter_documents(name), 500):
+                inserted, identical, differing = target.put_documents(name, batch)
+                totals["inserted"] += inserted
+                totals["identical"] += identical
+                totals["differing"] += differing
+                say(name, sum(totals.values()))
+            outcome[name] = totals
+        report = target.verify()
+    if as_json:
+        click.echo(json.dumps({**outcome, "verify_ok": report.ok}, indent=2))
+    else:
+        for collection, totals in outcome.items():
+            click.echo(
+                f"{collection}: {totals['inserted']:,} copied, "
+                f"{totals['identical']:,} already there, "
+                f"{totals['differing']:,} differ (left as they are)"
+            )
+        click.echo(f"Verification of {target_settings.location(to_uri)}:")
+        _print_verification(report)
+    if not report.ok:
+        raise SystemExit(1)
 
 
 DEMO_PROMPTS = (

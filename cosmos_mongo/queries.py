@@ -195,6 +195,26 @@ def runs_filter(
     return {key: value for key, value in terms.items() if value is not None}
 
 
+def older_than(base: Document, after: tuple[Any, Any] | None) -> Document:
+    """``base`` restricted to documents after ``(created_at, _id)`` in NEWEST_FIRST order:
+    keyset paging, which the listing indexes serve at any depth (skip would walk it all)."""
+    if after is None:
+        return base
+    created_at, document_id = after
+    position = {
+        "$or": [
+            {"created_at": {"$lt": created_at}},
+            {"created_at": created_at, "_id": {"$lt": document_id}},
+        ]
+    }
+    return {"$and": [base, position]} if base else position
+
+
+def after_id(last: Any) -> Document:
+    """Documents whose ``_id`` sorts after ``last``: paging through a whole collection."""
+    return {} if last is None else {"_id": {"$gt": last}}
+
+
 def prompt_document(
     prompt_id: str,
     prompt_text: str,

@@ -9,7 +9,7 @@ the async twin, so both document the same behaviour from one text.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -283,6 +283,74 @@ class CosmosStore(_StoreBase):
                 ``enhanced`` that is not a boolean or None.
         """
         return self._run(wf.list_prompts(limit, offset, enhanced))
+
+    def iter_prompts(
+        self, *, enhanced: bool | None = None, batch_size: int = 500
+    ) -> Iterator[Prompt]:
+        """Every prompt, newest first, fetched ``batch_size`` at a time by keyset paging on
+        ``(created_at, _id)``: as cheap at the millionth prompt as at the first.
+
+        Raises:
+            InvalidInputError: ``batch_size`` outside 1-1000, or a bad ``enhanced``.
+        """
+        after: tuple[Any, str] | None = None
+        while True:
+            page = self._run(wf.prompts_page(after, batch_size, enhanced))
+            yield from page
+            if len(page) < batch_size:
+                return
+            after = (page[-1].created_at, page[-1].id)
+
+    def iter_runs(
+        self,
+        prompt_id: str | None = None,
+        model_type: str | None = None,
+        status: str | None = None,
+        *,
+        batch_size: int = 500,
+    ) -> Iterator[Run]:
+        """Every run (of a prompt, type or status, if given), newest first, fetched
+        ``batch_size`` at a time by keyset paging on ``(created_at, _id)``.
+
+        Raises:
+            InvalidInputError: a bad filter value, or ``batch_size`` outside 1-1000.
+        """
+        after: tuple[Any, str] | None = None
+        while True:
+            page = self._run(wf.runs_page(after, batch_size, prompt_id, model_type, status))
+            yield from page
+            if len(page) < batch_size:
+                return
+            after = (page[-1].created_at, page[-1].id)
+
+    def iter_documents(
+        self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """Every stored document of ``collection`` exactly as stored, by ``_id``: for
+        exporting and copying a store.
+
+        Raises:
+            InvalidInputError: another collection, or ``batch_size`` outside 1-1000.
+        """
+        last: Any = None
+        while True:
+            page = self._run(wf.documents_page(collection, last, batch_size))
+            yield from page
+            if len(page) < batch_size:
+                return
+            last = page[-1]["_id"]
+
+    def put_documents(
+        self, collection: Literal["prompts", "runs"], documents: list[dict[str, Any]]
+    ) -> tuple[int, int, int]:
+        """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
+        ``(inserted, identical, differing)``: copying again inserts nothing.
+
+        Raises:
+            InvalidInputError: another collection.
+            StorageError: the database failed.
+        """
+        return self._run(wf.put_documents(collection, documents))
 
     def search_prompts(self, query: str, limit: int = 50, offset: int = 0) -> list[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
@@ -699,6 +767,77 @@ class AsyncCosmosStore(_StoreBase):
                 ``enhanced`` that is not a boolean or None.
         """
         return await self._run(wf.list_prompts(limit, offset, enhanced))
+
+    async def iter_prompts(
+        self, *, enhanced: bool | None = None, batch_size: int = 500
+    ) -> AsyncIterator[Prompt]:
+        """Every prompt, newest first, fetched ``batch_size`` at a time by keyset paging on
+        ``(created_at, _id)``: as cheap at the millionth prompt as at the first.
+
+        Raises:
+            InvalidInputError: ``batch_size`` outside 1-1000, or a bad ``enhanced``.
+        """
+        after: tuple[Any, str] | None = None
+        while True:
+            page = await self._run(wf.prompts_page(after, batch_size, enhanced))
+            for prompt in page:
+                yield prompt
+            if len(page) < batch_size:
+                return
+            after = (page[-1].created_at, page[-1].id)
+
+    async def iter_runs(
+        self,
+        prompt_id: str | None = None,
+        model_type: str | None = None,
+        status: str | None = None,
+        *,
+        batch_size: int = 500,
+    ) -> AsyncIterator[Run]:
+        """Every run (of a prompt, type or status, if given), newest first, fetched
+        ``batch_size`` at a time by keyset paging on ``(created_at, _id)``.
+
+        Raises:
+            InvalidInputError: a bad filter value, or ``batch_size`` outside 1-1000.
+        """
+        after: tuple[Any, str] | None = None
+        while True:
+            page = await self._run(wf.runs_page(after, batch_size, prompt_id, model_type, status))
+            for run in page:
+                yield run
+            if len(page) < batch_size:
+                return
+            after = (page[-1].created_at, page[-1].id)
+
+    async def iter_documents(
+        self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every stored document of ``collection`` exactly as stored, by ``_id``: for
+        exporting and copying a store.
+
+        Raises:
+            InvalidInputError: another collection, or ``batch_size`` outside 1-1000.
+        """
+        last: Any = None
+        while True:
+            page = await self._run(wf.documents_page(collection, last, batch_size))
+            for document in page:
+                yield document
+            if len(page) < batch_size:
+                return
+            last = page[-1]["_id"]
+
+    async def put_documents(
+        self, collection: Literal["prompts", "runs"], documents: list[dict[str, Any]]
+    ) -> tuple[int, int, int]:
+        """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
+        ``(inserted, identical, differing)``: copying again inserts nothing.
+
+        Raises:
+            InvalidInputError: another collection.
+            StorageError: the database failed.
+        """
+        return await self._run(wf.put_documents(collection, documents))
 
     async def search_prompts(self, query: str, limit: int = 50, offset: int = 0) -> list[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;

@@ -42,6 +42,7 @@ from cosmos_mongo.ops import (
     FindOne,
     FindOneAndUpdate,
     Flow,
+    InsertMany,
     InsertOne,
     ListIndexes,
 )
@@ -144,6 +145,67 @@ def list_prompts(
         limit=v.check_limit(limit),
     )
     return [Prompt.from_document(document) for document in documents]
+
+
+def prompts_page(
+    after: tuple[Any, Any] | None, limit: object, enhanced: object = None
+) -> Flow[list[Prompt]]:
+    """The prompts after ``after`` (a ``(created_at, id)`` position), newest first."""
+    if enhanced is not None and not isinstance(enhanced, bool):
+        raise InvalidInputError("enhanced", "must be true, false or null")
+    documents = yield Find(
+        q.PROMPTS,
+        q.older_than(q.prompts_filter(enhanced), after),
+        sort=q.NEWEST_FIRST,
+        limit=v.check_limit(limit),
+    )
+    return [Prompt.from_document(document) for document in documents]
+
+
+def runs_page(
+    after: tuple[Any, Any] | None,
+    limit: object,
+    prompt_id: object = None,
+    model_type: object = None,
+    status: object = None,
+) -> Flow[list[Run]]:
+    """The runs after ``after`` (a ``(created_at, id)`` position), newest first."""
+    run_filter = q.runs_filter(
+        None if prompt_id is None else v.check_prompt_id(prompt_id),
+        None if model_type is None else v.check_model_type(model_type),
+        None if status is None else v.check_status(status),
+    )
+    documents = yield Find(
+        q.RUNS, q.older_than(run_filter, after), sort=q.NEWEST_FIRST, limit=v.check_limit(limit)
+    )
+    return [Run.from_document(document) for document in documents]
+
+
+def documents_page(collection: object, last_id: Any, limit: object) -> Flow[list[Document]]:
+    """Raw documents of ``collection`` after ``last_id``, by ``_id``: for export and copy,
+    which must carry every field as stored."""
+    if collection not in (q.PROMPTS, q.RUNS):
+        raise InvalidInputError("collection", "must be 'prompts' or 'runs'")
+    documents: list[Document] = yield Find(
+        str(collection), q.after_id(last_id), sort=(("_id", 1),), limit=v.check_limit(limit)
+    )
+    return documents
+
+
+def put_documents(collection: object, documents: list[Document]) -> Flow[tuple[int, int, int]]:
+    """Insert the documents whose ids are new; count the identical and the differing ones
+    (never overwritten). Returns (inserted, identical, differing)."""
+    if collection not in (q.PROMPTS, q.RUNS):
+        raise InvalidInputError("collection", "must be 'prompts' or 'runs'")
+    name = str(collection)
+    ids = [document["_id"] for document in documents]
+    stored = yield Find(name, {"_id": {"$in": ids}})
+    by_id = {document["_id"]: document for document in stored}
+    new = [document for document in documents if document["_id"] not in by_id]
+    identical = sum(1 for document in documents if by_id.get(document["_id"]) == document)
+    if new:
+        yield InsertMany(name, new)
+    return len(new), identical, len(by_id) - identical
 
 
 def search_prompts(query: object, limit: object = 50, offset: object = 0) -> Flow[list[Prompt]]:

@@ -290,3 +290,64 @@ def test_import_sqlite_shows_progress_lines_when_piped(invoke: Any, tmp_path: Pa
     assert set(last) == {"prompts", "runs"}
     assert all(done == total for done, total in (count.split("/") for count in last.values()))
     assert not result.output.startswith("\n")
+
+
+# -- moving data -----------------------------------------------------------------------------
+
+
+def seeded(invoke: Any) -> str:
+    prompt_id = created_id(invoke, "A robot arm stacks blocks", "--name", "robot")
+    invoke("enhance", prompt_id)
+    invoke("enhance", prompt_id, "--overwrite", "--text", "A robot arm stacks three blocks.")
+    return prompt_id
+
+
+def test_export_writes_extended_json_that_reads_back_exactly(invoke: Any, tmp_path: Path) -> None:
+    from bson import json_util
+
+    from cosmos_mongo import CosmosStore
+    from cosmos_mongo.cli import _EXTENDED_JSON
+    from cosmos_mongo.config import Settings
+
+    seeded(invoke)
+    result = invoke("export", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "directory": str(tmp_path / "out"),
+        "prompts": 2,
+        "runs": 2,
+    }
+    with CosmosStore.connect(settings=Settings(data_dir=tmp_path / "data")) as store:
+        for name in ("prompts", "runs"):
+            lines = (tmp_path / "out" / f"{name}.json").read_text().splitlines()
+            read = [json_util.loads(line, json_options=_EXTENDED_JSON) for line in lines]
+            assert read == list(store.iter_documents(name))
+            assert all('"$date"' in line for line in lines)  # mongoimport's date form
+    again = invoke("export", str(tmp_path / "out"))
+    assert again.exit_code == 1 and "already holds" in again.output
+
+
+def test_copy_moves_everything_to_another_store_idempotently_and_verifies(
+    invoke: Any, tmp_path: Path
+) -> None:
+    from cosmos_mongo import CosmosStore
+    from cosmos_mongo.config import Settings
+
+    prompt_id = seeded(invoke)
+    target = tmp_path / "target"
+    first = invoke("copy", "--to-data-dir", str(target), "--json")
+    assert first.exit_code == 0, first.output
+    counts = json.loads(first.stdout)
+    assert counts["prompts"]["inserted"] == 2 and counts["runs"]["inserted"] == 2
+    assert counts["verify_ok"] is True
+    again = json.loads(invoke("copy", "--to-data-dir", str(target), "--json").stdout)
+    assert again["prompts"] == {"inserted": 0, "identical": 2, "differing": 0}
+    with (
+        CosmosStore.connect(settings=Settings(data_dir=tmp_path / "data")) as source,
+        CosmosStore.connect(settings=Settings(data_dir=target)) as copied,
+    ):
+        for name in ("prompts", "runs"):
+            assert list(copied.iter_documents(name)) == list(source.iter_documents(name))
+        assert copied.get_lineage(prompt_id) == source.get_lineage(prompt_id)
+    assert invoke("copy").exit_code == 2
+    assert invoke("copy", "--to-data-dir", str(tmp_path / "data")).exit_code == 2  # itself

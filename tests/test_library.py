@@ -7,7 +7,9 @@ import asyncio
 import inspect
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cosmos_mongo
 from cosmos_mongo import AsyncCosmosStore, CosmosStore, Settings
@@ -100,3 +102,42 @@ def test_the_core_install_leaves_the_mcp_stack_to_its_extra() -> None:
     assert not core & {"mcp", "starlette", "uvicorn", "jsonschema"}
     assert any(r.startswith("mcp") for r in project["optional-dependencies"]["mcp"])
     assert project["scripts"]["cosmos-mongo-mcp"] == "mcp_server.launch:main"
+
+
+def collect(store: Any, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+    """Drain an iterator from either twin (AwaitingStore drives the async one)."""
+    inner = getattr(store, "async_store", None)
+    if inner is None:
+        return list(getattr(store, method)(*args, **kwargs))
+
+    async def drain() -> list[Any]:
+        return [item async for item in getattr(inner, method)(*args, **kwargs)]
+
+    return store.runner.run(drain())  # type: ignore[no-any-return]
+
+
+def test_iterators_stream_everything_in_listing_order(backend: Any) -> None:
+    store = backend.store
+    prompts = [store.create_prompt(f"Prompt {i}", {}, {}) for i in range(7)]
+    store.enhance_prompt(prompts[0].id, enhanced_text="A child.")
+    for prompt in prompts[:3]:
+        store.create_run(prompt.id, {}, initial_status="failed")
+    every = collect(store, "iter_prompts", batch_size=3)
+    assert [p.id for p in every] == [p.id for p in store.list_prompts(limit=100)]
+    flagged = collect(store, "iter_prompts", enhanced=True, batch_size=1)
+    assert [p.id for p in flagged] == [p.id for p in store.list_enhanced_prompts()]
+    failed = collect(store, "iter_runs", status="failed", batch_size=2)
+    assert [r.id for r in failed] == [r.id for r in store.list_runs(status="failed")]
+    raw = collect(store, "iter_documents", "runs", batch_size=2)
+    assert sorted(d["_id"] for d in raw) == sorted(r.id for r in store.list_runs(limit=100))
+
+
+def test_iteration_goes_past_the_thousand_a_list_holds(mock_store: CosmosStore) -> None:
+    documents = [
+        {"_id": f"ps_{i:032x}", "prompt_text": f"p{i}", "inputs": {}, "parameters": {}}
+        for i in range(1205)
+    ]
+    now = datetime.now(UTC)
+    mock_store.db["prompts"].insert_many([{**d, "created_at": now} for d in documents])
+    ids = [p.id for p in mock_store.iter_prompts(batch_size=1000)]
+    assert len(ids) == len(set(ids)) == 1205  # ties on created_at are broken by _id
