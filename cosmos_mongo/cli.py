@@ -7,7 +7,9 @@ reaches the user. Every command prints a table by default and JSON with ``--json
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -216,12 +218,30 @@ def _details(model: BaseModel) -> None:
     help="Do not create missing indexes (for users with only the read role; "
     "COSMOS_MONGO_ENSURE_INDEXES=0).",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log to stderr: -v retries, enhancer calls and batches; -vv every database operation.",
+)
 @click.version_option(package_name="cosmos-mongo")
 @click.pass_context
 def cli(
-    ctx: click.Context, uri: str | None, database: str, data_dir: Path | None, skip_indexes: bool
+    ctx: click.Context,
+    uri: str | None,
+    database: str,
+    data_dir: Path | None,
+    skip_indexes: bool,
+    verbose: int,
 ) -> None:
     """Store and inspect NVIDIA Cosmos prompts and runs in MongoDB."""
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        library_log = logging.getLogger("cosmos_mongo")
+        library_log.addHandler(handler)
+        library_log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        ctx.call_on_close(lambda: library_log.removeHandler(handler))
     state = _Context(
         uri=uri or None,
         database=database,

@@ -17,6 +17,7 @@ server's partial index matches only ``true``.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence, Set
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from cosmos_mongo.errors import InvalidInputError
 from cosmos_mongo.legacy import parse_time
 from cosmos_mongo.models import utc_now
 from cosmos_mongo.ops import Find, Flow, InsertMany
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(table, rows_done, rows_total)`` after each batch."""
@@ -282,6 +285,7 @@ def _import_prompts(
         )
         imported.update(document["_id"] for document in fresh)
         done += len(rows)
+        log.info("import-sqlite: prompts %d/%d", done, total)
         if progress:
             progress("prompts", done, total)
     return imported
@@ -319,6 +323,7 @@ def _import_runs(
                 report.note("runs", document["_id"], "invalid", reason)
         yield from _store_new(q.RUNS, with_prompt, report.runs, report, dry_run)
         done += len(rows)
+        log.info("import-sqlite: runs %d/%d", done, total)
         if progress:
             progress("runs", done, total)
 

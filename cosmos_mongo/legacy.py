@@ -10,6 +10,7 @@ records whatever only the legacy keys know, then removes the keys.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,8 @@ from cosmos_mongo.models import (
 )
 from cosmos_mongo.ops import Find, Flow, InsertOne, UpdateOne
 from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS
+
+log = logging.getLogger(__name__)
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -301,6 +304,7 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
         if not batch:
             break
         after, examined = batch[-1]["_id"], examined + len(batch)
+        log.info("migrate: %d legacy prompt(s) examined", examined)
         producing = yield Find(
             q.RUNS,
             {

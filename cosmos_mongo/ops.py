@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -42,6 +43,7 @@ from cosmos_mongo.errors import (
 _TOO_LARGE_CODES: Final = frozenset({10334, 17419, 17420})
 
 T = TypeVar("T")
+log = logging.getLogger("cosmos_mongo")
 
 Document = dict[str, Any]
 Filter = Mapping[str, Any]
@@ -321,12 +323,15 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
 
     def call(step: Operation) -> Any:
         args, kwargs = step.arguments()
+        started = time.perf_counter()
         raw = getattr(database[step.collection], step.method)(*args, **kwargs)
-        return step.finish(list(raw) if step.returns_cursor else raw)
+        result = step.finish(list(raw) if step.returns_cursor else raw)
+        _log_operation(step, started)
+        return result
 
     def execute(step: Step) -> Any:
         if isinstance(step, Generate):
-            return _generate_sync(services, step)
+            return _log_generated(services, _generate_sync(services, step))
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else database.damaged_documents()
         _refuse_writes(services, step)
@@ -356,14 +361,17 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
 
     async def call(step: Operation) -> Any:
         args, kwargs = step.arguments()
+        started = time.perf_counter()
         raw = getattr(database[step.collection], step.method)(*args, **kwargs)
         if inspect.isawaitable(raw):  # pymongo async awaits aggregate(); Motor does not
             raw = await raw
-        return step.finish(await raw.to_list(None) if step.returns_cursor else raw)
+        result = step.finish(await raw.to_list(None) if step.returns_cursor else raw)
+        _log_operation(step, started)
+        return result
 
     async def execute(step: Step) -> Any:
         if isinstance(step, Generate):
-            return await _generate_async(services, step)
+            return _log_generated(services, await _generate_async(services, step))
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else await database.damaged_documents()
         _refuse_writes(services, step)
@@ -389,7 +397,36 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
 
 def _send_again(step: Operation, exc: AutoReconnect) -> bool:
     """A read whose connection dropped is sent once more; a server nobody can reach is not."""
-    return step.retry_safe and not isinstance(exc, ServerSelectionTimeoutError)
+    again = step.retry_safe and not isinstance(exc, ServerSelectionTimeoutError)
+    if again:
+        log.info(
+            "%s.%s: connection dropped (%s); sending it again",
+            step.collection,
+            step.method,
+            type(exc).__name__,
+        )
+    return again
+
+
+def _log_operation(step: Operation, started: float) -> None:
+    """One DEBUG line per database operation: names and time only, never values."""
+    if log.isEnabledFor(logging.DEBUG):
+        elapsed = (time.perf_counter() - started) * 1000
+        log.debug("%s.%s %.1f ms", step.collection, step.method, elapsed)
+
+
+def _log_generated(services: Services, generated: Generated) -> Generated:
+    model = getattr(services.enhancer, "model", "enhancer")
+    if generated.error is None:
+        log.info("enhancer %s answered in %.2f s", model, generated.seconds)
+    else:
+        log.info(
+            "enhancer %s failed after %.2f s: %s",
+            model,
+            generated.seconds,
+            type(generated.error).__name__,
+        )
+    return generated
 
 
 def _generate_sync(services: Services, step: Generate) -> Generated:

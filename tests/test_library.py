@@ -141,3 +141,49 @@ def test_iteration_goes_past_the_thousand_a_list_holds(mock_store: CosmosStore) 
     mock_store.db["prompts"].insert_many([{**d, "created_at": now} for d in documents])
     ids = [p.id for p in mock_store.iter_prompts(batch_size=1000)]
     assert len(ids) == len(set(ids)) == 1205  # ties on created_at are broken by _id
+
+
+# -- logging ------------------------------------------------------------------------------------
+
+
+def test_each_database_operation_logs_one_debug_line(mock_store: CosmosStore, caplog: Any) -> None:
+    import logging
+
+    prompt = mock_store.create_prompt("A robot arm stacks blocks", {}, {})
+    caplog.set_level(logging.DEBUG, logger="cosmos_mongo")
+    mock_store.get_prompt(prompt.id)
+    lines = [r for r in caplog.records if r.name == "cosmos_mongo"]
+    assert len(lines) == 1 and lines[0].levelname == "DEBUG"
+    assert lines[0].getMessage().startswith("prompts.find_one ") and "ms" in lines[0].getMessage()
+    assert "A robot arm" not in caplog.text  # names and times, never values
+
+
+def test_enhancer_calls_retries_and_batches_log_at_info(
+    mock_store: CosmosStore, caplog: Any, tmp_path: Path
+) -> None:
+    import logging
+
+    from tests.predecessor_db import sample
+    from tests.test_faults import DroppingDatabase
+
+    caplog.set_level(logging.INFO, logger="cosmos_mongo")
+    prompt = mock_store.create_prompt("A robot arm stacks blocks", {}, {})
+    mock_store.enhance_prompt(prompt.id)
+    CosmosStore(DroppingDatabase(mock_store.db, drop_on={1})).get_prompt(prompt.id)
+    mock_store.import_sqlite(sample(tmp_path / "cosmos.db"), batch_size=2)
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert any(m.startswith("enhancer template-v1 answered in") for m in messages)
+    assert any("connection dropped (AutoReconnect); sending it again" in m for m in messages)
+    assert any(m.startswith("import-sqlite: prompts 2/") for m in messages)
+
+
+def test_cli_verbose_flags_turn_the_logger_on(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cosmos_mongo.cli import cli
+
+    base = ["--data-dir", str(tmp_path)]
+    quiet = CliRunner().invoke(cli, [*base, "prompt", "list"])
+    debug = CliRunner().invoke(cli, [*base, "-vv", "prompt", "list"])
+    assert "cosmos_mongo DEBUG" not in quiet.stderr
+    assert "cosmos_mongo DEBUG prompts.find " in debug.stderr
