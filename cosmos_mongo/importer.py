@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -31,7 +32,7 @@ from cosmos_mongo import validation as v
 from cosmos_mongo.errors import InvalidInputError
 from cosmos_mongo.legacy import parse_time
 from cosmos_mongo.models import utc_now
-from cosmos_mongo.ops import Find, Flow, InsertMany
+from cosmos_mongo.ops import Blocking, Find, Flow, InsertMany
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,8 @@ def _open(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _batches(connection: sqlite3.Connection, sql: str, size: int) -> Iterator[list[sqlite3.Row]]:
-    cursor = connection.execute(sql)
-    while rows := cursor.fetchmany(size):
-        yield rows
+def _fetch(connection: sqlite3.Connection, sql: str) -> list[sqlite3.Row]:
+    return connection.execute(sql).fetchall()
 
 
 def import_sqlite(
@@ -236,16 +235,16 @@ def import_sqlite(
         raise InvalidInputError("batch_size", "must be a whole number from 1 to 10000")
     if not isinstance(dry_run, bool):
         raise InvalidInputError("dry_run", "must be true or false")
-    connection = _open(source)
+    # Every read of the file is a Blocking step: the async twin makes it on a worker thread.
+    connection: sqlite3.Connection = yield Blocking(partial(_open, source))
     report = ImportReport(source=str(source), dry_run=dry_run)
     try:
         known = yield from _import_prompts(connection, batch_size, dry_run, report, progress)
         yield from _import_runs(connection, batch_size, dry_run, report, progress, known)
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-        if "job_queue" in tables:
-            (report.job_queue_skipped,) = connection.execute(
-                "SELECT count(*) FROM job_queue"
-            ).fetchone()
+        names = yield Blocking(partial(_fetch, connection, "SELECT name FROM sqlite_master"))
+        if "job_queue" in {row[0] for row in names}:
+            counted = yield Blocking(partial(_fetch, connection, "SELECT count(*) FROM job_queue"))
+            report.job_queue_skipped = counted[0][0]
     finally:
         connection.close()
     return report
@@ -260,13 +259,14 @@ def _import_prompts(
 ) -> Flow[set[str]]:
     """Import the prompts table; returns the ids imported, for the runs that follow."""
     now = utc_now()
-    (total,) = connection.execute("SELECT count(*) FROM prompts").fetchone()
+    counted = yield Blocking(partial(_fetch, connection, "SELECT count(*) FROM prompts"))
+    total = counted[0][0]
     done = 0
     imported: set[str] = set()
     filled_in: set[str] = set()  # rows whose created_at the import supplied
-    for rows in _batches(
-        connection, f"SELECT {_PROMPT_COLUMNS} FROM prompts ORDER BY rowid", batch_size
-    ):
+    sql = f"SELECT {_PROMPT_COLUMNS} FROM prompts ORDER BY rowid"
+    cursor = yield Blocking(partial(connection.execute, sql))
+    while rows := (yield Blocking(partial(cursor.fetchmany, batch_size))):
         converted = []
         for row in rows:
             try:
@@ -300,9 +300,12 @@ def _import_runs(
     known_prompts: set[str],
 ) -> Flow[None]:
     """Import the runs table; a run whose prompt exists nowhere is invalid."""
-    (total,) = connection.execute("SELECT count(*) FROM runs").fetchone()
+    counted = yield Blocking(partial(_fetch, connection, "SELECT count(*) FROM runs"))
+    total = counted[0][0]
     done = 0
-    for rows in _batches(connection, f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY rowid", batch_size):
+    sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY rowid"
+    cursor = yield Blocking(partial(connection.execute, sql))
+    while rows := (yield Blocking(partial(cursor.fetchmany, batch_size))):
         converted = []
         for row in rows:
             try:

@@ -17,7 +17,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -253,7 +253,16 @@ class DamagedDocuments:
     such method and answer with an empty list."""
 
 
-Step = Operation | Generate | DamagedDocuments
+@dataclass(frozen=True, slots=True)
+class Blocking:
+    """A blocking call that is not a database operation (the importer reading its SQLite
+    file): made directly by the sync driver, on a worker thread by the async one, so it never
+    stalls an event loop."""
+
+    call: Callable[[], Any]
+
+
+Step = Operation | Generate | DamagedDocuments | Blocking
 
 
 def _damaged_probe(database: Any) -> Any:
@@ -334,6 +343,8 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
             return _log_generated(services, _generate_sync(services, step))
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else database.damaged_documents()
+        if isinstance(step, Blocking):
+            return step.call()
         _refuse_writes(services, step)
         try:
             return call(step)
@@ -374,6 +385,8 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
             return _log_generated(services, await _generate_async(services, step))
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else await database.damaged_documents()
+        if isinstance(step, Blocking):
+            return await asyncio.to_thread(step.call)
         _refuse_writes(services, step)
         try:
             return await call(step)

@@ -187,3 +187,50 @@ def test_cli_verbose_flags_turn_the_logger_on(tmp_path: Path) -> None:
     debug = CliRunner().invoke(cli, [*base, "-vv", "prompt", "list"])
     assert "cosmos_mongo DEBUG" not in quiet.stderr
     assert "cosmos_mongo DEBUG prompts.find " in debug.stderr
+
+
+def test_the_async_importer_reads_its_file_off_the_event_loop(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import threading
+
+    import mongomock
+    from mongomock_motor import AsyncMongoMockClient
+
+    from cosmos_mongo import importer
+    from tests.predecessor_db import sample
+
+    threads: list[int] = []
+
+    class Watched:
+        """The SQLite connection and its cursors, noting the thread of every read."""
+
+        def __init__(self, target: Any) -> None:
+            self._target = target
+
+        def __getattr__(self, name: str) -> Any:
+            attribute = getattr(self._target, name)
+            if not callable(attribute):
+                return attribute
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if name != "close":  # closing reads nothing
+                    threads.append(threading.get_ident())
+                result = attribute(*args, **kwargs)
+                return Watched(result) if name == "execute" else result
+
+            return call
+
+    opened = importer._open
+    monkeypatch.setattr(importer, "_open", lambda path: Watched(opened(path)))
+    source = sample(tmp_path / "cosmos.db")
+    client = mongomock.MongoClient(tz_aware=True)
+    store = AsyncCosmosStore(AsyncMongoMockClient(mock_mongo_client=client)["cosmos"])
+
+    async def run() -> tuple[Any, int]:
+        report = await store.import_sqlite(source, batch_size=2)
+        return report, threading.get_ident()
+
+    report, loop_thread = asyncio.run(run())
+    assert report.prompts.imported > 0 and threads
+    assert loop_thread not in threads  # every read ran on a worker thread
