@@ -135,6 +135,34 @@ class Run(_Document):
     def _none_as_empty(cls, value: Any) -> Any:
         return {} if value is None else value
 
+    @property
+    def enhancement(self) -> EnhancementOutputs | None:
+        """The outputs of a completed enhance run, typed; None for any other run (or an
+        enhance run whose outputs are incomplete: ``verify`` reports those)."""
+        if self.model_type != "enhance" or self.status != "completed":
+            return None
+        try:
+            return EnhancementOutputs.model_validate(self.outputs)
+        except ValueError:
+            return None
+
+
+class EnhancementOutputs(BaseModel):
+    """What a completed enhance run records in ``outputs``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enhanced_text: str
+    original_prompt_id: str
+    enhanced_prompt_id: str
+    enhancement_model: str
+    enhanced_at: datetime
+    duration_seconds: float | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return self.original_prompt_id == self.enhanced_prompt_id
+
 
 class DeletionPreview(BaseModel):
     """What :meth:`CosmosStore.delete_prompt` would remove."""

@@ -234,3 +234,15 @@ def test_the_async_importer_reads_its_file_off_the_event_loop(
     report, loop_thread = asyncio.run(run())
     assert report.prompts.imported > 0 and threads
     assert loop_thread not in threads  # every read ran on a worker thread
+
+
+def test_a_completed_enhance_run_has_typed_outputs(mock_store: CosmosStore) -> None:
+    from cosmos_mongo import EnhancementOutputs
+
+    prompt = mock_store.create_prompt("A robot arm stacks blocks", {}, {})
+    done = mock_store.enhance_prompt(prompt.id, create_new=False, enhanced_text="Rewritten.")
+    typed = mock_store.get_run(done.run_id).enhancement
+    assert isinstance(typed, EnhancementOutputs) and typed.in_place
+    assert typed.enhanced_text == "Rewritten." and typed.enhancement_model == "agent"
+    transfer = mock_store.create_run(prompt.id, {})
+    assert transfer.enhancement is None
