@@ -106,6 +106,25 @@ def _json_option(function: F) -> F:
     )
 
 
+def _limit_option(default: int) -> Callable[[F], F]:
+    return click.option(
+        "--limit",
+        type=click.IntRange(1, MAX_LIMIT),
+        default=default,
+        show_default=True,
+        help="Most items to show.",
+    )
+
+
+_OFFSET = click.option(
+    "--offset",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Items to skip, for the next page.",
+)
+
+
 def _emit(value: BaseModel | Sequence[BaseModel] | None) -> None:
     if value is None:
         click.echo("null")
@@ -344,20 +363,8 @@ def prompt_show(state: _Context, prompt_id: str, as_json: bool) -> None:
 
 
 @prompt.command("list")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_LIMIT),
-    default=50,
-    show_default=True,
-    help="Most items to show.",
-)
-@click.option(
-    "--offset",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Items to skip, for the next page.",
-)
+@_limit_option(50)
+@_OFFSET
 @click.option(
     "--enhanced/--not-enhanced",
     default=None,
@@ -375,13 +382,7 @@ def prompt_list(
 
 @prompt.command("search")
 @click.argument("query")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_LIMIT),
-    default=50,
-    show_default=True,
-    help="Most items to show.",
-)
+@_limit_option(50)
 @_json_option
 @click.pass_obj
 def prompt_search(state: _Context, query: str, limit: int, as_json: bool) -> None:
@@ -443,20 +444,8 @@ def run() -> None:
     "--model-type", type=click.Choice(sorted(MODEL_TYPES)), help="Only runs of this type."
 )
 @click.option("--status", type=click.Choice(sorted(RUN_STATUSES)), help="Only runs in this status.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_LIMIT),
-    default=50,
-    show_default=True,
-    help="Most items to show.",
-)
-@click.option(
-    "--offset",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Items to skip, for the next page.",
-)
+@_limit_option(50)
+@_OFFSET
 @_json_option
 @click.pass_obj
 def run_list(
@@ -561,13 +550,7 @@ def original(state: _Context, prompt_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_LIMIT),
-    default=100,
-    show_default=True,
-    help="Most items to show.",
-)
+@_limit_option(100)
 @_json_option
 @click.pass_obj
 def enhanced(state: _Context, limit: int, as_json: bool) -> None:
@@ -578,13 +561,7 @@ def enhanced(state: _Context, limit: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("prompt_id")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_LIMIT),
-    default=100,
-    show_default=True,
-    help="Most items to show.",
-)
+@_limit_option(100)
 @_json_option
 @click.pass_obj
 def history(state: _Context, prompt_id: str, limit: int, as_json: bool) -> None:

@@ -162,6 +162,14 @@ def prompts_page(
     return [Prompt.from_document(document) for document in documents]
 
 
+def _checked_runs_filter(prompt_id: object, model_type: object, status: object) -> Document:
+    return q.runs_filter(
+        None if prompt_id is None else v.check_prompt_id(prompt_id),
+        None if model_type is None else v.check_model_type(model_type),
+        None if status is None else v.check_status(status),
+    )
+
+
 def runs_page(
     after: tuple[Any, Any] | None,
     limit: object,
@@ -170,11 +178,7 @@ def runs_page(
     status: object = None,
 ) -> Flow[list[Run]]:
     """The runs after ``after`` (a ``(created_at, id)`` position), newest first."""
-    run_filter = q.runs_filter(
-        None if prompt_id is None else v.check_prompt_id(prompt_id),
-        None if model_type is None else v.check_model_type(model_type),
-        None if status is None else v.check_status(status),
-    )
+    run_filter = _checked_runs_filter(prompt_id, model_type, status)
     documents = yield Find(
         q.RUNS, q.older_than(run_filter, after), sort=q.NEWEST_FIRST, limit=v.check_limit(limit)
     )
@@ -365,11 +369,7 @@ def list_runs(
     limit: object = 50,
     offset: object = 0,
 ) -> Flow[list[Run]]:
-    run_filter = q.runs_filter(
-        None if prompt_id is None else v.check_prompt_id(prompt_id),
-        None if model_type is None else v.check_model_type(model_type),
-        None if status is None else v.check_status(status),
-    )
+    run_filter = _checked_runs_filter(prompt_id, model_type, status)
     documents = yield Find(
         q.RUNS,
         run_filter,

@@ -384,12 +384,18 @@ async def test_creating_a_new_prompt_asks_nobody(harness: Harness) -> None:
 # -- logging to the client -------------------------------------------------------------------------
 
 
-async def test_the_client_hears_logs_at_the_level_it_sets(harness: Harness) -> None:
+def listener() -> tuple[list[types.LoggingMessageNotificationParams], Any]:
+    """A client logging callback and the list of what it heard."""
     heard: list[types.LoggingMessageNotificationParams] = []
 
     async def listen(params: types.LoggingMessageNotificationParams) -> None:
         heard.append(params)
 
+    return heard, listen
+
+
+async def test_the_client_hears_logs_at_the_level_it_sets(harness: Harness) -> None:
+    heard, listen = listener()
     prompt = await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
     options = {"logging_callback": listen, "mode": "legacy"}
     async with harness.connect(client_options=options) as session:
@@ -408,11 +414,7 @@ async def test_the_client_hears_logs_at_the_level_it_sets(harness: Harness) -> N
 
 
 async def test_a_2026_client_hears_logs_when_it_opts_in(harness: Harness) -> None:
-    heard: list[types.LoggingMessageNotificationParams] = []
-
-    async def listen(params: types.LoggingMessageNotificationParams) -> None:
-        heard.append(params)
-
+    heard, listen = listener()
     prompt = await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
     options = {"logging_callback": listen, "log_level": "info"}
     async with harness.connect(client_options=options) as session:
