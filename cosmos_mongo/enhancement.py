@@ -132,7 +132,7 @@ def enhance_prompt(
     new = v.check_flag(create_new, "create_new")
     force = v.check_flag(force_overwrite, "force_overwrite")
     supplied = None if enhanced_text is None else check_enhanced_text(enhanced_text)
-    prompt = yield FindOne(q.PROMPTS, q.by_id(checked_id))
+    prompt = yield from FindOne(q.PROMPTS, q.by_id(checked_id))
     if prompt is None:
         raise PromptNotFoundError(checked_id)
     guarded = not new and not force
@@ -145,7 +145,7 @@ def enhance_prompt(
         if not new and legacy.has_legacy_keys(prompt):
             # The overwrite unsets the old keys: first let the runs record what they knew.
             yield from legacy.absorb_legacy_keys(prompt)
-        yield InsertOne(q.RUNS, document)
+        yield from InsertOne(q.RUNS, document)
         return (yield from _produce(run_id, prompt, target, model, supplied, guarded))
     except StorageError as exc:
         # The outcome of the interrupted write is unknown: say which run to look at.
@@ -157,7 +157,7 @@ def enhance_prompt(
 
 def _overwrite_refusal(prompt_id: str) -> Flow[ConflictError | None]:
     """Why an in-place overwrite must not go ahead: runs that used the current text."""
-    blocking = yield Find(
+    blocking = yield from Find(
         q.RUNS,
         q.blocking_runs_filter(prompt_id),
         sort=q.NEWEST_FIRST,
@@ -197,12 +197,14 @@ def _produce(
     """
     seconds = 0.0
     if supplied is None:
-        reply = yield Generate(prompt["prompt_text"], prompt.get("inputs") or {})
+        reply = yield from Generate(prompt["prompt_text"], prompt.get("inputs") or {})
         text, problem = _usable(reply, model)
         if problem is not None:
             outcome = yield from _fail(run_id, prompt["_id"], problem)
             raise EnhancementError(problem, run_id, outcome=outcome) from reply.error
-        if not (yield UpdateOne(q.RUNS, q.running_run(run_id), q.record_text(text, utc_now()))):
+        if not (
+            yield from UpdateOne(q.RUNS, q.running_run(run_id), q.record_text(text, utc_now()))
+        ):
             raise (yield from _lost_run(run_id, prompt["_id"], "while the enhancer worked"))
         seconds = reply.seconds
     else:
@@ -224,10 +226,10 @@ def _fail(run_id: str, prompt_id: str, problem: str) -> Flow[str]:
 
     A run whose prompt is gone is deleted instead, so a failed call leaves no orphan.
     """
-    if not (yield UpdateOne(q.RUNS, q.running_run(run_id), q.fail_run(problem, utc_now()))):
+    if not (yield from UpdateOne(q.RUNS, q.running_run(run_id), q.fail_run(problem, utc_now()))):
         return "was already settled or deleted by another writer"
-    if (yield FindOne(q.PROMPTS, q.by_id(prompt_id), _ID_ONLY)) is None:
-        yield DeleteOne(q.RUNS, q.by_id(run_id))
+    if (yield from FindOne(q.PROMPTS, q.by_id(prompt_id), _ID_ONLY)) is None:
+        yield from DeleteOne(q.RUNS, q.by_id(run_id))
         return "deleted with its prompt"
     return "marked failed"
 
@@ -236,7 +238,7 @@ def _lost_run(
     run_id: str, prompt_id: str, when: str, done: str = "nothing else was written"
 ) -> Flow[ConflictError]:
     """The error for a run that another writer settled or deleted ``when``."""
-    run = yield FindOne(q.RUNS, q.by_id(run_id), {"status": 1, "error_message": 1})
+    run = yield from FindOne(q.RUNS, q.by_id(run_id), {"status": 1, "error_message": 1})
     if run is None:
         fate = "was deleted (its prompt was deleted)"
     else:
@@ -268,14 +270,14 @@ def _apply(
     if target != original["_id"]:
         document = q.enhanced_prompt_document(target, original, text, now)
         with contextlib.suppress(ConflictError):  # inserted by the attempt this one finishes
-            yield InsertOne(q.PROMPTS, document)
+            yield from InsertOne(q.PROMPTS, document)
     else:
-        matched = yield UpdateOne(
+        matched = yield from UpdateOne(
             q.PROMPTS, q.overwrite_filter(target, expected_text), q.overwrite_update(text, now)
         )
         if not matched and (yield from _finished_by_another(run_id, target, text)):
             matched = 1  # repair finished this very enhancement meanwhile
-        current = None if matched else (yield FindOne(q.PROMPTS, q.by_id(target), _ID_ONLY))
+        current = None if matched else (yield from FindOne(q.PROMPTS, q.by_id(target), _ID_ONLY))
         if not matched:
             problem = (
                 "the prompt was deleted while it was being enhanced"
@@ -290,7 +292,7 @@ def _apply(
                 reason="prompt_deleted" if current is None else "text_changed",
             )
     outputs = q.enhancement_outputs(original["_id"], target, text, model, now, seconds)
-    if not (yield UpdateOne(q.RUNS, q.running_run(run_id), q.complete_run(outputs, now))):
+    if not (yield from UpdateOne(q.RUNS, q.running_run(run_id), q.complete_run(outputs, now))):
         yield from _compensate(run_id, original, target, text, expected_text)
     return EnhancementResult(
         run_id=run_id,
@@ -305,7 +307,7 @@ def _apply(
 
 def _finished_by_another(run_id: str, target: str, text: str) -> Flow[bool]:
     """Whether another writer (repair) completed this run exactly as this call would."""
-    run = yield FindOne(q.RUNS, q.by_id(run_id), {"status": 1, "outputs": 1})
+    run = yield from FindOne(q.RUNS, q.by_id(run_id), {"status": 1, "outputs": 1})
     outputs = (run or {}).get("outputs") or {}
     return (
         run is not None
@@ -322,14 +324,14 @@ def _compensate(
     have, the answer stands; otherwise undo the prompt write and raise."""
     if (yield from _finished_by_another(run_id, target, text)):
         return
-    run = yield FindOne(q.RUNS, q.by_id(run_id), {"execution_config": 1})
+    run = yield from FindOne(q.RUNS, q.by_id(run_id), {"execution_config": 1})
     now = utc_now()
     if target != original["_id"]:
-        yield DeleteOne(q.PROMPTS, {"_id": target, "prompt_text": text})
+        yield from DeleteOne(q.PROMPTS, {"_id": target, "prompt_text": text})
     else:
         previously = bool((run or {}).get("execution_config", {}).get("previously_enhanced"))
         previously = previously or (original.get("parameters") or {}).get("enhanced") is True
-        yield UpdateOne(
+        yield from UpdateOne(
             q.PROMPTS,
             q.overwrite_filter(target, text),
             q.overwrite_update(expected_text, now, previously),
@@ -344,7 +346,7 @@ def _compensate(
 def revert_enhancement(run_id: object) -> Flow[Prompt]:
     """Restore an overwritten prompt from its enhance run's ``original_prompt_text``."""
     checked_id = v.check_run_id(run_id)
-    run = yield FindOne(q.RUNS, q.by_id(checked_id))
+    run = yield from FindOne(q.RUNS, q.by_id(checked_id))
     if run is None:
         raise RunNotFoundError(checked_id)
     outputs, config = run.get("outputs") or {}, run.get("execution_config") or {}
@@ -367,7 +369,7 @@ def revert_enhancement(run_id: object) -> Flow[Prompt]:
         raise ConflictError(
             f"run {checked_id} did not record the text it replaced; nothing to restore"
         )
-    prompt = yield FindOne(q.PROMPTS, q.by_id(str(prompt_id)))
+    prompt = yield from FindOne(q.PROMPTS, q.by_id(str(prompt_id)))
     if prompt is None:
         raise PromptNotFoundError(str(prompt_id))
     if prompt["prompt_text"] != outputs.get("enhanced_text"):
@@ -375,7 +377,7 @@ def revert_enhancement(run_id: object) -> Flow[Prompt]:
             f"prompt {prompt_id} changed after run {checked_id}; reverting would discard that "
             "change (revert later enhancements first)"
         )
-    yield UpdateOne(
+    yield from UpdateOne(
         q.RUNS,
         {"_id": checked_id, "status": "completed"},
         {"$set": {"outputs.revert_pending": True, "updated_at": utc_now()}},
@@ -386,7 +388,7 @@ def revert_enhancement(run_id: object) -> Flow[Prompt]:
 def _finish_revert(run: Mapping[str, Any]) -> Flow[Prompt]:
     outputs, config = run.get("outputs") or {}, run.get("execution_config") or {}
     now = utc_now()
-    restored = yield FindOneAndUpdate(
+    restored = yield from FindOneAndUpdate(
         q.PROMPTS,
         q.overwrite_filter(outputs["enhanced_prompt_id"], outputs["enhanced_text"]),
         q.overwrite_update(
@@ -394,11 +396,13 @@ def _finish_revert(run: Mapping[str, Any]) -> Flow[Prompt]:
         ),
     )
     if restored is None:
-        yield UpdateOne(q.RUNS, q.by_id(run["_id"]), {"$unset": {"outputs.revert_pending": ""}})
+        yield from UpdateOne(
+            q.RUNS, q.by_id(run["_id"]), {"$unset": {"outputs.revert_pending": ""}}
+        )
         raise ConflictError(
             f"prompt {outputs['enhanced_prompt_id']} changed while reverting; nothing restored"
         )
-    yield UpdateOne(
+    yield from UpdateOne(
         q.RUNS,
         q.by_id(run["_id"]),
         {
@@ -413,7 +417,7 @@ def _finish_revert(run: Mapping[str, Any]) -> Flow[Prompt]:
 
 
 def get_enhancement_details(prompt_id: object) -> Flow[EnhancementDetails | None]:
-    found = yield Aggregate(q.PROMPTS, q.details_pipeline(v.check_prompt_id(prompt_id)))
+    found = yield from Aggregate(q.PROMPTS, q.details_pipeline(v.check_prompt_id(prompt_id)))
     if not found:
         return None
     document = found[0]
@@ -422,7 +426,7 @@ def get_enhancement_details(prompt_id: object) -> Flow[EnhancementDetails | None
 
 def get_original_prompt(enhanced_prompt_id: object) -> Flow[Prompt | None]:
     checked_id = v.check_prompt_id(enhanced_prompt_id, "enhanced_prompt_id")
-    found = yield Aggregate(q.PROMPTS, q.original_pipeline(checked_id))
+    found = yield from Aggregate(q.PROMPTS, q.original_pipeline(checked_id))
     if not found:
         return None
     document = found[0]
@@ -447,7 +451,7 @@ def get_original_prompt(enhanced_prompt_id: object) -> Flow[Prompt | None]:
 
 
 def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[list[Prompt]]:
-    documents = yield Find(
+    documents = yield from Find(
         q.PROMPTS,
         q.enhanced_prompts_filter(),
         sort=q.NEWEST_FIRST,
@@ -460,7 +464,7 @@ def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[list[
 def get_enhancement_history(
     prompt_id: object, limit: object = 100, offset: object = 0
 ) -> Flow[list[Run]]:
-    documents = yield Find(
+    documents = yield from Find(
         q.RUNS,
         q.history_filter(v.check_prompt_id(prompt_id)),
         sort=q.NEWEST_FIRST,
@@ -472,7 +476,7 @@ def get_enhancement_history(
 
 def get_lineage(prompt_id: object) -> Flow[Lineage]:
     checked_id = v.check_prompt_id(prompt_id)
-    found = yield Aggregate(q.PROMPTS, q.lineage_pipeline(checked_id))
+    found = yield from Aggregate(q.PROMPTS, q.lineage_pipeline(checked_id))
     if not found:
         raise PromptNotFoundError(checked_id)
     return assemble_lineage(found[0])
@@ -567,12 +571,12 @@ def verify(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[VerificationReport
     """The seed's three checks, the flag against the runs both ways, orphans, and enhancements
     and reverts interrupted between writes."""
     before = utc_now() - check_stale_after(stale_after)
-    legacy_prompts = yield Find(q.PROMPTS, q.legacy_prompts_filter(), projection=_ID_ONLY)
-    incomplete = yield Find(q.RUNS, q.incomplete_runs_filter(), projection=_ID_ONLY)
+    legacy_prompts = yield from Find(q.PROMPTS, q.legacy_prompts_filter(), projection=_ID_ONLY)
+    incomplete = yield from Find(q.RUNS, q.incomplete_runs_filter(), projection=_ID_ONLY)
     findings = yield from _inconsistencies(before)
-    stale = yield Find(q.RUNS, q.stale_enhancements_filter(before), projection=_ID_ONLY)
-    reverts = yield Find(q.RUNS, q.pending_reverts_filter(before), projection=_ID_ONLY)
-    damaged = yield DamagedDocuments()
+    stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before), projection=_ID_ONLY)
+    reverts = yield from Find(q.RUNS, q.pending_reverts_filter(before), projection=_ID_ONLY)
+    damaged = yield from DamagedDocuments()
     return VerificationReport(
         damaged_documents=damaged,
         prompts_with_legacy_keys=[doc["_id"] for doc in legacy_prompts],
@@ -598,7 +602,7 @@ def _inconsistencies(before: datetime) -> Flow[_Findings]:
     """Runs whose prompts are gone, and flags that disagree with the runs, in three reads."""
     findings = _Findings()
     should_be_flagged: dict[str, str] = {}
-    for run in (yield Aggregate(q.RUNS, q.produced_prompts_pipeline())):
+    for run in (yield from Aggregate(q.RUNS, q.produced_prompts_pipeline())):
         produced = _endpoints(run)[1]
         result = run.get("result") or []
         if not result:
@@ -608,13 +612,13 @@ def _inconsistencies(before: datetime) -> Flow[_Findings]:
     for prompt_id, run_id in sorted(should_be_flagged.items()):
         text = f"{prompt_id}: not flagged, but completed enhance run {run_id} produced it"
         findings.flags.append((text, prompt_id, True))
-    for prompt in (yield Aggregate(q.PROMPTS, q.flagged_prompts_pipeline())):
+    for prompt in (yield from Aggregate(q.PROMPTS, q.flagged_prompts_pipeline())):
         if legacy.has_legacy_keys(prompt):
             continue  # a legacy record: its keys are what knows the enhancement
         if not any(legacy.is_completed_enhancement(run) for run in prompt.get("result_of", [])):
             text = f"{prompt['_id']}: flagged enhanced, but no completed enhance run produced it"
             findings.flags.append((text, prompt["_id"], False))
-    for run in (yield Aggregate(q.RUNS, q.orphan_runs_pipeline())):
+    for run in (yield from Aggregate(q.RUNS, q.orphan_runs_pipeline())):
         produced = (run.get("outputs") or {}).get("enhanced_prompt_id")
         if legacy.is_completed_enhancement(run) and run.get("result") and produced:
             continue  # kept provenance of a prompt enhanced from a deleted one
@@ -634,10 +638,10 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
     rolled_back: list[str] = []
     reverts_finished: list[str] = []
     unrepairable: list[str] = []
-    for run in (yield Find(q.RUNS, q.stale_enhancements_filter(before))):
+    for run in (yield from Find(q.RUNS, q.stale_enhancements_filter(before))):
         outcome = yield from _settle(run)
         (completed if outcome else rolled_back).append(run["_id"])
-    for run in (yield Find(q.RUNS, q.pending_reverts_filter(before))):
+    for run in (yield from Find(q.RUNS, q.pending_reverts_filter(before))):
         problem = yield from _settle_revert(run)
         if problem is None:
             reverts_finished.append(run["_id"])
@@ -647,7 +651,7 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
     findings = yield from _inconsistencies(before)
     removed = [run_id for _, run_id in findings.dangling + findings.orphans]
     for start in range(0, len(removed), 1000):  # one bounded $in per thousand
-        yield DeleteMany(q.RUNS, {"_id": {"$in": removed[start : start + 1000]}})
+        yield from DeleteMany(q.RUNS, {"_id": {"$in": removed[start : start + 1000]}})
     flags_fixed = []
     for _, prompt_id, flagged in findings.flags:
         change: dict[str, Any] = (
@@ -655,9 +659,9 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
             if flagged
             else {"$unset": {"parameters.enhanced": ""}, "$set": {"updated_at": utc_now()}}
         )
-        if (yield UpdateOne(q.PROMPTS, q.by_id(prompt_id), change)):
+        if (yield from UpdateOne(q.PROMPTS, q.by_id(prompt_id), change)):
             flags_fixed.append(prompt_id)
-    for doc in (yield Find(q.RUNS, q.incomplete_runs_filter())):
+    for doc in (yield from Find(q.RUNS, q.incomplete_runs_filter())):
         missing = [name for name in q.OUTPUT_FIELDS if name not in (doc.get("outputs") or {})]
         unrepairable.append(f"{doc['_id']}: nothing records its {', '.join(missing)}")
     return RepairReport(
@@ -674,7 +678,7 @@ def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
 def _settle_revert(run: Mapping[str, Any]) -> Flow[str | None]:
     """Finish an interrupted revert, or undo its flag if the prompt moved on; None if done."""
     outputs, config = run.get("outputs") or {}, run.get("execution_config") or {}
-    prompt = yield FindOne(q.PROMPTS, q.by_id(str(outputs.get("enhanced_prompt_id"))))
+    prompt = yield from FindOne(q.PROMPTS, q.by_id(str(outputs.get("enhanced_prompt_id"))))
     text = None if prompt is None else prompt.get("prompt_text")
     if text == outputs.get("enhanced_text"):
         try:
@@ -688,9 +692,9 @@ def _settle_revert(run: Mapping[str, Any]) -> Flow[str | None]:
             "$set": {"status": "cancelled", "outputs.reverted_at": now, "updated_at": now},
             "$unset": {"outputs.revert_pending": ""},
         }
-        yield UpdateOne(q.RUNS, q.by_id(run["_id"]), done)
+        yield from UpdateOne(q.RUNS, q.by_id(run["_id"]), done)
         return None
-    yield UpdateOne(q.RUNS, q.by_id(run["_id"]), {"$unset": {"outputs.revert_pending": ""}})
+    yield from UpdateOne(q.RUNS, q.by_id(run["_id"]), {"$unset": {"outputs.revert_pending": ""}})
     return "the prompt changed since the revert began; the revert was abandoned"
 
 
@@ -698,7 +702,7 @@ def _settle(run: Mapping[str, Any]) -> Flow[bool]:
     """Finish an interrupted enhancement if its text was recorded; else mark it failed."""
     config, outputs = run.get("execution_config") or {}, run.get("outputs") or {}
     text, target = outputs.get("enhanced_text"), config.get("target_prompt_id")
-    original = yield FindOne(q.PROMPTS, q.by_id(run["prompt_id"]))
+    original = yield from FindOne(q.PROMPTS, q.by_id(run["prompt_id"]))
     expected = config.get("original_prompt_text")
     problem = None
     if not isinstance(text, str) or not isinstance(target, str):
@@ -709,7 +713,7 @@ def _settle(run: Mapping[str, Any]) -> Flow[bool]:
         problem = "interrupted, and the prompt's text has changed since"
     if problem is not None or original is None or not isinstance(text, str):
         message = f"{problem}; rolled back by repair"
-        yield UpdateOne(q.RUNS, q.running_run(run["_id"]), q.fail_run(message, utc_now()))
+        yield from UpdateOne(q.RUNS, q.running_run(run["_id"]), q.fail_run(message, utc_now()))
         return False
     if target == original["_id"] and original["prompt_text"] == text:
         expected = text  # the overwrite landed before the interruption: only the run is left

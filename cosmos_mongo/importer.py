@@ -236,14 +236,16 @@ def import_sqlite(
     if not isinstance(dry_run, bool):
         raise InvalidInputError("dry_run", "must be true or false")
     # Every read of the file is a Blocking step: the async twin makes it on a worker thread.
-    connection: sqlite3.Connection = yield Blocking(partial(_open, source))
+    connection: sqlite3.Connection = yield from Blocking(partial(_open, source))
     report = ImportReport(source=str(source), dry_run=dry_run)
     try:
         known = yield from _import_prompts(connection, batch_size, dry_run, report, progress)
         yield from _import_runs(connection, batch_size, dry_run, report, progress, known)
-        names = yield Blocking(partial(_fetch, connection, "SELECT name FROM sqlite_master"))
+        names = yield from Blocking(partial(_fetch, connection, "SELECT name FROM sqlite_master"))
         if "job_queue" in {row[0] for row in names}:
-            counted = yield Blocking(partial(_fetch, connection, "SELECT count(*) FROM job_queue"))
+            counted = yield from Blocking(
+                partial(_fetch, connection, "SELECT count(*) FROM job_queue")
+            )
             report.job_queue_skipped = counted[0][0]
     finally:
         connection.close()
@@ -259,14 +261,14 @@ def _import_prompts(
 ) -> Flow[set[str]]:
     """Import the prompts table; returns the ids imported, for the runs that follow."""
     now = utc_now()
-    counted = yield Blocking(partial(_fetch, connection, "SELECT count(*) FROM prompts"))
+    counted = yield from Blocking(partial(_fetch, connection, "SELECT count(*) FROM prompts"))
     total = counted[0][0]
     done = 0
     imported: set[str] = set()
     filled_in: set[str] = set()  # rows whose created_at the import supplied
     sql = f"SELECT {_PROMPT_COLUMNS} FROM prompts ORDER BY rowid"
-    cursor = yield Blocking(partial(connection.execute, sql))
-    while rows := (yield Blocking(partial(cursor.fetchmany, batch_size))):
+    cursor = yield from Blocking(partial(connection.execute, sql))
+    while rows := (yield from Blocking(partial(cursor.fetchmany, batch_size))):
         converted = []
         for row in rows:
             try:
@@ -300,12 +302,12 @@ def _import_runs(
     known_prompts: set[str],
 ) -> Flow[None]:
     """Import the runs table; a run whose prompt exists nowhere is invalid."""
-    counted = yield Blocking(partial(_fetch, connection, "SELECT count(*) FROM runs"))
+    counted = yield from Blocking(partial(_fetch, connection, "SELECT count(*) FROM runs"))
     total = counted[0][0]
     done = 0
     sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY rowid"
-    cursor = yield Blocking(partial(connection.execute, sql))
-    while rows := (yield Blocking(partial(cursor.fetchmany, batch_size))):
+    cursor = yield from Blocking(partial(connection.execute, sql))
+    while rows := (yield from Blocking(partial(cursor.fetchmany, batch_size))):
         converted = []
         for row in rows:
             try:
@@ -314,7 +316,7 @@ def _import_runs(
                 report.runs.invalid += 1
                 report.note("runs", _row_id(row), "invalid", str(exc))
         referenced = sorted({document["prompt_id"] for document in converted} - known_prompts)
-        stored = yield Find(q.PROMPTS, {"_id": {"$in": referenced}}, projection={"_id": 1})
+        stored = yield from Find(q.PROMPTS, {"_id": {"$in": referenced}}, projection={"_id": 1})
         existing = known_prompts | {document["_id"] for document in stored}
         with_prompt = []
         for document in converted:
@@ -346,7 +348,9 @@ def _store_new(
     """
     if not documents:
         return []
-    stored = yield Find(collection, {"_id": {"$in": [document["_id"] for document in documents]}})
+    stored = yield from Find(
+        collection, {"_id": {"$in": [document["_id"] for document in documents]}}
+    )
     by_id = {document["_id"]: document for document in stored}
     fresh = []
     for document in documents:
@@ -364,7 +368,7 @@ def _store_new(
                 "a different document with this id is stored; it was left unchanged",
             )
     if fresh and not dry_run:
-        yield InsertMany(collection, fresh)
+        yield from InsertMany(collection, fresh)
     counts.imported += len(fresh)
     return fresh
 

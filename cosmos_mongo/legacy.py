@@ -11,7 +11,7 @@ records whatever only the legacy keys know, then removes the keys.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,7 +174,7 @@ def _missing(outputs: Mapping[str, Any], known: Mapping[str, Any]) -> dict[str, 
 
 
 def _backfills(
-    prompt: Mapping[str, Any], producing: list[Mapping[str, Any]]
+    prompt: Mapping[str, Any], producing: Sequence[Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """The outputs each run that produced a legacy prompt lacks, by run id.
 
@@ -248,7 +248,7 @@ def _run_from_legacy_keys(prompt: Mapping[str, Any], now: datetime) -> dict[str,
 
 def _record_legacy_keys(
     prompt: Mapping[str, Any],
-    producing: list[Mapping[str, Any]],
+    producing: Sequence[Mapping[str, Any]],
     now: datetime,
     dry_run: bool,
     report: dict[str, list[str]],
@@ -258,18 +258,18 @@ def _record_legacy_keys(
         document = _run_from_legacy_keys(prompt, now)
         report["created"].append(document["_id"])
         if not dry_run:
-            yield InsertOne(q.RUNS, document)
+            yield from InsertOne(q.RUNS, document)
         return
     for run_id, changes in _backfills(prompt, producing).items():
         report["backfilled"].append(run_id)
         if not dry_run:
-            yield UpdateOne(q.RUNS, q.by_id(run_id), {"$set": {**changes, "updated_at": now}})
+            yield from UpdateOne(q.RUNS, q.by_id(run_id), {"$set": {**changes, "updated_at": now}})
 
 
 def absorb_legacy_keys(prompt: Mapping[str, Any]) -> Flow[None]:
     """Before a legacy prompt is overwritten in place (which unsets its keys), record what the
     keys know on the runs that produced it, as ``migrate`` would."""
-    producing = yield Find(
+    producing = yield from Find(
         q.RUNS, {**q.COMPLETED_ENHANCEMENT, "outputs.enhanced_prompt_id": prompt["_id"]}
     )
     report: dict[str, list[str]] = {"created": [], "backfilled": []}
@@ -300,12 +300,12 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
         page = q.legacy_prompts_filter()
         if after is not None:
             page = {"$and": [page, {"_id": {"$gt": after}}]}
-        batch = yield Find(q.PROMPTS, page, sort=(("_id", 1),), limit=MIGRATE_BATCH)
+        batch = yield from Find(q.PROMPTS, page, sort=(("_id", 1),), limit=MIGRATE_BATCH)
         if not batch:
             break
         after, examined = batch[-1]["_id"], examined + len(batch)
         log.info("migrate: %d legacy prompt(s) examined", examined)
-        producing = yield Find(
+        producing = yield from Find(
             q.RUNS,
             {
                 **q.COMPLETED_ENHANCEMENT,
@@ -319,9 +319,9 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
             if not dry_run:
                 unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
                 change = {"$unset": unset, "$set": {"updated_at": now}}
-                yield UpdateOne(q.PROMPTS, q.by_id(prompt["_id"]), change)
+                yield from UpdateOne(q.PROMPTS, q.by_id(prompt["_id"]), change)
     backfilled = report["backfilled"]
-    incomplete = yield Find(q.RUNS, q.incomplete_runs_filter())
+    incomplete = yield from Find(q.RUNS, q.incomplete_runs_filter())
     for run in incomplete:
         if str(run["_id"]) in backfilled:
             continue
@@ -329,7 +329,7 @@ def migrate(dry_run: bool = True) -> Flow[MigrationReport]:
         if changes:
             backfilled.append(str(run["_id"]))
             if not dry_run:
-                yield UpdateOne(
+                yield from UpdateOne(
                     q.RUNS, q.by_id(run["_id"]), {"$set": {**changes, "updated_at": now}}
                 )
     return MigrationReport(

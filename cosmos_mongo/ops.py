@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar, cast
 
 from bson.errors import InvalidDocument
 from pymongo import ReturnDocument
@@ -51,9 +51,13 @@ Pipeline = Sequence[Mapping[str, Any]]
 SortSpec = Sequence[tuple[str, int]]
 
 
+R = TypeVar("R")
+
+
 @dataclass(frozen=True, slots=True)
-class Operation:
-    """One call of a collection method. Subclasses say which method and how to read the result."""
+class Operation(Generic[R]):
+    """One call of a collection method. Subclasses say which method and how to read the result,
+    and ``R`` is that result's type: ``document = yield from FindOne(...)`` is typed."""
 
     method: ClassVar[str]
     returns_cursor: ClassVar[bool] = False
@@ -69,9 +73,13 @@ class Operation:
     def finish(self, raw: Any) -> Any:
         return raw
 
+    def __iter__(self) -> Generator[Operation[R], Any, R]:
+        result = yield self
+        return cast(R, result)
+
 
 @dataclass(frozen=True, slots=True)
-class FindOne(Operation):
+class FindOne(Operation[Document | None]):
     retry_safe: ClassVar[bool] = True
     writes: ClassVar[bool] = False
     method: ClassVar[str] = "find_one"
@@ -83,7 +91,7 @@ class FindOne(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class Find(Operation):
+class Find(Operation[list[Document]]):
     retry_safe: ClassVar[bool] = True
     writes: ClassVar[bool] = False
     method: ClassVar[str] = "find"
@@ -102,7 +110,7 @@ class Find(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class Aggregate(Operation):
+class Aggregate(Operation[list[Document]]):
     retry_safe: ClassVar[bool] = True
     writes: ClassVar[bool] = False
     method: ClassVar[str] = "aggregate"
@@ -114,7 +122,7 @@ class Aggregate(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class InsertOne(Operation):
+class InsertOne(Operation[Any]):
     method: ClassVar[str] = "insert_one"
     document: Mapping[str, Any]
 
@@ -127,7 +135,7 @@ class InsertOne(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class InsertMany(Operation):
+class InsertMany(Operation[int]):
     """Insert a batch, unordered (one bad document does not stop the rest). Returns the count."""
 
     method: ClassVar[str] = "insert_many"
@@ -141,7 +149,7 @@ class InsertMany(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class UpdateOne(Operation):
+class UpdateOne(Operation[int]):
     """Returns the number of documents matched (0 or 1)."""
 
     method: ClassVar[str] = "update_one"
@@ -156,10 +164,12 @@ class UpdateOne(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class FindOneAndUpdate(UpdateOne):
+class FindOneAndUpdate(Operation[Document | None]):
     """Returns the document after the update, or None if nothing matched."""
 
     method: ClassVar[str] = "find_one_and_update"
+    filter: Filter
+    update: Mapping[str, Any]
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (self.filter, self.update), {"return_document": ReturnDocument.AFTER}
@@ -169,7 +179,7 @@ class FindOneAndUpdate(UpdateOne):
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteOne(Operation):
+class DeleteOne(Operation[int]):
     """Returns the number of documents deleted (0 or 1)."""
 
     method: ClassVar[str] = "delete_one"
@@ -188,7 +198,7 @@ class DeleteMany(DeleteOne):
 
 
 @dataclass(frozen=True, slots=True)
-class CreateIndex(Operation):
+class CreateIndex(Operation[str]):
     """Create one index; creating an identical index again is a no-op on the server."""
 
     method: ClassVar[str] = "create_index"
@@ -201,7 +211,7 @@ class CreateIndex(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class ListIndexes(Operation):
+class ListIndexes(Operation[list[Document]]):
     """The collection's indexes, as ``list_indexes`` gives them (name, key, options)."""
 
     retry_safe: ClassVar[bool] = True
@@ -217,7 +227,7 @@ class ListIndexes(Operation):
 
 
 @dataclass(frozen=True, slots=True)
-class DropIndex(Operation):
+class DropIndex(Operation[None]):
     """Drop one index by name (only the library's own: reconcile never drops others)."""
 
     method: ClassVar[str] = "drop_index"
@@ -238,6 +248,10 @@ class Generate:
     prompt_text: str
     inputs: Mapping[str, Any]
 
+    def __iter__(self) -> Generator[Generate, Any, Generated]:
+        result = yield self
+        return cast(Generated, result)
+
 
 @dataclass(frozen=True, slots=True)
 class Generated:
@@ -252,17 +266,25 @@ class DamagedDocuments:
     the embedded default checks a checksum on every row it loads; other databases have no
     such method and answer with an empty list."""
 
+    def __iter__(self) -> Generator[DamagedDocuments, Any, list[str]]:
+        result = yield self
+        return cast(list[str], result)
+
 
 @dataclass(frozen=True, slots=True)
-class Blocking:
+class Blocking(Generic[R]):
     """A blocking call that is not a database operation (the importer reading its SQLite
     file): made directly by the sync driver, on a worker thread by the async one, so it never
     stalls an event loop."""
 
-    call: Callable[[], Any]
+    call: Callable[[], R]
+
+    def __iter__(self) -> Generator[Blocking[R], Any, R]:
+        result = yield self
+        return cast(R, result)
 
 
-Step = Operation | Generate | DamagedDocuments | Blocking
+Step = Operation[Any] | Generate | DamagedDocuments | Blocking[Any]
 
 
 def _damaged_probe(database: Any) -> Any:
@@ -283,7 +305,7 @@ class Services:
     read_only: bool = False
 
 
-def _refuse_writes(services: Services, step: Operation) -> None:
+def _refuse_writes(services: Services, step: Operation[Any]) -> None:
     if services.read_only and step.writes:
         raise ReadOnlyError(
             f"this store is read-only (COSMOS_MONGO_READ_ONLY): refused {step.method} on "
@@ -330,7 +352,7 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
     """Drive ``flow`` to completion against a synchronous pymongo-style database."""
     services = services or Services()
 
-    def call(step: Operation) -> Any:
+    def call(step: Operation[Any]) -> Any:
         args, kwargs = step.arguments()
         started = time.perf_counter()
         raw = getattr(database[step.collection], step.method)(*args, **kwargs)
@@ -370,7 +392,7 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
     """Drive ``flow`` to completion against an async database (pymongo async, Motor, mocks)."""
     services = services or Services()
 
-    async def call(step: Operation) -> Any:
+    async def call(step: Operation[Any]) -> Any:
         args, kwargs = step.arguments()
         started = time.perf_counter()
         raw = getattr(database[step.collection], step.method)(*args, **kwargs)
@@ -408,7 +430,7 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
         return stop.value  # type: ignore[no-any-return]
 
 
-def _send_again(step: Operation, exc: AutoReconnect) -> bool:
+def _send_again(step: Operation[Any], exc: AutoReconnect) -> bool:
     """A read whose connection dropped is sent once more; a server nobody can reach is not."""
     again = step.retry_safe and not isinstance(exc, ServerSelectionTimeoutError)
     if again:
@@ -421,7 +443,7 @@ def _send_again(step: Operation, exc: AutoReconnect) -> bool:
     return again
 
 
-def _log_operation(step: Operation, started: float) -> None:
+def _log_operation(step: Operation[Any], started: float) -> None:
     """One DEBUG line per database operation: names and time only, never values."""
     if log.isEnabledFor(logging.DEBUG):
         elapsed = (time.perf_counter() - started) * 1000

@@ -8,7 +8,7 @@ string and never an operator document.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -123,7 +123,7 @@ class IndexPlan:
     retired: list[tuple[str, str]] = field(default_factory=list)  # (collection, old name of ours)
 
 
-def plan_indexes(existing: Mapping[str, list[Mapping[str, Any]]]) -> IndexPlan:
+def plan_indexes(existing: Mapping[str, Sequence[Mapping[str, Any]]]) -> IndexPlan:
     """Compare ``existing`` (collection -> ``list_indexes`` entries) with :data:`INDEXES`."""
     plan = IndexPlan()
     for spec in INDEXES:

@@ -64,7 +64,7 @@ _RUN_FIELD_CHECKS: dict[str, Callable[[object, str], object]] = {
 def _index_plan() -> Flow[q.IndexPlan]:
     existing = {}
     for collection in (q.PROMPTS, q.RUNS):
-        existing[collection] = yield ListIndexes(collection)
+        existing[collection] = yield from ListIndexes(collection)
     return q.plan_indexes(existing)
 
 
@@ -82,7 +82,7 @@ def ensure_indexes() -> Flow[list[str]]:
     if problems:
         raise StorageError("cannot create the indexes: " + "; ".join(problems))
     for spec in plan.create:
-        yield CreateIndex(spec.collection, spec.keys, spec.name, spec.options)
+        yield from CreateIndex(spec.collection, spec.keys, spec.name, spec.options)
     reused = dict(plan.reused)
     return [reused.get(spec.name, spec.name) for spec in q.INDEXES]
 
@@ -106,11 +106,11 @@ def reconcile_indexes(apply: object = False) -> Flow[IndexReport]:
     )
     if apply:
         for collection, name in plan.retired:
-            yield DropIndex(collection, name)
+            yield from DropIndex(collection, name)
         for spec, _ in plan.changed:
-            yield DropIndex(spec.collection, spec.name)
+            yield from DropIndex(spec.collection, spec.name)
         for spec in [*plan.create, *(spec for spec, _ in plan.changed)]:
-            yield CreateIndex(spec.collection, spec.keys, spec.name, spec.options)
+            yield from CreateIndex(spec.collection, spec.keys, spec.name, spec.options)
     return report
 
 
@@ -123,12 +123,12 @@ def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Fl
         utc_now(),
     )
     v.check_document_size(document, "prompt")
-    yield InsertOne(q.PROMPTS, document)
+    yield from InsertOne(q.PROMPTS, document)
     return Prompt.from_document(document)
 
 
 def get_prompt(prompt_id: object) -> Flow[Prompt | None]:
-    document = yield FindOne(q.PROMPTS, q.by_id(v.check_prompt_id(prompt_id)))
+    document = yield from FindOne(q.PROMPTS, q.by_id(v.check_prompt_id(prompt_id)))
     return None if document is None else Prompt.from_document(document)
 
 
@@ -137,7 +137,7 @@ def list_prompts(
 ) -> Flow[list[Prompt]]:
     if enhanced is not None and not isinstance(enhanced, bool):
         raise InvalidInputError("enhanced", "must be true, false or null")
-    documents = yield Find(
+    documents = yield from Find(
         q.PROMPTS,
         q.prompts_filter(enhanced),
         sort=q.NEWEST_FIRST,
@@ -153,7 +153,7 @@ def prompts_page(
     """The prompts after ``after`` (a ``(created_at, id)`` position), newest first."""
     if enhanced is not None and not isinstance(enhanced, bool):
         raise InvalidInputError("enhanced", "must be true, false or null")
-    documents = yield Find(
+    documents = yield from Find(
         q.PROMPTS,
         q.older_than(q.prompts_filter(enhanced), after),
         sort=q.NEWEST_FIRST,
@@ -179,7 +179,7 @@ def runs_page(
 ) -> Flow[list[Run]]:
     """The runs after ``after`` (a ``(created_at, id)`` position), newest first."""
     run_filter = _checked_runs_filter(prompt_id, model_type, status)
-    documents = yield Find(
+    documents = yield from Find(
         q.RUNS, q.older_than(run_filter, after), sort=q.NEWEST_FIRST, limit=v.check_limit(limit)
     )
     return [Run.from_document(document) for document in documents]
@@ -190,7 +190,7 @@ def documents_page(collection: object, last_id: Any, limit: object) -> Flow[list
     which must carry every field as stored."""
     if collection not in (q.PROMPTS, q.RUNS):
         raise InvalidInputError("collection", "must be 'prompts' or 'runs'")
-    documents: list[Document] = yield Find(
+    documents: list[Document] = yield from Find(
         str(collection), q.after_id(last_id), sort=(("_id", 1),), limit=v.check_limit(limit)
     )
     return documents
@@ -203,18 +203,18 @@ def put_documents(collection: object, documents: list[Document]) -> Flow[tuple[i
         raise InvalidInputError("collection", "must be 'prompts' or 'runs'")
     name = str(collection)
     ids = [document["_id"] for document in documents]
-    stored = yield Find(name, {"_id": {"$in": ids}})
+    stored = yield from Find(name, {"_id": {"$in": ids}})
     by_id = {document["_id"]: document for document in stored}
     new = [document for document in documents if document["_id"] not in by_id]
     identical = sum(1 for document in documents if by_id.get(document["_id"]) == document)
     if new:
-        yield InsertMany(name, new)
+        yield from InsertMany(name, new)
     return len(new), identical, len(by_id) - identical
 
 
 def search_prompts(query: object, limit: object = 50, offset: object = 0) -> Flow[list[Prompt]]:
     text = v.check_text(query, "query", v.MAX_QUERY_CHARS)
-    documents = yield Find(
+    documents = yield from Find(
         q.PROMPTS,
         q.search_filter(text),
         sort=q.NEWEST_FIRST,
@@ -230,7 +230,7 @@ def suggest_ids(kind: object, prefix: object, limit: object = 20) -> Flow[list[s
         raise InvalidInputError("kind", "must be 'prompt' or 'run'")
     collection = q.PROMPTS if kind == "prompt" else q.RUNS
     text = v.check_id_prefix(prefix)
-    documents = yield Find(
+    documents = yield from Find(
         collection,
         q.id_prefix_filter(text),
         sort=q.NEWEST_FIRST,
@@ -250,7 +250,7 @@ def update_prompt(
         raise InvalidInputError("prompt_text", "give prompt_text or parameters to change")
     update = q.prompt_update(utc_now(), text, params)
     v.check_document_size(update, "parameters")
-    document = yield FindOneAndUpdate(q.PROMPTS, q.by_id(checked_id), update)
+    document = yield from FindOneAndUpdate(q.PROMPTS, q.by_id(checked_id), update)
     if document is None:
         raise PromptNotFoundError(checked_id)
     return Prompt.from_document(document)
@@ -258,7 +258,7 @@ def update_prompt(
 
 def preview_prompt_deletion(prompt_id: object) -> Flow[DeletionPreview]:
     checked_id = v.check_prompt_id(prompt_id)
-    found = yield Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
+    found = yield from Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
     if not found:
         raise PromptNotFoundError(checked_id)
     return _deletion_preview(checked_id, found[0])
@@ -306,7 +306,7 @@ def delete_prompt(prompt_id: object, force: object = False) -> Flow[DeletionResu
     """
     checked_id = v.check_prompt_id(prompt_id)
     forced = v.check_flag(force, "force")
-    found = yield Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
+    found = yield from Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
     if not found:
         raise PromptNotFoundError(checked_id)
     preview = _deletion_preview(checked_id, found[0])
@@ -320,9 +320,9 @@ def delete_prompt(prompt_id: object, force: object = False) -> Flow[DeletionResu
             run_ids=preview.running_enhancement_ids,
             reason="enhancement_running",
         )
-    if not (yield DeleteOne(q.PROMPTS, q.by_id(checked_id))):
+    if not (yield from DeleteOne(q.PROMPTS, q.by_id(checked_id))):
         raise PromptNotFoundError(checked_id)  # another writer deleted it first
-    deleted_runs = yield DeleteMany(q.RUNS, q.deletion_filter(checked_id))
+    deleted_runs = yield from DeleteMany(q.RUNS, q.deletion_filter(checked_id))
     return DeletionResult(
         prompt_id=checked_id, deleted_runs=deleted_runs, kept_run_ids=preview.kept_run_ids
     )
@@ -348,17 +348,17 @@ def create_run(
         utc_now(),
     )
     v.check_document_size(document, "run")
-    if (yield FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
+    if (yield from FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
         raise PromptNotFoundError(checked_prompt_id)
-    yield InsertOne(q.RUNS, document)
-    if (yield FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
-        yield DeleteOne(q.RUNS, q.by_id(document["_id"]))
+    yield from InsertOne(q.RUNS, document)
+    if (yield from FindOne(q.PROMPTS, q.by_id(checked_prompt_id), {"_id": 1})) is None:
+        yield from DeleteOne(q.RUNS, q.by_id(document["_id"]))
         raise PromptNotFoundError(checked_prompt_id)
     return Run.from_document(document)
 
 
 def get_run(run_id: object) -> Flow[Run | None]:
-    document = yield FindOne(q.RUNS, q.by_id(v.check_run_id(run_id)))
+    document = yield from FindOne(q.RUNS, q.by_id(v.check_run_id(run_id)))
     return None if document is None else Run.from_document(document)
 
 
@@ -370,7 +370,7 @@ def list_runs(
     offset: object = 0,
 ) -> Flow[list[Run]]:
     run_filter = _checked_runs_filter(prompt_id, model_type, status)
-    documents = yield Find(
+    documents = yield from Find(
         q.RUNS,
         run_filter,
         sort=q.NEWEST_FIRST,
@@ -391,7 +391,7 @@ def update_run(run_id: object, fields: dict[str, Any]) -> Flow[Run]:
     checked = {name: _RUN_FIELD_CHECKS[name](value, name) for name, value in fields.items()}
     update = q.run_update(utc_now(), checked)
     v.check_document_size(update, "fields")
-    document = yield FindOneAndUpdate(q.RUNS, q.by_id(checked_id), update)
+    document = yield from FindOneAndUpdate(q.RUNS, q.by_id(checked_id), update)
     if document is None:
         raise RunNotFoundError(checked_id)
     return Run.from_document(document)
@@ -399,5 +399,5 @@ def update_run(run_id: object, fields: dict[str, Any]) -> Flow[Run]:
 
 def delete_run(run_id: object) -> Flow[None]:
     checked_id = v.check_run_id(run_id)
-    if not (yield DeleteOne(q.RUNS, q.by_id(checked_id))):
+    if not (yield from DeleteOne(q.RUNS, q.by_id(checked_id))):
         raise RunNotFoundError(checked_id)
