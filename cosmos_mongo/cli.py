@@ -6,11 +6,12 @@ reaches the user. Every command prints a table by default and JSON with ``--json
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -686,7 +687,10 @@ def verify(state: _Context, stale_minutes: float, as_json: bool) -> None:
 @click.pass_obj
 def repair(state: _Context, stale_minutes: float, as_json: bool) -> None:
     """Finish or roll back interrupted enhancements and migrate legacy data."""
-    report = state.store().repair(stale_after=timedelta(minutes=stale_minutes))
+    with _progress("repair") as advance:
+        report = state.store().repair(
+            stale_after=timedelta(minutes=stale_minutes), progress=advance
+        )
     if as_json:
         _emit(report)
         return
@@ -706,7 +710,8 @@ def repair(state: _Context, stale_minutes: float, as_json: bool) -> None:
 @click.pass_obj
 def migrate(state: _Context, apply_changes: bool, as_json: bool) -> None:
     """Move legacy enhancement keys from prompts into runs (dry run unless --apply)."""
-    report = state.store().migrate(dry_run=not apply_changes)
+    with _progress("migrate") as advance:
+        report = state.store().migrate(dry_run=not apply_changes, progress=advance)
     if as_json:
         _emit(report)
         return
@@ -768,27 +773,7 @@ def import_sqlite(
     state: _Context, path: Path, dry_run: bool, batch_size: int, as_json: bool
 ) -> None:
     """Import the predecessor's SQLite database (outputs/cosmos.db); safe to run again."""
-    progress_console = Console(stderr=True)
-    live = progress_console.is_terminal and not as_json
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=progress_console,
-        transient=True,
-        disable=not live,
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def advance(table: str, done: int, total: int) -> None:
-            if not live:  # piped or in CI: one plain line per batch, on stderr
-                click.echo(f"import-sqlite: {table} {done:,}/{total:,}", err=True)
-                return
-            if table not in tasks:
-                tasks[table] = bar.add_task(table, total=total)
-            bar.update(tasks[table], completed=done)
-
+    with _progress("import-sqlite") as advance:
         report = state.store().import_sqlite(
             path, batch_size=batch_size, dry_run=dry_run, progress=advance
         )
@@ -828,14 +813,35 @@ def _batches(documents: Iterable[dict[str, Any]], size: int) -> Iterable[list[di
         yield batch
 
 
-def _say_progress(command: str, as_json: bool) -> Callable[[str, int], None]:
-    """A line per batch on stderr (a terminal gets it too: the counts have no known total)."""
+@contextlib.contextmanager
+def _progress(command: str) -> Iterator[Callable[[str, int, int | None], None]]:
+    """Progress of a long command on stderr: a rich bar on a terminal, otherwise (piped, in
+    CI) one plain line per batch, so logs show that it moves."""
+    terminal = Console(stderr=True)
+    if not terminal.is_terminal:
 
-    def say(collection: str, done: int) -> None:
-        if not as_json or not Console(stderr=True).is_terminal:
-            click.echo(f"{command}: {collection} {done:,}", err=True)
+        def line(stage: str, done: int, total: int | None) -> None:
+            counted = f"{done:,}" if total is None else f"{done:,}/{total:,}"
+            click.echo(f"{command}: {stage} {counted}", err=True)
 
-    return say
+        yield line
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=terminal,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield advance
 
 
 @cli.command()
@@ -850,17 +856,18 @@ def export(state: _Context, directory: Path, as_json: bool) -> None:
     if taken:
         raise InvalidInputError("directory", f"already holds {', '.join(taken)}; nothing written")
     directory.mkdir(parents=True, exist_ok=True)
-    store, say = state.store(), _say_progress("export", as_json)
+    store = state.store()
     counts = {}
-    for name, path in targets.items():
-        written = 0
-        with path.open("x", encoding="utf-8") as file:
-            for batch in _batches(store.iter_documents(name), 500):
-                for document in batch:
-                    file.write(json_util.dumps(document, json_options=_EXTENDED_JSON) + "\n")
-                written += len(batch)
-                say(name, written)
-        counts[name] = written
+    with _progress("export") as say:
+        for name, path in targets.items():
+            written = 0
+            with path.open("x", encoding="utf-8") as file:
+                for batch in _batches(store.iter_documents(name), 500):
+                    for document in batch:
+                        file.write(json_util.dumps(document, json_options=_EXTENDED_JSON) + "\n")
+                    written += len(batch)
+                    say(name, written, None)
+            counts[name] = written
     if as_json:
         click.echo(json.dumps({"directory": str(directory), **counts}, indent=2))
     else:
@@ -898,9 +905,12 @@ def copy(
     target_settings = Settings(**chosen)
     if target_settings.location(to_uri) == state.where():
         raise click.UsageError("the target is the source")
-    source, say = state.store(), _say_progress("copy", as_json)
+    source = state.store()
     outcome: dict[str, dict[str, int]] = {}
-    with CosmosStore.connect(to_uri, settings=target_settings) as target:
+    with (
+        CosmosStore.connect(to_uri, settings=target_settings) as target,
+        _progress("copy") as say,
+    ):
         for name in COLLECTIONS:
             totals = {"inserted": 0, "identical": 0, "differing": 0}
             for batch in _batches(source.iter_documents(name), 500):
@@ -908,7 +918,7 @@ def copy(
                 totals["inserted"] += inserted
                 totals["identical"] += identical
                 totals["differing"] += differing
-                say(name, sum(totals.values()))
+                say(name, sum(totals.values()), None)
             outcome[name] = totals
         report = target.verify()
     if as_json:

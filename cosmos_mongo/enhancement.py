@@ -66,6 +66,7 @@ from cosmos_mongo.ops import (
     Generate,
     Generated,
     InsertOne,
+    Progress,
     UpdateOne,
 )
 
@@ -630,25 +631,33 @@ def _inconsistencies(before: datetime) -> Flow[_Findings]:
     return findings
 
 
-def repair(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[RepairReport]:
+def repair(
+    stale_after: object = DEFAULT_STALE_AFTER, progress: Progress | None = None
+) -> Flow[RepairReport]:
     """Finish or roll back interrupted enhancements and reverts, remove what interrupted
     deletions left, make flags agree with the runs, then migrate legacy data."""
     before = utc_now() - check_stale_after(stale_after)
+    report = progress or (lambda stage, done, total: None)
     completed: list[str] = []
     rolled_back: list[str] = []
     reverts_finished: list[str] = []
     unrepairable: list[str] = []
-    for run in (yield from Find(q.RUNS, q.stale_enhancements_filter(before))):
+    stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before))
+    for done, run in enumerate(stale, 1):
         outcome = yield from _settle(run)
         (completed if outcome else rolled_back).append(run["_id"])
-    for run in (yield from Find(q.RUNS, q.pending_reverts_filter(before))):
+        report("interrupted enhancements", done, len(stale))
+    reverts = yield from Find(q.RUNS, q.pending_reverts_filter(before))
+    for done, run in enumerate(reverts, 1):
         problem = yield from _settle_revert(run)
         if problem is None:
             reverts_finished.append(run["_id"])
         else:
             unrepairable.append(f"{run['_id']}: {problem}")
-    migration = yield from legacy.migrate(dry_run=False)
+        report("interrupted reverts", done, len(reverts))
+    migration = yield from legacy.migrate(dry_run=False, progress=progress)
     findings = yield from _inconsistencies(before)
+    report("consistency checks", 1, 1)
     removed = [run_id for _, run_id in findings.dangling + findings.orphans]
     for start in range(0, len(removed), 1000):  # one bounded $in per thousand
         yield from DeleteMany(q.RUNS, {"_id": {"$in": removed[start : start + 1000]}})

@@ -33,10 +33,11 @@ from cosmos_mongo.errors import InvalidInputError
 from cosmos_mongo.legacy import parse_time
 from cosmos_mongo.models import utc_now
 from cosmos_mongo.ops import Blocking, Find, Flow, InsertMany
+from cosmos_mongo.ops import Progress as OpsProgress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
+Progress = OpsProgress  # the importer's totals are always known
 """Called as ``progress(table, rows_done, rows_total)`` after each batch."""
 
 MAX_LISTED_PROBLEMS = 1000

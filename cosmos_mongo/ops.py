@@ -292,6 +292,9 @@ def _damaged_probe(database: Any) -> Any:
     return getattr(type(database), "damaged_documents", None)
 
 
+Progress = Callable[[str, int, int | None], None]
+"""Called as ``progress(stage, done, total)`` after each batch; ``total`` None when unknown."""
+
 Flow = Generator[Step, Any, T]
 """A workflow: yields operations, is sent their results, returns its answer."""
 

@@ -598,25 +598,29 @@ class CosmosStore(_StoreBase):
         """
         return self._run(enh.verify(stale_after))
 
-    def repair(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> RepairReport:
+    def repair(
+        self, *, stale_after: timedelta = DEFAULT_STALE_AFTER, progress: Progress | None = None
+    ) -> RepairReport:
         """Fix what ``verify`` finds: finish or roll back interrupted enhancements and reverts
         older than ``stale_after``, and migrate legacy data. Reports what it cannot fix.
+        ``progress(stage, done, total)`` is called as each stage advances.
 
         Raises:
             InvalidInputError: ``stale_after`` is not a non-negative timedelta.
         """
-        return self._run(enh.repair(stale_after))
+        return self._run(enh.repair(stale_after, progress))
 
-    def migrate(self, dry_run: bool = True) -> MigrationReport:
+    def migrate(self, dry_run: bool = True, *, progress: Progress | None = None) -> MigrationReport:
         """Move legacy enhancement metadata from prompts into runs; ``dry_run`` only reports.
 
         Idempotent: a second run changes nothing. Every helper answers the same before and
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
+        ``progress("legacy prompts", examined, None)`` is called after each batch.
 
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
         """
-        return self._run(legacy.migrate(dry_run))
+        return self._run(legacy.migrate(dry_run, progress))
 
     def import_sqlite(
         self,
@@ -1085,25 +1089,31 @@ class AsyncCosmosStore(_StoreBase):
         """
         return await self._run(enh.verify(stale_after))
 
-    async def repair(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> RepairReport:
+    async def repair(
+        self, *, stale_after: timedelta = DEFAULT_STALE_AFTER, progress: Progress | None = None
+    ) -> RepairReport:
         """Fix what ``verify`` finds: finish or roll back interrupted enhancements and reverts
         older than ``stale_after``, and migrate legacy data. Reports what it cannot fix.
+        ``progress(stage, done, total)`` is called as each stage advances.
 
         Raises:
             InvalidInputError: ``stale_after`` is not a non-negative timedelta.
         """
-        return await self._run(enh.repair(stale_after))
+        return await self._run(enh.repair(stale_after, progress))
 
-    async def migrate(self, dry_run: bool = True) -> MigrationReport:
+    async def migrate(
+        self, dry_run: bool = True, *, progress: Progress | None = None
+    ) -> MigrationReport:
         """Move legacy enhancement metadata from prompts into runs; ``dry_run`` only reports.
 
         Idempotent: a second run changes nothing. Every helper answers the same before and
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
+        ``progress("legacy prompts", examined, None)`` is called after each batch.
 
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
         """
-        return await self._run(legacy.migrate(dry_run))
+        return await self._run(legacy.migrate(dry_run, progress))
 
     async def import_sqlite(
         self,

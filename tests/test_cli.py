@@ -188,7 +188,7 @@ def test_verify_repair_and_migrate(invoke: Any, tmp_path: Path) -> None:
     dry = invoke("migrate")
     assert "Would" in dry.output and "--apply" in dry.output
     assert invoke("verify").exit_code == 1
-    applied = json.loads(invoke("migrate", "--apply", "--json").output)
+    applied = json.loads(invoke("migrate", "--apply", "--json").stdout)
     assert len(applied["prompts_stripped"]) == 4
     ok = invoke("verify", "--json")
     assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
@@ -351,3 +351,17 @@ def test_copy_moves_everything_to_another_store_idempotently_and_verifies(
         assert copied.get_lineage(prompt_id) == source.get_lineage(prompt_id)
     assert invoke("copy").exit_code == 2
     assert invoke("copy", "--to-data-dir", str(tmp_path / "data")).exit_code == 2  # itself
+
+
+def test_every_long_command_shows_progress_when_piped(invoke: Any, tmp_path: Path) -> None:
+    seeded(invoke)
+    for command, args in [
+        ("repair", ["repair"]),
+        ("migrate", ["migrate", "--apply"]),
+        ("export", ["export", str(tmp_path / "out")]),
+        ("copy", ["copy", "--to-data-dir", str(tmp_path / "copy")]),
+    ]:
+        result = invoke(*args)
+        assert result.exit_code == 0, (command, result.output)
+        lines = [line for line in result.stderr.splitlines() if line.startswith(f"{command}: ")]
+        assert lines, (command, result.stderr)
