@@ -553,14 +553,26 @@ class OpenAICompatibleEnhancer:
         retry = attempt < self.max_retries
         if isinstance(outcome, httpx.HTTPError):
             if retry:
+                self._log_retry(attempt, type(outcome).__name__)
                 return None
             detail = f"{type(outcome).__name__}: {outcome}"
             raise EnhancementError(
                 self._redacted(f"{self.model} at {self.base_url}: {detail}")
             ) from outcome
         if retry and outcome.status_code in _RETRY_STATUSES:
+            self._log_retry(attempt, f"HTTP {outcome.status_code}")
             return None
         return self._answer(outcome)
+
+    def _log_retry(self, attempt: int, why: str) -> None:
+        log.info(
+            "enhancer %s at %s: %s; retry %d of %d",
+            self.model,
+            self.shown_url,
+            why,
+            attempt + 1,
+            self.max_retries,
+        )
 
     def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
         body = self.request_body(prompt_text, inputs)

@@ -178,7 +178,10 @@ def test_async_client_works_the_same(chat: ChatServer) -> None:
     assert len(chat.requests) == 2
 
 
-def test_busy_and_failing_servers_are_retried(chat: ChatServer) -> None:
+def test_busy_and_failing_servers_are_retried(chat: ChatServer, caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cosmos_mongo")
     chat.replies = [
         (429, {"error": "slow down"}),
         (502, b"bad gateway"),
@@ -186,6 +189,11 @@ def test_busy_and_failing_servers_are_retried(chat: ChatServer) -> None:
     ]
     assert client(chat, max_retries=2).enhance("prompt", {}) == "Third time lucky."
     assert len(chat.requests) == 3
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert [m.split(": ", 1)[1] for m in retries] == [
+        "HTTP 429; retry 1 of 2",
+        "HTTP 502; retry 2 of 2",
+    ]
 
 
 def test_retries_run_out_with_a_clear_error(chat: ChatServer) -> None:
