@@ -113,6 +113,12 @@ QUERY_SHAPES = [
         "created_at, _id",
         "prompts_created_at_id (walk and filter: reads until `limit` matches)",
     ),
+    (
+        "search_prompts(match='words')",
+        "`{$text: {$search: words}}`",
+        "created_at, _id",
+        "prompts_text (opt-in: create_text_index)",
+    ),
     ("list_runs(prompt_id)", "`{prompt_id}`", "created_at, _id", "runs_prompt_id_created_at_id"),
     ("list_runs(model_type)", "`{model_type}`", "created_at, _id", "runs_model_type_created_at_id"),
     ("list_runs(status)", "`{status}`", "created_at, _id", "runs_status_created_at_id"),
@@ -221,7 +227,8 @@ Every query the library sends, and the index that serves it on a server (`tests/
 checks the plans when `MONGODB_URI` is set; no blocking `SORT` stage where a sort is listed).
 `search_prompts` is a case-insensitive substring match: it walks the newest-first index and
 stops at `limit` matches, so a common word is cheap and a rare one reads most prompts (about
-1M documents at 1M prompts); on a server, prefer a text index or Atlas Search for that.
+1M documents at 1M prompts). On a server, `search_prompts(match="words")` finds whole words
+through the opt-in text index instead (`cosmos-mongo init --text-search`).
 
 {query_shapes()}
 

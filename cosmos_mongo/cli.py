@@ -279,14 +279,21 @@ def cli(
     help="Compare the indexes with this version's and list what would change.",
 )
 @click.option("--apply", is_flag=True, help="With --reconcile: make the changes.")
+@click.option(
+    "--text-search",
+    is_flag=True,
+    help="Also create the text index for `prompt search --words` (MongoDB servers).",
+)
 @_json_option
 @click.pass_obj
-def init(state: _Context, reconcile: bool, apply: bool, as_json: bool) -> None:
+def init(state: _Context, reconcile: bool, apply: bool, text_search: bool, as_json: bool) -> None:
     """Create the database and its missing indexes (safe to run again)."""
     if apply and not reconcile:
         raise click.UsageError("--apply goes with --reconcile")
     if not reconcile:
         names = state.store().ensure_indexes()
+        if text_search:
+            names.append(state.store().create_text_index())
         if as_json:
             click.echo(json.dumps({"where": state.where(), "indexes": names}, indent=2))
         else:
@@ -384,11 +391,21 @@ def prompt_list(
 @prompt.command("search")
 @click.argument("query")
 @_limit_option(50)
+@_OFFSET
+@click.option(
+    "--words",
+    is_flag=True,
+    help="Match whole words through the text index (a MongoDB server; init --text-search).",
+)
 @_json_option
 @click.pass_obj
-def prompt_search(state: _Context, query: str, limit: int, as_json: bool) -> None:
+def prompt_search(
+    state: _Context, query: str, limit: int, offset: int, words: bool, as_json: bool
+) -> None:
     """Find prompts whose text or name contains QUERY (any case)."""
-    prompts = state.store().search_prompts(query, limit=limit)
+    prompts = state.store().search_prompts(
+        query, limit=limit, offset=offset, match="words" if words else "substring"
+    )
     _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} match(es)")
 
 

@@ -202,7 +202,7 @@ class CreateIndex(Operation[str]):
     """Create one index; creating an identical index again is a no-op on the server."""
 
     method: ClassVar[str] = "create_index"
-    keys: SortSpec
+    keys: Sequence[tuple[str, int | str]]  # a direction, or an index type such as "text"
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -316,7 +316,10 @@ def _refuse_writes(services: Services, step: Operation[Any]) -> None:
         )
 
 
-_DriverError = PyMongoError | InvalidDocument | OverflowError
+# mongomock (and so the embedded default) raises NotImplementedError for server features it
+# lacks, such as $text: a storage error like any other, not an escape.
+_DriverError = PyMongoError | InvalidDocument | OverflowError | NotImplementedError
+_DRIVER_ERRORS = (PyMongoError, InvalidDocument, OverflowError, NotImplementedError)
 _UNAUTHORIZED_CODES: Final = frozenset({13})  # Unauthorized
 
 
@@ -383,7 +386,7 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
         while True:
             try:
                 result = execute(step)
-            except (PyMongoError, InvalidDocument, OverflowError) as exc:
+            except _DRIVER_ERRORS as exc:
                 step = flow.throw(_translate(exc))
             else:
                 step = flow.send(result)
@@ -425,7 +428,7 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
         while True:
             try:
                 result = await execute(step)
-            except (PyMongoError, InvalidDocument, OverflowError) as exc:
+            except _DRIVER_ERRORS as exc:
                 step = flow.throw(_translate(exc))
             else:
                 step = flow.send(result)

@@ -181,6 +181,19 @@ def prompts_filter(enhanced: bool | None = None) -> Document:
     return enhanced_prompts_filter() if enhanced else {"parameters.enhanced": {"$ne": True}}
 
 
+# Opt-in (``create_text_index``): a word search served by a text index, on servers only.
+TEXT_INDEX_NAME: Final = "prompts_text"
+TEXT_INDEX_KEYS: Final = (("prompt_text", "text"), ("parameters.name", "text"))
+# "none": words match as written (no stemming or stop words in any one language).
+TEXT_INDEX_OPTIONS: Final = {"default_language": "none"}
+
+
+def words_filter(query: str) -> Document:
+    """Prompts holding every word of ``query`` as a whole word, through the text index."""
+    quoted = " ".join(f'"{word}"' for word in query.replace('"', " ").split())
+    return {"$text": {"$search": quoted, "$caseSensitive": False}}
+
+
 def search_filter(query: str) -> Document:
     """Case-insensitive substring match on the text or the name; the query is regex-escaped."""
     pattern = {"$regex": re.escape(query), "$options": "i"}

@@ -352,14 +352,32 @@ class CosmosStore(_StoreBase):
         """
         return self._run(wf.put_documents(collection, documents))
 
-    def search_prompts(self, query: str, limit: int = 50, offset: int = 0) -> list[Prompt]:
+    def search_prompts(
+        self,
+        query: str,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        match: Literal["substring", "words"] = "substring",
+    ) -> list[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
-        ``offset`` pages through.
+        ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
+        of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
 
         Raises:
-            InvalidInputError: empty query, ``limit`` outside 1-1000, or a negative ``offset``.
+            InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
+                or ``match="words"`` where no text index serves it.
         """
-        return self._run(wf.search_prompts(query, limit, offset))
+        return self._run(wf.search_prompts(query, limit, offset, match))
+
+    def create_text_index(self) -> str:
+        """Create the text index that ``search_prompts(match="words")`` needs (on a MongoDB
+        server; one text index per collection). Returns its name.
+
+        Raises:
+            StorageError: the server refused (for example, another text index exists).
+        """
+        return self._run(wf.create_text_index())
 
     def suggest_ids(
         self, kind: Literal["prompt", "run"], prefix: str = "", limit: int = 20
@@ -843,14 +861,32 @@ class AsyncCosmosStore(_StoreBase):
         """
         return await self._run(wf.put_documents(collection, documents))
 
-    async def search_prompts(self, query: str, limit: int = 50, offset: int = 0) -> list[Prompt]:
+    async def search_prompts(
+        self,
+        query: str,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        match: Literal["substring", "words"] = "substring",
+    ) -> list[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
-        ``offset`` pages through.
+        ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
+        of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
 
         Raises:
-            InvalidInputError: empty query, ``limit`` outside 1-1000, or a negative ``offset``.
+            InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
+                or ``match="words"`` where no text index serves it.
         """
-        return await self._run(wf.search_prompts(query, limit, offset))
+        return await self._run(wf.search_prompts(query, limit, offset, match))
+
+    async def create_text_index(self) -> str:
+        """Create the text index that ``search_prompts(match="words")`` needs (on a MongoDB
+        server; one text index per collection). Returns its name.
+
+        Raises:
+            StorageError: the server refused (for example, another text index exists).
+        """
+        return await self._run(wf.create_text_index())
 
     async def suggest_ids(
         self, kind: Literal["prompt", "run"], prefix: str = "", limit: int = 20

@@ -212,16 +212,37 @@ def put_documents(collection: object, documents: list[Document]) -> Flow[tuple[i
     return len(new), identical, len(by_id) - identical
 
 
-def search_prompts(query: object, limit: object = 50, offset: object = 0) -> Flow[list[Prompt]]:
+def search_prompts(
+    query: object, limit: object = 50, offset: object = 0, match: object = "substring"
+) -> Flow[list[Prompt]]:
     text = v.check_text(query, "query", v.MAX_QUERY_CHARS)
-    documents = yield from Find(
-        q.PROMPTS,
-        q.search_filter(text),
-        sort=q.NEWEST_FIRST,
-        skip=v.check_offset(offset),
-        limit=v.check_limit(limit),
-    )
+    if match not in ("substring", "words"):
+        raise InvalidInputError("match", "must be 'substring' or 'words'")
+    chosen = q.search_filter(text) if match == "substring" else q.words_filter(text)
+    try:
+        documents = yield from Find(
+            q.PROMPTS,
+            chosen,
+            sort=q.NEWEST_FIRST,
+            skip=v.check_offset(offset),
+            limit=v.check_limit(limit),
+        )
+    except StorageError as exc:
+        if match != "words":
+            raise
+        raise InvalidInputError(
+            "match",
+            "'words' needs a MongoDB server with the text index (create it with "
+            "`cosmos-mongo init --text-search`); 'substring' works everywhere",
+        ) from exc
     return [Prompt.from_document(document) for document in documents]
+
+
+def create_text_index() -> Flow[str]:
+    name = yield from CreateIndex(
+        q.PROMPTS, q.TEXT_INDEX_KEYS, q.TEXT_INDEX_NAME, q.TEXT_INDEX_OPTIONS
+    )
+    return name
 
 
 def suggest_ids(kind: object, prefix: object, limit: object = 20) -> Flow[list[str]]:

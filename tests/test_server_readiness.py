@@ -220,3 +220,18 @@ def test_a_lineage_larger_than_one_answer_is_cut_and_says_so(
     monkeypatch.setattr(q, "LINEAGE_MAX_NODES", 4)
     wide = store.get_lineage(root.id)
     assert wide.truncated and len(wide.descendants) <= 4
+
+
+def test_word_search_is_an_option_that_says_where_it_works(backend: Any) -> None:
+    store = backend.store
+    robot = store.create_prompt("A robot arm stacks blocks", {}, {})
+    assert [p.id for p in store.search_prompts("ROBOT ARM")] == [robot.id]  # the default
+    with pytest.raises(InvalidInputError, match="must be 'substring' or 'words'"):
+        store.search_prompts("robot", match="regex")
+    if backend.name.startswith("server"):
+        store.create_text_index()
+        assert [p.id for p in store.search_prompts("robot blocks", match="words")] == [robot.id]
+        assert store.search_prompts("rob", match="words") == []  # whole words only
+    else:  # mongomock and the embedded default have no $text
+        with pytest.raises(InvalidInputError, match="needs a MongoDB server with the text index"):
+            store.search_prompts("robot", match="words")

@@ -231,3 +231,16 @@ async def test_the_mcp_server_reads_the_named_database_read_only() -> None:
         assert name not in client.list_database_names()
     finally:
         client.close()
+
+
+def test_word_search_is_served_by_the_text_index(server: Any) -> None:
+    store, _ = server
+    store.create_text_index()
+    robot = store.create_prompt("A robot arm stacks blocks", {}, {})
+    for i in range(50):
+        store.create_prompt(f"Waves roll onto a beach {i}", {}, {})
+    assert [p.id for p in store.search_prompts("robot", match="words")] == [robot.id]
+    explained = store.db["prompts"].find(q.words_filter("robot")).explain()
+    assert "TEXT" in str(explained["queryPlanner"]["winningPlan"]) or "TEXT_MATCH" in str(
+        explained["queryPlanner"]["winningPlan"]
+    )
