@@ -567,3 +567,34 @@ async def test_the_server_reports_an_outage_and_recovers_when_the_database_retur
         text = await error(session, "get_prompt", prompt_id=prompt.id)
         assert "unreachable" in text and "ServerSelectionTimeoutError" in text
         assert (await call(session, "get_prompt", prompt_id=prompt.id))["id"] == prompt.id
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_an_in_place_rewrite_asks_first_and_samples_only_after_a_yes(
+    harness: Harness, mode: str
+) -> None:
+    questions_before_sampling: list[int] = []
+    current: list[Any] = []
+
+    async def sample(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        questions_before_sampling.append(len(current[-1].asked))
+        return types.CreateMessageResult(
+            role="assistant",
+            model="client-llm",
+            content=types.TextContent(type="text", text="A robot arm slowly stacks blocks."),
+        )
+
+    prompt = await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
+    for reply in ("decline", "accept"):
+        current.append(answering(reply))
+        options = {"sampling_callback": sample, "elicitation_callback": current[-1], "mode": mode}
+        async with harness.connect(client_options=options) as session:
+            result = await session.call_tool(
+                "enhance_prompt", {"prompt_id": prompt.id, "create_new": False}
+            )
+        assert result.is_error == (reply == "decline") and len(current[-1].asked) == 1
+    assert questions_before_sampling == [1]  # no sampling after the no; after the yes, once
+    stored = await harness.store.get_prompt(prompt.id)
+    assert stored is not None and stored.prompt_text == "A robot arm slowly stacks blocks."
