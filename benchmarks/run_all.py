@@ -149,6 +149,24 @@ QUERY_SHAPES = [
         "prompts_legacy_parent_prompt_id (sparse)",
     ),
     ("delete_prompt, preview", "`{prompt_id}` on runs", "", "runs_prompt_id_created_at_id"),
+    (
+        "verify, repair: interrupted enhancements",
+        "`{model_type: enhance, status: running, updated_at <= t}`",
+        "",
+        "runs_status_created_at_id",
+    ),
+    (
+        "verify, repair: interrupted reverts",
+        "`{outputs.revert_pending: true, ...}`",
+        "",
+        "runs_revert_pending (partial)",
+    ),
+    (
+        "verify, repair: orphans, flags, produced prompts",
+        "every run / every completed enhance run, with `$lookup`",
+        "",
+        "none: reads them all (schedule repair hourly)",
+    ),
     ("suggest_ids", "`{_id: /^prefix/}`", "created_at, _id", "_id_ (anchored prefix)"),
 ]
 

@@ -63,8 +63,16 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         "runs_enhanced_prompt_id_created_at_id",
         (("outputs.enhanced_prompt_id", 1), ("created_at", -1), ("_id", -1)),
     ),
-    # list_runs(status=...): "what failed", "what is still running".
+    # list_runs(status=...): "what failed", "what is still running"; and repair's look-up of
+    # interrupted enhancements (status "running").
     IndexSpec(RUNS, "runs_status_created_at_id", (("status", 1), ("created_at", -1), ("_id", -1))),
+    # Reverts interrupted between their writes: a handful at most, so a tiny partial index.
+    IndexSpec(
+        RUNS,
+        "runs_revert_pending",
+        (("outputs.revert_pending", 1),),
+        {"partialFilterExpression": {"outputs.revert_pending": True}},
+    ),
     IndexSpec(
         RUNS,
         "runs_model_type_created_at_id",
