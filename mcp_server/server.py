@@ -327,6 +327,14 @@ async def search_prompts(
     ],
     limit: Limit = 20,
     offset: Offset = 0,
+    match: Annotated[
+        Literal["substring", "words"],
+        Field(
+            description="substring (default): the text contains the query, anywhere; words: "
+            "every word appears whole, through a text index (MongoDB servers with "
+            "`cosmos-mongo init --text-search` only)."
+        ),
+    ] = "substring",
 ) -> Annotated[CallToolResult, PromptPage]:
     """Find prompts whose text or name contains the given words (case-insensitive), newest first.
 
@@ -334,7 +342,9 @@ async def search_prompts(
     follow `next_offset` for more."""
     state = _state(ctx)
     allowed = state.allowed(limit)
-    found = await state.call(lambda store: store.search_prompts(query, allowed, offset))
+    found = await state.call(
+        lambda store: store.search_prompts(query, allowed, offset, match=match)
+    )
     return state.answer(_prompt_page(state, found, offset, limit, allowed))
 
 

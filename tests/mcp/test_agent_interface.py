@@ -598,3 +598,15 @@ async def test_an_in_place_rewrite_asks_first_and_samples_only_after_a_yes(
     assert questions_before_sampling == [1]  # no sampling after the no; after the yes, once
     stored = await harness.store.get_prompt(prompt.id)
     assert stored is not None and stored.prompt_text == "A robot arm slowly stacks blocks."
+
+
+async def test_word_search_is_offered_and_says_where_it_works(harness: Harness) -> None:
+    await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
+    async with harness.connect() as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        schema = tools["search_prompts"].input_schema["properties"]["match"]
+        text = await error(session, "search_prompts", query="robot", match="words")
+        found = await call(session, "search_prompts", query="robot", match="substring")
+    assert schema["enum"] == ["substring", "words"]
+    assert "Invalid argument `match`" in text and "MongoDB server with the text index" in text
+    assert found["returned"] == 1

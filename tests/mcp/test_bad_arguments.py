@@ -88,6 +88,7 @@ KIND = {
     "max_chars": "limit",
     "document_id": "id",
     "force": "bool",
+    "match": "choice",
     "confirm": "bool",
     "rating": "rating",
     "create_new": "bool",
@@ -103,7 +104,7 @@ def valid_arguments(tool: str, prompt_id: str, run_id: str) -> dict[str, Any]:
     base: dict[str, dict[str, Any]] = {
         "get_prompt": {"prompt_id": prompt_id},
         "list_prompts": {"limit": 5, "offset": 0, "enhanced": True},
-        "search_prompts": {"query": "robot", "limit": 5, "offset": 0},
+        "search_prompts": {"query": "robot", "limit": 5, "offset": 0, "match": "substring"},
         "list_enhanced_prompts": {"limit": 5, "offset": 0},
         "get_enhancement_details": {"prompt_id": prompt_id},
         "get_original_prompt": {"enhanced_prompt_id": prompt_id},
