@@ -54,8 +54,19 @@ SortSpec = Sequence[tuple[str, int]]
 R = TypeVar("R")
 
 
+class Yielded(Generic[R]):
+    """A step a workflow yields and gets an ``R`` back for: ``result = yield from step``
+    gives the result its type."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Generator[Any, Any, R]:
+        result = yield self
+        return cast(R, result)
+
+
 @dataclass(frozen=True, slots=True)
-class Operation(Generic[R]):
+class Operation(Yielded[R]):
     """One call of a collection method. Subclasses say which method and how to read the result,
     and ``R`` is that result's type: ``document = yield from FindOne(...)`` is typed."""
 
@@ -72,10 +83,6 @@ class Operation(Generic[R]):
 
     def finish(self, raw: Any) -> Any:
         return raw
-
-    def __iter__(self) -> Generator[Operation[R], Any, R]:
-        result = yield self
-        return cast(R, result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +245,7 @@ class DropIndex(Operation[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class Generate:
+class Generate(Yielded["Generated"]):
     """Ask the driver's enhancer for a rewrite. Not a database call.
 
     The result is a :class:`Generated`; a failure or timeout comes back in ``error`` rather
@@ -247,10 +254,6 @@ class Generate:
 
     prompt_text: str
     inputs: Mapping[str, Any]
-
-    def __iter__(self) -> Generator[Generate, Any, Generated]:
-        result = yield self
-        return cast(Generated, result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,27 +264,19 @@ class Generated:
 
 
 @dataclass(frozen=True, slots=True)
-class DamagedDocuments:
+class DamagedDocuments(Yielded[list[str]]):
     """Ask the database which stored documents failed their integrity checks. Not a query:
     the embedded default checks a checksum on every row it loads; other databases have no
     such method and answer with an empty list."""
 
-    def __iter__(self) -> Generator[DamagedDocuments, Any, list[str]]:
-        result = yield self
-        return cast(list[str], result)
-
 
 @dataclass(frozen=True, slots=True)
-class Blocking(Generic[R]):
+class Blocking(Yielded[R]):
     """A blocking call that is not a database operation (the importer reading its SQLite
     file): made directly by the sync driver, on a worker thread by the async one, so it never
     stalls an event loop."""
 
     call: Callable[[], R]
-
-    def __iter__(self) -> Generator[Blocking[R], Any, R]:
-        result = yield self
-        return cast(R, result)
 
 
 Step = Operation[Any] | Generate | DamagedDocuments | Blocking[Any]

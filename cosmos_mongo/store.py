@@ -114,6 +114,13 @@ class Opening:
             await self._store.aclose()
 
 
+def _next_position(page: list[Prompt] | list[Run], batch_size: int) -> tuple[Any, str] | None:
+    """Where the next keyset page starts, or None when ``page`` was the last one."""
+    if len(page) < batch_size:
+        return None
+    return (page[-1].created_at, page[-1].id)
+
+
 def _should_ensure_indexes(asked: bool | None, settings: Settings) -> bool:
     """``connect``'s argument wins; else the settings; never on a read-only store."""
     wanted = settings.ensure_indexes if asked is None else asked
@@ -297,9 +304,9 @@ class CosmosStore(_StoreBase):
         while True:
             page = self._run(wf.prompts_page(after, batch_size, enhanced))
             yield from page
-            if len(page) < batch_size:
+            after = _next_position(page, batch_size)
+            if after is None:
                 return
-            after = (page[-1].created_at, page[-1].id)
 
     def iter_runs(
         self,
@@ -319,9 +326,9 @@ class CosmosStore(_StoreBase):
         while True:
             page = self._run(wf.runs_page(after, batch_size, prompt_id, model_type, status))
             yield from page
-            if len(page) < batch_size:
+            after = _next_position(page, batch_size)
+            if after is None:
                 return
-            after = (page[-1].created_at, page[-1].id)
 
     def iter_documents(
         self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
@@ -804,9 +811,9 @@ class AsyncCosmosStore(_StoreBase):
             page = await self._run(wf.prompts_page(after, batch_size, enhanced))
             for prompt in page:
                 yield prompt
-            if len(page) < batch_size:
+            after = _next_position(page, batch_size)
+            if after is None:
                 return
-            after = (page[-1].created_at, page[-1].id)
 
     async def iter_runs(
         self,
@@ -827,9 +834,9 @@ class AsyncCosmosStore(_StoreBase):
             page = await self._run(wf.runs_page(after, batch_size, prompt_id, model_type, status))
             for run in page:
                 yield run
-            if len(page) < batch_size:
+            after = _next_position(page, batch_size)
+            if after is None:
                 return
-            after = (page[-1].created_at, page[-1].id)
 
     async def iter_documents(
         self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
