@@ -162,10 +162,16 @@ QUERY_SHAPES = [
         "runs_revert_pending (partial)",
     ),
     (
-        "verify, repair: orphans, flags, produced prompts",
+        "verify, repair: interrupted deletions",
+        "`{deletion.prompt_id: {$exists: true}, deletion.started_at <= t}`",
+        "",
+        "runs_deletion_prompt_id (partial)",
+    ),
+    (
+        "verify, repair without --quick: orphans, flags, produced prompts",
         "every run / every completed enhance run, with `$lookup`",
         "",
-        "none: reads them all (schedule repair hourly)",
+        "none: reads them all (schedule `repair --quick`; the full checks daily)",
     ),
     ("suggest_ids", "`{_id: /^prefix/}`", "created_at, _id", "_id_ (anchored prefix)"),
 ]

@@ -664,6 +664,11 @@ def lineage(state: _Context, prompt_id: str, output: str, as_json: bool) -> None
         console.print(_lineage_tree(found))
 
 
+_QUICK_CHECKS = frozenset(
+    {"no half-finished work", "every run's prompt exists", "stored documents are intact"}
+)
+
+
 def _print_verification(report: VerificationReport) -> None:
     checks = [
         ("prompts carry only `enhanced`", report.prompts_with_legacy_keys, "run `migrate --apply`"),
@@ -671,9 +676,11 @@ def _print_verification(report: VerificationReport) -> None:
         ("enhance runs' results exist", report.dangling_edges, "run `repair`"),
         ("every run's prompt exists", report.orphan_runs, "run `repair`"),
         ("the enhanced flag agrees with the runs", report.flag_mismatches, "run `repair`"),
-        ("no half-finished enhancements", report.half_finished, "run `repair`"),
+        ("no half-finished work", report.half_finished, "run `repair`"),
         ("stored documents are intact", report.damaged_documents, "restore from a backup"),
     ]
+    if report.quick:
+        checks = [check for check in checks if check[1] or check[0] in _QUICK_CHECKS]
     for title, problems, advice in checks:
         if problems:
             console.print(f"[red]FAIL[/red] {title}: {len(problems)} ({advice})")
@@ -681,15 +688,26 @@ def _print_verification(report: VerificationReport) -> None:
                 console.print(f"     {escape(problem)}")
         else:
             console.print(f"[green]ok[/green]   {title}")
+    if report.quick:
+        console.print("quick: only interrupted work was checked (run without --quick for all)")
+
+
+_QUICK = click.option(
+    "--quick",
+    is_flag=True,
+    help="Only interrupted enhancements, reverts and deletions, through small indexes "
+    "(for a schedule); the full checks read every run.",
+)
 
 
 @cli.command()
 @_STALE
+@_QUICK
 @_json_option
 @click.pass_obj
-def verify(state: _Context, stale_minutes: float, as_json: bool) -> None:
+def verify(state: _Context, stale_minutes: float, quick: bool, as_json: bool) -> None:
     """Check the enhancement data; exit 1 if a check fails."""
-    report = state.store().verify(stale_after=timedelta(minutes=stale_minutes))
+    report = state.store().verify(stale_after=timedelta(minutes=stale_minutes), quick=quick)
     if as_json:
         _emit(report)
     else:
@@ -700,23 +718,29 @@ def verify(state: _Context, stale_minutes: float, as_json: bool) -> None:
 
 @cli.command()
 @_STALE
+@_QUICK
 @_json_option
 @click.pass_obj
-def repair(state: _Context, stale_minutes: float, as_json: bool) -> None:
-    """Finish or roll back interrupted enhancements and migrate legacy data."""
+def repair(state: _Context, stale_minutes: float, quick: bool, as_json: bool) -> None:
+    """Settle interrupted work, remove runs without a prompt, fix flags, migrate legacy data."""
     with _progress("repair") as advance:
         report = state.store().repair(
-            stale_after=timedelta(minutes=stale_minutes), progress=advance
+            stale_after=timedelta(minutes=stale_minutes), progress=advance, quick=quick
         )
     if as_json:
         _emit(report)
         return
-    migration = report.migration
     click.echo(
         f"completed {len(report.completed)}, rolled back {len(report.rolled_back)}, "
-        f"reverts finished {len(report.reverts_finished)}, legacy prompts migrated "
-        f"{len(migration.prompts_stripped)}"
+        f"reverts finished {len(report.reverts_finished)}, deletions finished "
+        f"{len(report.deletions_finished)}, runs removed {len(report.runs_removed)}, "
+        f"flags fixed {len(report.flags_fixed)}, legacy prompts migrated "
+        f"{len(report.migration.prompts_stripped)}"
     )
+    for prompt_id in report.deletions_cancelled:
+        click.echo(f"deletion of {prompt_id} stopped before the prompt went; it stays")
+    if quick:
+        click.echo("quick: orphans, flags and legacy data were not checked (run without --quick)")
     for problem in report.unrepairable:
         click.echo(f"cannot repair: {problem}")
 

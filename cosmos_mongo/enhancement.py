@@ -45,6 +45,7 @@ from cosmos_mongo.models import (
     EnhancementResult,
     Lineage,
     LineageEdge,
+    MigrationReport,
     Prompt,
     RepairReport,
     Run,
@@ -59,6 +60,7 @@ from cosmos_mongo.ops import (
     DamagedDocuments,
     DeleteMany,
     DeleteOne,
+    Document,
     Find,
     FindOne,
     FindOneAndUpdate,
@@ -67,6 +69,7 @@ from cosmos_mongo.ops import (
     Generated,
     InsertOne,
     Progress,
+    UpdateMany,
     UpdateOne,
 )
 
@@ -568,25 +571,52 @@ def _endpoints(run: Mapping[str, Any]) -> tuple[Any, Any]:
 # -- verify and repair -----------------------------------------------------------------------
 
 
-def verify(stale_after: object = DEFAULT_STALE_AFTER) -> Flow[VerificationReport]:
-    """The seed's three checks, the flag against the runs both ways, orphans, and enhancements
-    and reverts interrupted between writes."""
+def verify(
+    stale_after: object = DEFAULT_STALE_AFTER, quick: object = False
+) -> Flow[VerificationReport]:
+    """The seed's three checks, the flag against the runs both ways, orphans, and enhancements,
+    reverts and deletions interrupted between writes. ``quick`` keeps to the index-served
+    look-ups of interrupted work and skips the checks that read every run."""
     before = utc_now() - check_stale_after(stale_after)
-    legacy_prompts = yield from Find(q.PROMPTS, q.legacy_prompts_filter(), projection=_ID_ONLY)
-    incomplete = yield from Find(q.RUNS, q.incomplete_runs_filter(), projection=_ID_ONLY)
-    findings = yield from _inconsistencies(before)
+    only_interrupted = v.check_flag(quick, "quick")
     stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before), projection=_ID_ONLY)
     reverts = yield from Find(q.RUNS, q.pending_reverts_filter(before), projection=_ID_ONLY)
+    deletions = yield from _interrupted_deletions(before)
     damaged = yield from DamagedDocuments()
+    legacy_prompts: list[Document] = []
+    incomplete: list[Document] = []
+    findings = _Findings()
+    if not only_interrupted:
+        legacy_prompts = yield from Find(q.PROMPTS, q.legacy_prompts_filter(), projection=_ID_ONLY)
+        incomplete = yield from Find(q.RUNS, q.incomplete_runs_filter(), projection=_ID_ONLY)
+        findings = yield from _inconsistencies(before)
+    orphans = [
+        (
+            f"{run_id}: its prompt {deletion.prompt_id} was deleted by a deletion that stopped",
+            run_id,
+        )
+        for deletion in deletions
+        if not deletion.prompt_exists
+        for run_id in deletion.run_ids
+    ]
+    seen = {run_id for _, run_id in orphans}
+    orphans += [(text, run_id) for text, run_id in findings.orphans if run_id not in seen]
     return VerificationReport(
+        quick=only_interrupted,
         damaged_documents=damaged,
         prompts_with_legacy_keys=[doc["_id"] for doc in legacy_prompts],
         incomplete_enhance_runs=[doc["_id"] for doc in incomplete],
         dangling_edges=[text for text, _ in findings.dangling],
-        orphan_runs=[text for text, _ in findings.orphans],
+        orphan_runs=[text for text, _ in orphans],
         flag_mismatches=[text for text, _, _ in findings.flags],
         half_finished=[f"{doc['_id']}: enhancement interrupted" for doc in stale]
-        + [f"{doc['_id']}: revert interrupted" for doc in reverts],
+        + [f"{doc['_id']}: revert interrupted" for doc in reverts]
+        + [
+            f"{deletion.prompt_id}: deletion interrupted before the prompt was deleted "
+            f"({len(deletion.run_ids)} runs marked)"
+            for deletion in deletions
+            if deletion.prompt_exists
+        ],
     )
 
 
@@ -597,6 +627,31 @@ class _Findings:
     dangling: list[tuple[str, str]] = field(default_factory=list)  # (text, run id)
     orphans: list[tuple[str, str]] = field(default_factory=list)  # (text, run id)
     flags: list[tuple[str, str, bool]] = field(default_factory=list)  # (text, prompt, flag)
+
+
+@dataclass(frozen=True)
+class _Deletion:
+    """A deletion that stopped midway: the prompt it deleted and the runs it marked."""
+
+    prompt_id: str
+    run_ids: list[str]
+    prompt_exists: bool
+
+
+def _interrupted_deletions(before: datetime) -> Flow[list[_Deletion]]:
+    """Marked runs (a partial index holds only those), grouped by the deletion that marked
+    them, and whether that deletion got as far as the prompt."""
+    marked = yield from Find(
+        q.RUNS, q.interrupted_deletions_filter(before), projection={"deletion.prompt_id": 1}
+    )
+    by_prompt: dict[str, list[str]] = {}
+    for run in marked:
+        by_prompt.setdefault(str(run["deletion"]["prompt_id"]), []).append(run["_id"])
+    deletions = []
+    for prompt_id, run_ids in sorted(by_prompt.items()):
+        exists = (yield from FindOne(q.PROMPTS, q.by_id(prompt_id), _ID_ONLY)) is not None
+        deletions.append(_Deletion(prompt_id, run_ids, exists))
+    return deletions
 
 
 def _inconsistencies(before: datetime) -> Flow[_Findings]:
@@ -631,36 +686,103 @@ def _inconsistencies(before: datetime) -> Flow[_Findings]:
     return findings
 
 
+@dataclass
+class _Repairs:
+    """What repair did so far, gathered for its report."""
+
+    completed: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    reverts_finished: list[str] = field(default_factory=list)
+    runs_removed: list[str] = field(default_factory=list)
+    deletions_finished: list[str] = field(default_factory=list)
+    deletions_cancelled: list[str] = field(default_factory=list)
+    unrepairable: list[str] = field(default_factory=list)
+
+
 def repair(
-    stale_after: object = DEFAULT_STALE_AFTER, progress: Progress | None = None
+    stale_after: object = DEFAULT_STALE_AFTER,
+    progress: Progress | None = None,
+    quick: object = False,
 ) -> Flow[RepairReport]:
-    """Finish or roll back interrupted enhancements and reverts, remove what interrupted
-    deletions left, make flags agree with the runs, then migrate legacy data."""
+    """Finish or roll back interrupted enhancements, reverts and deletions; then, unless
+    ``quick``, remove what else has no prompt, make flags agree with the runs, and migrate
+    legacy data (the steps that read every run)."""
     before = utc_now() - check_stale_after(stale_after)
+    only_interrupted = v.check_flag(quick, "quick")
     report = progress or (lambda stage, done, total: None)
-    completed: list[str] = []
-    rolled_back: list[str] = []
-    reverts_finished: list[str] = []
-    unrepairable: list[str] = []
+    done = _Repairs()
     stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before))
-    for done, run in enumerate(stale, 1):
+    for count, run in enumerate(stale, 1):
         outcome = yield from _settle(run)
-        (completed if outcome else rolled_back).append(run["_id"])
-        report("interrupted enhancements", done, len(stale))
+        (done.completed if outcome else done.rolled_back).append(run["_id"])
+        report("interrupted enhancements", count, len(stale))
     reverts = yield from Find(q.RUNS, q.pending_reverts_filter(before))
-    for done, run in enumerate(reverts, 1):
+    for count, run in enumerate(reverts, 1):
         problem = yield from _settle_revert(run)
         if problem is None:
-            reverts_finished.append(run["_id"])
+            done.reverts_finished.append(run["_id"])
         else:
-            unrepairable.append(f"{run['_id']}: {problem}")
-        report("interrupted reverts", done, len(reverts))
-    migration = yield from legacy.migrate(dry_run=False, progress=progress)
+            done.unrepairable.append(f"{run['_id']}: {problem}")
+        report("interrupted reverts", count, len(reverts))
+    deletions = yield from _interrupted_deletions(before)
+    for count, deletion in enumerate(deletions, 1):
+        yield from _settle_deletion(deletion, done)
+        report("interrupted deletions", count, len(deletions))
+    if only_interrupted:
+        migration = MigrationReport(
+            dry_run=False,
+            prompts_examined=0,
+            runs_backfilled=[],
+            runs_created=[],
+            prompts_stripped=[],
+        )
+        flags_fixed: list[str] = []
+    else:
+        migration = yield from legacy.migrate(dry_run=False, progress=progress)
+        flags_fixed = yield from _settle_inconsistencies(before, done, report)
+    return RepairReport(
+        quick=only_interrupted,
+        completed=done.completed,
+        rolled_back=done.rolled_back,
+        reverts_finished=done.reverts_finished,
+        runs_removed=done.runs_removed,
+        deletions_finished=done.deletions_finished,
+        deletions_cancelled=done.deletions_cancelled,
+        flags_fixed=flags_fixed,
+        migration=migration,
+        unrepairable=done.unrepairable,
+    )
+
+
+def _settle_deletion(deletion: _Deletion, done: _Repairs) -> Flow[None]:
+    """Finish a deletion that removed its prompt; unmark the runs of one that did not."""
+    if not deletion.prompt_exists:
+        # Everything the deletion would have removed, marked or not (a run created while it
+        # ran is unmarked); kept provenance is never part of it.
+        going = yield from Find(q.RUNS, q.deletion_filter(deletion.prompt_id), projection=_ID_ONLY)
+        removed = [doc["_id"] for doc in going]
+        yield from _delete_runs(removed)
+        done.runs_removed.extend(removed)
+        done.deletions_finished.append(deletion.prompt_id)
+    else:
+        done.deletions_cancelled.append(deletion.prompt_id)
+    # What is still marked is kept (provenance that completed meanwhile) or was never deleted.
+    yield from UpdateMany(q.RUNS, q.deletion_marks(deletion.prompt_id), q.CLEAR_DELETION_MARK)
+
+
+def _delete_runs(run_ids: list[str]) -> Flow[None]:
+    for start in range(0, len(run_ids), 1000):  # one bounded $in per thousand
+        yield from DeleteMany(q.RUNS, {"_id": {"$in": run_ids[start : start + 1000]}})
+
+
+def _settle_inconsistencies(before: datetime, done: _Repairs, report: Progress) -> Flow[list[str]]:
+    """Remove runs whose prompts are gone, set or clear flags to match the runs, and list
+    the enhance runs nothing can complete. Returns the prompts whose flag changed."""
     findings = yield from _inconsistencies(before)
     report("consistency checks", 1, 1)
     removed = [run_id for _, run_id in findings.dangling + findings.orphans]
-    for start in range(0, len(removed), 1000):  # one bounded $in per thousand
-        yield from DeleteMany(q.RUNS, {"_id": {"$in": removed[start : start + 1000]}})
+    yield from _delete_runs(removed)
+    done.runs_removed.extend(removed)
     flags_fixed = []
     for _, prompt_id, flagged in findings.flags:
         change: dict[str, Any] = (
@@ -672,16 +794,8 @@ def repair(
             flags_fixed.append(prompt_id)
     for doc in (yield from Find(q.RUNS, q.incomplete_runs_filter())):
         missing = [name for name in q.OUTPUT_FIELDS if name not in (doc.get("outputs") or {})]
-        unrepairable.append(f"{doc['_id']}: nothing records its {', '.join(missing)}")
-    return RepairReport(
-        completed=completed,
-        rolled_back=rolled_back,
-        reverts_finished=reverts_finished,
-        runs_removed=removed,
-        flags_fixed=flags_fixed,
-        migration=migration,
-        unrepairable=unrepairable,
-    )
+        done.unrepairable.append(f"{doc['_id']}: nothing records its {', '.join(missing)}")
+    return flags_fixed
 
 
 def _settle_revert(run: Mapping[str, Any]) -> Flow[str | None]:

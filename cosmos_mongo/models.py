@@ -350,6 +350,11 @@ class VerificationReport(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    quick: bool = Field(
+        default=False,
+        description="True when only the index-served checks of interrupted work ran; the "
+        "checks that read every run (legacy keys, outputs, edges, orphans, flags) were skipped.",
+    )
     prompts_with_legacy_keys: list[str] = Field(
         description="Enhanced prompts still carrying keys beside `enhanced`; `migrate` fixes them."
     )
@@ -398,12 +403,27 @@ class RepairReport(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    quick: bool = Field(
+        default=False,
+        description="True when only interrupted work was settled; the steps that read every "
+        "run (orphans, flags, outputs, legacy migration) were skipped.",
+    )
     completed: list[str] = Field(description="Interrupted enhancements finished.")
     rolled_back: list[str] = Field(description="Interrupted enhancements marked failed.")
     reverts_finished: list[str] = Field(description="Interrupted reverts finished.")
     runs_removed: list[str] = Field(
         default_factory=list,
-        description="Runs of deleted prompts left by an interrupted deletion, removed.",
+        description="Runs whose prompt is gone (left by an interrupted deletion, or found by "
+        "the full checks), removed.",
+    )
+    deletions_finished: list[str] = Field(
+        default_factory=list,
+        description="Prompts whose interrupted deletion repair finished (their runs removed).",
+    )
+    deletions_cancelled: list[str] = Field(
+        default_factory=list,
+        description="Prompts whose deletion stopped before the prompt went: its runs were "
+        "unmarked and the prompt stays; delete it again if that was meant.",
     )
     flags_fixed: list[str] = Field(
         default_factory=list, description="Prompts whose `enhanced` flag was set or cleared."

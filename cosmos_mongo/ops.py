@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Final, Generic, TypeVar, cast
 
 from bson.errors import InvalidDocument
 from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.database import Database
 from pymongo.errors import (
     AutoReconnect,
     DuplicateKeyError,
@@ -171,6 +173,13 @@ class UpdateOne(Operation[int]):
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateMany(UpdateOne):
+    """Returns the number of documents matched. Only for writes that may be repeated."""
+
+    method: ClassVar[str] = "update_many"
+
+
+@dataclass(frozen=True, slots=True)
 class FindOneAndUpdate(Operation[Document | None]):
     """Returns the document after the update, or None if nothing matched."""
 
@@ -301,6 +310,16 @@ class Services:
     enhancer: Any = None
     timeout: float = 180.0
     read_only: bool = False
+    # One causally consistent session per workflow, on a real server (see sessions_supported).
+    causal_sessions: bool = False
+
+
+def sessions_supported(database: Any) -> bool:
+    """Whether ``database`` belongs to a real driver (pymongo, its async API, or Motor over
+    pymongo), whose server takes sessions. mongomock, mongomock-motor (a Motor class over
+    mongomock) and the embedded default do not."""
+    real = (Database, AsyncDatabase)
+    return isinstance(database, real) or isinstance(getattr(database, "delegate", None), real)
 
 
 def _refuse_writes(services: Services, step: Operation[Any]) -> None:
@@ -350,13 +369,24 @@ def _translate(exc: _DriverError) -> CosmosMongoError:
 
 
 def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> T:
-    """Drive ``flow`` to completion against a synchronous pymongo-style database."""
+    """Drive ``flow`` to completion against a synchronous pymongo-style database, inside one
+    causally consistent session when ``services.causal_sessions`` is set."""
     services = services or Services()
+    if not services.causal_sessions:
+        return _drive_sync(database, flow, services, {})
+    try:
+        session = database.client.start_session(causal_consistency=True)
+    except _DRIVER_ERRORS as exc:
+        raise _translate(exc) from exc
+    with session:
+        return _drive_sync(database, flow, services, {"session": session})
 
+
+def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
     def call(step: Operation[Any]) -> Any:
         args, kwargs = step.arguments()
         started = time.perf_counter()
-        raw = getattr(database[step.collection], step.method)(*args, **kwargs)
+        raw = getattr(database[step.collection], step.method)(*args, **kwargs, **extra)
         result = step.finish(list(raw) if step.returns_cursor else raw)
         _log_operation(step, started)
         return result
@@ -390,13 +420,30 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
 
 
 async def run_async(database: Any, flow: Flow[T], services: Services | None = None) -> T:
-    """Drive ``flow`` to completion against an async database (pymongo async, Motor, mocks)."""
+    """Drive ``flow`` to completion against an async database (pymongo async, Motor, mocks),
+    inside one causally consistent session when ``services.causal_sessions`` is set."""
     services = services or Services()
+    if not services.causal_sessions:
+        return await _drive_async(database, flow, services, {})
+    try:
+        session = database.client.start_session(causal_consistency=True)
+        if inspect.isawaitable(session):  # Motor's is a coroutine; pymongo async's is not
+            session = await session
+    except _DRIVER_ERRORS as exc:
+        raise _translate(exc) from exc
+    try:
+        return await _drive_async(database, flow, services, {"session": session})
+    finally:
+        ended = session.end_session()
+        if inspect.isawaitable(ended):
+            await ended
 
+
+async def _drive_async(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
     async def call(step: Operation[Any]) -> Any:
         args, kwargs = step.arguments()
         started = time.perf_counter()
-        raw = getattr(database[step.collection], step.method)(*args, **kwargs)
+        raw = getattr(database[step.collection], step.method)(*args, **kwargs, **extra)
         if inspect.isawaitable(raw):  # pymongo async awaits aggregate(); Motor does not
             raw = await raw
         result = step.finish(await raw.to_list(None) if step.returns_cursor else raw)

@@ -73,6 +73,13 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         (("outputs.revert_pending", 1),),
         {"partialFilterExpression": {"outputs.revert_pending": True}},
     ),
+    # Runs marked by a deletion that has not finished: empty but for an interrupted one.
+    IndexSpec(
+        RUNS,
+        "runs_deletion_prompt_id",
+        (("deletion.prompt_id", 1),),
+        {"partialFilterExpression": {"deletion.prompt_id": {"$exists": True}}},
+    ),
     IndexSpec(
         RUNS,
         "runs_model_type_created_at_id",
@@ -326,6 +333,27 @@ def deletion_filter(prompt_id: str) -> Document:
         "$or": [{"prompt_id": prompt_id}, {"outputs.enhanced_prompt_id": prompt_id}],
         "$nor": [kept_provenance_filter(prompt_id)],
     }
+
+
+def deletion_mark(prompt_id: str, now: datetime) -> Document:
+    """Set on the runs a deletion will remove, before it removes the prompt: if it stops
+    midway, the marks say which deletion to finish, found through a tiny partial index."""
+    return {"$set": {"deletion": {"prompt_id": prompt_id, "started_at": now}}}
+
+
+def interrupted_deletions_filter(before: datetime) -> Document:
+    """Runs marked by a deletion that started before ``before`` and has not finished."""
+    return {
+        "deletion.prompt_id": {"$exists": True},  # the partial index's own condition
+        "deletion.started_at": {"$lte": before},
+    }
+
+
+def deletion_marks(prompt_id: str) -> Document:
+    return {"deletion.prompt_id": prompt_id}
+
+
+CLEAR_DELETION_MARK: Final = {"$unset": {"deletion": ""}}
 
 
 def deletion_preview_pipeline(prompt_id: str) -> list[Document]:

@@ -39,7 +39,7 @@ from cosmos_mongo.models import (
     Run,
     VerificationReport,
 )
-from cosmos_mongo.ops import Flow, Services, run_async, run_sync
+from cosmos_mongo.ops import Flow, Services, run_async, run_sync, sessions_supported
 
 T = TypeVar("T")
 
@@ -157,10 +157,16 @@ class _StoreBase:
         self.enhancer: Enhancer = enhancer or enhancer_from_settings(settings)
         self.enhancement_timeout = settings.enhancement_timeout
         self.read_only = settings.read_only
+        self._causal_sessions = sessions_supported(db)
         self._on_close = _on_close
 
     def _services(self, enhancer: Enhancer | None = None) -> Services:
-        return Services(enhancer or self.enhancer, self.enhancement_timeout, self.read_only)
+        return Services(
+            enhancer or self.enhancer,
+            self.enhancement_timeout,
+            self.read_only,
+            self._causal_sessions,
+        )
 
     def _enhancer_for(self, enhancement_model: object, enhanced_text: object) -> Enhancer:
         model = v.check_optional_text(enhancement_model, "enhancement_model", 200)
@@ -614,26 +620,39 @@ class CosmosStore(_StoreBase):
         """
         return self._run(enh.get_lineage(prompt_id))
 
-    def verify(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> VerificationReport:
+    def verify(
+        self, *, stale_after: timedelta = DEFAULT_STALE_AFTER, quick: bool = False
+    ) -> VerificationReport:
         """Check the enhancement data: prompts carry only the flag, enhance runs are complete,
         every lineage edge resolves, and nothing older than ``stale_after`` is half-finished.
+        ``quick=True`` checks only for interrupted enhancements, reverts and deletions,
+        through small indexes; the full checks read every run.
 
         Raises:
-            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
+                not a boolean.
         """
-        return self._run(enh.verify(stale_after))
+        return self._run(enh.verify(stale_after, quick))
 
     def repair(
-        self, *, stale_after: timedelta = DEFAULT_STALE_AFTER, progress: Progress | None = None
+        self,
+        *,
+        stale_after: timedelta = DEFAULT_STALE_AFTER,
+        progress: Progress | None = None,
+        quick: bool = False,
     ) -> RepairReport:
-        """Fix what ``verify`` finds: finish or roll back interrupted enhancements and reverts
-        older than ``stale_after``, and migrate legacy data. Reports what it cannot fix.
-        ``progress(stage, done, total)`` is called as each stage advances.
+        """Fix what ``verify`` finds: finish or roll back interrupted enhancements, reverts
+        and deletions older than ``stale_after``, remove runs whose prompt is gone, make the
+        flags agree with the runs, and migrate legacy data. Reports what it cannot fix.
+        ``quick=True`` settles only the interrupted work, through small indexes (for a
+        schedule); the other steps read every run. ``progress(stage, done, total)`` is called
+        as each stage advances.
 
         Raises:
-            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
+                not a boolean.
         """
-        return self._run(enh.repair(stale_after, progress))
+        return self._run(enh.repair(stale_after, progress, quick))
 
     def migrate(self, dry_run: bool = True, *, progress: Progress | None = None) -> MigrationReport:
         """Move legacy enhancement metadata from prompts into runs; ``dry_run`` only reports.
@@ -1123,26 +1142,39 @@ class AsyncCosmosStore(_StoreBase):
         """
         return await self._run(enh.get_lineage(prompt_id))
 
-    async def verify(self, *, stale_after: timedelta = DEFAULT_STALE_AFTER) -> VerificationReport:
+    async def verify(
+        self, *, stale_after: timedelta = DEFAULT_STALE_AFTER, quick: bool = False
+    ) -> VerificationReport:
         """Check the enhancement data: prompts carry only the flag, enhance runs are complete,
         every lineage edge resolves, and nothing older than ``stale_after`` is half-finished.
+        ``quick=True`` checks only for interrupted enhancements, reverts and deletions,
+        through small indexes; the full checks read every run.
 
         Raises:
-            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
+                not a boolean.
         """
-        return await self._run(enh.verify(stale_after))
+        return await self._run(enh.verify(stale_after, quick))
 
     async def repair(
-        self, *, stale_after: timedelta = DEFAULT_STALE_AFTER, progress: Progress | None = None
+        self,
+        *,
+        stale_after: timedelta = DEFAULT_STALE_AFTER,
+        progress: Progress | None = None,
+        quick: bool = False,
     ) -> RepairReport:
-        """Fix what ``verify`` finds: finish or roll back interrupted enhancements and reverts
-        older than ``stale_after``, and migrate legacy data. Reports what it cannot fix.
-        ``progress(stage, done, total)`` is called as each stage advances.
+        """Fix what ``verify`` finds: finish or roll back interrupted enhancements, reverts
+        and deletions older than ``stale_after``, remove runs whose prompt is gone, make the
+        flags agree with the runs, and migrate legacy data. Reports what it cannot fix.
+        ``quick=True`` settles only the interrupted work, through small indexes (for a
+        schedule); the other steps read every run. ``progress(stage, done, total)`` is called
+        as each stage advances.
 
         Raises:
-            InvalidInputError: ``stale_after`` is not a non-negative timedelta.
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
+                not a boolean.
         """
-        return await self._run(enh.repair(stale_after, progress))
+        return await self._run(enh.repair(stale_after, progress, quick))
 
     async def migrate(
         self, dry_run: bool = True, *, progress: Progress | None = None

@@ -45,6 +45,7 @@ from cosmos_mongo.ops import (
     InsertMany,
     InsertOne,
     ListIndexes,
+    UpdateMany,
 )
 
 ACTIVE_STATUSES = v.RUN_STATUSES - v.TERMINAL_STATUSES
@@ -319,11 +320,13 @@ def _is_kept_provenance(run: Mapping[str, Any], prompt_id: str) -> bool:
 
 
 def delete_prompt(prompt_id: object, force: object = False) -> Flow[DeletionResult]:
-    """The prompt goes first, then its runs (provenance of other prompts stays).
+    """Mark the runs that go with the prompt, delete the prompt, then those runs (provenance
+    of other prompts stays).
 
     In this order no run can outlive its prompt unnoticed: ``create_run`` re-checks the prompt
     after inserting, a live enhancement finds its run gone and fails, and a crash in between
-    leaves runs whose prompt is gone, which ``verify`` reports and ``repair`` removes.
+    leaves marked runs, which ``verify`` reports and ``repair`` finishes deleting (or, if the
+    prompt was never deleted, unmarks) through a small index, without reading every run.
     """
     checked_id = v.check_prompt_id(prompt_id)
     forced = v.check_flag(force, "force")
@@ -341,8 +344,13 @@ def delete_prompt(prompt_id: object, force: object = False) -> Flow[DeletionResu
             run_ids=preview.running_enhancement_ids,
             reason="enhancement_running",
         )
+    yield from UpdateMany(
+        q.RUNS, q.deletion_filter(checked_id), q.deletion_mark(checked_id, utc_now())
+    )
     if not (yield from DeleteOne(q.PROMPTS, q.by_id(checked_id))):
-        raise PromptNotFoundError(checked_id)  # another writer deleted it first
+        # Another writer deleted it first and deletes these runs; if it stops midway, the
+        # marks lead repair to them.
+        raise PromptNotFoundError(checked_id)
     deleted_runs = yield from DeleteMany(q.RUNS, q.deletion_filter(checked_id))
     return DeletionResult(
         prompt_id=checked_id, deleted_runs=deleted_runs, kept_run_ids=preview.kept_run_ids

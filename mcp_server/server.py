@@ -488,13 +488,22 @@ async def read_document(
         chars //= 2
 
 
-async def verify_enhancements(ctx: Context) -> Annotated[CallToolResult, VerificationReport]:
+async def verify_enhancements(
+    ctx: Context,
+    quick: Annotated[
+        bool,
+        Field(
+            description="Only look for interrupted enhancements, reverts and deletions "
+            "(fast at any size); false also runs the checks that read every run."
+        ),
+    ] = False,
+) -> Annotated[CallToolResult, VerificationReport]:
     """Check the enhancement data: prompts carry only the `enhanced` flag, enhancement runs are
     complete, every lineage edge points at existing prompts, nothing is half-finished.
 
     Use when lineage or details look wrong, or before a cleanup; `ok` is true when all pass."""
     state = _state(ctx)
-    return state.answer(await state.call(lambda store: store.verify()))
+    return state.answer(await state.call(lambda store: store.verify(quick=quick)))
 
 
 # -- write tools -------------------------------------------------------------------------------

@@ -188,11 +188,18 @@ def test_verify_repair_and_migrate(invoke: Any, tmp_path: Path) -> None:
     dry = invoke("migrate")
     assert "Would" in dry.output and "--apply" in dry.output
     assert invoke("verify").exit_code == 1
+    quick = invoke("verify", "--quick")  # legacy keys are for the full checks
+    assert quick.exit_code == 0 and "only interrupted work was checked" in quick.output
+    assert "prompts carry only" not in quick.output
     applied = json.loads(invoke("migrate", "--apply", "--json").stdout)
     assert len(applied["prompts_stripped"]) == 4
     ok = invoke("verify", "--json")
     assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
     assert "completed 0, rolled back 0" in invoke("repair").output
+    quick_repair = invoke("repair", "--quick")
+    assert (
+        "deletions finished 0" in quick_repair.output and "without --quick" in quick_repair.output
+    )
 
 
 def test_demo_seeds_enhances_and_reports(invoke: Any, tmp_path: Path) -> None:

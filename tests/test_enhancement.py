@@ -27,6 +27,7 @@ from cosmos_mongo.enhancers import OpenAICompatibleEnhancer, TemplateEnhancer
 from cosmos_mongo.errors import EnhancementError
 from cosmos_mongo.models import new_run_id
 from tests.conftest import Backend
+from tests.helpers.writes import WRITE_METHODS
 from tests.test_contract import CountingDatabase
 
 NOW = timedelta(0)  # stale_after=0: everything interrupted counts as stale
@@ -244,7 +245,7 @@ class Crash(BaseException):
 
 
 class CrashingDatabase(CountingDatabase):
-    WRITES = {"insert_one", "update_one", "find_one_and_update", "delete_one", "delete_many"}
+    WRITES = WRITE_METHODS
 
     def __init__(self, database: Any, crash_at: int) -> None:
         super().__init__(database)

@@ -580,3 +580,115 @@ def test_the_cli_answers_bad_arguments_in_one_line_without_a_traceback(tmp_path:
         assert done.returncode == code, (arguments, stderr)
         assert "Traceback" not in stderr and "secret" not in stderr, stderr
         assert stderr.strip(), arguments
+
+
+# -- interrupted deletions, and the quick checks that find them through small indexes ----------
+
+
+def test_quick_verify_and_repair_read_only_through_the_small_indexes(backend: Backend) -> None:
+    store = backend.store
+    for number in range(3):
+        prompt = store.create_prompt(f"A robot arm stacks {number} blocks", {}, {})
+        store.enhance_prompt(prompt.id, enhanced_text=f"A robot arm stacks {number} red blocks.")
+        store.create_run(prompt.id, {}, initial_status="completed")
+    counted: list[CountingDatabase] = []
+
+    def counting(database: Any) -> CountingDatabase:
+        counted.append(CountingDatabase(database))
+        return counted[-1]
+
+    quick = backend.over(counting)
+    assert quick.verify(quick=True).quick and quick.repair(quick=True).quick
+    # Three look-ups each (interrupted enhancements, reverts, deletions): no aggregate, no
+    # prompt scan, nothing that reads every run.
+    assert counted[0].calls == [("runs", "find")] * 6
+    full = store.verify()
+    assert not full.quick and full.ok
+
+
+@pytest.mark.parametrize("crash_at", [2, 3])
+def test_quick_repair_settles_a_deletion_stopped_at_any_write(
+    backend: Backend, crash_at: int
+) -> None:
+    from tests.test_enhancement import Crash, CrashingDatabase
+
+    store = backend.store
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+    child = store.enhance_prompt(prompt.id, enhanced_text="A robot arm stacks red blocks.")
+    store.create_run(prompt.id, {})
+    with pytest.raises(Crash):
+        backend.over(lambda database: CrashingDatabase(database, crash_at)).delete_prompt(prompt.id)
+    assert store.verify(quick=True).ok  # too recent: a deletion may still be under way
+    found = store.verify(stale_after=NOW, quick=True)
+    if crash_at == 2:  # marked, but the prompt is still there
+        assert found.half_finished == [
+            f"{prompt.id}: deletion interrupted before the prompt was deleted (1 runs marked)"
+        ]
+    else:  # the prompt went; its run did not
+        assert len(found.orphan_runs) == 1 and prompt.id in found.orphan_runs[0]
+    repaired = store.repair(stale_after=NOW, quick=True)
+    if crash_at == 2:
+        assert repaired.deletions_cancelled == [prompt.id] and repaired.runs_removed == []
+        assert len(store.list_runs(prompt_id=prompt.id)) == 2  # the run and the kept provenance
+    else:
+        assert repaired.deletions_finished == [prompt.id] and len(repaired.runs_removed) == 1
+        assert [r.id for r in store.list_runs(prompt_id=prompt.id)] == [child.run_id]
+    assert not any("deletion" in run for run in backend.snapshot()["runs"])
+    assert store.verify(stale_after=NOW).ok and store.get_prompt(child.enhanced_prompt_id)
+
+
+def test_repair_finishes_a_deletion_for_a_run_created_while_it_ran(backend: Backend) -> None:
+    """A create_run that inserted after the marks and crashed before its own re-check left an
+    unmarked run: finishing the deletion removes it too."""
+    from tests.test_enhancement import Crash, CrashingDatabase
+
+    store = backend.store
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+    store.create_run(prompt.id, {})
+    late = store.create_run(prompt.id, {})
+    backend.raw["runs"].update_one({"_id": late.id}, {"$set": {"status": "running"}})
+    with pytest.raises(Crash):
+        backend.over(lambda database: CrashingDatabase(database, 3)).delete_prompt(prompt.id)
+    backend.raw["runs"].update_one({"_id": late.id}, {"$unset": {"deletion": ""}})
+    repaired = store.repair(stale_after=NOW, quick=True)
+    assert repaired.deletions_finished == [prompt.id] and late.id in repaired.runs_removed
+    assert backend.snapshot()["runs"] == []
+
+
+def test_a_marked_run_that_became_kept_provenance_is_unmarked_not_deleted(
+    backend: Backend,
+) -> None:
+    """An enhancement that completed after the deletion marked its run is another prompt's
+    birth record by then: repair keeps it and only takes the mark off."""
+    store = backend.store
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+    child = store.enhance_prompt(prompt.id, enhanced_text="A robot arm stacks red blocks.")
+    long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+    mark = {"deletion": {"prompt_id": prompt.id, "started_at": long_ago}}
+    backend.raw["runs"].update_one({"_id": child.run_id}, {"$set": mark})
+    backend.raw["prompts"].delete_one({"_id": prompt.id})
+    assert not store.verify(quick=True).ok
+    repaired = store.repair(quick=True)
+    assert repaired.deletions_finished == [prompt.id] and repaired.runs_removed == []
+    kept = backend.raw["runs"].find_one({"_id": child.run_id})
+    assert kept is not None and "deletion" not in kept
+    assert store.verify(stale_after=NOW).ok
+
+
+def test_a_hand_set_flag_is_left_to_the_full_checks(backend: Backend) -> None:
+    store = backend.store
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+    backend.raw["prompts"].update_one({"_id": prompt.id}, {"$set": {"parameters.enhanced": True}})
+    assert store.verify(quick=True).ok  # quick never reads every prompt
+    assert store.repair(quick=True).flags_fixed == []
+    assert store.verify().flag_mismatches and store.repair().flags_fixed == [prompt.id]
+    assert store.verify().ok
+
+
+def test_quick_must_be_a_boolean(backend: Backend) -> None:
+    from cosmos_mongo import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="quick"):
+        backend.store.verify(quick="yes")
+    with pytest.raises(InvalidInputError, match="quick"):
+        backend.store.repair(quick=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -108,3 +109,30 @@ def test_create_run_racing_delete_prompt_in_two_processes_leaves_no_orphan(
         assert store.list_prompts() == []
         assert store.list_runs(limit=1000) == []  # every run went with, or was taken back
         assert store.verify().ok
+
+
+def test_quick_repair_alone_settles_deletions_killed_at_any_point(tmp_path: Path) -> None:
+    """A process deleting two prompts is killed (SIGKILL) before each of its writes in turn;
+    the quick repair, which reads no whole collection, leaves a store the full verify finds
+    consistent."""
+    deletion_writes = 3  # mark the runs, delete the prompt, delete the runs
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        for k in range(1, 2 * deletion_writes + 1):
+            prompts = []
+            for i in range(2):
+                prompt = store.create_prompt(f"Prompt {k}.{i}", {}, {})
+                store.enhance_prompt(prompt.id, enhanced_text=f"Rewrite {k}.{i}.")
+                store.create_run(prompt.id, {})
+                prompts.append(prompt.id)
+            worker = start("delete-prompts", str(tmp_path), str(k), *prompts)
+            deleted, _ = worker.communicate(timeout=TIMEOUT)
+            assert worker.returncode == -signal.SIGKILL
+            assert len(deleted.split()) == (k - 1) // deletion_writes
+        interrupted = store.verify(stale_after=timedelta(0), quick=True)
+        assert len(interrupted.half_finished) == 2  # killed after marking, twice
+        assert len(interrupted.orphan_runs) == 2  # killed after the prompt went, twice
+        store.repair(stale_after=timedelta(0), quick=True)
+        report = store.verify(stale_after=timedelta(0))
+        assert report.ok, report
+        assert not any("deletion" in run for run in database["runs"].find({}))

@@ -235,3 +235,123 @@ def test_word_search_is_an_option_that_says_where_it_works(backend: Any) -> None
     else:  # mongomock and the embedded default have no $text
         with pytest.raises(InvalidInputError, match="needs a MongoDB server with the text index"):
             store.search_prompts("robot", match="words")
+
+
+class RecordingSession:
+    """Stands in for a driver's ClientSession: counts how often it is ended."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def end_session(self) -> None:
+        self.ended += 1
+
+    def __enter__(self) -> RecordingSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end_session()
+
+
+class SessionRecordingDatabase:
+    """A mongomock database behind a client that hands out sessions, recording the session
+    each collection call was given (mongomock itself refuses the keyword)."""
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+        self.started: list[dict[str, Any]] = []
+        self.sessions: list[RecordingSession] = []
+        self.calls: list[tuple[str, Any]] = []
+        self.client = self
+
+    def start_session(self, **options: Any) -> RecordingSession:
+        self.started.append(options)
+        self.sessions.append(RecordingSession())
+        return self.sessions[-1]
+
+    def __getitem__(self, name: str) -> Any:
+        collection, calls = self.database[name], self.calls
+
+        class Collection:
+            def __getattr__(self, method: str) -> Any:
+                def call(*args: Any, session: Any = None, **kwargs: Any) -> Any:
+                    calls.append((method, session))
+                    return getattr(collection, method)(*args, **kwargs)
+
+                return call
+
+        return Collection()
+
+
+def test_only_real_drivers_get_sessions(tmp_path: Path) -> None:
+    from mongomock_motor import AsyncMongoMockClient
+    from motor.motor_asyncio import AsyncIOMotorClient
+    from pymongo import AsyncMongoClient, MongoClient
+
+    from cosmos_mongo.embedded import open_embedded
+    from cosmos_mongo.ops import sessions_supported
+
+    unreachable = "mongodb://127.0.0.1:1/"
+    assert sessions_supported(MongoClient(unreachable, connect=False)["x"])
+    assert sessions_supported(AsyncMongoClient(unreachable, connect=False)["x"])
+    assert sessions_supported(AsyncIOMotorClient(unreachable, connect=False)["x"])
+    assert not sessions_supported(mongomock.MongoClient()["x"])
+    assert not sessions_supported(AsyncMongoMockClient()["x"])  # a Motor class over mongomock
+    with open_embedded(tmp_path) as embedded:
+        assert not sessions_supported(embedded)
+
+
+def test_each_call_runs_in_one_causally_consistent_session_that_is_ended() -> None:
+    from cosmos_mongo.ops import Services, run_sync
+    from cosmos_mongo.workflows import create_prompt, create_run
+
+    database = SessionRecordingDatabase(mongomock.MongoClient(tz_aware=True)["cosmos"])
+    with_sessions = Services(causal_sessions=True)
+    prompt = run_sync(database, create_prompt("A robot arm", {}, {}), with_sessions)
+    run_sync(database, create_run(prompt.id, {}), with_sessions)
+    assert database.started == [{"causal_consistency": True}] * 2
+    first, second = database.sessions
+    assert [session for _, session in database.calls] == [first, second, second, second]
+    assert [method for method, _ in database.calls[1:]] == ["find_one", "insert_one", "find_one"]
+    assert first.ended == second.ended == 1
+    with pytest.raises(InvalidInputError):  # a workflow that fails still ends its session
+        run_sync(database, create_run({"$ne": 1}, {}), with_sessions)
+    assert database.sessions[-1].ended == 1
+
+
+@pytest.mark.parametrize("motor_style", [True, False])
+def test_async_calls_start_and_end_sessions_of_either_async_driver(motor_style: bool) -> None:
+    """Motor's start_session is a coroutine; pymongo async's is not, but its end_session is."""
+    import asyncio
+
+    from cosmos_mongo.ops import Services, run_async
+    from cosmos_mongo.workflows import get_prompt
+
+    class AsyncSession(RecordingSession):
+        async def end_session(self) -> None:  # type: ignore[override]
+            self.ended += 1
+
+    database = SessionRecordingDatabase(mongomock.MongoClient(tz_aware=True)["cosmos"])
+    session = AsyncSession()
+
+    async def motor_start(**options: Any) -> AsyncSession:
+        database.started.append(options)
+        return session
+
+    def pymongo_start(**options: Any) -> AsyncSession:
+        database.started.append(options)
+        return session
+
+    database.start_session = motor_start if motor_style else pymongo_start  # type: ignore[method-assign,assignment]
+    found = asyncio.run(
+        run_async(database, get_prompt("ps_" + "0" * 16), Services(causal_sessions=True))
+    )
+    assert found is None
+    assert database.started == [{"causal_consistency": True}]
+    assert database.calls == [("find_one", session)] and session.ended == 1
+
+
+def test_a_store_on_a_real_driver_opens_sessions_and_one_on_mongomock_does_not() -> None:
+    with CosmosStore.connect("mongodb://127.0.0.1:1/", ensure_indexes=False) as store:
+        assert store._services().causal_sessions
+    assert not CosmosStore(mongomock.MongoClient(tz_aware=True)["x"])._services().causal_sessions

@@ -6,12 +6,16 @@ enhance-waiting DIR PROMPT_ID MODE   enhance PROMPT_ID with an enhancer that pri
                                      force_overwrite=True and a text naming this process)
 create-runs DIR PROMPT_ID...         create a run of each prompt in turn, print one JSON line
                                      per attempt: {"prompt": ..., "run": id or null}
+delete-prompts DIR K PROMPT_ID...    delete each prompt in turn, printing its id once deleted;
+                                     the process kills itself (SIGKILL) just before its K-th
+                                     write
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 
 from cosmos_mongo import CosmosMongoError, CosmosStore
 from cosmos_mongo.embedded import open_embedded
+from tests.helpers.writes import WRITE_METHODS
 
 
 class WaitingEnhancer:
@@ -64,11 +69,40 @@ def create_runs(data_dir: Path, prompt_ids: list[str]) -> None:
         print(json.dumps({"prompt": prompt_id, "run": run}), flush=True)
 
 
+class DyingDatabase:
+    """The database, except that the process dies (SIGKILL, no clean-up) before write ``k``."""
+
+    def __init__(self, database: Any, k: int) -> None:
+        self.database, self.k, self.writes = database, k, 0
+
+    def __getitem__(self, name: str) -> Any:
+        collection, owner = self.database[name], self
+
+        class Collection:
+            def __getattr__(self, method: str) -> Any:
+                if method in WRITE_METHODS:
+                    owner.writes += 1
+                    if owner.writes == owner.k:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return getattr(collection, method)
+
+        return Collection()
+
+
+def delete_prompts(data_dir: Path, k: int, prompt_ids: list[str]) -> None:
+    store = CosmosStore(DyingDatabase(open_embedded(data_dir), k))
+    for prompt_id in prompt_ids:
+        store.delete_prompt(prompt_id)
+        print(prompt_id, flush=True)
+
+
 if __name__ == "__main__":
     command, directory, *rest = sys.argv[1:]
     if command == "enhance-waiting":
         enhance_waiting(Path(directory), rest[0], rest[1])
     elif command == "create-runs":
         create_runs(Path(directory), rest)
+    elif command == "delete-prompts":
+        delete_prompts(Path(directory), int(rest[0]), rest[1:])
     else:
         raise SystemExit(f"unknown command {command!r}")

@@ -30,10 +30,12 @@ class CommandCounter:
 
     def __init__(self) -> None:
         self.commands: list[str] = []
+        self.sent: list[dict[str, Any]] = []  # the commands themselves, same order
 
     def started(self, event: Any) -> None:
         if event.command_name not in {"endSessions", "hello", "isMaster", "ping"}:
             self.commands.append(event.command_name)
+            self.sent.append(dict(event.command))
 
     def succeeded(self, event: Any) -> None:
         pass
@@ -157,6 +159,21 @@ def test_helper_queries_use_their_indexes(server: Any) -> None:
         assert _plan_uses(history, index), index
 
 
+def test_the_quick_checks_are_served_by_their_indexes(server: Any) -> None:
+    store, _ = server
+    for i in range(30):
+        other = store.create_prompt(f"Other prompt {i}", {}, {})
+        store.enhance_prompt(other.id, enhanced_text=f"Other rewrite {i}.")
+    before = datetime.now(UTC)
+    runs = store.db["runs"]
+    deletions = runs.find(q.interrupted_deletions_filter(before)).explain()
+    assert _plan_uses(deletions, "runs_deletion_prompt_id")
+    reverts = runs.find(q.pending_reverts_filter(before)).explain()
+    assert _plan_uses(reverts, "runs_revert_pending")
+    stale = runs.find(q.stale_enhancements_filter(before)).explain()
+    assert _plan_uses(stale, "runs_status_created_at_id")
+
+
 def test_graph_lookup_walks_lineage_on_a_server(server: Any) -> None:
     store, counter = server
     root = store.create_prompt("A robot arm stacks blocks", {}, {})
@@ -182,6 +199,21 @@ def test_an_agent_enhancement_is_one_read_and_three_writes_on_a_server(server: A
     counter.commands.clear()
     store.enhance_prompt(prompt.id, enhanced_text="A robot arm stacks three blocks.")
     assert counter.commands == ["find", "insert", "insert", "update"]
+
+
+def test_a_read_after_a_write_in_one_call_waits_for_that_write(server: Any) -> None:
+    """create_run reads, inserts, reads again in one causally consistent session: every
+    command carries the session, and on a replica set the second read names the insert's
+    time (afterClusterTime), so no secondary or lagging node can answer it from before."""
+    store, counter = server
+    prompt = store.create_prompt("a robot arm", {}, {})
+    counter.commands.clear()
+    counter.sent.clear()
+    store.create_run(prompt.id, {})
+    assert counter.commands == ["find", "insert", "find"]
+    assert len({str(command["lsid"]) for command in counter.sent}) == 1
+    if store.db.client.admin.command("hello").get("setName"):
+        assert "afterClusterTime" in counter.sent[2].get("readConcern", {})
 
 
 def test_a_read_only_store_sends_no_write_command_and_creates_no_database() -> None:

@@ -124,7 +124,7 @@ def others(snapshot: dict[str, list[dict[str, Any]]], prompt_id: str) -> list[di
 
 
 @pytest.mark.parametrize(
-    ("operation", "writes"), [("delete", 2), ("enhance-new", 3), ("enhance-in-place", 3)]
+    ("operation", "writes"), [("delete", 3), ("enhance-new", 3), ("enhance-in-place", 3)]
 )
 def test_a_failure_at_any_write_corrupts_nothing(
     backend: Backend, operation: str, writes: int
@@ -154,7 +154,8 @@ def test_a_failure_at_any_write_corrupts_nothing(
         store.repair(stale_after=NOW)
         assert store.verify(stale_after=NOW).ok
         exists = store.get_prompt(prompt.id) is not None
-        if operation == "delete" and half_done:
+        assert not any("deletion" in run for run in backend.snapshot()["runs"])  # unmarked
+        if operation == "delete" and crash_at == writes:  # the prompt went, its runs not yet
             kept = store.list_runs(prompt_id=prompt.id)  # only the child's provenance
             assert not exists and [(r.model_type, r.status) for r in kept] == [
                 ("enhance", "completed")
