@@ -798,6 +798,24 @@ def backup(state: _Context, destination: Path, as_json: bool) -> None:
         click.echo(f"Backed up {state.where()} to {copy}")
 
 
+@cli.command()
+@_json_option
+@click.pass_obj
+def compact(state: _Context, as_json: bool) -> None:
+    """Give the space of deleted documents back to the disk (embedded default), safely while
+    other processes use the store. On a MongoDB server the server reclaims space itself."""
+    database = state.store().db
+    if not hasattr(type(database), "compact"):
+        raise InvalidInputError(
+            "compact", "works on the embedded default; a MongoDB server manages its own space"
+        )
+    before, after = database.compact()
+    if as_json:
+        click.echo(json.dumps({"bytes_before": before, "bytes_after": after}))
+    else:
+        click.echo(f"Compacted {state.where()}: {before:,} bytes -> {after:,} bytes")
+
+
 @cli.command("import-sqlite")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report what would be imported; write nothing.")

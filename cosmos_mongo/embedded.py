@@ -1,48 +1,58 @@
-"""The embedded default database: mongomock answers queries, a SQLite file keeps the data.
+"""The embedded default database: a SQLite file holds the documents and their indexes, and
+mongomock's matching, update and aggregation code answers on the few documents a query needs.
 
-How it holds together:
+How it holds together (docs/DEVELOPMENT.md, "The embedded engine", walks through it):
 
-* **Durable.** Every write runs inside one SQLite transaction (WAL, ``synchronous=FULL``) that
-  stores the BSON of each document it touched. When a write returns, it is on disk.
-* **Constant cost per write.** A write rewrites only the rows of the documents it touched; the
-  file is never rewritten whole.
-* **Shared between processes.** Writers serialize on SQLite's write lock (``BEGIN IMMEDIATE``).
-  Each document row carries the sequence number of the write that last touched it (deletes
-  leave a tombstone), so the rows form a change log in the same file. Before every operation a
-  process asks SQLite whether another connection has committed (``PRAGMA data_version``) and,
-  if so, loads only the rows newer than the last sequence it has seen.
-* **Fast reads.** mongomock scans every document for every query. Here each collection keeps
-  hash indexes on ``_id`` and on the leading field of every declared non-unique index, and
-  hands mongomock only the candidates an equality or ``$in`` term allows. mongomock still
-  applies the whole filter, so the answer is the same; only the scan is shorter.
+* **Nothing is loaded at open.** Each operation reads what it needs from the file inside one
+  SQLite transaction, so opening costs the same at any size and every process sees the
+  others' committed writes at once.
+* **Indexes on disk.** Every declared index is a range of rows in the ``entries`` table: one
+  row per document (per array element for an array), keyed by the indexed values encoded so
+  that SQLite's byte order is MongoDB's sort order. A query's equality terms pick a key range,
+  its range terms narrow it, and a sort the index matches is a walk in key order that stops at
+  ``limit``. Only the documents that range names are decoded; mongomock's ``filter_applies``
+  then applies the whole filter, so the answer is the one a scan would give.
+* **Durable.** Every write is one SQLite transaction (WAL, ``synchronous=FULL``) covering the
+  document rows and their index entries; when a write returns, it is on disk. Writers
+  serialize on SQLite's write lock (``BEGIN IMMEDIATE``).
+* **mongomock semantics.** Updates run mongomock's own ``update_one``/``update_many`` on a
+  scratch collection holding only the target documents; aggregation runs mongomock's pipeline
+  on the documents of a leading ``$match``, with ``$lookup`` and ``$graphLookup`` served by
+  the same indexed ``find``. Ties in a sort keep insertion order, as mongomock's stable sort
+  does (each document keeps its ``arrival`` number).
 
 The classes mirror the part of the pymongo API the library uses. ``find`` and ``aggregate``
-return materialized results, because the in-memory engine must not be read outside its lock.
+return lists, because a cursor must not outlive its transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
+import heapq
+import math
 import os
 import re
 import sqlite3
+import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import bson
 import bson.errors
 import mongomock as _mongomock
+from bson import ObjectId
+from bson.binary import Binary
 from mongomock import aggregate as _aggregation
 from mongomock import filtering as _filtering
 from mongomock import helpers as _helpers
 from pymongo import ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
 from cosmos_mongo.errors import InvalidInputError, ReadOnlyError, StorageError
@@ -66,15 +76,33 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_seq ON documents (seq);
--- body_crc: CRC-32 of body, checked on load (NULL in rows written before it existed;
--- files made before it get the column added on open).
+-- body_crc: CRC-32 of body, checked on every read (NULL in rows written before it existed).
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1), ('arrival', 0),
+    ('catalog', 0);
+-- One row per indexed value of a document: the key orders like MongoDB sorts.
+CREATE TABLE IF NOT EXISTS entries (
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key BLOB NOT NULL,
+    arrival INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (collection, name, key, arrival, doc)
+) WITHOUT ROWID;
+-- A row per index whose entries are complete; ordered = 0 once an array or an object was
+-- indexed, after which the index narrows candidates but no longer serves a sort.
+CREATE TABLE IF NOT EXISTS built_indexes (
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ordered INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (collection, name)
+) WITHOUT ROWID;
 """
+_FORMAT: Final = 2  # 1: documents only, loaded whole at open; 2: indexes on disk, arrival
 _INDEX_CATALOG: Final = "system.indexes"
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _DATABASE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
-_NARROWABLE: Final = (str, int, float)  # bool is an int; Mongo and Python agree on equality
+_BATCH: Final = 500  # documents fetched per SQL statement
 
 
 def check_database_name(name: object) -> str:
@@ -98,24 +126,6 @@ def _key_label(key: bytes) -> str:
         return str(_decode_key(key))
     except (bson.errors.BSONError, ValueError, KeyError):
         return f"key {key[:32].hex()}"
-
-
-class _Damaged(Exception):
-    def __init__(self, label: str, why: str) -> None:
-        self.label = label
-        super().__init__(why)
-
-
-def _checked_document(key: bytes, body: bytes | None, crc: int | None) -> Any:
-    """The decoded row, or ``_Damaged`` if its checksum or its BSON is wrong."""
-    if body is None:
-        return None
-    if crc is not None and zlib.crc32(body) != crc:
-        raise _Damaged(_key_label(key), "checksum mismatch: the stored bytes changed on disk")
-    try:
-        return bson.decode(body)
-    except (bson.errors.BSONError, ValueError) as exc:
-        raise _Damaged(_key_label(key), f"not valid BSON ({exc})") from exc
 
 
 def _encoded(document: Mapping[str, Any]) -> bytes:
@@ -168,394 +178,656 @@ def _check_header(path: Path) -> None:
         )
 
 
+# -- index keys: bytes whose order is MongoDB's sort order --------------------------------------
+#
+# A value becomes a type byte (MongoDB's order of BSON types) and bytes that compare like the
+# value. A key is its fields' encodings, each escaped (0x00 -> 0x00 0xFF) and ended by
+# 0x00 0x01, so a shorter value sorts before a longer one with the same start; a descending
+# field has every byte inverted. Objects, arrays' elements that are objects or arrays, and
+# rare types (regex, timestamp, min/max key...) share one "unordered" byte per type: they
+# still find their documents by equality on scalars, and an index holding one stops serving
+# sorts (mongomock sorts those documents itself).
+
+_NULL: Final = b"\x05"
+_NUMBER: Final = b"\x10"
+_STRING: Final = b"\x20"
+_OBJECT: Final = b"\x30"
+_BINARY: Final = b"\x3a"
+_OBJECT_ID: Final = b"\x3c"
+_BOOLEAN: Final = b"\x40"
+_DATE: Final = b"\x50"
+_OTHER: Final = b"\x60"
+_END: Final = b"\x00\x01"
 _MISSING: Final = object()
-_UNREACHABLE: Final = object()  # the path crosses an array: leave such documents to mongomock
 
 
-def _field_value(document: Mapping[str, Any], path: str) -> Any:
+def _number_bytes(number: float) -> bytes:
+    if math.isnan(number):
+        return b"\x00" * 8  # NaN sorts below every number, as in MongoDB
+    (bits,) = struct.unpack(">Q", struct.pack(">d", float(number) + 0.0))  # -0.0 == 0.0
+    return struct.pack(">Q", bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63)
+
+
+def _datetime_millis(value: datetime) -> int:
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    delta = value - datetime(1970, 1, 1)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _scalar_bytes(value: Any) -> bytes | None:
+    """The ordered encoding of a scalar; None for a value with no total order here."""
+    if value is None:
+        return _NULL
+    if isinstance(value, bool):
+        return _BOOLEAN + (b"\x01" if value else b"\x00")
+    if isinstance(value, int | float):
+        return _NUMBER + _number_bytes(float(value))
+    if isinstance(value, str):
+        return _STRING + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, datetime):
+        return _DATE + struct.pack(">Q", _datetime_millis(value) + (1 << 63))
+    if isinstance(value, ObjectId):
+        return _OBJECT_ID + value.binary
+    if isinstance(value, bytes):  # Binary is a bytes subclass
+        subtype = value.subtype if isinstance(value, Binary) else 0
+        return _BINARY + struct.pack(">IB", len(value), subtype) + bytes(value)
+    return None
+
+
+def _component(encoded: bytes, descending: bool) -> bytes:
+    escaped = encoded.replace(b"\x00", b"\x00\xff") + _END
+    return bytes(byte ^ 0xFF for byte in escaped) if descending else escaped
+
+
+def _after(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``prefix``."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b"\xff" * (len(prefix) + 1)
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def _path_value(document: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path, ``_MISSING`` if absent; a list met midway is returned as
+    the list of what each element holds there (MongoDB's multikey reading)."""
     value: Any = document
-    for part in path.split("."):
-        if not isinstance(value, Mapping):
-            return _UNREACHABLE if isinstance(value, list) else _MISSING
-        if part not in value:
+    for position, part in enumerate(path.split(".")):
+        if isinstance(value, list):
+            rest = ".".join(path.split(".")[position:])
+            found: list[Any] = []
+            for item in value:
+                inner = _path_value(item, rest) if isinstance(item, Mapping) else _MISSING
+                if isinstance(inner, list):
+                    found.extend(inner)  # {a: [{b: [1, 2]}]} holds 1 and 2 at a.b
+                elif inner is not _MISSING:
+                    found.append(inner)
+            return found or _MISSING
+        if not isinstance(value, Mapping) or part not in value:
             return _MISSING
         value = value[part]
     return value
 
 
-def _field_values(document: Mapping[str, Any], path: str) -> list[Any] | None:
-    """Hashable values of ``path`` for indexing; None if the value cannot be indexed safely."""
-    value = _field_value(document, path)
-    if value is _MISSING or value is None:
-        return []
-    if isinstance(value, _NARROWABLE):
-        return [value]
-    return None
+def _field_keys(value: Any) -> tuple[list[bytes], bool]:
+    """The encodings a field's value is indexed under, and whether they keep a total order."""
+    if value is _MISSING:
+        return [_NULL], True
+    if isinstance(value, list):
+        keys: list[bytes] = []
+        for item in value:
+            encoded = _scalar_bytes(item)
+            keys.append(encoded if encoded is not None else _OBJECT)
+        return (sorted(set(keys)) or [_OBJECT]), False
+    encoded = _scalar_bytes(value)
+    if encoded is not None:
+        return [encoded], True
+    return [_OBJECT if isinstance(value, Mapping) else _OTHER], False
 
 
-def _equality_values(condition: Any) -> list[Any] | None:
-    """The values a field condition must equal one of, or None if it does not pin them."""
-    if isinstance(condition, _NARROWABLE):
-        return [condition]
-    if (
-        isinstance(condition, Mapping)
-        and condition
-        and all(isinstance(key, str) and key.startswith("$") for key in condition)
+def _equality_keys(value: Any) -> list[bytes] | None:
+    """The encodings a document's value may have if it equals ``value`` (a superset: the filter
+    decides), or None when the index cannot narrow for it. mongomock, unlike MongoDB, takes
+    True for 1 and False for 0, so both are looked up."""
+    if isinstance(value, bool | int | float) and not (
+        isinstance(value, float) and math.isnan(value)
     ):
-        if "$eq" in condition and isinstance(condition["$eq"], _NARROWABLE):
-            return [condition["$eq"]]
-        values = condition.get("$in")
-        if isinstance(values, list | tuple) and all(isinstance(x, _NARROWABLE) for x in values):
-            return list(values)
-    return None
+        keys = {_NUMBER + _number_bytes(float(value))}
+        if value in (0, 1):
+            keys.add(_BOOLEAN + (b"\x01" if value else b"\x00"))
+        return sorted(keys)
+    encoded = _scalar_bytes(value)
+    return None if encoded is None else [encoded]
+
+
+@dataclass(frozen=True)
+class _IndexSpec:
+    collection: str
+    name: str
+    fields: tuple[tuple[str, bool], ...]  # (path, descending)
+    unique: bool
+    options: Mapping[str, Any]
+
+    @classmethod
+    def from_catalog(cls, row: Mapping[str, Any]) -> _IndexSpec | None:
+        """The spec of a catalog row; None for an index the engine cannot keep (text)."""
+        keys = [(str(name), direction) for name, direction in row["keys"]]
+        if any(direction not in (1, -1) for _, direction in keys):
+            return None
+        options = dict(row.get("options", {}))
+        return cls(
+            row["collection"],
+            row["name"],
+            tuple((name, direction == -1) for name, direction in keys),
+            bool(options.get("unique")),
+            options,
+        )
+
+    def keys_of(self, document: Mapping[str, Any]) -> tuple[set[bytes], bool]:
+        """Every entry key of ``document`` (one per combination of array elements) and whether
+        they keep a total order."""
+        combos: list[bytes] = [b""]
+        ordered = True
+        for path, descending in self.fields:
+            encodings, keeps_order = _field_keys(_path_value(document, path))
+            ordered = ordered and keeps_order
+            combos = [k + _component(e, descending) for k in combos for e in encodings]
+        return set(combos), ordered
+
+    def covers(self, document: Mapping[str, Any]) -> bool:
+        """Whether a unique index constrains ``document`` (partial and sparse indexes skip some)."""
+        partial = self.options.get("partialFilterExpression")
+        if partial is not None and not filtering.filter_applies(partial, document):
+            return False
+        if self.options.get("sparse"):
+            return any(_path_value(document, path) is not _MISSING for path, _ in self.fields)
+        return True
+
+
+# -- planning: which key ranges of which index can hold the answer -----------------------------
+
+_RANGE_OPERATORS: Final = frozenset({"$lt", "$lte", "$gt", "$gte"})
+_WHOLE: Final = (b"", b"\xff")  # every key of an index (no key starts with 0xFF)
+_RACE_CAP: Final = 1000  # plans are compared by counting at most this many entries each
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """A range on one field's encoded values (ascending): None is unbounded."""
+
+    low: tuple[bytes, bool] | None = None  # (encoding, inclusive)
+    high: tuple[bytes, bool] | None = None
+
+    def meet(self, other: _Bound) -> _Bound:
+        low = max((b for b in (self.low, other.low) if b), key=_low_order, default=None)
+        high = min((b for b in (self.high, other.high) if b), key=_high_order, default=None)
+        return _Bound(low, high)
+
+    def join(self, other: _Bound) -> _Bound:
+        low = None if not (self.low and other.low) else min(self.low, other.low, key=_low_order)
+        high = (
+            None if not (self.high and other.high) else max(self.high, other.high, key=_high_order)
+        )
+        return _Bound(low, high)
+
+
+def _low_order(bound: tuple[bytes, bool]) -> tuple[bytes, bool]:
+    return (bound[0], not bound[1])  # at the same value, exclusive is the tighter low
+
+
+def _high_order(bound: tuple[bytes, bool]) -> tuple[bytes, bool]:
+    return bound  # at the same value, exclusive (False) is the tighter high
 
 
 @dataclass
-class _HashIndex:
-    """Document ids by the value of one field. Unindexable documents are always candidates."""
+class _Terms:
+    """What a filter says about single fields, in the forms an index can use."""
 
-    path: str
-    buckets: dict[Any, dict[Any, None]] = field(default_factory=dict)
-    keys_of: dict[Any, list[Any]] = field(default_factory=dict)
-    unindexable: set[Any] = field(default_factory=set)
-
-    def put(self, document_id: Any, document: Mapping[str, Any] | None) -> None:
-        self.remove(document_id)
-        if document is None:
-            return
-        values = _field_values(document, self.path)
-        if values is None:
-            self.unindexable.add(document_id)
-            return
-        for value in values:
-            self.buckets.setdefault(value, {})[document_id] = None
-        self.keys_of[document_id] = values
-
-    def remove(self, document_id: Any) -> None:
-        self.unindexable.discard(document_id)
-        for value in self.keys_of.pop(document_id, ()):
-            bucket = self.buckets.get(value)
-            if bucket is not None:
-                bucket.pop(document_id, None)
-                if not bucket:
-                    del self.buckets[value]
-
-    def lookup(self, values: Iterable[Any]) -> dict[Any, None]:
-        found: dict[Any, None] = {}
-        for value in values:
-            found.update(self.buckets.get(value, {}))
-        found.update(dict.fromkeys(self.unindexable))
-        return found
+    equal: dict[str, list[bytes]] = field(default_factory=dict)
+    bounds: dict[str, _Bound] = field(default_factory=dict)
+    branches: list[_Terms] | None = None  # a top-level $or whose every branch is read
 
 
-@dataclass
-class _OrderedIndex:
-    """Document ids in the order of one field's value, for sorted finds without a full sort.
-
-    Values of one comparable kind (dates, strings or numbers: the first kind seen) are kept in
-    a sorted list. A document with a missing or other-kind value makes the index decline, so
-    the caller falls back to mongomock's own sort and BSON ordering. Equal values keep
-    mongomock's (stable, arrival) order, or are ordered by ``_id`` when the sort says so.
-    """
-
-    path: str
-    entries: list[tuple[Any, int, Any]] = field(default_factory=list)
-    entry_of: dict[Any, tuple[Any, int, Any]] = field(default_factory=dict)
-    declined: set[Any] = field(default_factory=set)
-    kind: type | None = None
-    arrivals: int = 0
-    id_kinds: dict[type | None, int] = field(default_factory=dict)
-
-    def put(self, document_id: Any, document: Mapping[str, Any] | None) -> None:
-        old = self.entry_of.pop(document_id, None)
-        if old is not None:
-            del self.entries[bisect.bisect_left(self.entries, old)]
-            self._count_id(document_id, -1)
-        self.declined.discard(document_id)
-        if document is None:
-            return
-        value = _field_value(document, self.path)
-        kind = _sort_kind(value)
-        if kind is None or (self.kind is not None and kind is not self.kind):
-            self.declined.add(document_id)
-            return
-        self.kind = kind
-        if old is None:
-            self.arrivals += 1
-        # The arrival number breaks ties, so equal values keep mongomock's (stable) order.
-        entry = (value, self.arrivals if old is None else old[1], document_id)
-        bisect.insort(self.entries, entry)
-        self.entry_of[document_id] = entry
-        self._count_id(document_id, 1)
-
-    def _count_id(self, document_id: Any, change: int) -> None:
-        kind = _sort_kind(document_id)
-        self.id_kinds[kind] = self.id_kinds.get(kind, 0) + change
-        if not self.id_kinds[kind]:
-            del self.id_kinds[kind]
-
-    def ordered(
-        self, descending: bool, among: list[Any] | None, needed: int = 0, ties_by_id: bool = False
-    ) -> Iterable[Any] | None:
-        """Ids in order (all, or ``among``); None if some document cannot be ordered here.
-
-        ``needed`` (0: all) is how many the caller will take at most, which decides between
-        sorting the candidates and walking the whole index. ``ties_by_id`` orders equal
-        values by ``_id`` in the same direction (ids of one comparable kind only).
-        """
-        if ties_by_id and (None in self.id_kinds or len(self.id_kinds) > 1):
-            return None
-        if among is None:
-            if self.declined:
-                return None
-            return _walk_entries(self.entries, descending, ties_by_id)
-        if self.declined and not self.declined.isdisjoint(among):
-            return None
-        if needed and len(among) ** 2 > needed * len(self.entries):
-            # Many candidates (say every enhanced prompt): walking the index until ``needed``
-            # are found reads about needed * N / k entries, fewer than the k the sort would.
-            wanted = set(among)
-            walk = self.ordered(descending, None, ties_by_id=ties_by_id)
-            assert walk is not None  # nothing is declined, checked above
-            return (document_id for document_id in walk if document_id in wanted)
-        keyed = sorted(self.entry_of[i] for i in among if i in self.entry_of)
-        if ties_by_id:
-            keyed.sort(key=lambda entry: (entry[0], entry[2]), reverse=descending)
-        else:
-            keyed.sort(key=lambda entry: entry[0], reverse=descending)  # stable: ties by arrival
-        return (entry[2] for entry in keyed)
-
-
-def _walk_entries(
-    entries: list[tuple[Any, int, Any]], descending: bool, ties_by_id: bool
-) -> Iterator[Any]:
-    """Walk sorted entries in value order. Equal values stay in arrival order, or go by id."""
-    if not descending and not ties_by_id:
-        yield from (entry[2] for entry in entries)
-        return
-    end = len(entries)
-    position = 0
-    while (end > 0) if descending else (position < end):
-        if descending:
-            start = end - 1
-            while start > 0 and entries[start - 1][0] == entries[end - 1][0]:
-                start -= 1
-            group, end = entries[start:end], start
-        else:
-            stop = position + 1
-            while stop < end and entries[stop][0] == entries[position][0]:
-                stop += 1
-            group, position = entries[position:stop], stop
-        if ties_by_id and len(group) > 1:
-            group = sorted(group, key=lambda entry: entry[2], reverse=descending)
-        yield from (entry[2] for entry in group)
-
-
-def _sort_kind(value: Any) -> type | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float
-    if isinstance(value, datetime | str):
-        return type(value)
-    return None
-
-
-class _Planner:
-    """Per-collection hash and ordered indexes, and the choice of candidates for a filter."""
-
-    def __init__(self) -> None:
-        self._indexes: dict[str, dict[str, _HashIndex]] = {}
-        self._orders: dict[str, dict[str, _OrderedIndex]] = {}
-
-    def add_index(
-        self, collection: str, paths: list[str], documents: Iterable[Mapping[str, Any]]
-    ) -> None:
-        """Hash the leading field and order by every field of a newly declared index."""
-        stored = list(documents)
-        indexes = self._indexes.setdefault(collection, {})
-        if paths[0] != "_id" and paths[0] not in indexes:
-            index = indexes[paths[0]] = _HashIndex(paths[0])
-            for document in stored:
-                index.put(document["_id"], document)
-        orders = self._orders.setdefault(collection, {})
-        for path in paths:
-            if path not in orders:
-                order = orders[path] = _OrderedIndex(path)
-                for document in stored:
-                    order.put(document["_id"], document)
-
-    def put(self, collection: str, document_id: Any, document: Mapping[str, Any] | None) -> None:
-        for index in self._indexes.get(collection, {}).values():
-            index.put(document_id, document)
-        for order in self._orders.get(collection, {}).values():
-            order.put(document_id, document)
-
-    def order_for(self, collection: str, sort: Any) -> tuple[_OrderedIndex, bool, bool] | None:
-        """The ordered index serving a sort on one key, or one key then ``_id`` in the same
-        direction; whether it runs descending; and whether ties go by ``_id``."""
-        keys = list(sort.items()) if isinstance(sort, Mapping) else list(sort or ())
-        ties_by_id = len(keys) == 2 and tuple(keys[1]) == ("_id", keys[0][1])
-        if len(keys) != 1 and not ties_by_id:
-            return None
-        path, direction = keys[0]
-        order = self._orders.get(collection, {}).get(path)
-        return None if order is None else (order, direction == -1, ties_by_id)
-
-    def candidates(
-        self, collection: str, query: Mapping[str, Any], stored: Mapping[Any, Any]
-    ) -> list[Any] | None:
-        """Ids of the documents that can match ``query``, or None when every one can.
-
-        Every top-level term must hold, so the smallest candidate set of any term will do:
-        an equality or ``$in`` on ``_id`` or on a hashed field, an ``$and`` of such terms, or
-        an ``$or`` whose every branch narrows (the union of the branches).
-        """
-        indexes = self._indexes.get(collection, {})
-        best: list[Any] | None = None
-        for path, condition in query.items():
-            ids: list[Any] | None = None
+def _terms(query: Mapping[str, Any]) -> _Terms:
+    terms = _Terms()
+    parts = [query]
+    while parts:
+        part = parts.pop()
+        for path, condition in part.items():
             if path == "$and" and isinstance(condition, list):
-                narrowed = [self.candidates(collection, term, stored) for term in condition]
-                ids = min((n for n in narrowed if n is not None), key=len, default=None)
+                parts.extend(c for c in condition if isinstance(c, Mapping))
             elif path == "$or" and isinstance(condition, list) and condition:
-                branches = [self.candidates(collection, term, stored) for term in condition]
-                if all(branch is not None for branch in branches):
-                    ids = list(dict.fromkeys(i for branch in branches for i in branch or ()))
-            elif path == "_id":
-                # _id is never null or missing, so even {_id: null} pins the candidates.
-                values = [None] if condition is None else _equality_values(condition)
-                if values is not None:
-                    ids = [value for value in dict.fromkeys(values) if value in stored]
-            elif path in indexes:
-                values = _equality_values(condition)
-                if values is not None:
-                    ids = list(indexes[path].lookup(values))
-            if ids is not None and (best is None or len(ids) < len(best)):
-                best = ids
-        return best
+                if terms.branches is None and all(isinstance(c, Mapping) for c in condition):
+                    terms.branches = [_terms(c) for c in condition]
+                    _bound_from_branches(terms)
+            elif not path.startswith("$"):
+                _add_condition(terms, path, condition)
+    return terms
 
 
-class _IndexedCollection(mongomock.Collection):  # type: ignore[misc]
-    """A mongomock collection that scans only the planner's candidates."""
+def _add_condition(terms: _Terms, path: str, condition: Any) -> None:
+    operators = isinstance(condition, Mapping) and bool(condition)
+    operators = operators and all(str(key).startswith("$") for key in condition)
+    if not operators:
+        keys = _equality_keys(condition)
+        if keys is not None and path not in terms.equal:
+            terms.equal[path] = keys
+        return
+    if "$eq" in condition:
+        keys = _equality_keys(condition["$eq"])
+        if keys is not None and path not in terms.equal:
+            terms.equal[path] = keys
+    values = condition.get("$in")
+    if isinstance(values, list | tuple) and path not in terms.equal:
+        found = [_equality_keys(value) for value in values]
+        if all(keys is not None for keys in found):
+            terms.equal[path] = sorted({key for keys in found for key in keys or ()})
+    bound = _Bound()
+    for operator in _RANGE_OPERATORS & condition.keys():
+        value = condition[operator]
+        if not isinstance(value, str | datetime):  # mongomock's number order is not MongoDB's
+            return
+        encoded = _scalar_bytes(value)
+        assert encoded is not None
+        inclusive = operator.endswith("e")
+        side = (
+            _Bound(low=(encoded, inclusive))
+            if "g" in operator
+            else _Bound(high=(encoded, inclusive))
+        )
+        bound = bound.meet(side)
+    if bound.low or bound.high:
+        terms.bounds[path] = terms.bounds[path].meet(bound) if path in terms.bounds else bound
 
-    planner: _Planner
 
-    def _iter_documents(self, filter: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-        stored = self._store._documents
-        ids = self.planner.candidates(self.name, filter, stored)
-        if ids is None:
-            return super()._iter_documents(filter)  # type: ignore[no-any-return]
-        if not ids:
-            filtering.filter_applies(filter, {})  # still reject a malformed filter
-        documents = [stored[i] for i in ids if i in stored]
-        return (document for document in documents if filtering.filter_applies(filter, document))
+def _bound_from_branches(terms: _Terms) -> None:
+    """A field every branch of an $or bounds is bounded by their union (keyset pages)."""
+    assert terms.branches is not None
+    for path in set.intersection(*(_bounded_paths(b) for b in terms.branches)):
+        union: _Bound | None = None
+        for branch in terms.branches:
+            own = branch.bounds.get(path)
+            if own is None:
+                keys = branch.equal[path]
+                own = _Bound((keys[0], True), (keys[-1], True))
+            union = own if union is None else union.join(own)
+        if union is not None and (union.low or union.high):
+            terms.bounds[path] = terms.bounds[path].meet(union) if path in terms.bounds else union
 
-    def aggregate(self, pipeline: list[Mapping[str, Any]], session: Any = None, **_: Any) -> Any:
-        """mongomock copies the whole collection before the first stage; a leading ``$match``
-        is served by the indexed ``find`` instead, and the rest runs on what it returns."""
-        stages = list(pipeline)
-        first = stages[0] if stages else {}
-        query = first.get("$match") if len(first) == 1 else None
-        if isinstance(query, Mapping):
-            documents, stages = list(self.find(query)), stages[1:]
+
+def _bounded_paths(terms: _Terms) -> set[str]:
+    return set(terms.bounds) | {p for p, keys in terms.equal.items() if len(keys) == 1}
+
+
+@dataclass
+class _Plan:
+    """Key ranges of one index (or, for an $or, several plans whose union holds the answer)."""
+
+    index: _IndexSpec | None
+    ranges: list[tuple[bytes, bytes]]
+    equal_fields: int = 0
+    walk: int = 0  # 1 or -1: the walk in key order gives the sort's order; 0: it does not
+    sort_fields: int = 0  # leading key fields that decide the sort (ties: insertion order)
+    union: list[_Plan] = field(default_factory=list)
+
+
+def _index_plan(
+    index: _IndexSpec, terms: _Terms, sort: Sequence[tuple[str, int]], ordered: bool
+) -> _Plan | None:
+    prefixes = [b""]
+    equal_fields = 0
+    for path, descending in index.fields:
+        keys = terms.equal.get(path)
+        if keys is None or len(prefixes) * len(keys) > 64:
+            break
+        prefixes = [p + _component(k, descending) for p in prefixes for k in keys]
+        equal_fields += 1
+    ranges = [(p, _after(p)) if p else _WHOLE for p in prefixes]
+    bounded = False
+    if equal_fields < len(index.fields):
+        path, descending = index.fields[equal_fields]
+        bound = terms.bounds.get(path)
+        if bound is not None:
+            ranges = [
+                _narrowed(r, p, bound, descending) for r, p in zip(ranges, prefixes, strict=True)
+            ]
+            bounded = True
+    walk = 0
+    rest = index.fields[equal_fields:]
+    if ordered and sort and len(sort) <= len(rest):
+        same = all(p == s and (d == (w == -1)) for (p, d), (s, w) in zip(rest, sort, strict=False))
+        flipped = all(
+            p == s and (d != (w == -1)) for (p, d), (s, w) in zip(rest, sort, strict=False)
+        )
+        walk = 1 if same else -1 if flipped else 0
+    if not (equal_fields or bounded or walk):
+        return None
+    return _Plan(index, ranges, equal_fields, walk, equal_fields + len(sort) if walk else 0)
+
+
+def _narrowed(
+    span: tuple[bytes, bytes], prefix: bytes, bound: _Bound, descending: bool
+) -> tuple[bytes, bytes]:
+    start, end = span
+    limits = [(bound.low, True), (bound.high, False)]
+    for limit, is_low in limits:
+        if limit is None:
+            continue
+        value, inclusive = limit
+        at = prefix + _component(value, descending)
+        if is_low != descending:  # a low bound ascending, or a high bound descending: the start
+            start = max(start, at if inclusive else _after(at))
         else:
-            documents = list(self.find())
-        return aggregation.process_pipeline(documents, self.database, stages, session)
-
-    def find_sorted(
-        self,
-        query: Mapping[str, Any] | None,
-        projection: Mapping[str, Any] | None,
-        sort: Any,
-        skip: int,
-        limit: int,
-    ) -> list[Any] | None:
-        """A sorted find that walks an ordered index and copies only what it returns.
-
-        Returns None when no ordered index serves ``sort``; the caller then uses ``find``.
-        """
-        plan = self.planner.order_for(self.name, sort)
-        if plan is None:
-            return None
-        order, descending, ties_by_id = plan
-        spec = helpers.patch_datetime_awareness_in_document(query or {})
-        stored = self._store._documents
-        ids = self.planner.candidates(self.name, spec, stored)
-        ordered = order.ordered(descending, ids, skip + limit if limit else 0, ties_by_id)
-        if ordered is None:
-            return None
-        filtering.filter_applies(spec, {})  # reject a malformed filter even when nothing matches
-        found: list[Any] = []
-        for document_id in ordered:
-            document = stored.get(document_id)
-            if document is None or not filtering.filter_applies(spec, document):
-                continue
-            if skip:
-                skip -= 1
-                continue
-            found.append(self._copy_only_fields(document, projection, dict))
-            if limit and len(found) >= limit:
-                break
-        if self.codec_options.tz_aware:
-            return [helpers.make_datetime_timezone_aware_in_document(doc) for doc in found]
-        return found
+            end = min(end, _after(at) if inclusive else at)
+    return start, end
 
 
-class _IndexedDatabase(mongomock.Database):  # type: ignore[misc]
-    planner: _Planner
-
-    def get_collection(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        collection = self._collection_accesses.get(name)
-        if collection is None:
-            self._ensure_valid_collection_name(name)
-            collection = _IndexedCollection(
-                self, name=name, _db_store=self._store, codec_options=self._codec_options
-            )
-            collection.planner = self.planner
-            self._collection_accesses[name] = collection
-        return collection
+# -- reading ----------------------------------------------------------------------------------
 
 
 @dataclass
 class EngineStats:
-    """Counters that tests and benchmarks read to see what the engine did."""
+    """What the engine did, for tests and benchmarks."""
 
-    catch_ups: int = 0
-    documents_loaded: int = 0
-    full_loads: int = 0
+    documents_decoded: int = 0
     write_transactions: int = 0
 
 
+class _Damaged(Exception):
+    def __init__(self, label: str, why: str) -> None:
+        self.label = label
+        super().__init__(why)
+
+
+def _checked_document(key: bytes, body: bytes, crc: int | None) -> Any:
+    """The decoded row, or ``_Damaged`` if its checksum or its BSON is wrong."""
+    if crc is not None and zlib.crc32(body) != crc:
+        raise _Damaged(_key_label(key), "checksum mismatch: the stored bytes changed on disk")
+    try:
+        return bson.decode(body)
+    except (bson.errors.BSONError, ValueError) as exc:
+        raise _Damaged(_key_label(key), f"not valid BSON ({exc})") from exc
+
+
+@dataclass
+class _Stored:
+    key: bytes
+    arrival: int
+    document: dict[str, Any]  # as stored: naive UTC datetimes, mongomock's own form
+
+
+def _sort_in_memory(found: list[_Stored], sort: Sequence[tuple[str, int]]) -> list[_Stored]:
+    """mongomock's order: stable sorts from the last key to the first, over insertion order."""
+    ordered = sorted(found, key=lambda stored: stored.arrival)
+    for path, direction in reversed(sort):
+
+        def sort_key(stored: _Stored, path: str = path) -> Any:
+            return filtering.resolve_sort_key(path, stored.document)
+
+        ordered.sort(key=sort_key, reverse=direction < 0)
+    return ordered
+
+
+def _sort_spec(sort: Any) -> list[tuple[str, int]]:
+    if not sort:
+        return []
+    items = sort.items() if isinstance(sort, Mapping) else sort
+    return [(str(path), int(direction)) for path, direction in items]
+
+
+class _Reader:
+    """One operation's view of the file: every read goes through one SQLite transaction."""
+
+    def __init__(self, engine: EmbeddedEngine) -> None:
+        self.engine = engine
+        self.conn = engine._conn
+
+    # documents by key
+    def fetch(self, collection: str, keys: Sequence[bytes]) -> list[_Stored]:
+        """The stored documents with these keys, in the given order; damaged ones skipped."""
+        found: dict[bytes, _Stored] = {}
+        for start in range(0, len(keys), _BATCH):
+            batch = list(dict.fromkeys(keys[start : start + _BATCH]))
+            marks = ",".join("?" * len(batch))
+            rows = self.conn.execute(
+                f"SELECT key, arrival, body, body_crc FROM documents WHERE collection = ? "
+                f"AND key IN ({marks}) AND body IS NOT NULL",
+                (collection, *batch),
+            ).fetchall()
+            for key, arrival, body, crc in rows:
+                document = self._decoded(collection, key, body, crc)
+                if document is not None:
+                    found[key] = _Stored(key, arrival or 0, document)
+        return [found[key] for key in dict.fromkeys(keys) if key in found]
+
+    def _decoded(self, collection: str, key: bytes, body: bytes, crc: int | None) -> Any:
+        try:
+            document = _checked_document(key, body, crc)
+        except _Damaged as exc:
+            self.engine.damaged[(collection, exc.label)] = str(exc)
+            return None  # not served; verify() names it
+        self.engine.stats.documents_decoded += 1
+        return document
+
+    def scan(self, collection: str) -> Iterator[_Stored]:
+        """Every document of the collection, in insertion order."""
+        rows = self.conn.execute(
+            "SELECT key, arrival, body, body_crc FROM documents WHERE collection = ? "
+            "AND body IS NOT NULL ORDER BY arrival",
+            (collection,),
+        )
+        for key, arrival, body, crc in rows:
+            document = self._decoded(collection, key, body, crc)
+            if document is not None:
+                yield _Stored(key, arrival or 0, document)
+
+    # planning
+    def plan(self, collection: str, terms: _Terms, sort: Sequence[tuple[str, int]]) -> _Plan | None:
+        catalog = self.engine.catalog(collection)
+        plans = [
+            plan
+            for index, ordered in catalog
+            if (plan := _index_plan(index, terms, sort, ordered)) is not None
+        ]
+        if terms.branches:
+            union = [self.plan(collection, branch, ()) for branch in terms.branches]
+            if all(p is not None and (p.equal_fields or p.union) for p in union):
+                plans.append(_Plan(None, [], 1, union=[p for p in union if p is not None]))
+        narrowing = [p for p in plans if p.equal_fields or p.union or p.ranges != [_WHOLE]]
+        if len(narrowing) == 1:
+            return narrowing[0]
+        if narrowing:
+            # Like a server's plan race: the fewest entries wins, the sort breaks ties.
+            return min(narrowing, key=lambda p: (self._count(collection, p), not p.walk))
+        walks = [p for p in plans if p.walk]
+        return walks[0] if walks else None
+
+    def _count(self, collection: str, plan: _Plan) -> int:
+        if plan.union:
+            return sum(self._count(collection, branch) for branch in plan.union)
+        assert plan.index is not None
+        total = 0
+        for start, end in plan.ranges:
+            (found,) = self.conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM entries WHERE collection = ? AND name = ? "
+                "AND key >= ? AND key < ? LIMIT ?)",
+                (collection, plan.index.name, start, end, _RACE_CAP),
+            ).fetchone()
+            total += found
+        return total
+
+    def entries(
+        self, collection: str, plan: _Plan, direction: int
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        """(key, arrival, document key) of a plan's ranges, in key order (or reversed)."""
+        assert plan.index is not None
+        order = "ASC" if direction >= 0 else "DESC"
+        streams = [
+            self.conn.execute(
+                "SELECT key, arrival, doc FROM entries WHERE collection = ? AND name = ? "
+                f"AND key >= ? AND key < ? ORDER BY key {order}, arrival {order}",
+                (collection, plan.index.name, start, end),
+            )
+            for start, end in plan.ranges
+            if start < end
+        ]
+        if len(streams) == 1:
+            return iter(streams[0])
+        # Ranges of an $in differ in their equality prefix: merge on what follows it.
+        equal = [descending for _, descending in plan.index.fields[: plan.equal_fields]]
+
+        def after_prefix(row: tuple[bytes, int, bytes]) -> tuple[bytes, int]:
+            return row[0][len(_leading_components(row[0], equal)) :], row[1]
+
+        return heapq.merge(*streams, key=after_prefix, reverse=direction < 0)
+
+    def candidate_keys(self, collection: str, plan: _Plan) -> list[bytes]:
+        if plan.union:
+            keys: dict[bytes, None] = {}
+            for branch in plan.union:
+                keys.update(dict.fromkeys(self.candidate_keys(collection, branch)))
+            return list(keys)
+        return list(dict.fromkeys(doc for _, _, doc in self.entries(collection, plan, 1)))
+
+    # find
+    def find(
+        self,
+        collection: str,
+        query: Mapping[str, Any],
+        sort: Sequence[tuple[str, int]] = (),
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[_Stored]:
+        """The stored documents matching ``query`` (already datetime-patched), sorted, sliced."""
+        filtering.filter_applies(query, {})  # reject a malformed filter even when nothing matches
+        ids = _id_values(query)
+        plan = None if ids is not None else self.plan(collection, _terms(query), sort)
+        if ids is None and plan is not None and plan.walk:
+            return self._walk(collection, query, plan, skip, limit)
+        if ids is not None:
+            candidates: Iterable[_Stored] = self.fetch(collection, [_encode_key(i) for i in ids])
+        elif plan is not None:
+            candidates = self.fetch(collection, self.candidate_keys(collection, plan))
+        else:
+            candidates = self.scan(collection)
+        found = [
+            stored for stored in candidates if filtering.filter_applies(query, stored.document)
+        ]
+        found = _sort_in_memory(found, sort)
+        return found[skip : skip + limit] if limit else found[skip:]
+
+    def _walk(
+        self, collection: str, query: Mapping[str, Any], plan: _Plan, skip: int, limit: int
+    ) -> list[_Stored]:
+        """Walk the index in the sort's order, stopping once ``skip + limit`` documents match.
+        Entries equal on the sort's fields come out in insertion order, as mongomock's do."""
+        wanted = skip + limit if limit else 0
+        found: list[_Stored] = []
+        group: list[tuple[int, bytes]] = []
+        group_key: bytes | None = None
+        assert plan.index is not None
+        flags = [descending for _, descending in plan.index.fields]
+        deciding_fields, equal_fields = flags[: plan.sort_fields], flags[: plan.equal_fields]
+
+        def settle() -> None:
+            group.sort()
+            for stored in self.fetch(collection, [doc for _, doc in group]):
+                if filtering.filter_applies(query, stored.document):
+                    found.append(stored)
+
+        for key, arrival, doc in self.entries(collection, plan, plan.walk):
+            # The sort's own fields decide; the equality prefix may differ (an $in).
+            deciding = _leading_components(key, deciding_fields)
+            deciding = deciding[len(_leading_components(key, equal_fields)) :]
+            if deciding != group_key:
+                settle()
+                group.clear()
+                group_key = deciding
+                if wanted and len(found) >= wanted:
+                    break
+            group.append((arrival, doc))
+        else:
+            settle()
+        unique = list({stored.key: stored for stored in found}.values())  # one per document
+        return unique[skip:wanted] if wanted else unique[skip:]
+
+
+def _leading_components(key: bytes, descending: Sequence[bool]) -> bytes:
+    """The bytes of a key's first fields, one per flag: an ascending field ends at 0x00 0x01
+    (0x00 0xFF is an escaped 0x00), a descending one at the inverted 0xFF 0xFE."""
+    position = 0
+    for inverted in descending:
+        mark, end = (0xFF, 0xFE) if inverted else (0x00, 0x01)
+        while position < len(key) - 1:
+            if key[position] != mark:
+                position += 1
+                continue
+            position += 2
+            if key[position - 1] == end:
+                break
+    return key[:position]
+
+
+def _id_values(query: Mapping[str, Any]) -> list[Any] | None:
+    """The ``_id`` values a top-level term pins the answer to, or None. Only strings and
+    ObjectIds pin (a number may be stored as 1 or 1.0, which have different keys). ``_id`` is
+    never null or missing, so ``{_id: None}`` pins it to nothing."""
+    if "_id" not in query:
+        return None
+    condition = query["_id"]
+    if condition is None:
+        return []
+    if isinstance(condition, Mapping):
+        if set(condition) == {"$eq"}:
+            condition = condition["$eq"]
+        elif set(condition) == {"$in"} and isinstance(condition["$in"], list | tuple):
+            values = list(condition["$in"])
+            return values if all(isinstance(v, str | ObjectId) for v in values) else None
+        else:
+            return None
+    return [condition] if isinstance(condition, str | ObjectId) else None
+
+
+# -- the engine: one SQLite connection, a lock, the index catalog ------------------------------
+
+
+def _patched(query: Mapping[str, Any] | None) -> Any:
+    """The query as mongomock compares it with stored documents (naive UTC datetimes)."""
+    return helpers.patch_datetime_awareness_in_document(dict(query or {}))
+
+
+def _aware(document: Any) -> Any:
+    return helpers.make_datetime_timezone_aware_in_document(document)
+
+
 class EmbeddedEngine:
-    """One SQLite file and the in-memory mongomock database that mirrors it."""
+    """One SQLite file, read and written one operation (one transaction) at a time."""
 
     def __init__(self, path: Path, database: str, *, read_only: bool = False) -> None:
         self.path = path
+        self.name = database
         self.read_only = read_only
         self.stats = EngineStats()
-        self._lock = threading.RLock()
-        self._planner = _Planner()
-        client = mongomock.MongoClient(tz_aware=True)
-        self._mock = _IndexedDatabase(
-            client, database, _store=client._store[database], codec_options=client.codec_options
-        )
-        self._mock.planner = self._planner
-        client._database_accesses[database] = self._mock
-        self._seq = 0
-        self._data_version: int | None = None
         self.damaged: dict[tuple[str, str], str] = {}
+        self._lock = threading.RLock()
+        self._catalog: dict[str, list[tuple[_IndexSpec, bool]]] = {}
+        self._catalog_rows: list[dict[str, Any]] = []
+        self._catalog_version: int | None = None
+        self._data_version: int | None = None
+        # mongomock's update and projection code runs on a scratch collection holding only
+        # the documents one operation touches.
+        self._scratch = mongomock.MongoClient(tz_aware=True)["scratch"]["documents"]
         try:
             if read_only:
                 self._conn = self._connect_read_only(path)
             else:
                 _create_if_missing(path)
                 self._conn = self._connect(f"file:{path}?mode=rw")
-                self._prepare()
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._upgrade()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the embedded database at {path}: {exc}") from exc
-        with self._sqlite_errors():
-            self._load_everything()
 
     @staticmethod
     def _connect(uri: str) -> sqlite3.Connection:
@@ -564,97 +836,179 @@ class EmbeddedEngine:
         )
 
     def _connect_read_only(self, path: Path) -> sqlite3.Connection:
-        """The file opened read-only; a missing one reads as an empty store and is not made."""
+        """The file opened read-only; a missing one reads as an empty store and is not made.
+        A file of the first format (no indexes on disk yet) is read by scanning."""
         if not path.exists():
             connection = self._connect("file::memory:")
-            connection.executescript(_SCHEMA)
+            self._conn = connection
+            self._upgrade()
             return connection
         _check_header(path)
         return self._connect(f"file:{path}?mode=ro")
 
-    def _prepare(self) -> None:
-        """Set the journal up and bring an older file's schema up to date."""
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+    def _format(self) -> int:
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0]) if row else 0
+
+    def _upgrade(self) -> None:
+        """Create the schema, or bring a first-format file up to date once: add the arrival
+        numbers, drop the tombstones of deleted documents, and build every index on disk."""
         self._conn.executescript(_SCHEMA)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
-        if "body_crc" not in columns:
+        if self._format() >= _FORMAT:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._format() < _FORMAT:  # another process may have upgraded meanwhile
+                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
+                for column in ("body_crc", "arrival"):
+                    if column not in columns:
+                        self._conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER")
+                self._conn.execute("DELETE FROM documents WHERE body IS NULL")
+                keys = self._conn.execute(
+                    "SELECT collection, key FROM documents ORDER BY seq, key"
+                ).fetchall()
+                self._conn.executemany(
+                    "UPDATE documents SET arrival = ? WHERE collection = ? AND key = ?",
+                    [(number, c, k) for number, (c, k) in enumerate(keys, 1)],
+                )
+                self._conn.execute("UPDATE meta SET value = ? WHERE name = 'arrival'", (len(keys),))
+                self._conn.execute("DELETE FROM entries")
+                self._conn.execute("DELETE FROM built_indexes")
+                for row in self._catalog_documents():
+                    index = _IndexSpec.from_catalog(row)
+                    if index is not None:
+                        _Writer(self, index.collection, 0).build(index)
+                self._conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (_FORMAT,))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+
+    # -- the catalog of indexes ---------------------------------------------------------------
+
+    def _catalog_documents(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT key, body, body_crc FROM documents WHERE collection = ? AND body IS NOT NULL",
+            (_INDEX_CATALOG,),
+        ).fetchall()
+        found = []
+        for key, body, crc in rows:
             try:
-                self._conn.execute("ALTER TABLE documents ADD COLUMN body_crc INTEGER")
-            except sqlite3.OperationalError as exc:  # another process added it first
-                if "duplicate column" not in str(exc):
-                    raise
+                found.append(_checked_document(key, body, crc))
+            except _Damaged as exc:
+                self.damaged[(_INDEX_CATALOG, exc.label)] = str(exc)
+        return found
 
-    # -- reading -------------------------------------------------------------------------
+    def _refresh_catalog(self) -> None:
+        """Reload the index catalog if any process changed it since this one last looked."""
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._data_version and self._catalog_version is not None:
+            return
+        self._data_version = version
+        (changes,) = self._conn.execute(
+            "SELECT value FROM meta WHERE name = 'catalog'"
+        ).fetchone() or (0,)
+        if changes == self._catalog_version:
+            return
+        self._catalog_rows = sorted(self._catalog_documents(), key=lambda row: str(row["_id"]))
+        built = (
+            {
+                (c, n): bool(o)
+                for c, n, o in self._conn.execute(
+                    "SELECT collection, name, ordered FROM built_indexes"
+                )
+            }
+            if self._format() >= _FORMAT
+            else {}
+        )
+        catalog: dict[str, list[tuple[_IndexSpec, bool]]] = {}
+        for row in self._catalog_rows:
+            index = _IndexSpec.from_catalog(row)
+            if index is not None and (index.collection, index.name) in built:
+                catalog.setdefault(index.collection, []).append(
+                    (index, built[(index.collection, index.name)])
+                )
+        self._catalog = catalog
+        self._catalog_version = changes
 
-    def read(self, operation: Callable[[mongomock.Database], T]) -> T:
-        """Run ``operation`` on the in-memory database after catching up with other writers."""
+    def _catalog_changed(self) -> None:
+        self._conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'catalog'")
+        self._catalog_version = None  # reread after this write
+
+    def catalog(self, collection: str) -> list[tuple[_IndexSpec, bool]]:
+        """The indexes whose entries are complete, each with whether it serves sorts."""
+        return self._catalog.get(collection, [])
+
+    def index_rows(self, collection: str) -> list[dict[str, Any]]:
+        return [row for row in self._catalog_rows if row["collection"] == collection]
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def read(self, operation: Callable[[_Reader], T]) -> T:
+        """Run ``operation`` in one read transaction: one consistent view of the file."""
         with self._lock, self._sqlite_errors():
-            self._catch_up()
-            return operation(self._mock)
-
-    def _load_everything(self) -> None:
-        with self._lock:
             self._conn.execute("BEGIN")
             try:
-                rows = self._conn.execute(
-                    "SELECT collection, key, body, body_crc FROM documents WHERE body IS NOT NULL"
-                ).fetchall()
-                (self._seq,) = self._conn.execute(
-                    "SELECT value FROM meta WHERE name='seq'"
-                ).fetchone()
+                self._refresh_catalog()
+                return operation(_Reader(self))
             finally:
                 self._conn.execute("COMMIT")
-            self._data_version = self._current_data_version()
-            self.stats.full_loads += 1
-            self._apply_rows(rows)
 
-    def _current_data_version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-
-    def _catch_up(self) -> None:
-        version = self._current_data_version()
-        if version == self._data_version:
-            return
-        rows = self._conn.execute(
-            "SELECT collection, key, body, body_crc, seq FROM documents WHERE seq > ? ORDER BY seq",
-            (self._seq,),
-        ).fetchall()
-        self._data_version = version
-        if rows:
-            self.stats.catch_ups += 1
-            self._seq = max(self._seq, rows[-1][4])
-            self._apply_rows(row[:4] for row in rows)
-
-    def _apply_rows(self, rows: Iterable[tuple[str, bytes, bytes | None, int | None]]) -> None:
-        catalog: list[Mapping[str, Any]] = []
-        for collection, key, body, crc in rows:
+    def write(self, collection: str, operation: Callable[[_Writer], T]) -> T:
+        """Run ``operation`` in one durable write transaction; nothing of it stays if it fails.
+        An error the operation defers (a bulk insert's duplicates) is raised after commit."""
+        if self.read_only:
+            raise ReadOnlyError(f"the embedded database {self.path} is open read-only")
+        with self._lock, self._sqlite_errors():
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                document = _checked_document(key, body, crc)
-            except _Damaged as exc:
-                # Not served: the rest of the store stays usable, and verify() names it.
-                self.damaged[(collection, exc.label)] = str(exc)
-                self._put_in_memory_if_decodable(collection, key, None)
-                continue
-            self.damaged.pop((collection, _key_label(key)), None)
-            if collection == _INDEX_CATALOG:
-                if document is not None:
-                    catalog.append(document)
-                continue
-            self.stats.documents_loaded += 1
-            self._put_in_memory(collection, _decode_key(key), document)
-        for spec in catalog:
-            self._install_index(spec)
+                self._refresh_catalog()
+                (seq,) = self._conn.execute(
+                    "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
+                ).fetchone()
+                writer = _Writer(self, collection, seq)
+                result = operation(writer)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                self._catalog_version = None
+                raise
+            self.stats.write_transactions += 1
+        if writer.deferred is not None:
+            raise writer.deferred
+        return result
 
-    def _put_in_memory_if_decodable(self, collection: str, key: bytes, document: Any) -> None:
-        with contextlib.suppress(bson.errors.BSONError, ValueError):
-            self._put_in_memory(collection, _decode_key(key), document)
+    @contextlib.contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StorageError(f"embedded database {self.path}: {exc}") from exc
+
+    # -- maintenance ---------------------------------------------------------------------------
 
     def damaged_documents(self) -> list[str]:
-        """Rows that failed their checksum or could not be decoded: "collection id: why"."""
+        """Rows that fail their checksum or cannot be decoded, "collection id: why". Reads every
+        row's bytes (checksums only, decoding rows written before checksums existed)."""
         with self._lock, self._sqlite_errors():
-            self._catch_up()
-            return [f"{c} {label}: {why}" for (c, label), why in sorted(self.damaged.items())]
+            found: dict[tuple[str, str], str] = {}
+            rows = self._conn.execute(
+                "SELECT collection, key, body, body_crc FROM documents WHERE body IS NOT NULL"
+            )
+            for collection, key, body, crc in rows:
+                if crc is not None and zlib.crc32(body) == crc:
+                    continue
+                try:
+                    _checked_document(key, body, crc)
+                except _Damaged as exc:
+                    found[(collection, exc.label)] = str(exc)
+            self.damaged = found
+            return [f"{c} {label}: {why}" for (c, label), why in sorted(found.items())]
 
     def backup(self, destination: Path) -> Path:
         """A consistent copy of the file through SQLite's online backup, safe while other
@@ -674,135 +1028,155 @@ class EmbeddedEngine:
             target.chmod(0o600)
         return target
 
-    def _put_in_memory(self, collection: str, document_id: Any, document: Any) -> None:
-        store = self._mock[collection]._store
-        memory_id = helpers.hashdict(document_id) if isinstance(document_id, dict) else document_id
-        if document is None:
-            if memory_id in store:
-                del store[memory_id]
-        else:
-            store[memory_id] = document
-        self._planner.put(collection, memory_id, document)
-
-    def _install_index(self, spec: Mapping[str, Any]) -> None:
-        collection = self._mock[spec["collection"]]
-        options = dict(spec.get("options", {}))
-        keys = [(name, direction) for name, direction in spec["keys"]]
-        collection.create_index(keys, name=spec["name"], **options)
-        if not options.get("unique"):
-            # A unique index must see a new document before it is re-indexed, so it is not
-            # narrowed; mongomock checks uniqueness by scanning.
-            paths = [name for name, _ in keys]
-            self._planner.add_index(collection.name, paths, collection._store.documents)
-
-    # -- writing -------------------------------------------------------------------------
-
-    def write(self, collection: str, operation: Callable[[Any, set[Any]], T]) -> T:
-        """Run ``operation(mock_collection, touched_ids)`` in one durable transaction.
-
-        ``operation`` adds the id of every document it may change to ``touched_ids`` before
-        changing it. Those documents are then written to SQLite; if anything fails they are
-        restored in memory from SQLite, so memory never holds a write the file does not.
-        """
-        touched: set[Any] = set()
-
-        def apply(seq: int) -> T:
-            result = operation(self._mock[collection], touched)
-            self._persist(collection, touched, seq)
-            return result
-
-        return self._transaction(apply, lambda: self._restore(collection, touched))
-
-    def record_index(
-        self, collection: str, name: str, keys: list[tuple[str, int]], options: dict[str, Any]
-    ) -> None:
-        """Create an index here and in the file, so every process sharing it installs it."""
-        spec = {
-            "_id": f"{collection}.{name}",
-            "collection": collection,
-            "name": name,
-            "keys": [list(key) for key in keys],
-            "options": options,
-        }
-
-        def apply(seq: int) -> None:
-            self._upsert_rows([(_INDEX_CATALOG, _encode_key(spec["_id"]), seq, bson.encode(spec))])
-
-        self._transaction(apply, lambda: None)
-        self._install_index(spec)
-
-    def forget_index(self, collection: str, name: str) -> None:
-        """Drop an index here and from the file (the catalog row is deleted)."""
-        key = _encode_key(f"{collection}.{name}")
-
-        def apply(seq: int) -> None:
-            self._upsert_rows([(_INDEX_CATALOG, key, seq, None)])
-
-        self._transaction(apply, lambda: None)
-        with contextlib.suppress(Exception):  # mongomock: already gone in memory
-            self._mock[collection].drop_index(name)
-
-    def _transaction(self, apply: Callable[[int], T], restore: Callable[[], None]) -> T:
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the file without its free pages (SQLite ``VACUUM``), then empty the WAL.
+        Other processes may hold the store; it waits for their writes. Returns the bytes on
+        disk (file and WAL) before and after."""
         if self.read_only:
             raise ReadOnlyError(f"the embedded database {self.path} is open read-only")
         with self._lock, self._sqlite_errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._catch_up()
-                (seq,) = self._conn.execute(
-                    "UPDATE meta SET value = value + 1 WHERE name='seq' RETURNING value"
-                ).fetchone()
-                result = apply(seq)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-                restore()
-                raise
-            self._seq = seq
-            self.stats.write_transactions += 1
-            return result
+            before = self._bytes_on_disk()
+            self._conn.execute("VACUUM")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return before, self._bytes_on_disk()
 
-    def _persist(self, collection: str, touched: set[Any], seq: int) -> None:
-        store = self._mock[collection]._store._documents
-        rows = []
-        for document_id in touched:
-            document = store.get(document_id)
-            self._planner.put(collection, document_id, document)
-            body = None if document is None else _encoded(document)
-            rows.append((collection, _encode_key(document_id), seq, body))
-        self._upsert_rows(rows)
-
-    def _upsert_rows(self, rows: list[tuple[str, bytes, int, bytes | None]]) -> None:
-        self._conn.executemany(
-            "INSERT INTO documents (collection, key, seq, body, body_crc) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (collection, key) DO UPDATE SET seq = excluded.seq, "
-            "body = excluded.body, body_crc = excluded.body_crc",
-            [(*row, None if row[3] is None else zlib.crc32(row[3])) for row in rows],
-        )
-
-    def _restore(self, collection: str, touched: set[Any]) -> None:
-        """Put the touched documents back as the file has them (the write was rolled back)."""
-        for document_id in touched:
-            row = self._conn.execute(
-                "SELECT body FROM documents WHERE collection = ? AND key = ?",
-                (collection, _encode_key(document_id)),
-            ).fetchone()
-            body = None if row is None else row[0]
-            self._put_in_memory(
-                collection, document_id, None if body is None else bson.decode(body)
-            )
-
-    @contextlib.contextmanager
-    def _sqlite_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StorageError(f"embedded database {self.path}: {exc}") from exc
+    def _bytes_on_disk(self) -> int:
+        paths = (self.path, self.path.with_name(self.path.name + "-wal"))
+        return sum(p.stat().st_size for p in paths if p.exists())
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _duplicate(collection: str, index: str, key: Any) -> DuplicateKeyError:
+    return DuplicateKeyError(
+        f"E11000 duplicate key error collection: {collection} index: {index} dup key: {key!r}",
+        11000,
+    )
+
+
+class _Writer(_Reader):
+    """One write transaction: reads like a reader, and keeps rows and index entries in step."""
+
+    def __init__(self, engine: EmbeddedEngine, collection: str, seq: int) -> None:
+        super().__init__(engine)
+        self.collection = collection
+        self.seq = seq
+        self.deferred: BaseException | None = None
+
+    def put(
+        self, old: _Stored | None, new: Mapping[str, Any] | None, key: bytes | None = None
+    ) -> None:
+        """Replace ``old`` (None: insert) by ``new`` (None: delete), with its index entries."""
+        key = old.key if old is not None else key
+        assert key is not None
+        if new is None:
+            self.conn.execute(
+                "DELETE FROM documents WHERE collection = ? AND key = ?", (self.collection, key)
+            )
+            arrival = old.arrival if old is not None else 0
+        else:
+            body = _encoded(new)
+            if old is not None:
+                arrival = old.arrival
+            else:
+                (arrival,) = self.conn.execute(
+                    "UPDATE meta SET value = value + 1 WHERE name = 'arrival' RETURNING value"
+                ).fetchone()
+            self.conn.execute(
+                "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET "
+                "seq = excluded.seq, body = excluded.body, body_crc = excluded.body_crc",
+                (self.collection, key, self.seq, body, zlib.crc32(body), arrival),
+            )
+        for index, ordered in self.engine.catalog(self.collection):
+            before = index.keys_of(old.document)[0] if old is not None else set()
+            after, keeps_order = index.keys_of(new) if new is not None else (set(), True)
+            self._index_changes(index, key, arrival, before - after, after - before)
+            if new is not None and index.unique and index.covers(new):
+                self._check_unique(index, key, after)
+            if ordered and not keeps_order:
+                self._unordered(index)
+
+    def _index_changes(
+        self, index: _IndexSpec, key: bytes, arrival: int, gone: set[bytes], added: set[bytes]
+    ) -> None:
+        where = (self.collection, index.name)
+        if gone:
+            self.conn.executemany(
+                "DELETE FROM entries WHERE collection = ? AND name = ? AND key = ? "
+                "AND arrival = ? AND doc = ?",
+                [(*where, entry, arrival, key) for entry in gone],
+            )
+        if added:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO entries (collection, name, key, arrival, doc) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(*where, entry, arrival, key) for entry in added],
+            )
+
+    def _check_unique(self, index: _IndexSpec, key: bytes, entries: set[bytes]) -> None:
+        for entry in entries:
+            others = self.conn.execute(
+                "SELECT doc FROM entries WHERE collection = ? AND name = ? AND key = ? "
+                "AND doc != ?",
+                (self.collection, index.name, entry, key),
+            ).fetchall()
+            for (other,) in others:
+                stored = self.fetch(self.collection, [other])
+                if stored and index.covers(stored[0].document):
+                    raise _duplicate(self.collection, index.name, _key_label(key))
+
+    def _unordered(self, index: _IndexSpec) -> None:
+        self.conn.execute(
+            "UPDATE built_indexes SET ordered = 0 WHERE collection = ? AND name = ?",
+            (self.collection, index.name),
+        )
+        self.engine._catalog_changed()
+
+    def build(self, index: _IndexSpec) -> None:
+        """Write every document's entries for a new index, checking a unique one."""
+        ordered = True
+        covered: dict[bytes, bytes] = {}
+        for stored in self.scan(index.collection):
+            keys, keeps_order = index.keys_of(stored.document)
+            ordered = ordered and keeps_order
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO entries (collection, name, key, arrival, doc) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(index.collection, index.name, k, stored.arrival, stored.key) for k in keys],
+            )
+            if index.unique and index.covers(stored.document):
+                for entry in keys:
+                    if entry in covered:
+                        raise _duplicate(index.collection, index.name, _key_label(stored.key))
+                    covered[entry] = stored.key
+        self.conn.execute(
+            "INSERT OR REPLACE INTO built_indexes (collection, name, ordered) VALUES (?, ?, ?)",
+            (index.collection, index.name, int(ordered)),
+        )
+
+
+# -- the pymongo-shaped surface ---------------------------------------------------------------
+
+
+class _LookupDatabase:
+    """What mongomock's ``$lookup`` and ``$graphLookup`` see: collections whose ``find`` is
+    the engine's indexed find, inside the aggregation's own transaction."""
+
+    def __init__(self, reader: _Reader, project: Callable[[Any, Any], Any]) -> None:
+        self._reader, self._project = reader, project
+
+    def get_collection(self, name: str) -> Any:
+        reader, project = self._reader, self._project
+
+        class Foreign:
+            def find(self, query: Mapping[str, Any] | None = None) -> list[Any]:
+                found = reader.find(name, _patched(query))
+                return [project(stored.document, None) for stored in found]
+
+        return Foreign()
 
 
 class EmbeddedCollection:
@@ -812,9 +1186,21 @@ class EmbeddedCollection:
         self._engine = engine
         self.name = name
 
+    def _output(self, document: Any, projection: Mapping[str, Any] | None) -> Any:
+        if projection:
+            document = self._engine._scratch._copy_only_fields(document, projection, dict)
+        return _aware(document)
+
     # reads
-    def find_one(self, filter: Mapping[str, Any] | None = None, *args: Any, **kwargs: Any) -> Any:
-        return self._engine.read(lambda db: db[self.name].find_one(filter, *args, **kwargs))
+    def find_one(
+        self,
+        filter: Mapping[str, Any] | None = None,
+        projection: Mapping[str, Any] | None = None,
+        *,
+        sort: Any = None,
+    ) -> Any:
+        found = self.find(filter, projection, sort=sort, limit=1)
+        return found[0] if found else None
 
     def find(
         self,
@@ -825,51 +1211,114 @@ class EmbeddedCollection:
         skip: int = 0,
         limit: int = 0,
     ) -> list[Any]:
-        def find(db: Any) -> list[Any]:
-            collection = db[self.name]
-            found: list[Any] | None = collection.find_sorted(filter, projection, sort, skip, limit)
-            if found is None:
-                found = list(collection.find(filter, projection, sort=sort, skip=skip, limit=limit))
-            return found
+        query, order = _patched(filter), _sort_spec(sort)
+
+        def find(reader: _Reader) -> list[Any]:
+            found = reader.find(self.name, query, order, skip, limit)
+            return [self._output(stored.document, projection) for stored in found]
 
         return self._engine.read(find)
 
-    def aggregate(self, pipeline: list[Mapping[str, Any]], **kwargs: Any) -> list[Any]:
-        return self._engine.read(lambda db: list(db[self.name].aggregate(pipeline, **kwargs)))
+    def aggregate(self, pipeline: Sequence[Mapping[str, Any]], **_: Any) -> list[Any]:
+        """A leading ``$match`` is served by the indexed find; mongomock runs the rest."""
+        stages = [dict(stage) for stage in pipeline]
+        first = stages[0] if stages else {}
+        query = first.get("$match") if len(first) == 1 else None
 
-    def count_documents(self, filter: Mapping[str, Any], **kwargs: Any) -> int:
-        return self._engine.read(lambda db: int(db[self.name].count_documents(filter, **kwargs)))
+        def aggregate(reader: _Reader) -> list[Any]:
+            if isinstance(query, Mapping):
+                found, rest = reader.find(self.name, _patched(query)), stages[1:]
+            else:
+                found, rest = list(reader.scan(self.name)), stages
+            documents = [self._output(stored.document, None) for stored in found]
+            lookups = _LookupDatabase(reader, self._output)
+            return list(aggregation.process_pipeline(documents, lookups, rest, None))
+
+        return self._engine.read(aggregate)
+
+    def count_documents(self, filter: Mapping[str, Any], **_: Any) -> int:
+        query = _patched(filter)
+        return self._engine.read(lambda reader: len(reader.find(self.name, query)))
 
     def estimated_document_count(self) -> int:
-        return self._engine.read(lambda db: int(db[self.name].estimated_document_count()))
+        def count(reader: _Reader) -> int:
+            (found,) = reader.conn.execute(
+                "SELECT count(*) FROM documents WHERE collection = ? AND body IS NOT NULL",
+                (self.name,),
+            ).fetchone()
+            return int(found)
+
+        return self._engine.read(count)
 
     def list_indexes(self) -> list[Any]:
-        return self._engine.read(lambda db: list(db[self.name].list_indexes()))
+        def indexes(reader: _Reader) -> list[Any]:
+            rows = self._engine.index_rows(self.name)
+            exists = (
+                rows
+                or reader.conn.execute(
+                    "SELECT 1 FROM documents WHERE collection = ? LIMIT 1", (self.name,)
+                ).fetchone()
+            )
+            if not exists:
+                return []  # a collection nothing created, as MongoDB and mongomock answer
+            listed: list[Any] = [{"v": 2, "key": {"_id": 1}, "name": "_id_"}]
+            for row in rows:
+                key = {str(name): direction for name, direction in row["keys"]}
+                listed.append({"v": 2, "key": key, "name": row["name"], **row.get("options", {})})
+            return listed
+
+        return self._engine.read(indexes)
 
     def index_information(self) -> dict[str, Any]:
-        return self._engine.read(lambda db: dict(db[self.name].index_information()))
+        return {
+            entry["name"]: {
+                **{k: v for k, v in entry.items() if k != "name"},
+                "key": list(entry["key"].items()),
+            }
+            for entry in self.list_indexes()
+        }
 
     # writes
     def insert_one(self, document: dict[str, Any]) -> InsertOneResult:
-        def insert(collection: Any, touched: set[Any]) -> InsertOneResult:
-            if "_id" in document:
-                touched.add(document["_id"])
-            result = collection.insert_one(document)
-            touched.add(result.inserted_id)
-            return InsertOneResult(result.inserted_id, acknowledged=True)
+        def insert(writer: _Writer) -> InsertOneResult:
+            return InsertOneResult(self._insert(writer, document), acknowledged=True)
 
         return self._engine.write(self.name, insert)
+
+    def _insert(self, writer: _Writer, document: dict[str, Any]) -> Any:
+        """Insert one document as mongomock would (its checks, an ObjectId if no ``_id``)."""
+        scratch = self._engine._scratch
+        scratch.drop()
+        document_id = scratch.insert_one(document).inserted_id
+        document.setdefault("_id", document_id)
+        key = _encode_key(document_id)
+        exists = writer.conn.execute(
+            "SELECT 1 FROM documents WHERE collection = ? AND key = ?", (self.name, key)
+        ).fetchone()
+        if exists:
+            raise _duplicate(self.name, "_id_", document_id)
+        writer.put(None, document, key)
+        return document_id
 
     def insert_many(
         self, documents: Iterable[dict[str, Any]], ordered: bool = True
     ) -> InsertManyResult:
         batch = list(documents)
 
-        def insert(collection: Any, touched: set[Any]) -> InsertManyResult:
-            touched.update(document["_id"] for document in batch if "_id" in document)
-            result = collection.insert_many(batch, ordered=ordered)
-            touched.update(result.inserted_ids)
-            return InsertManyResult(result.inserted_ids, acknowledged=True)
+        def insert(writer: _Writer) -> InsertManyResult:
+            inserted, errors = [], []
+            for position, document in enumerate(batch):
+                try:
+                    inserted.append(self._insert(writer, document))
+                except DuplicateKeyError as exc:
+                    errors.append({"index": position, "code": 11000, "errmsg": str(exc)})
+                    if ordered:
+                        break
+            if errors:  # what went in stays, as on a server; the error follows the commit
+                writer.deferred = BulkWriteError(
+                    {"writeErrors": errors, "nInserted": len(inserted), "writeConcernErrors": []}
+                )
+            return InsertManyResult(inserted, acknowledged=True)
 
         return self._engine.write(self.name, insert)
 
@@ -883,24 +1332,50 @@ class EmbeddedCollection:
     ) -> UpdateResult:
         return self._update(filter, update, upsert=upsert, many=True)
 
+    def _changed(
+        self,
+        writer: _Writer,
+        filter: Mapping[str, Any] | None,
+        change: Callable[[Any, Any], Any],
+        *,
+        many: bool,
+        sort: Any = None,
+    ) -> Any:
+        """Run ``change(scratch, pinned_filter)`` (a mongomock update) on a scratch collection
+        holding only the matching documents, then store what it changed."""
+        query = _patched(filter)
+        targets = writer.find(self.name, query, _sort_spec(sort), 0, 0 if many else 1)
+        scratch = self._engine._scratch
+        scratch.drop()
+        if targets:
+            scratch.insert_many([stored.document for stored in targets])
+            ids = [stored.document["_id"] for stored in targets]
+            pinned: Any = {"_id": {"$in": ids}} if many else {"_id": ids[0]}
+        else:
+            pinned = filter or {}
+        outcome = change(scratch, pinned)
+        for stored in targets:
+            writer.put(stored, scratch.find_one({"_id": stored.document["_id"]}))
+        if not targets:
+            for upserted in scratch.find({}):  # an upsert that matched nothing inserted one
+                key = _encode_key(upserted["_id"])
+                if writer.fetch(self.name, [key]):
+                    raise _duplicate(self.name, "_id_", upserted["_id"])
+                writer.put(None, upserted, key)
+        return outcome
+
     def _update(
         self, query: Mapping[str, Any], update: Any, *, upsert: bool, many: bool
     ) -> UpdateResult:
-        def change(collection: Any, touched: set[Any]) -> UpdateResult:
-            targets = _matching_ids(collection, query, many)
-            touched.update(targets)
-            if targets:
-                pinned = {"_id": {"$in": targets}} if many else {"_id": targets[0]}
-                result = getattr(collection, "update_many" if many else "update_one")(
-                    pinned, update
-                )
-            else:
-                result = collection.update_one(query, update, upsert=upsert)
-            if result.upserted_id is not None:
-                touched.add(result.upserted_id)
+        def change(scratch: Any, pinned: Any) -> UpdateResult:
+            method = scratch.update_many if many else scratch.update_one
+            result = method(pinned, update, upsert=upsert)
             return UpdateResult(result.raw_result, acknowledged=True)
 
-        return self._engine.write(self.name, change)
+        result: UpdateResult = self._engine.write(
+            self.name, lambda writer: self._changed(writer, query, change, many=many)
+        )
+        return result
 
     def find_one_and_update(
         self,
@@ -911,24 +1386,18 @@ class EmbeddedCollection:
         upsert: bool = False,
         return_document: bool = ReturnDocument.BEFORE,
     ) -> Any:
-        def change(collection: Any, touched: set[Any]) -> Any:
-            targets = _matching_ids(collection, filter, False, sort)
-            touched.update(targets)
-            pinned = {"_id": targets[0]} if targets else filter
-            document = collection.find_one_and_update(
+        def change(scratch: Any, pinned: Any) -> Any:
+            return scratch.find_one_and_update(
                 pinned,
                 update,
                 projection=projection,
                 upsert=upsert,
                 return_document=return_document,
             )
-            if document is not None and "_id" in document:
-                touched.add(document["_id"])
-            elif upsert and not targets:
-                touched.update(_matching_ids(collection, filter, False, sort))
-            return document
 
-        return self._engine.write(self.name, change)
+        return self._engine.write(
+            self.name, lambda writer: self._changed(writer, filter, change, many=False, sort=sort)
+        )
 
     def delete_one(self, filter: Mapping[str, Any]) -> DeleteResult:
         return self._delete(filter, many=False)
@@ -937,31 +1406,67 @@ class EmbeddedCollection:
         return self._delete(filter, many=True)
 
     def _delete(self, query: Mapping[str, Any], *, many: bool) -> DeleteResult:
-        def remove(collection: Any, touched: set[Any]) -> DeleteResult:
-            targets = _matching_ids(collection, query, many)
-            touched.update(targets)
-            if not targets:
-                return DeleteResult({"n": 0, "ok": 1.0}, acknowledged=True)
-            result = collection.delete_many({"_id": {"$in": targets}})
-            return DeleteResult(result.raw_result, acknowledged=True)
+        patched = _patched(query)
+
+        def remove(writer: _Writer) -> DeleteResult:
+            targets = writer.find(self.name, patched, (), 0, 0 if many else 1)
+            for stored in targets:
+                writer.put(stored, None)
+            return DeleteResult({"n": len(targets), "ok": 1.0}, acknowledged=True)
 
         return self._engine.write(self.name, remove)
 
     def create_index(self, keys: Any, name: str | None = None, **options: Any) -> str:
         key_list = [(keys, 1)] if isinstance(keys, str) else [(k, d) for k, d in keys]
         index_name = name or "_".join(f"{k}_{d}" for k, d in key_list)
-        self._engine.record_index(self.name, index_name, key_list, options)
-        return index_name
+        spec = {
+            "_id": f"{self.name}.{index_name}",
+            "collection": self.name,
+            "name": index_name,
+            "keys": [list(key) for key in key_list],
+            "options": options,
+        }
+
+        def record(writer: _Writer) -> str:
+            for row in self._engine.index_rows(self.name):
+                same = row["keys"] == spec["keys"] and row.get("options", {}) == options
+                if row["name"] == index_name:
+                    if same:
+                        return index_name  # creating an identical index again changes nothing
+                    raise OperationFailure(
+                        f"An existing index has the same name as the requested index: {index_name}",
+                        86,
+                    )
+                if same:
+                    raise OperationFailure(
+                        f"Index already exists with a different name: {row['name']}", 85
+                    )
+            catalog = _Writer(self._engine, _INDEX_CATALOG, writer.seq)
+            catalog.put(None, spec, _encode_key(spec["_id"]))
+            index = _IndexSpec.from_catalog(spec)
+            if index is not None:
+                writer.build(index)
+            self._engine._catalog_changed()
+            return index_name
+
+        return self._engine.write(self.name, record)
 
     def drop_index(self, name: str) -> None:
-        self._engine.forget_index(self.name, name)
+        def drop(writer: _Writer) -> None:
+            if not any(row["name"] == name for row in self._engine.index_rows(self.name)):
+                raise OperationFailure(f"index not found with name [{name}]", 27)
+            key = _encode_key(f"{self.name}.{name}")
+            writer.conn.execute(
+                "DELETE FROM documents WHERE collection = ? AND key = ?", (_INDEX_CATALOG, key)
+            )
+            for table in ("entries", "built_indexes"):
+                writer.conn.execute(
+                    f"DELETE FROM {table} WHERE collection = ? AND name = ?",
+                    (self.name, name),
+                )
+            self._engine._catalog_changed()
 
-
-def _matching_ids(
-    collection: Any, query: Mapping[str, Any], many: bool, sort: Any = None
-) -> list[Any]:
-    cursor = collection.find(query, {"_id": 1}, sort=sort, limit=0 if many else 1)
-    return [document["_id"] for document in cursor]
+        self._engine.write(self.name, drop)
 
 
 class EmbeddedDatabase:
@@ -990,6 +1495,11 @@ class EmbeddedDatabase:
     def backup(self, destination: Path) -> Path:
         """A consistent copy of the database file (SQLite online backup); returns its path."""
         return self.engine.backup(destination)
+
+    def compact(self) -> tuple[int, int]:
+        """Give the space of deleted documents back to the file system (SQLite ``VACUUM``);
+        returns the bytes on disk before and after."""
+        return self.engine.compact()
 
     def __enter__(self) -> EmbeddedDatabase:
         return self

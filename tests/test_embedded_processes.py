@@ -97,9 +97,8 @@ def test_two_processes_writing_at_once_lose_nothing_and_see_each_other(tmp_path:
     for report in reports:
         assert report["count"] == 400
         assert report["writers"] == ["a", "b"]
-        # It caught up incrementally: one full load at start, then only the other's documents.
-        assert report["full_loads"] == 1
-        assert report["documents_loaded"] <= 200
+        # Nothing is loaded at open: the listing decoded the documents it returned, no more.
+        assert report["documents_decoded"] <= 400
     database = open_embedded(tmp_path)
     assert len(CosmosStore(database).list_prompts(limit=1000)) == 400
     database.close()

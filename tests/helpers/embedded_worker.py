@@ -38,8 +38,7 @@ def write_then_count(data_dir: Path, count: int, tag: str) -> None:
             {
                 "count": len(seen),
                 "writers": sorted({p.parameters["writer"] for p in seen}),
-                "full_loads": stats.full_loads,
-                "documents_loaded": stats.documents_loaded,
+                "documents_decoded": stats.documents_decoded,
             }
         ),
         flush=True,
