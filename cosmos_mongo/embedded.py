@@ -48,9 +48,9 @@ import bson.errors
 import mongomock as _mongomock
 from bson import ObjectId
 from bson.binary import Binary
+from bson.codec_options import CodecOptions
 from mongomock import aggregate as _aggregation
 from mongomock import filtering as _filtering
-from mongomock import helpers as _helpers
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
@@ -62,7 +62,6 @@ from cosmos_mongo.validation import MAX_DOCUMENT_BYTES
 mongomock: Any = _mongomock
 filtering: Any = _filtering
 aggregation: Any = _aggregation
-helpers: Any = _helpers
 
 T = TypeVar("T")
 
@@ -103,6 +102,8 @@ _INDEX_CATALOG: Final = "system.indexes"
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _DATABASE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _BATCH: Final = 500  # documents fetched per SQL statement
+# Stored documents decode with aware UTC datetimes, as a tz_aware pymongo client returns them.
+_STORED: Final[CodecOptions[dict[str, Any]]] = CodecOptions(tz_aware=True, tzinfo=UTC)
 
 
 def check_database_name(name: object) -> str:
@@ -474,6 +475,9 @@ class _Plan:
 def _index_plan(
     index: _IndexSpec, terms: _Terms, sort: Sequence[tuple[str, int]], ordered: bool
 ) -> _Plan | None:
+    lead = index.fields[0][0]
+    if lead not in terms.equal and lead not in terms.bounds and not (sort and sort[0][0] == lead):
+        return None  # the index can neither narrow nor order this query
     prefixes = [b""]
     equal_fields = 0
     for path, descending in index.fields:
@@ -544,7 +548,7 @@ def _checked_document(key: bytes, body: bytes, crc: int | None) -> Any:
     if crc is not None and zlib.crc32(body) != crc:
         raise _Damaged(_key_label(key), "checksum mismatch: the stored bytes changed on disk")
     try:
-        return bson.decode(body)
+        return bson.decode(body, _STORED)
     except (bson.errors.BSONError, ValueError) as exc:
         raise _Damaged(_key_label(key), f"not valid BSON ({exc})") from exc
 
@@ -590,7 +594,8 @@ class _Reader:
             batch = list(dict.fromkeys(keys[start : start + _BATCH]))
             marks = ",".join("?" * len(batch))
             rows = self.conn.execute(
-                f"SELECT key, arrival, body, body_crc FROM documents WHERE collection = ? "
+                f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents "
+                "WHERE collection = ? "
                 f"AND key IN ({marks}) AND body IS NOT NULL",
                 (collection, *batch),
             ).fetchall()
@@ -612,8 +617,8 @@ class _Reader:
     def scan(self, collection: str) -> Iterator[_Stored]:
         """Every document of the collection, in insertion order."""
         rows = self.conn.execute(
-            "SELECT key, arrival, body, body_crc FROM documents WHERE collection = ? "
-            "AND body IS NOT NULL ORDER BY arrival",
+            f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents "
+            f"WHERE collection = ? AND body IS NOT NULL ORDER BY {self.engine.arrival}",
             (collection,),
         )
         for key, arrival, body, crc in rows:
@@ -637,23 +642,42 @@ class _Reader:
         if len(narrowing) == 1:
             return narrowing[0]
         if narrowing:
-            # Like a server's plan race: the fewest entries wins, the sort breaks ties.
-            return min(narrowing, key=lambda p: (self._count(collection, p), not p.walk))
+            return self._race(collection, narrowing)
         walks = [p for p in plans if p.walk]
         return walks[0] if walks else None
 
-    def _count(self, collection: str, plan: _Plan) -> int:
-        if plan.union:
-            return sum(self._count(collection, branch) for branch in plan.union)
-        assert plan.index is not None
+    def _race(self, collection: str, plans: list[_Plan]) -> _Plan:
+        """Like a server's plan race: the plan with the fewest entries wins, one that also
+        gives the sort's order breaks ties. The likely small ones are counted first, and each
+        later count stops once it passes the best so far."""
+        best: _Plan | None = None
+        best_count = _RACE_CAP
+        for plan in sorted(plans, key=lambda p: (not p.union, -p.equal_fields)):
+            count = self._count(collection, plan, best_count + 1)
+            if best is None or count < best_count or (count == best_count and plan.walk):
+                best, best_count = plan, count
+        assert best is not None
+        return best
+
+    def _count(self, collection: str, plan: _Plan, cap: int) -> int:
+        """How many entries the plan reads, counting no further than ``cap``."""
         total = 0
+        if plan.union:
+            for branch in plan.union:
+                total += self._count(collection, branch, cap - total)
+                if total >= cap:
+                    break
+            return total
+        assert plan.index is not None
         for start, end in plan.ranges:
             (found,) = self.conn.execute(
                 "SELECT count(*) FROM (SELECT 1 FROM entries WHERE collection = ? AND name = ? "
                 "AND key >= ? AND key < ? LIMIT ?)",
-                (collection, plan.index.name, start, end, _RACE_CAP),
+                (collection, plan.index.name, start, end, cap - total),
             ).fetchone()
             total += found
+            if total >= cap:
+                break
         return total
 
     def entries(
@@ -720,9 +744,11 @@ class _Reader:
         self, collection: str, query: Mapping[str, Any], plan: _Plan, skip: int, limit: int
     ) -> list[_Stored]:
         """Walk the index in the sort's order, stopping once ``skip + limit`` documents match.
-        Entries equal on the sort's fields come out in insertion order, as mongomock's do."""
+        Entries equal on the sort's fields come out in insertion order, as mongomock's do.
+        Documents are fetched a batch of whole groups at a time."""
         wanted = skip + limit if limit else 0
         found: list[_Stored] = []
+        pending: list[bytes] = []  # document keys of whole groups, in order, not yet fetched
         group: list[tuple[int, bytes]] = []
         group_key: bytes | None = None
         assert plan.index is not None
@@ -730,23 +756,26 @@ class _Reader:
         deciding_fields, equal_fields = flags[: plan.sort_fields], flags[: plan.equal_fields]
 
         def settle() -> None:
-            group.sort()
-            for stored in self.fetch(collection, [doc for _, doc in group]):
+            for stored in self.fetch(collection, pending):
                 if filtering.filter_applies(query, stored.document):
                     found.append(stored)
+            pending.clear()
 
         for key, arrival, doc in self.entries(collection, plan, plan.walk):
             # The sort's own fields decide; the equality prefix may differ (an $in).
             deciding = _leading_components(key, deciding_fields)
             deciding = deciding[len(_leading_components(key, equal_fields)) :]
             if deciding != group_key:
-                settle()
+                pending.extend(doc for _, doc in sorted(group))
                 group.clear()
                 group_key = deciding
-                if wanted and len(found) >= wanted:
-                    break
+                if len(pending) >= (wanted - len(found) if wanted else _BATCH):
+                    settle()
+                    if wanted and len(found) >= wanted:
+                        break
             group.append((arrival, doc))
         else:
+            pending.extend(doc for _, doc in sorted(group))
             settle()
         unique = list({stored.key: stored for stored in found}.values())  # one per document
         return unique[skip:wanted] if wanted else unique[skip:]
@@ -791,13 +820,17 @@ def _id_values(query: Mapping[str, Any]) -> list[Any] | None:
 # -- the engine: one SQLite connection, a lock, the index catalog ------------------------------
 
 
-def _patched(query: Mapping[str, Any] | None) -> Any:
-    """The query as mongomock compares it with stored documents (naive UTC datetimes)."""
-    return helpers.patch_datetime_awareness_in_document(dict(query or {}))
-
-
-def _aware(document: Any) -> Any:
-    return helpers.make_datetime_timezone_aware_in_document(document)
+def _patched(query: Any) -> Any:
+    """The query as stored documents compare with it: datetimes in UTC, to the millisecond
+    (what BSON keeps), as a server reads them."""
+    if isinstance(query, Mapping):
+        return {key: _patched(value) for key, value in query.items()}
+    if isinstance(query, list | tuple):
+        return [_patched(value) for value in query]
+    if isinstance(query, datetime):
+        aware = query.replace(tzinfo=UTC) if query.tzinfo is None else query.astimezone(UTC)
+        return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
+    return query
 
 
 class EmbeddedEngine:
@@ -817,6 +850,7 @@ class EmbeddedEngine:
         # mongomock's update and projection code runs on a scratch collection holding only
         # the documents one operation touches.
         self._scratch = mongomock.MongoClient(tz_aware=True)["scratch"]["documents"]
+        self.arrival = "arrival"  # the column giving insertion order (see below)
         try:
             if read_only:
                 self._conn = self._connect_read_only(path)
@@ -826,6 +860,9 @@ class EmbeddedEngine:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._upgrade()
+            # A first-format file opened read-only cannot be upgraded: its rows are read in
+            # the order of their last write, and every query scans.
+            self.arrival = "arrival" if self._format() >= _FORMAT else "seq"
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the embedded database at {path}: {exc}") from exc
 
@@ -1173,7 +1210,7 @@ class _LookupDatabase:
 
         class Foreign:
             def find(self, query: Mapping[str, Any] | None = None) -> list[Any]:
-                found = reader.find(name, _patched(query))
+                found = reader.find(name, _patched(query or {}))
                 return [project(stored.document, None) for stored in found]
 
         return Foreign()
@@ -1187,9 +1224,10 @@ class EmbeddedCollection:
         self.name = name
 
     def _output(self, document: Any, projection: Mapping[str, Any] | None) -> Any:
+        # Decoded afresh for this call, so it is the caller's to keep.
         if projection:
-            document = self._engine._scratch._copy_only_fields(document, projection, dict)
-        return _aware(document)
+            return self._engine._scratch._copy_only_fields(document, projection, dict)
+        return document
 
     # reads
     def find_one(
@@ -1211,7 +1249,7 @@ class EmbeddedCollection:
         skip: int = 0,
         limit: int = 0,
     ) -> list[Any]:
-        query, order = _patched(filter), _sort_spec(sort)
+        query, order = _patched(filter or {}), _sort_spec(sort)
 
         def find(reader: _Reader) -> list[Any]:
             found = reader.find(self.name, query, order, skip, limit)
@@ -1237,7 +1275,7 @@ class EmbeddedCollection:
         return self._engine.read(aggregate)
 
     def count_documents(self, filter: Mapping[str, Any], **_: Any) -> int:
-        query = _patched(filter)
+        query = _patched(filter or {})
         return self._engine.read(lambda reader: len(reader.find(self.name, query)))
 
     def estimated_document_count(self) -> int:
@@ -1343,7 +1381,7 @@ class EmbeddedCollection:
     ) -> Any:
         """Run ``change(scratch, pinned_filter)`` (a mongomock update) on a scratch collection
         holding only the matching documents, then store what it changed."""
-        query = _patched(filter)
+        query = _patched(filter or {})
         targets = writer.find(self.name, query, _sort_spec(sort), 0, 0 if many else 1)
         scratch = self._engine._scratch
         scratch.drop()

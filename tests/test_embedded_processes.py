@@ -115,3 +115,38 @@ def test_a_write_costs_the_same_in_a_small_and_a_large_collection(tmp_path: Path
     # A write appends a few pages to the WAL, never the whole file: ~1 MB here.
     assert large <= small + 2 * page
     assert large < 12 * page < report["file_bytes"] / 20
+
+
+def test_compaction_while_another_process_writes_loses_nothing(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()
+        seeded = [store.create_prompt(f"seeded prompt {i}", {}, {}).id for i in range(300)]
+    worker = Worker("write-forever", str(tmp_path))
+    try:
+        acknowledged = [worker.next_line() for _ in range(20)]
+        with open_embedded(tmp_path) as database:
+            store = CosmosStore(database)
+            for prompt_id in seeded[:150]:
+                store.delete_prompt(prompt_id)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COSMOS_MONGO_DATA_DIR": str(tmp_path)}
+        compacted = subprocess.run(
+            [sys.executable, "-m", "cosmos_mongo.cli", "compact", "--json"],
+            env={k: v for k, v in env.items() if k != "COSMOS_MONGO_URI"},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert compacted.returncode == 0, compacted.stderr
+        sizes = json.loads(compacted.stdout)
+        assert sizes["bytes_after"] < sizes["bytes_before"]
+        acknowledged += [worker.next_line() for _ in range(20)]  # it kept writing
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(TIMEOUT)
+    finally:
+        worker.finish()
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        assert all(store.get_prompt(prompt_id) for prompt_id in acknowledged + seeded[150:])
+        assert not any(store.get_prompt(prompt_id) for prompt_id in seeded[:150])
+        assert store.verify().ok

@@ -1,0 +1,438 @@
+"""The embedded engine's indexes on disk: answers equal plain mongomock's on random data,
+files of the first format are upgraded, and compaction gives the space of deletions back."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import bson
+import mongomock
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cosmos_mongo import CosmosStore, enhancement, legacy, workflows
+from cosmos_mongo import queries as q
+from cosmos_mongo.embedded import open_embedded
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+# -- random documents and queries, one engine against plain mongomock ------------------------
+
+# Small pools, so documents and query bounds collide often (equal values are where range
+# ends and tie orders go wrong); the rarer types still come up.
+common = st.one_of(
+    st.sampled_from(["a", "ab", "b"]),
+    st.integers(0, 2),
+    st.integers(0, 3).map(lambda s: START + timedelta(seconds=s)),
+)
+values = st.one_of(
+    common,
+    common,
+    st.sampled_from(["", "é", "a\x00b", 0.5, -1.5, 2.0, True, False, None]),
+)
+field_value = st.one_of(
+    values,
+    values,
+    st.lists(values, max_size=3),
+    st.fixed_dictionaries({"x": values}),
+)
+
+
+def _documents(value: st.SearchStrategy[Any]) -> st.SearchStrategy[list[dict[str, Any]]]:
+    return st.lists(
+        st.dictionaries(st.sampled_from(["k", "s", "t", "n"]), value, max_size=4).map(
+            lambda doc: {**doc, "nested": {"k": doc.get("k")}} if "s" in doc else doc
+        ),
+        max_size=25,
+    )
+
+
+# Scalars only, so the indexes keep their order and serve sorts; or with arrays and objects,
+# which turn that off (and must still be found by equality).
+dense = st.lists(
+    st.fixed_dictionaries(
+        {
+            "k": st.sampled_from(["a", "b", 1]),
+            "t": st.integers(0, 4).map(lambda s: START + timedelta(seconds=s)),
+            "s": st.sampled_from(["a", "ab", "b"]),
+        }
+    ),
+    min_size=4,
+    max_size=25,
+)
+documents = st.one_of(dense, _documents(values), _documents(field_value))
+INDEXES = [
+    ([("k", 1), ("t", -1), ("_id", -1)], "k_t_id"),
+    ([("t", -1), ("_id", -1)], "t_id"),
+    ([("s", 1)], "s"),
+    ([("nested.k", 1), ("t", 1)], "nested_k_t"),
+    ([("n", -1), ("s", 1)], "n_s"),
+]
+FIELDS = ["k", "s", "t", "n", "nested.k"]
+scalar = st.one_of(common, common, st.sampled_from([True, False, None, ""]))
+comparable = st.one_of(
+    st.sampled_from(["a", "ab", "b"]),
+    st.integers(0, 3).map(lambda s: START + timedelta(seconds=s)),
+)
+condition = st.one_of(
+    scalar,
+    st.builds(lambda v: {"$eq": v}, scalar),
+    st.builds(lambda v: {"$in": v}, st.lists(scalar, max_size=3)),
+    st.builds(lambda v: {"$ne": v}, scalar),
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$lt", "$lte", "$gt", "$gte"]), comparable),
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$lt", "$lte", "$gt", "$gte"]), comparable),
+    st.builds(lambda a, b: {"$gte": a, "$lt": b}, comparable, comparable),
+    st.builds(lambda a, b: {"$gt": a, "$lte": b}, comparable, comparable),
+)
+term = st.dictionaries(st.sampled_from(FIELDS), condition, min_size=1, max_size=2)
+queries = st.one_of(
+    st.just({}),
+    term,
+    # several equality prefixes of one index, merged into the sort's order
+    st.builds(lambda v: {"k": {"$in": v}}, st.lists(common, min_size=2, max_size=3)),
+    st.builds(lambda v, t: {"k": {"$in": v}, "t": t}, st.lists(common, min_size=2), condition),
+    st.builds(lambda a, b: {"$and": [a, b]}, term, term),
+    st.builds(lambda a, b: {"$or": [a, b]}, term, term),
+    st.builds(lambda a, b, c: {**a, "$or": [b, c]}, term, term, term),
+    st.builds(lambda ids: {"_id": {"$in": ids}}, st.lists(st.sampled_from(["d0", "d3", "dx"]))),
+)
+# Sorts an index serves (walked in either direction) more often than chance would give.
+served_sorts = st.sampled_from(
+    [
+        [("t", -1), ("_id", -1)],
+        [("t", 1), ("_id", 1)],
+        [("t", -1)],
+        [("t", 1)],
+        [("s", 1)],
+        [("s", -1)],
+        [("n", -1), ("s", 1)],
+    ]
+)
+sorts = st.one_of(
+    served_sorts,
+    st.lists(
+        st.tuples(st.sampled_from(["k", "t", "s", "n", "_id"]), st.sampled_from([1, -1])),
+        max_size=3,
+        unique_by=lambda item: item[0],
+    ),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=documents,
+    query=queries,
+    sort=sorts,
+    skip=st.integers(0, 3),
+    limit=st.integers(0, 5),
+    changes=st.lists(st.tuples(st.integers(0, 30), term), max_size=4),
+    removed=st.lists(st.integers(0, 30), max_size=3),
+)
+def test_every_query_shape_answers_like_plain_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    query: dict[str, Any],
+    sort: list[tuple[str, int]],
+    skip: int,
+    limit: int,
+    changes: list[tuple[int, dict[str, Any]]],
+    removed: list[int],
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(tmp_path_factory.mktemp("engine"))
+    embedded = database["things"]
+    for collection in (plain, embedded):
+        for position, (keys, name) in enumerate(INDEXES):
+            if position % 2 == 0:  # some indexes before the documents, some built over them
+                collection.create_index(keys, name=name)
+        for i, doc in enumerate(docs):
+            collection.insert_one({"_id": f"d{i}", **doc})
+        for position, (keys, name) in enumerate(INDEXES):
+            if position % 2 == 1:
+                collection.create_index(keys, name=name)
+        for i, values_set in changes:  # updates move documents between index entries
+            collection.update_one({"_id": f"d{i}"}, {"$set": _settable(values_set)})
+        for i in removed:
+            collection.delete_one({"_id": f"d{i}"})
+    expected = list(plain.find(query, sort=sort or None, skip=skip, limit=limit))
+    assert embedded.find(query, sort=sort or None, skip=skip, limit=limit) == expected
+    assert embedded.count_documents(query) == plain.count_documents(query)
+    pipeline = [
+        {"$match": query},
+        {"$lookup": {"from": "things", "localField": "k", "foreignField": "s", "as": "joined"}},
+    ]
+    by_id = sorted(plain.aggregate(pipeline), key=lambda d: d["_id"])
+    assert sorted(embedded.aggregate(pipeline), key=lambda d: d["_id"]) == by_id
+    database.close()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=dense,
+    sort=served_sorts,
+    query=st.sampled_from([{}, {"k": "a"}, {"k": {"$in": ["a", "b"]}}, {"k": {"$in": ["b", 1]}}]),
+    limit=st.integers(0, 6),
+)
+def test_sorted_walks_keep_ties_in_insertion_order_like_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    sort: list[tuple[str, int]],
+    query: dict[str, Any],
+    limit: int,
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(tmp_path_factory.mktemp("ties"))
+    embedded = database["things"]
+    for collection in (plain, embedded):
+        for keys, name in INDEXES:
+            collection.create_index(keys, name=name)
+        for i, doc in enumerate(docs):
+            collection.insert_one({"_id": f"d{i}", **doc})
+    expected = [doc["_id"] for doc in plain.find(query, sort=sort, limit=limit)]
+    assert [doc["_id"] for doc in embedded.find(query, sort=sort, limit=limit)] == expected
+    database.close()
+
+
+def _settable(values_set: dict[str, Any]) -> dict[str, Any]:
+    """A $set from a query term: its plain values (operators dropped)."""
+    return {
+        path: value
+        for path, value in values_set.items()
+        if not (isinstance(value, dict) and any(str(k).startswith("$") for k in value))
+    } or {"k": "b"}
+
+
+# -- the store's own query shapes, on both engines, through every helper ---------------------
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.integers(0, 3)),
+        st.tuples(st.just("enhance-new"), st.integers(0, 9)),
+        st.tuples(st.just("enhance-in-place"), st.integers(0, 9)),
+        st.tuples(st.just("run"), st.integers(0, 9)),
+        st.tuples(st.just("delete"), st.integers(0, 9)),
+        st.tuples(st.just("status"), st.integers(0, 9)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=operations)
+def test_every_helper_answers_on_disk_as_on_plain_mongomock(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]]
+) -> None:
+    database = open_embedded(tmp_path_factory.mktemp("store"))
+    stores = [CosmosStore(mongomock.MongoClient(tz_aware=True)["cosmos"]), CosmosStore(database)]
+    for store in stores:
+        with _same_ids_and_clock():
+            store.ensure_indexes()
+            _replay(store, steps)
+    answers = [_everything(store) for store in stores]
+    assert answers[1] == answers[0]
+    database.close()
+
+
+@contextlib.contextmanager
+def _same_ids_and_clock() -> Iterator[None]:
+    """Ids and times from counters, so two stores given the same calls hold the same data."""
+    counter = itertools.count(1)
+    ticks = itertools.count(1)
+    patches = {
+        "new_prompt_id": lambda: f"ps_{next(counter):032x}",
+        "new_run_id": lambda: f"rs_{next(counter):032x}",
+        "utc_now": lambda: START + timedelta(milliseconds=next(ticks)),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (workflows, enhancement, legacy):
+            for name, replacement in patches.items():
+                if hasattr(module, name):
+                    patch.setattr(module, name, replacement)
+        yield
+
+
+def _replay(store: CosmosStore, steps: list[tuple[str, int]]) -> None:
+    for action, number in steps:
+        prompts = [p.id for p in store.list_prompts(limit=100)]
+        target = prompts[number % len(prompts)] if prompts else None
+        if action == "create" or target is None:
+            store.create_prompt(f"A robot arm stacks {number} blocks", {"video": "v.mp4"}, {})
+        elif action.startswith("enhance"):
+            store.enhance_prompt(
+                target,
+                create_new=action == "enhance-new",
+                force_overwrite=True,
+                enhanced_text=f"A robot arm stacks {number} red blocks, slowly.",
+            )
+        elif action == "run":
+            store.create_run(target, {"steps": number}, initial_status="running")
+        elif action == "delete":
+            store.delete_prompt(target, force=True)
+        else:
+            runs = store.list_runs(limit=100)
+            if runs:
+                store.update_run_status(runs[number % len(runs)].id, "completed")
+
+
+def _everything(store: CosmosStore) -> list[Any]:
+    """What every read helper answers, for every prompt."""
+    found: list[Any] = [
+        store.list_prompts(limit=100),
+        store.list_prompts(limit=3, offset=1),
+        store.list_prompts(limit=100, enhanced=True),
+        store.list_prompts(limit=100, enhanced=False),
+        store.list_enhanced_prompts(limit=100),
+        store.search_prompts("robot", limit=5),
+        store.list_runs(limit=100),
+        store.list_runs(limit=100, status="running"),
+        store.list_runs(limit=100, model_type="enhance"),
+        list(store.iter_prompts(batch_size=2)),
+        store.verify(quick=True),
+    ]
+    for prompt in store.list_prompts(limit=100):
+        found += [
+            store.get_prompt(prompt.id),
+            store.list_runs(prompt_id=prompt.id, limit=100),
+            store.get_enhancement_details(prompt.id),
+            store.get_original_prompt(prompt.id),
+            store.get_enhancement_history(prompt.id),
+            store.get_lineage(prompt.id),
+            store.preview_prompt_deletion(prompt.id),
+        ]
+    return found
+
+
+# -- files of the first format --------------------------------------------------------------
+
+FIRST_FORMAT = """
+CREATE TABLE documents (
+    collection TEXT NOT NULL, key BLOB NOT NULL, seq INTEGER NOT NULL, body BLOB,
+    body_crc INTEGER, PRIMARY KEY (collection, key)
+) WITHOUT ROWID;
+CREATE INDEX documents_seq ON documents (seq);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta (name, value) VALUES ('seq', 0), ('format', 1);
+"""
+
+
+def _first_format_file(data_dir: Path) -> CosmosStore:
+    """A store on mongomock, and the same data written as 0.3 wrote its file: every document
+    a row, a tombstone for a deleted one, the index catalog, no indexes on disk."""
+    reference = CosmosStore(mongomock.MongoClient(tz_aware=True)["cosmos"])
+    reference.ensure_indexes()
+    for i in range(30):
+        prompt = reference.create_prompt(f"A robot arm stacks {i} blocks", {}, {})
+        if i % 3 == 0:
+            reference.enhance_prompt(prompt.id, enhanced_text=f"A robot arm stacks {i} red ones.")
+        reference.create_run(prompt.id, {"steps": i})
+    data_dir.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(data_dir / "cosmos.sqlite3")
+    connection.executescript(FIRST_FORMAT)
+    rows: list[tuple[str, bytes, int, bytes | None, int | None]] = []
+    for collection in ("prompts", "runs"):
+        for doc in reference.db[collection].find({}):
+            body = bson.encode(doc)
+            rows.append(
+                (collection, bson.encode({"_id": doc["_id"]}), len(rows), body, zlib.crc32(body))
+            )
+    rows.append(("prompts", bson.encode({"_id": "ps_" + "0" * 32}), len(rows), None, None))
+    for spec in q.INDEXES:
+        catalog = {
+            "_id": f"{spec.collection}.{spec.name}",
+            "collection": spec.collection,
+            "name": spec.name,
+            "keys": [list(key) for key in spec.keys],
+            "options": dict(spec.options),
+        }
+        body = bson.encode(catalog)
+        rows.append(
+            (
+                "system.indexes",
+                bson.encode({"_id": catalog["_id"]}),
+                len(rows),
+                body,
+                zlib.crc32(body),
+            )
+        )
+    connection.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?)", rows)
+    connection.commit()
+    connection.close()
+    return reference
+
+
+def test_a_first_format_file_reads_read_only_and_upgrades_once_on_write_open(
+    tmp_path: Path,
+) -> None:
+    reference = _first_format_file(tmp_path)
+    expected = _everything(reference)
+    with open_embedded(tmp_path, read_only=True) as database:
+        assert _everything(CosmosStore(database)) == expected  # scans, untouched
+    file = sqlite3.connect(tmp_path / "cosmos.sqlite3")
+    assert file.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (1,)
+    file.close()
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        assert _everything(store) == expected
+        connection = database.engine._conn
+        assert connection.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (2,)
+        assert connection.execute(
+            "SELECT count(*) FROM documents WHERE body IS NULL"
+        ).fetchone() == (0,)
+        built = {name for (name,) in connection.execute("SELECT name FROM built_indexes")}
+        assert built == {spec.name for spec in q.INDEXES}
+        database.engine.stats.documents_decoded = 0
+        assert len(store.list_prompts(limit=2)) == 2
+        assert database.engine.stats.documents_decoded == 2  # served by the index built on open
+
+
+# -- space -----------------------------------------------------------------------------------
+
+
+def test_after_deleting_half_and_compacting_the_file_is_close_to_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    with open_embedded(tmp_path / "used") as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()
+        prompts = [
+            store.create_prompt(f"A robot arm stacks {i} blocks " * 8, {}, {}) for i in range(600)
+        ]
+        for prompt in prompts[:300]:
+            store.create_run(prompt.id, {"steps": 30})
+        for prompt in prompts[::2]:
+            store.delete_prompt(prompt.id, force=True)
+        kept = {name: list(store.iter_documents(name)) for name in ("prompts", "runs")}
+        before, after = database.compact()
+        assert after < before
+    with open_embedded(tmp_path / "fresh") as database:
+        fresh = CosmosStore(database)
+        fresh.ensure_indexes()
+        for name, documents in kept.items():
+            fresh.put_documents(name, documents)  # type: ignore[arg-type]
+    used = (tmp_path / "used" / "cosmos.sqlite3").stat().st_size
+    new = (tmp_path / "fresh" / "cosmos.sqlite3").stat().st_size
+    assert used <= new * 1.2, (used, new)
+
+
+def test_compact_refuses_on_a_read_only_store(tmp_path: Path) -> None:
+    from cosmos_mongo import ReadOnlyError
+
+    with open_embedded(tmp_path) as database:
+        CosmosStore(database).create_prompt("A robot arm", {}, {})
+    with open_embedded(tmp_path, read_only=True) as database, pytest.raises(ReadOnlyError):
+        database.compact()
