@@ -470,6 +470,7 @@ class _Plan:
     walk: int = 0  # 1 or -1: the walk in key order gives the sort's order; 0: it does not
     sort_fields: int = 0  # leading key fields that decide the sort (ties: insertion order)
     union: list[_Plan] = field(default_factory=list)
+    counted: list[bytes] | None = None  # every document key, once the race read them all
 
 
 def _index_plan(
@@ -628,10 +629,14 @@ class _Reader:
 
     # planning
     def plan(self, collection: str, terms: _Terms, sort: Sequence[tuple[str, int]]) -> _Plan | None:
-        catalog = self.engine.catalog(collection)
+        by_lead = self.engine.catalog_by_lead(collection)
+        leads = {*terms.equal, *terms.bounds}
+        if sort:
+            leads.add(sort[0][0])
         plans = [
             plan
-            for index, ordered in catalog
+            for lead in leads
+            for index, ordered in by_lead.get(lead, ())
             if (plan := _index_plan(index, terms, sort, ordered)) is not None
         ]
         if terms.branches:
@@ -669,16 +674,18 @@ class _Reader:
                     break
             return total
         assert plan.index is not None
+        documents: list[bytes] = []
         for start, end in plan.ranges:
-            (found,) = self.conn.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM entries WHERE collection = ? AND name = ? "
-                "AND key >= ? AND key < ? LIMIT ?)",
-                (collection, plan.index.name, start, end, cap - total),
-            ).fetchone()
-            total += found
-            if total >= cap:
-                break
-        return total
+            rows = self.conn.execute(
+                "SELECT doc FROM entries WHERE collection = ? AND name = ? "
+                "AND key >= ? AND key < ? LIMIT ?",
+                (collection, plan.index.name, start, end, cap - len(documents)),
+            ).fetchall()
+            documents += [doc for (doc,) in rows]
+            if len(documents) >= cap:
+                return cap
+        plan.counted = documents  # all of them: the winner need not read them again
+        return len(documents)
 
     def entries(
         self, collection: str, plan: _Plan, direction: int
@@ -711,6 +718,8 @@ class _Reader:
             for branch in plan.union:
                 keys.update(dict.fromkeys(self.candidate_keys(collection, branch)))
             return list(keys)
+        if plan.counted is not None:
+            return list(dict.fromkeys(plan.counted))
         return list(dict.fromkeys(doc for _, _, doc in self.entries(collection, plan, 1)))
 
     # find
@@ -722,23 +731,28 @@ class _Reader:
         skip: int = 0,
         limit: int = 0,
     ) -> list[_Stored]:
-        """The stored documents matching ``query`` (already datetime-patched), sorted, sliced."""
-        filtering.filter_applies(query, {})  # reject a malformed filter even when nothing matches
+        """The stored documents matching ``query`` (already datetime-patched), sorted, sliced.
+        A malformed filter raises as mongomock's would, even when no document is read."""
         ids = _id_values(query)
         plan = None if ids is not None else self.plan(collection, _terms(query), sort)
         if ids is None and plan is not None and plan.walk:
-            return self._walk(collection, query, plan, skip, limit)
-        if ids is not None:
-            candidates: Iterable[_Stored] = self.fetch(collection, [_encode_key(i) for i in ids])
-        elif plan is not None:
-            candidates = self.fetch(collection, self.candidate_keys(collection, plan))
+            found = self._walk(collection, query, plan, skip, limit)
         else:
-            candidates = self.scan(collection)
-        found = [
-            stored for stored in candidates if filtering.filter_applies(query, stored.document)
-        ]
-        found = _sort_in_memory(found, sort)
-        return found[skip : skip + limit] if limit else found[skip:]
+            if ids is not None:
+                candidates: Iterable[_Stored] = self.fetch(
+                    collection, [_encode_key(i) for i in ids]
+                )
+            elif plan is not None:
+                candidates = self.fetch(collection, self.candidate_keys(collection, plan))
+            else:
+                candidates = self.scan(collection)
+            found = [c for c in candidates if filtering.filter_applies(query, c.document)]
+            if len(found) > 1:
+                found = _sort_in_memory(found, sort)
+            found = found[skip : skip + limit] if limit else found[skip:]
+        if not found:
+            filtering.filter_applies(query, {})  # checked on no document: check it here
+        return found
 
     def _walk(
         self, collection: str, query: Mapping[str, Any], plan: _Plan, skip: int, limit: int
@@ -754,6 +768,7 @@ class _Reader:
         assert plan.index is not None
         flags = [descending for _, descending in plan.index.fields]
         deciding_fields, equal_fields = flags[: plan.sort_fields], flags[: plan.equal_fields]
+        whole = plan.sort_fields >= len(flags)  # every field decides: the key is the group
 
         def settle() -> None:
             for stored in self.fetch(collection, pending):
@@ -763,8 +778,9 @@ class _Reader:
 
         for key, arrival, doc in self.entries(collection, plan, plan.walk):
             # The sort's own fields decide; the equality prefix may differ (an $in).
-            deciding = _leading_components(key, deciding_fields)
-            deciding = deciding[len(_leading_components(key, equal_fields)) :]
+            deciding = key if whole else _leading_components(key, deciding_fields)
+            if equal_fields:
+                deciding = deciding[len(_leading_components(key, equal_fields)) :]
             if deciding != group_key:
                 pending.extend(doc for _, doc in sorted(group))
                 group.clear()
@@ -786,13 +802,13 @@ def _leading_components(key: bytes, descending: Sequence[bool]) -> bytes:
     (0x00 0xFF is an escaped 0x00), a descending one at the inverted 0xFF 0xFE."""
     position = 0
     for inverted in descending:
-        mark, end = (0xFF, 0xFE) if inverted else (0x00, 0x01)
-        while position < len(key) - 1:
-            if key[position] != mark:
-                position += 1
-                continue
-            position += 2
-            if key[position - 1] == end:
+        mark, end = (b"\xff", 0xFE) if inverted else (b"\x00", 0x01)
+        while True:
+            found = key.find(mark, position)
+            if found < 0 or found + 1 >= len(key):
+                return key
+            position = found + 2
+            if key[found + 1] == end:
                 break
     return key[:position]
 
@@ -845,6 +861,7 @@ class EmbeddedEngine:
         self._lock = threading.RLock()
         self._catalog: dict[str, list[tuple[_IndexSpec, bool]]] = {}
         self._catalog_rows: list[dict[str, Any]] = []
+        self._by_lead: dict[str, dict[str, list[tuple[_IndexSpec, bool]]]] = {}
         self._catalog_version: int | None = None
         self._data_version: int | None = None
         # mongomock's update and projection code runs on a scratch collection holding only
@@ -970,6 +987,7 @@ class EmbeddedEngine:
                     (index, built[(index.collection, index.name)])
                 )
         self._catalog = catalog
+        self._by_lead = {name: _grouped_by_lead(indexes) for name, indexes in catalog.items()}
         self._catalog_version = changes
 
     def _catalog_changed(self) -> None:
@@ -979,6 +997,10 @@ class EmbeddedEngine:
     def catalog(self, collection: str) -> list[tuple[_IndexSpec, bool]]:
         """The indexes whose entries are complete, each with whether it serves sorts."""
         return self._catalog.get(collection, [])
+
+    def catalog_by_lead(self, collection: str) -> dict[str, list[tuple[_IndexSpec, bool]]]:
+        """The same, by the path of each index's first field."""
+        return self._by_lead.get(collection, {})
 
     def index_rows(self, collection: str) -> list[dict[str, Any]]:
         return [row for row in self._catalog_rows if row["collection"] == collection]
@@ -1084,6 +1106,15 @@ class EmbeddedEngine:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _grouped_by_lead(
+    indexes: list[tuple[_IndexSpec, bool]],
+) -> dict[str, list[tuple[_IndexSpec, bool]]]:
+    grouped: dict[str, list[tuple[_IndexSpec, bool]]] = {}
+    for index, ordered in indexes:
+        grouped.setdefault(index.fields[0][0], []).append((index, ordered))
+    return grouped
 
 
 def _duplicate(collection: str, index: str, key: Any) -> DuplicateKeyError:
@@ -1202,18 +1233,19 @@ class _LookupDatabase:
     """What mongomock's ``$lookup`` and ``$graphLookup`` see: collections whose ``find`` is
     the engine's indexed find, inside the aggregation's own transaction."""
 
-    def __init__(self, reader: _Reader, project: Callable[[Any, Any], Any]) -> None:
-        self._reader, self._project = reader, project
+    def __init__(self, reader: _Reader) -> None:
+        self._reader = reader
 
-    def get_collection(self, name: str) -> Any:
-        reader, project = self._reader, self._project
+    def get_collection(self, name: str) -> _LookupCollection:
+        return _LookupCollection(self._reader, name)
 
-        class Foreign:
-            def find(self, query: Mapping[str, Any] | None = None) -> list[Any]:
-                found = reader.find(name, _patched(query or {}))
-                return [project(stored.document, None) for stored in found]
 
-        return Foreign()
+class _LookupCollection:
+    def __init__(self, reader: _Reader, name: str) -> None:
+        self._reader, self._name = reader, name
+
+    def find(self, query: Mapping[str, Any] | None = None) -> list[Any]:
+        return [stored.document for stored in self._reader.find(self._name, _patched(query or {}))]
 
 
 class EmbeddedCollection:
@@ -1269,7 +1301,7 @@ class EmbeddedCollection:
             else:
                 found, rest = list(reader.scan(self.name)), stages
             documents = [self._output(stored.document, None) for stored in found]
-            lookups = _LookupDatabase(reader, self._output)
+            lookups = _LookupDatabase(reader)
             return list(aggregation.process_pipeline(documents, lookups, rest, None))
 
         return self._engine.read(aggregate)
