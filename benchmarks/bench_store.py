@@ -106,6 +106,7 @@ def measure(store: Any, data: Dataset, repeat: int) -> dict[str, list[float]]:
     """Time each operation on a store, or on anything answering the same method names."""
     rng = random.Random(11)
     pick = rng.choice
+    transfer_runs = [run["_id"] for run in data.runs if run["model_type"] == "transfer"]
     return {
         "create_prompt": timed(lambda: store.create_prompt("A new robot prompt", {}, {}), repeat),
         "get_prompt": timed(lambda: store.get_prompt(pick(data.originals)), repeat),
@@ -122,6 +123,15 @@ def measure(store: Any, data: Dataset, repeat: int) -> dict[str, list[float]]:
         ),
         "get_lineage (3 generations)": timed(
             lambda: store.get_lineage(pick(data.chain_middles)), repeat
+        ),
+        "enhance_prompt (agent text)": timed(
+            lambda: store.enhance_prompt(
+                pick(data.originals), enhanced_text="A robot arm moves a block, in detail."
+            ),
+            repeat,
+        ),
+        "update_run_status": timed(
+            lambda: store.update_run_status(pick(transfer_runs), "running"), repeat
         ),
     }
 
@@ -252,6 +262,42 @@ class PredecessorBaseline:
                 json.dumps(inputs),
                 json.dumps(parameters),
             ),
+        )
+        self.db.commit()
+
+    def enhance_prompt(self, prompt_id: str, enhanced_text: str) -> None:
+        """The predecessor's enhancement: a new prompt and its run, in one transaction."""
+        child, now = new_prompt_id(), "2026-01-01 00:00:00"
+        outputs = {"original_prompt_id": prompt_id, "enhanced_prompt_id": child}
+        self.db.execute(
+            "INSERT INTO prompts VALUES (?,?,?,?,?)",
+            (child, enhanced_text, now, "{}", json.dumps({"enhanced": True})),
+        )
+        self.db.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                new_run_id(),
+                prompt_id,
+                "enhance",
+                "completed",
+                now,
+                now,
+                None,
+                None,
+                "{}",
+                json.dumps(outputs),
+                "{}",
+                None,
+                None,
+                None,
+            ),
+        )
+        self.db.commit()
+
+    def update_run_status(self, run_id: str, status: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET status = ?, updated_at = ? WHERE id = ?",
+            (status, "2026-01-01 00:00:00", run_id),
         )
         self.db.commit()
 

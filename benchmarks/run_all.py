@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mongomock
 
-from benchmarks import bench_mcp, bench_store, load_test
+from benchmarks import bench_mcp, bench_store, cold_start, load_test
 from cosmos_mongo import CosmosStore
 from tests.test_contract import READS, CountingDatabase, seeded
 
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         f"measured {datetime.now(UTC):%Y-%m-%d}"
     )
     store_table = bench_store.compare(sizes, repeat)
+    cold_table = cold_start.measure([0, *sizes], 3 if args.quick else 5)
     mcp_table = asyncio.run(bench_mcp.mcp_latency(50 if args.quick else 200))
     import_table = bench_mcp.import_throughput(2000 if args.quick else 10_000)
     load = asyncio.run(load_test.run_load(clients=8, seconds=5 if args.quick else 20))
@@ -222,8 +223,8 @@ Machine: {machine}. Absolute times vary by machine; ratios and growth with N var
 
 ## The store, the helpers and lineage
 
-The same data set is loaded three ways: the **embedded default** (durable SQLite file under
-mongomock, with the engine's indexes), the **predecessor's way** (its SQLite schema: JSON text
+The same data set is loaded three ways: the **embedded default** (durable SQLite file, its
+indexes on disk), the **predecessor's way** (its SQLite schema: JSON text
 columns, `json_extract` filters, no JSON indexes, queried with plain SQL in the same process),
 and **plain mongomock** (in memory, scanning; only up to 10k, it takes minutes beyond). N
 prompts, one transfer run each, 10% enhanced (a child created by a completed enhance run), and
@@ -237,9 +238,19 @@ How cost grows from {sizes[0]:,} to {sizes[-1]:,} prompts:
 {chr(10).join(growth(store_table, sizes[0], sizes[-1]))}
 
 The predecessor's JSON filters scan every row, so their cost grows with N; the embedded
-default answers equality, `$in`, `$or` and leading-`$match` terms from hash and ordered indexes,
-so single-prompt helpers stay flat. Primary-key reads are a few microseconds faster in raw
-SQLite because nothing is validated into models there.
+default answers equality, range, `$in`, `$or` and leading-`$match` terms from its indexes on
+disk, so single-prompt helpers stay flat. Primary-key reads and short listings are faster in
+raw SQLite because nothing is decoded from BSON or validated into models there (about 10 µs a
+document here).
+
+## Cold start
+
+What a new process pays before its first answer, by store size: `cosmos-mongo prompt list
+--limit 1` run as a subprocess (wall time and peak RSS, `VmHWM`), and `cosmos-mongo-mcp` over
+stdio from start to its answer to a first `list_prompts` call (median of several starts;
+`python -m benchmarks.cold_start` alone). The embedded default reads no document when it opens.
+
+{cold_table}
 
 ## On a real MongoDB server
 
@@ -285,6 +296,11 @@ that returned success was checked to be a completed run, with no other enhance r
 {load.markdown()}
 
 ## Hot spots found and fixed
+
+- Until 0.4 every process loaded the whole store into mongomock when it opened: `cosmos-mongo
+  prompt list --limit 1` took 0.31 s on an empty store, 3.46 s and 405 MB at 50k prompts and
+  9.33 s at 100k, and each MCP server paid it again. The indexes and documents now stay on disk
+  (see "Cold start" above for what opening costs now).
 
 - mongomock copies a whole collection into every aggregation and sorts every document for
   every sorted find. Before the engine's indexes, at 10k prompts, `get_enhancement_details`

@@ -36,6 +36,7 @@ import re
 import sqlite3
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ _INDEX_CATALOG: Final = "system.indexes"
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _DATABASE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _BATCH: Final = 500  # documents fetched per SQL statement
+_CHECKPOINT_SECONDS: Final = 30.0  # compact's wait for a pause between other writers
 # Stored documents decode with aware UTC datetimes, as a tz_aware pymongo client returns them.
 _STORED: Final[CodecOptions[dict[str, Any]]] = CodecOptions(tz_aware=True, tzinfo=UTC)
 
@@ -236,9 +238,12 @@ def _scalar_bytes(value: Any) -> bytes | None:
     return None
 
 
+_INVERTED: Final = bytes(range(255, -1, -1))  # a translate table: every byte b -> 255 - b
+
+
 def _component(encoded: bytes, descending: bool) -> bytes:
     escaped = encoded.replace(b"\x00", b"\x00\xff") + _END
-    return bytes(byte ^ 0xFF for byte in escaped) if descending else escaped
+    return escaped.translate(_INVERTED) if descending else escaped
 
 
 def _after(prefix: bytes) -> bytes:
@@ -1096,7 +1101,14 @@ class EmbeddedEngine:
         with self._lock, self._sqlite_errors():
             before = self._bytes_on_disk()
             self._conn.execute("VACUUM")
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # VACUUM writes the new file into the WAL; copying it back and emptying the WAL
+            # needs a moment with no writer, which a busy store gives between its writes.
+            deadline = time.monotonic() + _CHECKPOINT_SECONDS
+            while True:
+                (busy, _, _) = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
             return before, self._bytes_on_disk()
 
     def _bytes_on_disk(self) -> int:

@@ -140,7 +140,7 @@ def test_compaction_while_another_process_writes_loses_nothing(tmp_path: Path) -
         )
         assert compacted.returncode == 0, compacted.stderr
         sizes = json.loads(compacted.stdout)
-        assert sizes["bytes_after"] < sizes["bytes_before"]
+        assert sizes["bytes_after"] < sizes["bytes_before"], sizes
         acknowledged += [worker.next_line() for _ in range(20)]  # it kept writing
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.wait(TIMEOUT)
