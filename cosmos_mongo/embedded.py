@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import math
 import os
@@ -75,28 +76,27 @@ CREATE TABLE IF NOT EXISTS documents (
     body_crc INTEGER,
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS documents_seq ON documents (seq);
 -- body_crc: CRC-32 of body, checked on every read (NULL in rows written before it existed).
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1), ('arrival', 0),
     ('catalog', 0);
--- One row per indexed value of a document: the key orders like MongoDB sorts.
+-- One row per indexed value of a document: the key orders like MongoDB sorts, arrival names
+-- the document (every document has its own) and breaks ties in insertion order.
 CREATE TABLE IF NOT EXISTS entries (
-    collection TEXT NOT NULL,
-    name TEXT NOT NULL,
+    ix INTEGER NOT NULL,
     key BLOB NOT NULL,
     arrival INTEGER NOT NULL,
-    doc BLOB NOT NULL,
-    PRIMARY KEY (collection, name, key, arrival, doc)
+    PRIMARY KEY (ix, key, arrival)
 ) WITHOUT ROWID;
 -- A row per index whose entries are complete; ordered = 0 once an array or an object was
 -- indexed, after which the index narrows candidates but no longer serves a sort.
 CREATE TABLE IF NOT EXISTS built_indexes (
+    ix INTEGER PRIMARY KEY,
     collection TEXT NOT NULL,
     name TEXT NOT NULL,
     ordered INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (collection, name)
-) WITHOUT ROWID;
+    UNIQUE (collection, name)
+);
 """
 _FORMAT: Final = 2  # 1: documents only, loaded whole at open; 2: indexes on disk, arrival
 _INDEX_CATALOG: Final = "system.indexes"
@@ -313,6 +313,7 @@ class _IndexSpec:
     fields: tuple[tuple[str, bool], ...]  # (path, descending)
     unique: bool
     options: Mapping[str, Any]
+    ix: int = 0  # its number in built_indexes (0 until built)
 
     @classmethod
     def from_catalog(cls, row: Mapping[str, Any]) -> _IndexSpec | None:
@@ -475,7 +476,7 @@ class _Plan:
     walk: int = 0  # 1 or -1: the walk in key order gives the sort's order; 0: it does not
     sort_fields: int = 0  # leading key fields that decide the sort (ties: insertion order)
     union: list[_Plan] = field(default_factory=list)
-    counted: list[bytes] | None = None  # every document key, once the race read them all
+    counted: list[int] | None = None  # every document's arrival, once the race read them all
 
 
 def _index_plan(
@@ -611,6 +612,24 @@ class _Reader:
                     found[key] = _Stored(key, arrival or 0, document)
         return [found[key] for key in dict.fromkeys(keys) if key in found]
 
+    def fetch_arrivals(self, collection: str, arrivals: Sequence[int]) -> list[_Stored]:
+        """The stored documents with these arrival numbers (what index entries name), in the
+        given order; damaged ones skipped."""
+        found: dict[int, _Stored] = {}
+        for start in range(0, len(arrivals), _BATCH):
+            batch = list(dict.fromkeys(arrivals[start : start + _BATCH]))
+            marks = ",".join("?" * len(batch))
+            rows = self.conn.execute(
+                "SELECT key, arrival, body, body_crc FROM documents WHERE collection = ? "
+                f"AND arrival IN ({marks}) AND body IS NOT NULL",
+                (collection, *batch),
+            ).fetchall()
+            for key, arrival, body, crc in rows:
+                document = self._decoded(collection, key, body, crc)
+                if document is not None:
+                    found[arrival] = _Stored(key, arrival, document)
+        return [found[a] for a in dict.fromkeys(arrivals) if a in found]
+
     def _decoded(self, collection: str, key: bytes, body: bytes, crc: int | None) -> Any:
         try:
             document = _checked_document(key, body, crc)
@@ -679,30 +698,27 @@ class _Reader:
                     break
             return total
         assert plan.index is not None
-        documents: list[bytes] = []
+        documents: list[int] = []
         for start, end in plan.ranges:
             rows = self.conn.execute(
-                "SELECT doc FROM entries WHERE collection = ? AND name = ? "
-                "AND key >= ? AND key < ? LIMIT ?",
-                (collection, plan.index.name, start, end, cap - len(documents)),
+                "SELECT arrival FROM entries WHERE ix = ? AND key >= ? AND key < ? LIMIT ?",
+                (plan.index.ix, start, end, cap - len(documents)),
             ).fetchall()
-            documents += [doc for (doc,) in rows]
+            documents += [arrival for (arrival,) in rows]
             if len(documents) >= cap:
                 return cap
         plan.counted = documents  # all of them: the winner need not read them again
         return len(documents)
 
-    def entries(
-        self, collection: str, plan: _Plan, direction: int
-    ) -> Iterator[tuple[bytes, int, bytes]]:
-        """(key, arrival, document key) of a plan's ranges, in key order (or reversed)."""
+    def entries(self, collection: str, plan: _Plan, direction: int) -> Iterator[tuple[bytes, int]]:
+        """(key, arrival) of a plan's ranges, in key order (or reversed)."""
         assert plan.index is not None
         order = "ASC" if direction >= 0 else "DESC"
         streams = [
             self.conn.execute(
-                "SELECT key, arrival, doc FROM entries WHERE collection = ? AND name = ? "
-                f"AND key >= ? AND key < ? ORDER BY key {order}, arrival {order}",
-                (collection, plan.index.name, start, end),
+                "SELECT key, arrival FROM entries WHERE ix = ? AND key >= ? AND key < ? "
+                f"ORDER BY key {order}, arrival {order}",
+                (plan.index.ix, start, end),
             )
             for start, end in plan.ranges
             if start < end
@@ -712,20 +728,21 @@ class _Reader:
         # Ranges of an $in differ in their equality prefix: merge on what follows it.
         equal = [descending for _, descending in plan.index.fields[: plan.equal_fields]]
 
-        def after_prefix(row: tuple[bytes, int, bytes]) -> tuple[bytes, int]:
+        def after_prefix(row: tuple[bytes, int]) -> tuple[bytes, int]:
             return row[0][len(_leading_components(row[0], equal)) :], row[1]
 
         return heapq.merge(*streams, key=after_prefix, reverse=direction < 0)
 
-    def candidate_keys(self, collection: str, plan: _Plan) -> list[bytes]:
+    def candidates(self, collection: str, plan: _Plan) -> list[int]:
+        """The arrival numbers of the documents a plan's ranges name."""
         if plan.union:
-            keys: dict[bytes, None] = {}
+            found: dict[int, None] = {}
             for branch in plan.union:
-                keys.update(dict.fromkeys(self.candidate_keys(collection, branch)))
-            return list(keys)
+                found.update(dict.fromkeys(self.candidates(collection, branch)))
+            return list(found)
         if plan.counted is not None:
             return list(dict.fromkeys(plan.counted))
-        return list(dict.fromkeys(doc for _, _, doc in self.entries(collection, plan, 1)))
+        return list(dict.fromkeys(arrival for _, arrival in self.entries(collection, plan, 1)))
 
     # find
     def find(
@@ -748,7 +765,7 @@ class _Reader:
                     collection, [_encode_key(i) for i in ids]
                 )
             elif plan is not None:
-                candidates = self.fetch(collection, self.candidate_keys(collection, plan))
+                candidates = self.fetch_arrivals(collection, self.candidates(collection, plan))
             else:
                 candidates = self.scan(collection)
             found = [c for c in candidates if filtering.filter_applies(query, c.document)]
@@ -767,8 +784,8 @@ class _Reader:
         Documents are fetched a batch of whole groups at a time."""
         wanted = skip + limit if limit else 0
         found: list[_Stored] = []
-        pending: list[bytes] = []  # document keys of whole groups, in order, not yet fetched
-        group: list[tuple[int, bytes]] = []
+        pending: list[int] = []  # arrivals of whole groups, in order, not yet fetched
+        group: list[int] = []
         group_key: bytes | None = None
         assert plan.index is not None
         flags = [descending for _, descending in plan.index.fields]
@@ -776,27 +793,27 @@ class _Reader:
         whole = plan.sort_fields >= len(flags)  # every field decides: the key is the group
 
         def settle() -> None:
-            for stored in self.fetch(collection, pending):
+            for stored in self.fetch_arrivals(collection, pending):
                 if filtering.filter_applies(query, stored.document):
                     found.append(stored)
             pending.clear()
 
-        for key, arrival, doc in self.entries(collection, plan, plan.walk):
+        for key, arrival in self.entries(collection, plan, plan.walk):
             # The sort's own fields decide; the equality prefix may differ (an $in).
             deciding = key if whole else _leading_components(key, deciding_fields)
             if equal_fields:
                 deciding = deciding[len(_leading_components(key, equal_fields)) :]
             if deciding != group_key:
-                pending.extend(doc for _, doc in sorted(group))
+                pending.extend(sorted(group))
                 group.clear()
                 group_key = deciding
                 if len(pending) >= (wanted - len(found) if wanted else _BATCH):
                     settle()
                     if wanted and len(found) >= wanted:
                         break
-            group.append((arrival, doc))
+            group.append(arrival)
         else:
-            pending.extend(doc for _, doc in sorted(group))
+            pending.extend(sorted(group))
             settle()
         unique = list({stored.key: stored for stored in found}.values())  # one per document
         return unique[skip:wanted] if wanted else unique[skip:]
@@ -868,7 +885,6 @@ class EmbeddedEngine:
         self._catalog_rows: list[dict[str, Any]] = []
         self._by_lead: dict[str, dict[str, list[tuple[_IndexSpec, bool]]]] = {}
         self._catalog_version: int | None = None
-        self._data_version: int | None = None
         # mongomock's update and projection code runs on a scratch collection holding only
         # the documents one operation touches.
         self._scratch = mongomock.MongoClient(tz_aware=True)["scratch"]["documents"]
@@ -925,6 +941,12 @@ class EmbeddedEngine:
                 for column in ("body_crc", "arrival"):
                     if column not in columns:
                         self._conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER")
+                # Documents by arrival, for index entries; the change log by seq is not needed.
+                self._conn.execute(
+                    "CREATE INDEX IF NOT EXISTS documents_arrival "
+                    "ON documents (collection, arrival)"
+                )
+                self._conn.execute("DROP INDEX IF EXISTS documents_seq")
                 self._conn.execute("DELETE FROM documents WHERE body IS NULL")
                 keys = self._conn.execute(
                     "SELECT collection, key FROM documents ORDER BY seq, key"
@@ -941,6 +963,7 @@ class EmbeddedEngine:
                     if index is not None:
                         _Writer(self, index.collection, 0).build(index)
                 self._conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (_FORMAT,))
+                self._catalog_changed()
             self._conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -963,11 +986,9 @@ class EmbeddedEngine:
         return found
 
     def _refresh_catalog(self) -> None:
-        """Reload the index catalog if any process changed it since this one last looked."""
-        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-        if version == self._data_version and self._catalog_version is not None:
-            return
-        self._data_version = version
+        """Reload the index catalog if any process changed it since this one last looked.
+        The first read of an operation's transaction: the catalog and the entries it then
+        reads come from the same snapshot."""
         (changes,) = self._conn.execute(
             "SELECT value FROM meta WHERE name = 'catalog'"
         ).fetchone() or (0,)
@@ -976,9 +997,9 @@ class EmbeddedEngine:
         self._catalog_rows = sorted(self._catalog_documents(), key=lambda row: str(row["_id"]))
         built = (
             {
-                (c, n): bool(o)
-                for c, n, o in self._conn.execute(
-                    "SELECT collection, name, ordered FROM built_indexes"
+                (c, n): (ix, bool(o))
+                for ix, c, n, o in self._conn.execute(
+                    "SELECT ix, collection, name, ordered FROM built_indexes"
                 )
             }
             if self._format() >= _FORMAT
@@ -988,8 +1009,9 @@ class EmbeddedEngine:
         for row in self._catalog_rows:
             index = _IndexSpec.from_catalog(row)
             if index is not None and (index.collection, index.name) in built:
+                ix, ordered = built[(index.collection, index.name)]
                 catalog.setdefault(index.collection, []).append(
-                    (index, built[(index.collection, index.name)])
+                    (dataclasses.replace(index, ix=ix), ordered)
                 )
         self._catalog = catalog
         self._by_lead = {name: _grouped_by_lead(indexes) for name, indexes in catalog.items()}
@@ -1173,69 +1195,61 @@ class _Writer(_Reader):
         for index, ordered in self.engine.catalog(self.collection):
             before = index.keys_of(old.document)[0] if old is not None else set()
             after, keeps_order = index.keys_of(new) if new is not None else (set(), True)
-            self._index_changes(index, key, arrival, before - after, after - before)
+            self._index_changes(index, arrival, before - after, after - before)
             if new is not None and index.unique and index.covers(new):
-                self._check_unique(index, key, after)
+                self._check_unique(index, _Stored(key, arrival, dict(new)), after)
             if ordered and not keeps_order:
                 self._unordered(index)
 
     def _index_changes(
-        self, index: _IndexSpec, key: bytes, arrival: int, gone: set[bytes], added: set[bytes]
+        self, index: _IndexSpec, arrival: int, gone: set[bytes], added: set[bytes]
     ) -> None:
-        where = (self.collection, index.name)
         if gone:
             self.conn.executemany(
-                "DELETE FROM entries WHERE collection = ? AND name = ? AND key = ? "
-                "AND arrival = ? AND doc = ?",
-                [(*where, entry, arrival, key) for entry in gone],
+                "DELETE FROM entries WHERE ix = ? AND key = ? AND arrival = ?",
+                [(index.ix, entry, arrival) for entry in gone],
             )
         if added:
             self.conn.executemany(
-                "INSERT OR IGNORE INTO entries (collection, name, key, arrival, doc) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(*where, entry, arrival, key) for entry in added],
+                "INSERT OR IGNORE INTO entries (ix, key, arrival) VALUES (?, ?, ?)",
+                [(index.ix, entry, arrival) for entry in added],
             )
 
-    def _check_unique(self, index: _IndexSpec, key: bytes, entries: set[bytes]) -> None:
+    def _check_unique(self, index: _IndexSpec, stored: _Stored, entries: set[bytes]) -> None:
         for entry in entries:
             others = self.conn.execute(
-                "SELECT doc FROM entries WHERE collection = ? AND name = ? AND key = ? "
-                "AND doc != ?",
-                (self.collection, index.name, entry, key),
+                "SELECT arrival FROM entries WHERE ix = ? AND key = ? AND arrival != ?",
+                (index.ix, entry, stored.arrival),
             ).fetchall()
-            for (other,) in others:
-                stored = self.fetch(self.collection, [other])
-                if stored and index.covers(stored[0].document):
-                    raise _duplicate(self.collection, index.name, _key_label(key))
+            for other in self.fetch_arrivals(self.collection, [a for (a,) in others]):
+                if index.covers(other.document):
+                    raise _duplicate(self.collection, index.name, _key_label(stored.key))
 
     def _unordered(self, index: _IndexSpec) -> None:
-        self.conn.execute(
-            "UPDATE built_indexes SET ordered = 0 WHERE collection = ? AND name = ?",
-            (self.collection, index.name),
-        )
+        self.conn.execute("UPDATE built_indexes SET ordered = 0 WHERE ix = ?", (index.ix,))
         self.engine._catalog_changed()
 
     def build(self, index: _IndexSpec) -> None:
         """Write every document's entries for a new index, checking a unique one."""
+        (ix,) = self.conn.execute(
+            "INSERT INTO built_indexes (collection, name, ordered) VALUES (?, ?, 1) RETURNING ix",
+            (index.collection, index.name),
+        ).fetchone()
         ordered = True
-        covered: dict[bytes, bytes] = {}
+        covered: set[bytes] = set()
         for stored in self.scan(index.collection):
             keys, keeps_order = index.keys_of(stored.document)
             ordered = ordered and keeps_order
             self.conn.executemany(
-                "INSERT OR IGNORE INTO entries (collection, name, key, arrival, doc) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(index.collection, index.name, k, stored.arrival, stored.key) for k in keys],
+                "INSERT OR IGNORE INTO entries (ix, key, arrival) VALUES (?, ?, ?)",
+                [(ix, k, stored.arrival) for k in keys],
             )
             if index.unique and index.covers(stored.document):
-                for entry in keys:
-                    if entry in covered:
-                        raise _duplicate(index.collection, index.name, _key_label(stored.key))
-                    covered[entry] = stored.key
-        self.conn.execute(
-            "INSERT OR REPLACE INTO built_indexes (collection, name, ordered) VALUES (?, ?, ?)",
-            (index.collection, index.name, int(ordered)),
-        )
+                if covered & keys:
+                    raise _duplicate(index.collection, index.name, _key_label(stored.key))
+                covered |= keys
+        if not ordered:
+            self.conn.execute("UPDATE built_indexes SET ordered = 0 WHERE ix = ?", (ix,))
 
 
 # -- the pymongo-shaped surface ---------------------------------------------------------------
@@ -1541,11 +1555,14 @@ class EmbeddedCollection:
             writer.conn.execute(
                 "DELETE FROM documents WHERE collection = ? AND key = ?", (_INDEX_CATALOG, key)
             )
-            for table in ("entries", "built_indexes"):
-                writer.conn.execute(
-                    f"DELETE FROM {table} WHERE collection = ? AND name = ?",
-                    (self.name, name),
-                )
+            writer.conn.execute(
+                "DELETE FROM entries WHERE ix IN "
+                "(SELECT ix FROM built_indexes WHERE collection = ? AND name = ?)",
+                (self.name, name),
+            )
+            writer.conn.execute(
+                "DELETE FROM built_indexes WHERE collection = ? AND name = ?", (self.name, name)
+            )
             self._engine._catalog_changed()
 
         self._engine.write(self.name, drop)
