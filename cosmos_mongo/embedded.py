@@ -620,8 +620,10 @@ class _Reader:
             batch = list(dict.fromkeys(arrivals[start : start + _BATCH]))
             marks = ",".join("?" * len(batch))
             rows = self.conn.execute(
-                "SELECT key, arrival, body, body_crc FROM documents WHERE collection = ? "
-                f"AND arrival IN ({marks}) AND body IS NOT NULL",
+                # Named: without statistics SQLite would scan the collection by primary key.
+                "SELECT key, arrival, body, body_crc FROM documents INDEXED BY "
+                f"documents_arrival WHERE collection = ? AND arrival IN ({marks}) "
+                "AND body IS NOT NULL",
                 (collection, *batch),
             ).fetchall()
             for key, arrival, body, crc in rows:
@@ -643,7 +645,8 @@ class _Reader:
         """Every document of the collection, in insertion order."""
         rows = self.conn.execute(
             f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents "
-            f"WHERE collection = ? AND body IS NOT NULL ORDER BY {self.engine.arrival}",
+            f"{self.engine.by_arrival} WHERE collection = ? AND body IS NOT NULL "
+            f"ORDER BY {self.engine.arrival}",
             (collection,),
         )
         for key, arrival, body, crc in rows:
@@ -889,6 +892,7 @@ class EmbeddedEngine:
         # the documents one operation touches.
         self._scratch = mongomock.MongoClient(tz_aware=True)["scratch"]["documents"]
         self.arrival = "arrival"  # the column giving insertion order (see below)
+        self.by_arrival = "INDEXED BY documents_arrival"
         try:
             if read_only:
                 self._conn = self._connect_read_only(path)
@@ -901,6 +905,7 @@ class EmbeddedEngine:
             # A first-format file opened read-only cannot be upgraded: its rows are read in
             # the order of their last write, and every query scans.
             self.arrival = "arrival" if self._format() >= _FORMAT else "seq"
+            self.by_arrival = "INDEXED BY documents_arrival" if self.arrival == "arrival" else ""
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the embedded database at {path}: {exc}") from exc
 

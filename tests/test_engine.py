@@ -436,3 +436,50 @@ def test_compact_refuses_on_a_read_only_store(tmp_path: Path) -> None:
         CosmosStore(database).create_prompt("A robot arm", {}, {})
     with open_embedded(tmp_path, read_only=True) as database, pytest.raises(ReadOnlyError):
         database.compact()
+
+
+# -- cost: what SQLite does per helper call does not grow with the store ----------------------
+
+
+def _sqlite_steps(database: Any, call: Any) -> int:
+    """SQLite virtual-machine steps (in thousands) one call takes: work, not time."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    database.engine._conn.set_progress_handler(count, 1000)
+    try:
+        call()
+    finally:
+        database.engine._conn.set_progress_handler(None, 1000)
+    return steps[0]
+
+
+def _helper_work(data_dir: Path, size: int) -> list[int]:
+    """SQLite steps of each read helper on a store of ``size`` prompts besides its own."""
+    with open_embedded(data_dir) as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()
+        for i in range(size):
+            store.create_prompt(f"A robot arm stacks {i} blocks", {}, {})
+        target = store.create_prompt("A robot arm stacks blocks", {}, {})
+        child = store.enhance_prompt(target.id, enhanced_text="A robot arm stacks red ones.")
+        store.create_run(target.id, {})
+        calls = [
+            lambda: store.get_prompt(target.id),
+            lambda: store.list_prompts(limit=20),
+            lambda: store.list_runs(prompt_id=target.id),
+            lambda: store.get_enhancement_details(child.enhanced_prompt_id),
+            lambda: store.get_enhancement_history(target.id),
+            lambda: store.get_lineage(target.id),
+        ]
+        return [_sqlite_steps(database, call) for call in calls]
+
+
+def test_the_helpers_do_the_same_sqlite_work_in_a_small_and_a_large_store(
+    tmp_path: Path,
+) -> None:
+    small, large = _helper_work(tmp_path / "small", 50), _helper_work(tmp_path / "large", 1500)
+    assert all(big <= little + 2 for little, big in zip(small, large, strict=True)), (small, large)
