@@ -1147,6 +1147,20 @@ class EmbeddedEngine:
             self._conn.close()
 
 
+def _same_fields(index: _IndexSpec, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether the index's fields hold the same scalars in both versions of a document (so its
+    entries stay). Arrays and objects are never taken as the same: Python's ``==`` would
+    equate ``[1]`` and ``[True]``, which index differently."""
+    for path, _ in index.fields:
+        before, after = _path_value(old, path), _path_value(new, path)
+        if before is _MISSING or after is _MISSING:
+            if before is not after:
+                return False
+        elif type(before) is not type(after) or isinstance(before, list | dict) or before != after:
+            return False
+    return True
+
+
 def _grouped_by_lead(
     indexes: list[tuple[_IndexSpec, bool]],
 ) -> dict[str, list[tuple[_IndexSpec, bool]]]:
@@ -1198,6 +1212,8 @@ class _Writer(_Reader):
                 (self.collection, key, self.seq, body, zlib.crc32(body), arrival),
             )
         for index, ordered in self.engine.catalog(self.collection):
+            if old is not None and new is not None and _same_fields(index, old.document, new):
+                continue  # an update that left this index's fields alone
             before = index.keys_of(old.document)[0] if old is not None else set()
             after, keeps_order = index.keys_of(new) if new is not None else (set(), True)
             self._index_changes(index, arrival, before - after, after - before)
