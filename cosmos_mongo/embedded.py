@@ -1039,9 +1039,13 @@ class EmbeddedEngine:
 
     # -- transactions -------------------------------------------------------------------------
 
-    def read(self, operation: Callable[[_Reader], T]) -> T:
-        """Run ``operation`` in one read transaction: one consistent view of the file."""
+    def read(self, operation: Callable[[_Reader], T], *, one_statement: bool = False) -> T:
+        """Run ``operation`` in one read transaction: one consistent view of the file.
+        ``one_statement``: the operation makes a single SELECT that needs no index (a look-up
+        by ``_id``), which SQLite already answers from one snapshot."""
         with self._lock, self._sqlite_errors():
+            if one_statement:
+                return operation(_Reader(self))
             self._conn.execute("BEGIN")
             try:
                 self._refresh_catalog()
@@ -1334,7 +1338,8 @@ class EmbeddedCollection:
             found = reader.find(self.name, query, order, skip, limit)
             return [self._output(stored.document, projection) for stored in found]
 
-        return self._engine.read(find)
+        ids = _id_values(query)
+        return self._engine.read(find, one_statement=ids is not None and len(ids) <= _BATCH)
 
     def aggregate(self, pipeline: Sequence[Mapping[str, Any]], **_: Any) -> list[Any]:
         """A leading ``$match`` is served by the indexed find; mongomock runs the rest."""
