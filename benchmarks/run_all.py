@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import re
@@ -177,6 +178,32 @@ QUERY_SHAPES = [
 ]
 
 
+def against_0_3(table: str) -> str:
+    """This run's embedded medians against the 0.3 engine's (everything in memory, loaded at
+    open), measured once on this machine with the same bench_store (engine_0_3.json)."""
+    before = json.loads((ROOT / "benchmarks" / "engine_0_3.json").read_text())["medians_ms"]
+    now: dict[str, dict[str, float]] = {}
+    for line in table.splitlines():
+        found = re.match(r"\| ([\d,]+) \| `([^`]+)` \| ([\d.]+) \|", line)
+        if found:
+            count, operation, median = found.groups()
+            now.setdefault(operation, {})[count.replace(",", "")] = float(median)
+    sizes = sorted({size for medians in now.values() for size in medians}, key=int)
+    rows = [
+        "| operation | " + " | ".join(f"{int(size):,}: 0.3 → now ms" for size in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for operation, medians in now.items():
+        cells = []
+        for size in sizes:
+            old, new = before.get(operation, {}).get(size), medians.get(size)
+            cells.append(
+                "-" if old is None or new is None else f"{old:.3f} → {new:.3f} ({new / old:.2f}x)"
+            )
+        rows.append(f"| `{operation}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def query_shapes() -> str:
     rows = [
         "| operation | filter | sort | index |",
@@ -242,6 +269,14 @@ default answers equality, range, `$in`, `$or` and leading-`$match` terms from it
 disk, so single-prompt helpers stay flat. Primary-key reads and short listings are faster in
 raw SQLite because nothing is decoded from BSON or validated into models there (about 10 µs a
 document here).
+
+Against the 0.3 engine (which loaded every document into memory when it opened), same
+benchmark, same machine; its medians were measured once at commit f8e8c2c with this
+`bench_store.py` (`git worktree add /tmp/v03 f8e8c2c`, copy `benchmarks/bench_store.py` in,
+then `bench_store.compare([1000, 10_000, 100_000], 40, plain_up_to=0)` there) and are kept in
+`benchmarks/engine_0_3.json`:
+
+{against_0_3(store_table)}
 
 ## Cold start
 
