@@ -596,41 +596,35 @@ class _Reader:
     # documents by key
     def fetch(self, collection: str, keys: Sequence[bytes]) -> list[_Stored]:
         """The stored documents with these keys, in the given order; damaged ones skipped."""
-        found: dict[bytes, _Stored] = {}
-        for start in range(0, len(keys), _BATCH):
-            batch = list(dict.fromkeys(keys[start : start + _BATCH]))
-            marks = ",".join("?" * len(batch))
-            rows = self.conn.execute(
-                f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents "
-                "WHERE collection = ? "
-                f"AND key IN ({marks}) AND body IS NOT NULL",
-                (collection, *batch),
-            ).fetchall()
-            for key, arrival, body, crc in rows:
-                document = self._decoded(collection, key, body, crc)
-                if document is not None:
-                    found[key] = _Stored(key, arrival or 0, document)
+        found = self._rows(collection, "key", "", keys)
         return [found[key] for key in dict.fromkeys(keys) if key in found]
 
     def fetch_arrivals(self, collection: str, arrivals: Sequence[int]) -> list[_Stored]:
         """The stored documents with these arrival numbers (what index entries name), in the
         given order; damaged ones skipped."""
-        found: dict[int, _Stored] = {}
-        for start in range(0, len(arrivals), _BATCH):
-            batch = list(dict.fromkeys(arrivals[start : start + _BATCH]))
-            marks = ",".join("?" * len(batch))
+        # Named: without statistics SQLite would scan the collection by primary key.
+        found = self._rows(collection, "arrival", "INDEXED BY documents_arrival", arrivals)
+        by_arrival = {stored.arrival: stored for stored in found.values()}
+        return [by_arrival[a] for a in dict.fromkeys(arrivals) if a in by_arrival]
+
+    def _rows(
+        self, collection: str, column: str, index: str, values: Sequence[Any]
+    ) -> dict[Any, _Stored]:
+        """The decodable documents whose ``column`` is one of ``values``, by key."""
+        found: dict[Any, _Stored] = {}
+        for start in range(0, len(values), _BATCH):
+            batch = list(dict.fromkeys(values[start : start + _BATCH]))
             rows = self.conn.execute(
-                # Named: without statistics SQLite would scan the collection by primary key.
-                "SELECT key, arrival, body, body_crc FROM documents INDEXED BY "
-                f"documents_arrival WHERE collection = ? AND arrival IN ({marks}) "
+                f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents {index} "
+                f"WHERE collection = ? AND {column} IN ({','.join('?' * len(batch))}) "
                 "AND body IS NOT NULL",
                 (collection, *batch),
             ).fetchall()
             for key, arrival, body, crc in rows:
                 document = self._decoded(collection, key, body, crc)
                 if document is not None:
-                    found[arrival] = _Stored(key, arrival, document)
-        return [found[a] for a in dict.fromkeys(arrivals) if a in found]
+                    found[key] = _Stored(key, arrival or 0, document)
+        return found
 
     def _decoded(self, collection: str, key: bytes, body: bytes, crc: int | None) -> Any:
         try:
