@@ -664,23 +664,32 @@ def lineage(state: _Context, prompt_id: str, output: str, as_json: bool) -> None
         console.print(_lineage_tree(found))
 
 
-_QUICK_CHECKS = frozenset(
-    {"no half-finished work", "every run's prompt exists", "stored documents are intact"}
-)
-
-
 def _print_verification(report: VerificationReport) -> None:
-    checks = [
-        ("prompts carry only `enhanced`", report.prompts_with_legacy_keys, "run `migrate --apply`"),
-        ("enhance runs have complete outputs", report.incomplete_enhance_runs, "run `repair`"),
-        ("enhance runs' results exist", report.dangling_edges, "run `repair`"),
-        ("every run's prompt exists", report.orphan_runs, "run `repair`"),
-        ("the enhanced flag agrees with the runs", report.flag_mismatches, "run `repair`"),
-        ("no half-finished work", report.half_finished, "run `repair`"),
-        ("stored documents are intact", report.damaged_documents, "restore from a backup"),
+    # (title, problems, advice, whether the quick checks look at it)
+    every_check = [
+        (
+            "prompts carry only `enhanced`",
+            report.prompts_with_legacy_keys,
+            "run `migrate --apply`",
+            False,
+        ),
+        (
+            "enhance runs have complete outputs",
+            report.incomplete_enhance_runs,
+            "run `repair`",
+            False,
+        ),
+        ("enhance runs' results exist", report.dangling_edges, "run `repair`", False),
+        ("every run's prompt exists", report.orphan_runs, "run `repair`", True),
+        ("the enhanced flag agrees with the runs", report.flag_mismatches, "run `repair`", False),
+        ("no half-finished work", report.half_finished, "run `repair`", True),
+        ("stored documents are intact", report.damaged_documents, "restore from a backup", True),
     ]
-    if report.quick:
-        checks = [check for check in checks if check[1] or check[0] in _QUICK_CHECKS]
+    checks = [
+        (title, problems, advice)
+        for title, problems, advice, quick in every_check
+        if quick or problems or not report.quick
+    ]
     for title, problems, advice in checks:
         if problems:
             console.print(f"[red]FAIL[/red] {title}: {len(problems)} ({advice})")
