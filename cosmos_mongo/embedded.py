@@ -878,6 +878,8 @@ class EmbeddedEngine:
         self.stats = EngineStats()
         self.damaged: dict[tuple[str, str], str] = {}
         self._lock = threading.RLock()
+        self._unit_depth = 0  # > 0 inside unit_of_work(): writes share one transaction
+        self._unit_seq: int | None = None  # the write stamp of the open transaction
         self._catalog: dict[str, list[tuple[_IndexSpec, bool]]] = {}
         self._catalog_rows: list[dict[str, Any]] = []
         self._by_lead: dict[str, dict[str, list[tuple[_IndexSpec, bool]]]] = {}
@@ -1040,6 +1042,9 @@ class EmbeddedEngine:
         with self._lock, self._sqlite_errors():
             if one_statement:
                 return operation(_Reader(self))
+            if self._conn.in_transaction:  # a unit of work's: it already sees one snapshot
+                self._refresh_catalog()
+                return operation(_Reader(self))
             self._conn.execute("BEGIN")
             try:
                 self._refresh_catalog()
@@ -1053,14 +1058,64 @@ class EmbeddedEngine:
         if self.read_only:
             raise ReadOnlyError(f"the embedded database {self.path} is open read-only")
         with self._lock, self._sqlite_errors():
-            self._conn.execute("BEGIN IMMEDIATE")
+            grouped = self._unit_depth > 0
+            joined = grouped and self._conn.in_transaction
+            if not joined:
+                self._conn.execute("BEGIN IMMEDIATE")
+            if grouped:  # undone alone if it fails; committed with the unit
+                self._conn.execute("SAVEPOINT write")
             try:
-                self._refresh_catalog()
-                (seq,) = self._conn.execute(
-                    "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
-                ).fetchone()
-                writer = _Writer(self, collection, seq)
+                # A unit holds the write lock from its first write: no other process can
+                # change the catalog meanwhile, and one stamp serves all its writes.
+                if not joined or self._catalog_version is None:
+                    self._refresh_catalog()
+                if not joined or self._unit_seq is None:
+                    (self._unit_seq,) = self._conn.execute(
+                        "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
+                    ).fetchone()
+                writer = _Writer(self, collection, self._unit_seq)
                 result = operation(writer)
+                self._conn.execute("RELEASE write" if grouped else "COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    if grouped:
+                        self._conn.execute("ROLLBACK TO write")
+                        self._conn.execute("RELEASE write")
+                    else:
+                        self._conn.execute("ROLLBACK")
+                self._catalog_version = self._unit_seq = None
+                raise
+            if not grouped:
+                self._unit_seq = None
+                self.stats.write_transactions += 1
+        if writer.deferred is not None:
+            raise writer.deferred
+        return result
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        """The writes made inside share one durable transaction, committed on the way out, so
+        a workflow's consecutive writes cost one ``fsync`` instead of one each. Each write still
+        stands or fails alone, and the unit commits also when an exception leaves it, as if
+        each write had committed: only a crash before the end loses the unit, whole, and other
+        processes see all of it or none. Other threads of this process wait for it to end.
+
+        Raises:
+            StorageError: the commit failed (nothing of the unit was written).
+        """
+        with self._lock:
+            self._unit_depth += 1
+            try:
+                yield
+            finally:
+                self._unit_depth -= 1
+                if self._unit_depth == 0 and self._conn.in_transaction:
+                    self._end_unit()
+
+    def _end_unit(self) -> None:
+        self._unit_seq = None
+        with self._sqlite_errors():
+            try:
                 self._conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -1068,9 +1123,6 @@ class EmbeddedEngine:
                 self._catalog_version = None
                 raise
             self.stats.write_transactions += 1
-        if writer.deferred is not None:
-            raise writer.deferred
-        return result
 
     @contextlib.contextmanager
     def _sqlite_errors(self) -> Iterator[None]:
@@ -1190,6 +1242,7 @@ class _Writer(_Reader):
         """Replace ``old`` (None: insert) by ``new`` (None: delete), with its index entries."""
         key = old.key if old is not None else key
         assert key is not None
+        unique_check: list[tuple[_IndexSpec, set[bytes]]] = []
         if new is None:
             self.conn.execute(
                 "DELETE FROM documents WHERE collection = ? AND key = ?", (self.collection, key)
@@ -1203,36 +1256,47 @@ class _Writer(_Reader):
                 (arrival,) = self.conn.execute(
                     "UPDATE meta SET value = value + 1 WHERE name = 'arrival' RETURNING value"
                 ).fetchone()
-            self.conn.execute(
-                "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET "
-                "seq = excluded.seq, body = excluded.body, body_crc = excluded.body_crc",
-                (self.collection, key, self.seq, body, zlib.crc32(body), arrival),
-            )
+            row = (self.collection, key, self.seq, body, zlib.crc32(body), arrival)
+            if old is not None:
+                self.conn.execute(
+                    "UPDATE documents SET seq = ?, body = ?, body_crc = ? "
+                    "WHERE collection = ? AND key = ?",
+                    (*row[2:5], *row[:2]),
+                )
+            else:
+                try:
+                    self.conn.execute(
+                        "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        row,
+                    )
+                except sqlite3.IntegrityError:  # only the statement is undone
+                    raise _duplicate(self.collection, "_id_", _decode_key(key)) from None
+        gone: list[tuple[int, bytes, int]] = []
+        added: list[tuple[int, bytes, int]] = []
         for index, ordered in self.engine.catalog(self.collection):
             if old is not None and new is not None and _same_fields(index, old.document, new):
                 continue  # an update that left this index's fields alone
             before = index.keys_of(old.document)[0] if old is not None else set()
             after, keeps_order = index.keys_of(new) if new is not None else (set(), True)
-            self._index_changes(index, arrival, before - after, after - before)
+            gone += [(index.ix, entry, arrival) for entry in before - after]
+            added += [(index.ix, entry, arrival) for entry in after - before]
             if new is not None and index.unique and index.covers(new):
-                self._check_unique(index, _Stored(key, arrival, dict(new)), after)
+                unique_check.append((index, after))
             if ordered and not keeps_order:
                 self._unordered(index)
-
-    def _index_changes(
-        self, index: _IndexSpec, arrival: int, gone: set[bytes], added: set[bytes]
-    ) -> None:
+        # One statement for all the indexes' changes, each way.
         if gone:
             self.conn.executemany(
-                "DELETE FROM entries WHERE ix = ? AND key = ? AND arrival = ?",
-                [(index.ix, entry, arrival) for entry in gone],
+                "DELETE FROM entries WHERE ix = ? AND key = ? AND arrival = ?", gone
             )
         if added:
             self.conn.executemany(
-                "INSERT OR IGNORE INTO entries (ix, key, arrival) VALUES (?, ?, ?)",
-                [(index.ix, entry, arrival) for entry in added],
+                "INSERT OR IGNORE INTO entries (ix, key, arrival) VALUES (?, ?, ?)", added
             )
+        for index, after in unique_check:
+            assert new is not None
+            self._check_unique(index, _Stored(key, arrival, dict(new)), after)
 
     def _check_unique(self, index: _IndexSpec, stored: _Stored, entries: set[bytes]) -> None:
         for entry in entries:
@@ -1407,13 +1471,7 @@ class EmbeddedCollection:
         scratch.drop()
         document_id = scratch.insert_one(document).inserted_id
         document.setdefault("_id", document_id)
-        key = _encode_key(document_id)
-        exists = writer.conn.execute(
-            "SELECT 1 FROM documents WHERE collection = ? AND key = ?", (self.name, key)
-        ).fetchone()
-        if exists:
-            raise _duplicate(self.name, "_id_", document_id)
-        writer.put(None, document, key)
+        writer.put(None, document, _encode_key(document_id))  # a duplicate _id raises
         return document_id
 
     def insert_many(
@@ -1610,6 +1668,12 @@ class EmbeddedDatabase:
     def damaged_documents(self) -> list[str]:
         """Stored rows that failed their checksum or decoding; they are not served."""
         return self.engine.damaged_documents()
+
+    def unit_of_work(self) -> contextlib.AbstractContextManager[None]:
+        """One durable transaction for the writes made inside (see
+        :meth:`EmbeddedEngine.unit_of_work`); the workflow drivers open one per run of
+        database steps."""
+        return self.engine.unit_of_work()
 
     def backup(self, destination: Path) -> Path:
         """A consistent copy of the database file (SQLite online backup); returns its path."""

@@ -71,6 +71,7 @@ from cosmos_mongo.ops import (
     Progress,
     UpdateMany,
     UpdateOne,
+    reported,
 )
 
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
@@ -709,13 +710,12 @@ def repair(
     legacy data (the steps that read every run)."""
     before = utc_now() - check_stale_after(stale_after)
     only_interrupted = v.check_flag(quick, "quick")
-    report = progress or (lambda stage, done, total: None)
     done = _Repairs()
     stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before))
     for count, run in enumerate(stale, 1):
         outcome = yield from _settle(run)
         (done.completed if outcome else done.rolled_back).append(run["_id"])
-        report("interrupted enhancements", count, len(stale))
+        yield from reported(progress, "interrupted enhancements", count, len(stale))
     reverts = yield from Find(q.RUNS, q.pending_reverts_filter(before))
     for count, run in enumerate(reverts, 1):
         problem = yield from _settle_revert(run)
@@ -723,11 +723,11 @@ def repair(
             done.reverts_finished.append(run["_id"])
         else:
             done.unrepairable.append(f"{run['_id']}: {problem}")
-        report("interrupted reverts", count, len(reverts))
+        yield from reported(progress, "interrupted reverts", count, len(reverts))
     deletions = yield from _interrupted_deletions(before)
     for count, deletion in enumerate(deletions, 1):
         yield from _settle_deletion(deletion, done)
-        report("interrupted deletions", count, len(deletions))
+        yield from reported(progress, "interrupted deletions", count, len(deletions))
     if only_interrupted:
         migration = MigrationReport(
             dry_run=False,
@@ -739,7 +739,7 @@ def repair(
         flags_fixed: list[str] = []
     else:
         migration = yield from legacy.migrate(dry_run=False, progress=progress)
-        flags_fixed = yield from _settle_inconsistencies(before, done, report)
+        flags_fixed = yield from _settle_inconsistencies(before, done, progress)
     return RepairReport(
         quick=only_interrupted,
         completed=done.completed,
@@ -775,11 +775,13 @@ def _delete_runs(run_ids: list[str]) -> Flow[None]:
         yield from DeleteMany(q.RUNS, {"_id": {"$in": run_ids[start : start + 1000]}})
 
 
-def _settle_inconsistencies(before: datetime, done: _Repairs, report: Progress) -> Flow[list[str]]:
+def _settle_inconsistencies(
+    before: datetime, done: _Repairs, progress: Progress | None
+) -> Flow[list[str]]:
     """Remove runs whose prompts are gone, set or clear flags to match the runs, and list
     the enhance runs nothing can complete. Returns the prompts whose flag changed."""
     findings = yield from _inconsistencies(before)
-    report("consistency checks", 1, 1)
+    yield from reported(progress, "consistency checks", 1, 1)
     removed = [run_id for _, run_id in findings.dangling + findings.orphans]
     yield from _delete_runs(removed)
     done.runs_removed.extend(removed)

@@ -32,7 +32,7 @@ from cosmos_mongo import validation as v
 from cosmos_mongo.errors import InvalidInputError
 from cosmos_mongo.legacy import parse_time
 from cosmos_mongo.models import utc_now
-from cosmos_mongo.ops import Blocking, Find, Flow, InsertMany
+from cosmos_mongo.ops import Blocking, Find, Flow, InsertMany, reported
 from cosmos_mongo.ops import Progress as OpsProgress
 
 log = logging.getLogger(__name__)
@@ -289,8 +289,7 @@ def _import_prompts(
         imported.update(document["_id"] for document in fresh)
         done += len(rows)
         log.info("import-sqlite: prompts %d/%d", done, total)
-        if progress:
-            progress("prompts", done, total)
+        yield from reported(progress, "prompts", done, total)
     return imported
 
 
@@ -330,8 +329,7 @@ def _import_runs(
         yield from _store_new(q.RUNS, with_prompt, report.runs, report, dry_run)
         done += len(rows)
         log.info("import-sqlite: runs %d/%d", done, total)
-        if progress:
-            progress("runs", done, total)
+        yield from reported(progress, "runs", done, total)
 
 
 def _store_new(

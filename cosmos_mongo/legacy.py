@@ -24,7 +24,7 @@ from cosmos_mongo.models import (
     new_run_id,
     utc_now,
 )
-from cosmos_mongo.ops import Find, Flow, InsertOne, Progress, UpdateOne
+from cosmos_mongo.ops import Find, Flow, InsertOne, Progress, UpdateOne, reported
 from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS
 
 log = logging.getLogger(__name__)
@@ -305,8 +305,7 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
             break
         after, examined = batch[-1]["_id"], examined + len(batch)
         log.info("migrate: %d legacy prompt(s) examined", examined)
-        if progress:
-            progress("legacy prompts", examined, None)
+        yield from reported(progress, "legacy prompts", examined, None)
         producing = yield from Find(
             q.RUNS,
             {
@@ -322,8 +321,8 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
                 unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
                 change = {"$unset": unset, "$set": {"updated_at": now}}
                 yield from UpdateOne(q.PROMPTS, q.by_id(prompt["_id"]), change)
-    if progress:  # the last word: how many there were (also when there were none)
-        progress("legacy prompts", examined, examined)
+    # The last word: how many there were (also when there were none).
+    yield from reported(progress, "legacy prompts", examined, examined)
     backfilled = report["backfilled"]
     incomplete = yield from Find(q.RUNS, q.incomplete_runs_filter())
     for run in incomplete:

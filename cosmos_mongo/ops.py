@@ -288,7 +288,15 @@ class Blocking(Yielded[R]):
     call: Callable[[], R]
 
 
-Step = Operation[Any] | Generate | DamagedDocuments | Blocking[Any]
+@dataclass(frozen=True, slots=True)
+class Report(Yielded[None]):
+    """Tell the caller how far a long workflow got (its ``progress`` callback). Made after the
+    writes before it are durable, so what it reports is what a crash would keep."""
+
+    call: Callable[[], None]
+
+
+Step = Operation[Any] | Generate | DamagedDocuments | Blocking[Any] | Report
 
 
 def _damaged_probe(database: Any) -> Any:
@@ -296,8 +304,48 @@ def _damaged_probe(database: Any) -> Any:
     return getattr(type(database), "damaged_documents", None)
 
 
+# A long workflow (repair, migrate) commits every so many steps, so that it never holds the
+# store's write lock for long: other processes' writers wait for it at most that long.
+_UNIT_STEPS: Final = 16
+
+
+class _WriteGroups:
+    """On a database that can group writes into one transaction (the embedded default's
+    ``unit_of_work``), each run of database steps between two outside calls (the enhancer, a
+    blocking read) shares one: one durable commit instead of one per write. No lock is held
+    while the enhancer works."""
+
+    def __init__(self, database: Any) -> None:
+        grouped = getattr(type(database), "unit_of_work", None) is not None
+        self._open_unit: Callable[[], Any] | None = database.unit_of_work if grouped else None
+        self._unit: Any = None
+        self._steps = 0
+
+    def before(self, step: Step) -> None:
+        if not isinstance(step, Operation) or self._steps >= _UNIT_STEPS:
+            self.close()
+        if isinstance(step, Operation) and self._open_unit is not None:
+            if self._unit is None:
+                unit = self._open_unit()
+                unit.__enter__()
+                self._unit, self._steps = unit, 0
+            self._steps += 1
+
+    def close(self) -> None:
+        unit, self._unit = self._unit, None
+        if unit is not None:
+            unit.__exit__(None, None, None)
+
+
 Progress = Callable[[str, int, int | None], None]
 """Called as ``progress(stage, done, total)`` after each batch; ``total`` None when unknown."""
+
+
+def reported(progress: Progress | None, stage: str, done: int, total: int | None) -> Flow[None]:
+    """Report ``progress(stage, done, total)`` as a :class:`Report` step, if there is one."""
+    if progress is not None:
+        yield from Report(lambda: progress(stage, done, total))
+
 
 Flow = Generator[Step, Any, T]
 """A workflow: yields operations, is sent their results, returns its answer."""
@@ -396,7 +444,7 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
             return _log_generated(services, _generate_sync(services, step))
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else database.damaged_documents()
-        if isinstance(step, Blocking):
+        if isinstance(step, Blocking | Report):
             return step.call()
         _refuse_writes(services, step)
         try:
@@ -406,9 +454,11 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
                 raise
             return call(step)
 
+    groups = _WriteGroups(database)
     try:
         step = next(flow)
         while True:
+            groups.before(step)
             try:
                 result = execute(step)
             except _DRIVER_ERRORS as exc:
@@ -416,7 +466,10 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
             else:
                 step = flow.send(result)
     except StopIteration as stop:
+        groups.close()  # the answer stands only once its writes are durable
         return stop.value  # type: ignore[no-any-return]
+    finally:
+        groups.close()
 
 
 async def run_async(database: Any, flow: Flow[T], services: Services | None = None) -> T:
@@ -457,6 +510,8 @@ async def _drive_async(database: Any, flow: Flow[T], services: Services, extra: 
             return [] if _damaged_probe(database) is None else await database.damaged_documents()
         if isinstance(step, Blocking):
             return await asyncio.to_thread(step.call)
+        if isinstance(step, Report):  # the caller's callback, on the caller's own thread
+            return step.call()
         _refuse_writes(services, step)
         try:
             return await call(step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,14 @@ import mongomock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymongo.errors import DuplicateKeyError
 
 import cosmos_mongo.embedded as engine_module
 from cosmos_mongo import CosmosStore, InvalidInputError, StorageError
 from cosmos_mongo.config import Settings, default_data_dir
 from cosmos_mongo.embedded import EmbeddedDatabase, open_embedded
+from cosmos_mongo.ops import Flow, InsertOne, run_sync
+from tests.predecessor_db import add_prompt, create, pid
 
 
 def test_data_survives_closing_and_reopening(tmp_path: Path) -> None:
@@ -92,6 +96,125 @@ def test_duplicate_key_is_rejected_and_changes_nothing(tmp_path: Path) -> None:
     database.close()
     with open_embedded(tmp_path) as reopened:
         assert reopened["prompts"].find_one({"_id": "x"})["v"] == 1
+
+
+# -- One workflow, one transaction: the drivers group a workflow's writes on the embedded default
+
+
+def test_an_enhancements_writes_commit_once_and_another_handle_sees_them_whole(
+    tmp_path: Path,
+) -> None:
+    with open_embedded(tmp_path) as first, open_embedded(tmp_path) as second:
+        store = CosmosStore(first)
+        prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+        commits = first.engine.stats.write_transactions
+        result = store.enhance_prompt(prompt.id, enhanced_text="A detailed rewrite of it.")
+        assert first.engine.stats.write_transactions == commits + 1  # three writes, one commit
+        details = CosmosStore(second).get_enhancement_details(result.enhanced_prompt_id)
+        assert details is not None and details.run_id == result.run_id
+
+
+def test_other_handles_see_a_units_writes_only_once_it_ends(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as first, open_embedded(tmp_path) as second:
+        with first.unit_of_work():
+            first["prompts"].insert_one({"_id": "a"})
+            assert first["prompts"].find_one({"_id": "a"}) == {"_id": "a"}  # its own writes
+            assert second["prompts"].find({}) == []
+        assert second["prompts"].find({}) == [{"_id": "a"}]
+
+
+def test_another_thread_waits_for_a_unit_to_end(tmp_path: Path) -> None:
+    seen: list[Any] = []
+    with open_embedded(tmp_path) as database:
+        reader = threading.Thread(target=lambda: seen.append(database["prompts"].find({})))
+        with database.unit_of_work():
+            database["prompts"].insert_one({"_id": "a"})
+            reader.start()
+            reader.join(timeout=0.2)
+            assert reader.is_alive() and seen == []  # it cannot read into the open transaction
+        reader.join(timeout=30)
+        assert seen == [[{"_id": "a"}]]
+
+
+def test_a_write_failing_inside_a_unit_is_undone_alone(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as database, database.unit_of_work():
+        database["prompts"].insert_one({"_id": "a", "v": 1})
+        with pytest.raises(DuplicateKeyError):
+            database["prompts"].insert_one({"_id": "a", "v": 2})
+        database["prompts"].insert_one({"_id": "b"})
+    with open_embedded(tmp_path) as reopened:
+        assert reopened["prompts"].find({}) == [{"_id": "a", "v": 1}, {"_id": "b"}]
+
+
+def test_an_exception_leaving_a_unit_keeps_the_writes_before_it(tmp_path: Path) -> None:
+    database = open_embedded(tmp_path)
+    with pytest.raises(RuntimeError), database.unit_of_work():
+        database["prompts"].insert_one({"_id": "a"})
+        raise RuntimeError("the workflow failed after its first write")
+    database.close()
+    with open_embedded(tmp_path) as reopened:
+        assert reopened["prompts"].find({}) == [{"_id": "a"}]
+
+
+class _FailingCommits:
+    """A connection whose COMMIT fails as on a full disk."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._connection.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+def test_a_unit_whose_commit_fails_raises_and_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+        monkeypatch.setattr(database.engine, "_conn", _FailingCommits(database.engine._conn))
+        with pytest.raises(StorageError, match="disk is full"):
+            store.enhance_prompt(prompt.id, enhanced_text="A detailed rewrite of it.")
+        monkeypatch.undo()
+        assert store.list_prompts() == [prompt] and store.list_runs() == []
+
+
+def test_a_long_workflow_commits_every_few_steps(tmp_path: Path) -> None:
+    seen_midway: list[int] = []
+
+    def forty_inserts(other: EmbeddedDatabase) -> Flow[None]:
+        for i in range(40):
+            yield from InsertOne("prompts", {"_id": f"p{i}"})
+            if i == 19:
+                seen_midway.append(len(other["prompts"].find({})))
+
+    with open_embedded(tmp_path) as database, open_embedded(tmp_path) as other:
+        run_sync(database, forty_inserts(other))
+        assert 0 < seen_midway[0] < 20  # some were committed, the open unit's were not
+        assert len(other["prompts"].find({})) == 40
+
+
+def test_import_progress_is_reported_once_its_batch_is_durable(tmp_path: Path) -> None:
+    source = tmp_path / "cosmos.db"
+    db = create(source)
+    for n in range(1, 31):
+        add_prompt(db, pid(n), f"prompt {n}", "2024-01-01 00:00:00", {}, {})
+    db.commit()
+    db.close()
+    reported: list[tuple[int, int]] = []
+    with open_embedded(tmp_path / "data") as database, open_embedded(tmp_path / "data") as other:
+
+        def progress(table: str, done: int, total: int | None) -> None:
+            if table == "prompts":
+                reported.append((done, len(other["prompts"].find({}))))
+
+        CosmosStore(database).import_sqlite(source, batch_size=10, progress=progress)
+    assert reported == [(10, 10), (20, 20), (30, 30)]
 
 
 def test_unopenable_data_directory_is_a_clear_storage_error(tmp_path: Path) -> None:

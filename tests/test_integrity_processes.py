@@ -136,3 +136,19 @@ def test_quick_repair_alone_settles_deletions_killed_at_any_point(tmp_path: Path
         report = store.verify(stale_after=timedelta(0))
         assert report.ok, report
         assert not any("deletion" in run for run in database["runs"].find({}))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_an_enhancement_killed_between_its_grouped_writes_leaves_nothing(
+    tmp_path: Path, k: int
+) -> None:
+    """On the embedded default an enhancement's writes share one transaction: a process killed
+    after its run (k=2) or its new prompt (k=3) was written leaves neither behind."""
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+        worker = start("enhance-dying", str(tmp_path), str(k), prompt.id)
+        out, _ = worker.communicate(timeout=TIMEOUT)
+        assert worker.returncode == -signal.SIGKILL and out == ""
+        assert store.list_prompts() == [prompt] and store.list_runs() == []
+        assert store.verify(stale_after=timedelta(0)).ok

@@ -9,6 +9,9 @@ create-runs DIR PROMPT_ID...         create a run of each prompt in turn, print 
 delete-prompts DIR K PROMPT_ID...    delete each prompt in turn, printing its id once deleted;
                                      the process kills itself (SIGKILL) just before its K-th
                                      write
+enhance-dying DIR K PROMPT_ID        enhance PROMPT_ID with agent text, its writes grouped in
+                                     one transaction as on the embedded default; the process
+                                     kills itself (SIGKILL) just before its K-th write
 """
 
 from __future__ import annotations
@@ -89,6 +92,20 @@ class DyingDatabase:
         return Collection()
 
 
+class DyingGroupedDatabase(DyingDatabase):
+    """The same, keeping the embedded default's ``unit_of_work``: the drivers still group the
+    writes, so the kill lands inside an open transaction."""
+
+    def unit_of_work(self) -> Any:
+        return self.database.unit_of_work()
+
+
+def enhance_dying(data_dir: Path, k: int, prompt_id: str) -> None:
+    store = CosmosStore(DyingGroupedDatabase(open_embedded(data_dir), k))
+    store.enhance_prompt(prompt_id, enhanced_text="A detailed rewrite that never lands.")
+    print("enhanced", flush=True)
+
+
 def delete_prompts(data_dir: Path, k: int, prompt_ids: list[str]) -> None:
     store = CosmosStore(DyingDatabase(open_embedded(data_dir), k))
     for prompt_id in prompt_ids:
@@ -102,6 +119,8 @@ if __name__ == "__main__":
         enhance_waiting(Path(directory), rest[0], rest[1])
     elif command == "create-runs":
         create_runs(Path(directory), rest)
+    elif command == "enhance-dying":
+        enhance_dying(Path(directory), int(rest[0]), rest[1])
     elif command == "delete-prompts":
         delete_prompts(Path(directory), int(rest[0]), rest[1:])
     else:
