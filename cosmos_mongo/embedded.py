@@ -104,8 +104,9 @@ _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _DATABASE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _BATCH: Final = 500  # documents fetched per SQL statement
 _CHECKPOINT_SECONDS: Final = 30.0  # compact's wait for a pause between other writers
-# Stored documents decode with aware UTC datetimes, as a tz_aware pymongo client returns them.
-_STORED: Final[CodecOptions[dict[str, Any]]] = CodecOptions(tz_aware=True, tzinfo=UTC)
+# Stored documents decode with aware UTC datetimes, as a tz_aware pymongo client returns them
+# (bson's own UTC: naming ``datetime.UTC`` instead converts each datetime, a third slower).
+_STORED: Final[CodecOptions[dict[str, Any]]] = CodecOptions(tz_aware=True)
 
 
 def check_database_name(name: object) -> str:
@@ -306,6 +307,29 @@ def _equality_keys(value: Any) -> list[bytes] | None:
     return None if encoded is None else [encoded]
 
 
+class _FieldKeys:
+    """One document's values and key components by path, each worked out once for all the
+    indexes that share the field (most end in ``created_at, _id``)."""
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self.document = document
+        self._values: dict[str, Any] = {}
+        self._components: dict[tuple[str, bool], tuple[list[bytes], bool]] = {}
+
+    def value(self, path: str) -> Any:
+        if path not in self._values:
+            self._values[path] = _path_value(self.document, path)
+        return self._values[path]
+
+    def components(self, path: str, descending: bool) -> tuple[list[bytes], bool]:
+        found = self._components.get((path, descending))
+        if found is None:
+            encodings, keeps_order = _field_keys(self.value(path))
+            found = [_component(e, descending) for e in encodings], keeps_order
+            self._components[(path, descending)] = found
+        return found
+
+
 @dataclass(frozen=True)
 class _IndexSpec:
     collection: str
@@ -330,15 +354,18 @@ class _IndexSpec:
             options,
         )
 
-    def keys_of(self, document: Mapping[str, Any]) -> tuple[set[bytes], bool]:
+    def keys_of(
+        self, document: Mapping[str, Any], fields: _FieldKeys | None = None
+    ) -> tuple[set[bytes], bool]:
         """Every entry key of ``document`` (one per combination of array elements) and whether
-        they keep a total order."""
+        they keep a total order. ``fields`` shares the work on each field across indexes."""
+        fields = fields if fields is not None else _FieldKeys(document)
         combos: list[bytes] = [b""]
         ordered = True
         for path, descending in self.fields:
-            encodings, keeps_order = _field_keys(_path_value(document, path))
+            components, keeps_order = fields.components(path, descending)
             ordered = ordered and keeps_order
-            combos = [k + _component(e, descending) for k in combos for e in encodings]
+            combos = [k + c for k in combos for c in components]
         return set(combos), ordered
 
     def covers(self, document: Mapping[str, Any]) -> bool:
@@ -356,6 +383,7 @@ class _IndexSpec:
 _RANGE_OPERATORS: Final = frozenset({"$lt", "$lte", "$gt", "$gte"})
 _WHOLE: Final = (b"", b"\xff")  # every key of an index (no key starts with 0xFF)
 _RACE_CAP: Final = 1000  # plans are compared by counting at most this many entries each
+_FEW: Final = 16  # a plan naming at most this many documents wins without further counting
 
 
 @dataclass(frozen=True)
@@ -599,6 +627,16 @@ class _Reader:
         found = self._rows(collection, "key", "", keys)
         return [found[key] for key in dict.fromkeys(keys) if key in found]
 
+    def fetch_one(self, collection: str, key: bytes) -> list[Any]:
+        """The document with this key, as a list of none or one (skipped if damaged)."""
+        row = self.conn.execute(
+            "SELECT body, body_crc FROM documents WHERE collection = ? AND key = ? "
+            "AND body IS NOT NULL",
+            (collection, key),
+        ).fetchone()
+        document = None if row is None else self._decoded(collection, key, *row)
+        return [] if document is None else [document]
+
     def fetch_arrivals(self, collection: str, arrivals: Sequence[int]) -> list[_Stored]:
         """The stored documents with these arrival numbers (what index entries name), in the
         given order; damaged ones skipped."""
@@ -679,6 +717,8 @@ class _Reader:
         best: _Plan | None = None
         best_count = _RACE_CAP
         for plan in sorted(plans, key=lambda p: (not p.union, -p.equal_fields)):
+            if best is not None and best_count <= _FEW:
+                break  # a handful to read already: counting the others costs more than it saves
             count = self._count(collection, plan, best_count + 1)
             if best is None or count < best_count or (count == best_count and plan.walk):
                 best, best_count = plan, count
@@ -754,8 +794,12 @@ class _Reader:
         A malformed filter raises as mongomock's would, even when no document is read."""
         ids = _id_values(query)
         plan = None if ids is not None else self.plan(collection, _terms(query), sort)
+        exact = False
+        if plan is not None and plan.index is not None:
+            equal_paths = frozenset(path for path, _ in plan.index.fields[: plan.equal_fields])
+            exact = _exact_paths(query) == equal_paths
         if ids is None and plan is not None and plan.walk:
-            found = self._walk(collection, query, plan, skip, limit)
+            found = self._walk(collection, query, plan, skip, limit, exact)
         else:
             if ids is not None:
                 candidates: Iterable[_Stored] = self.fetch(
@@ -765,7 +809,10 @@ class _Reader:
                 candidates = self.fetch_arrivals(collection, self.candidates(collection, plan))
             else:
                 candidates = self.scan(collection)
-            found = [c for c in candidates if filtering.filter_applies(query, c.document)]
+            if exact:
+                found = list(candidates)
+            else:
+                found = [c for c in candidates if filtering.filter_applies(query, c.document)]
             if len(found) > 1:
                 found = _sort_in_memory(found, sort)
             found = found[skip : skip + limit] if limit else found[skip:]
@@ -774,11 +821,18 @@ class _Reader:
         return found
 
     def _walk(
-        self, collection: str, query: Mapping[str, Any], plan: _Plan, skip: int, limit: int
+        self,
+        collection: str,
+        query: Mapping[str, Any],
+        plan: _Plan,
+        skip: int,
+        limit: int,
+        exact: bool,
     ) -> list[_Stored]:
         """Walk the index in the sort's order, stopping once ``skip + limit`` documents match.
         Entries equal on the sort's fields come out in insertion order, as mongomock's do.
-        Documents are fetched a batch of whole groups at a time."""
+        Documents are fetched a batch of whole groups at a time. ``exact``: every document
+        the plan names matches, so the filter need not be applied."""
         wanted = skip + limit if limit else 0
         found: list[_Stored] = []
         pending: list[int] = []  # arrivals of whole groups, in order, not yet fetched
@@ -791,7 +845,7 @@ class _Reader:
 
         def settle() -> None:
             for stored in self.fetch_arrivals(collection, pending):
-                if filtering.filter_applies(query, stored.document):
+                if exact or filtering.filter_applies(query, stored.document):
                     found.append(stored)
             pending.clear()
 
@@ -830,6 +884,34 @@ def _leading_components(key: bytes, descending: Sequence[bool]) -> bytes:
             if key[found + 1] == end:
                 break
     return key[:position]
+
+
+def _decided_by_key(value: Any) -> bool:
+    """Whether a document whose index key equals this value's surely matches it: strings,
+    dates, ObjectIds and booleans, and numbers a double holds exactly (not NaN)."""
+    if isinstance(value, str | datetime | ObjectId | bool):
+        return True
+    if isinstance(value, int | float):
+        return math.isfinite(value) and abs(value) <= 2**53
+    return False
+
+
+def _exact_paths(query: Mapping[str, Any]) -> frozenset[str] | None:
+    """The paths of a filter made only of equalities that index keys decide, or None. A plan
+    whose equality prefix is exactly these paths names only matching documents."""
+    paths = []
+    for path, condition in query.items():
+        if path.startswith("$"):
+            return None
+        value = condition
+        if isinstance(condition, Mapping):
+            if list(condition) != ["$eq"]:
+                return None
+            value = condition["$eq"]
+        if not _decided_by_key(value):
+            return None
+        paths.append(path)
+    return frozenset(paths)
 
 
 def _id_values(query: Mapping[str, Any]) -> list[Any] | None:
@@ -1197,12 +1279,12 @@ class EmbeddedEngine:
             self._conn.close()
 
 
-def _same_fields(index: _IndexSpec, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+def _same_fields(index: _IndexSpec, old: _FieldKeys, new: _FieldKeys) -> bool:
     """Whether the index's fields hold the same scalars in both versions of a document (so its
     entries stay). Arrays and objects are never taken as the same: Python's ``==`` would
     equate ``[1]`` and ``[True]``, which index differently."""
     for path, _ in index.fields:
-        before, after = _path_value(old, path), _path_value(new, path)
+        before, after = old.value(path), new.value(path)
         if before is _MISSING or after is _MISSING:
             if before is not after:
                 return False
@@ -1274,11 +1356,15 @@ class _Writer(_Reader):
                     raise _duplicate(self.collection, "_id_", _decode_key(key)) from None
         gone: list[tuple[int, bytes, int]] = []
         added: list[tuple[int, bytes, int]] = []
+        old_fields = _FieldKeys(old.document) if old is not None else None
+        new_fields = _FieldKeys(new) if new is not None else None
         for index, ordered in self.engine.catalog(self.collection):
-            if old is not None and new is not None and _same_fields(index, old.document, new):
+            if old_fields and new_fields and _same_fields(index, old_fields, new_fields):
                 continue  # an update that left this index's fields alone
-            before = index.keys_of(old.document)[0] if old is not None else set()
-            after, keeps_order = index.keys_of(new) if new is not None else (set(), True)
+            before = index.keys_of(old_fields.document, old_fields)[0] if old_fields else set()
+            after, keeps_order = (
+                index.keys_of(new_fields.document, new_fields) if new_fields else (set(), True)
+            )
             gone += [(index.ix, entry, arrival) for entry in before - after]
             added += [(index.ix, entry, arrival) for entry in after - before]
             if new is not None and index.unique and index.covers(new):
@@ -1390,6 +1476,13 @@ class EmbeddedCollection:
         skip: int = 0,
         limit: int = 0,
     ) -> list[Any]:
+        if not (projection or skip) and filter is not None and len(filter) == 1:
+            document_id = filter.get("_id")
+            if type(document_id) is str:  # the commonest read: its key is the whole answer
+                key = _encode_key(document_id)
+                return self._engine.read(
+                    lambda reader: reader.fetch_one(self.name, key), one_statement=True
+                )
         query, order = _patched(filter or {}), _sort_spec(sort)
 
         def find(reader: _Reader) -> list[Any]:
@@ -1514,9 +1607,10 @@ class EmbeddedCollection:
         *,
         many: bool,
         sort: Any = None,
-    ) -> Any:
+    ) -> tuple[Any, list[tuple[Any, Any]]]:
         """Run ``change(scratch, pinned_filter)`` (a mongomock update) on a scratch collection
-        holding only the matching documents, then store what it changed."""
+        holding only the matching documents, then store what it changed. Returns what
+        ``change`` returned and each document written, before (None if upserted) and after."""
         query = _patched(filter or {})
         targets = writer.find(self.name, query, _sort_spec(sort), 0, 0 if many else 1)
         scratch = self._engine._scratch
@@ -1528,15 +1622,19 @@ class EmbeddedCollection:
         else:
             pinned = filter or {}
         outcome = change(scratch, pinned)
+        written: list[tuple[Any, Any]] = []
         for stored in targets:
-            writer.put(stored, scratch.find_one({"_id": stored.document["_id"]}))
+            after = scratch.find_one({"_id": stored.document["_id"]})
+            writer.put(stored, after)
+            written.append((stored.document, after))
         if not targets:
             for upserted in scratch.find({}):  # an upsert that matched nothing inserted one
                 key = _encode_key(upserted["_id"])
                 if writer.fetch(self.name, [key]):
                     raise _duplicate(self.name, "_id_", upserted["_id"])
                 writer.put(None, upserted, key)
-        return outcome
+                written.append((None, upserted))
+        return outcome, written
 
     def _update(
         self, query: Mapping[str, Any], update: Any, *, upsert: bool, many: bool
@@ -1547,7 +1645,7 @@ class EmbeddedCollection:
             return UpdateResult(result.raw_result, acknowledged=True)
 
         result: UpdateResult = self._engine.write(
-            self.name, lambda writer: self._changed(writer, query, change, many=many)
+            self.name, lambda writer: self._changed(writer, query, change, many=many)[0]
         )
         return result
 
@@ -1561,17 +1659,17 @@ class EmbeddedCollection:
         return_document: bool = ReturnDocument.BEFORE,
     ) -> Any:
         def change(scratch: Any, pinned: Any) -> Any:
-            return scratch.find_one_and_update(
-                pinned,
-                update,
-                projection=projection,
-                upsert=upsert,
-                return_document=return_document,
-            )
+            return scratch.update_one(pinned, update, upsert=upsert)
 
-        return self._engine.write(
-            self.name, lambda writer: self._changed(writer, filter, change, many=False, sort=sort)
-        )
+        def modify(writer: _Writer) -> Any:
+            _, written = self._changed(writer, filter, change, many=False, sort=sort)
+            if not written:
+                return None
+            before, after = written[0]
+            chosen = after if return_document == ReturnDocument.AFTER else before
+            return None if chosen is None else self._output(chosen, projection)
+
+        return self._engine.write(self.name, modify)
 
     def delete_one(self, filter: Mapping[str, Any]) -> DeleteResult:
         return self._delete(filter, many=False)

@@ -30,7 +30,7 @@ def as_utc(value: datetime) -> datetime:
     """Treat a naive datetime as UTC (pymongo's default) and convert aware ones to UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 class _TimeOrderedIds:

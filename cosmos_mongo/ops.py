@@ -326,6 +326,8 @@ class _WriteGroups:
             self.close()
         if isinstance(step, Operation) and self._open_unit is not None:
             if self._unit is None:
+                if not step.writes:
+                    return  # reads alone need no unit: each is one snapshot already
                 unit = self._open_unit()
                 unit.__enter__()
                 self._unit, self._steps = unit, 0

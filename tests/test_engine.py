@@ -17,6 +17,7 @@ import mongomock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymongo import ReturnDocument
 
 from cosmos_mongo import CosmosStore, enhancement, legacy, workflows
 from cosmos_mongo import queries as q
@@ -202,6 +203,48 @@ def test_sorted_walks_keep_ties_in_insertion_order_like_mongomock(
             collection.insert_one({"_id": f"d{i}", **doc})
     expected = [doc["_id"] for doc in plain.find(query, sort=sort, limit=limit)]
     assert [doc["_id"] for doc in embedded.find(query, sort=sort, limit=limit)] == expected
+    database.close()
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=dense,
+    query=st.sampled_from([{}, {"k": "a"}, {"k": "zzz"}, {"_id": "d1"}, {"s": {"$gte": "b"}}]),
+    sort=st.sampled_from([None, [("k", 1)], [("s", -1), ("_id", 1)]]),
+    projection=st.sampled_from([None, {"k": 1}, {"s": 0}]),
+    upsert=st.booleans(),
+    after=st.booleans(),
+)
+def test_find_one_and_update_answers_and_writes_like_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    query: dict[str, Any],
+    sort: list[tuple[str, int]] | None,
+    projection: dict[str, int] | None,
+    upsert: bool,
+    after: bool,
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(tmp_path_factory.mktemp("modify"))
+    embedded = database["things"]
+    answers = []
+    for collection in (plain, embedded):
+        for keys, name in INDEXES:
+            collection.create_index(keys, name=name)
+        for i, doc in enumerate(docs):
+            collection.insert_one({"_id": f"d{i}", **doc})
+        answer = collection.find_one_and_update(
+            query,
+            {"$set": {"k": "b", "changed": True}, "$setOnInsert": {"_id": "new"}},
+            projection=projection,
+            sort=sort,
+            upsert=upsert,
+            return_document=ReturnDocument.AFTER if after else ReturnDocument.BEFORE,
+        )
+        answers.append((answer, list(collection.find({}, sort=[("_id", 1)]))))
+    assert answers[1] == answers[0]
     database.close()
 
 
