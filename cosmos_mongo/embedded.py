@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import heapq
+import itertools
 import math
 import os
 import re
@@ -637,6 +638,27 @@ class _Reader:
         document = None if row is None else self._decoded(collection, key, *row)
         return [] if document is None else [document]
 
+    def fetch_ranges(self, collection: str, plan: _Plan) -> list[_Stored]:
+        """The documents a plan's ranges name, each range read with its entries in one
+        statement; damaged ones skipped."""
+        assert plan.index is not None
+        found: dict[int, _Stored] = {}
+        for start, end in plan.ranges:
+            rows = self.conn.execute(
+                "SELECT d.key, d.arrival, d.body, d.body_crc FROM entries e CROSS JOIN "
+                "documents d INDEXED BY documents_arrival "
+                "ON d.collection = ? AND d.arrival = e.arrival "
+                "WHERE e.ix = ? AND e.key >= ? AND e.key < ? AND d.body IS NOT NULL "
+                "ORDER BY e.key, e.arrival",
+                (collection, plan.index.ix, start, end),
+            )
+            for key, arrival, body, crc in rows:
+                if arrival not in found:
+                    document = self._decoded(collection, key, body, crc)
+                    if document is not None:
+                        found[arrival] = _Stored(key, arrival, document)
+        return list(found.values())
+
     def fetch_arrivals(self, collection: str, arrivals: Sequence[int]) -> list[_Stored]:
         """The stored documents with these arrival numbers (what index entries name), in the
         given order; damaged ones skipped."""
@@ -728,6 +750,17 @@ class _Reader:
     def _count(self, collection: str, plan: _Plan, cap: int) -> int:
         """How many entries the plan reads, counting no further than ``cap``."""
         total = 0
+        spans = _union_spans(plan)
+        if spans is not None:  # one statement for every branch (SQLite's MULTI-INDEX OR)
+            terms = " OR ".join(["(ix = ? AND key >= ? AND key < ?)"] * len(spans))
+            rows = self.conn.execute(
+                f"SELECT arrival FROM entries WHERE {terms} LIMIT ?",
+                (*itertools.chain.from_iterable(spans), cap),
+            ).fetchall()
+            if len(rows) >= cap:
+                return cap
+            plan.counted = [arrival for (arrival,) in rows]
+            return len(rows)
         if plan.union:
             for branch in plan.union:
                 total += self._count(collection, branch, cap - total)
@@ -772,13 +805,13 @@ class _Reader:
 
     def candidates(self, collection: str, plan: _Plan) -> list[int]:
         """The arrival numbers of the documents a plan's ranges name."""
+        if plan.counted is not None:
+            return list(dict.fromkeys(plan.counted))
         if plan.union:
             found: dict[int, None] = {}
             for branch in plan.union:
                 found.update(dict.fromkeys(self.candidates(collection, branch)))
             return list(found)
-        if plan.counted is not None:
-            return list(dict.fromkeys(plan.counted))
         return list(dict.fromkeys(arrival for _, arrival in self.entries(collection, plan, 1)))
 
     # find
@@ -805,6 +838,8 @@ class _Reader:
                 candidates: Iterable[_Stored] = self.fetch(
                     collection, [_encode_key(i) for i in ids]
                 )
+            elif plan is not None and plan.counted is None and not plan.union:
+                candidates = self.fetch_ranges(collection, plan)
             elif plan is not None:
                 candidates = self.fetch_arrivals(collection, self.candidates(collection, plan))
             else:
@@ -868,6 +903,15 @@ class _Reader:
             settle()
         unique = list({stored.key: stored for stored in found}.values())  # one per document
         return unique[skip:wanted] if wanted else unique[skip:]
+
+
+def _union_spans(plan: _Plan) -> list[tuple[int, bytes, bytes]] | None:
+    """Every (index, start, end) of a union of plain index plans, or None for another plan
+    (or too many ranges for one statement)."""
+    if not plan.union or any(b.union or b.index is None for b in plan.union):
+        return None
+    spans = [(b.index.ix, s, e) for b in plan.union if b.index for s, e in b.ranges if s < e]
+    return spans if 0 < len(spans) <= 64 else None
 
 
 def _leading_components(key: bytes, descending: Sequence[bool]) -> bytes:
@@ -1846,6 +1890,11 @@ class AsyncEmbeddedDatabase:
 
     def __getitem__(self, name: str) -> AsyncEmbeddedCollection:
         return AsyncEmbeddedCollection(self.sync[name])
+
+    def grouping_database(self) -> EmbeddedDatabase:
+        """The synchronous database on which the async driver runs a workflow's writes, on
+        one worker thread, in one :meth:`~EmbeddedDatabase.unit_of_work`."""
+        return self.sync
 
     async def close(self) -> None:
         await asyncio.to_thread(self.sync.close)

@@ -309,34 +309,43 @@ def _damaged_probe(database: Any) -> Any:
 _UNIT_STEPS: Final = 16
 
 
-class _WriteGroups:
-    """On a database that can group writes into one transaction (the embedded default's
-    ``unit_of_work``), each run of database steps between two outside calls (the enhancer, a
-    blocking read) shares one: one durable commit instead of one per write. No lock is held
-    while the enhancer works."""
+def _grouping(database: Any) -> Any:
+    """The synchronous database that can group writes into one transaction (the embedded
+    default's ``unit_of_work``), or None. Its async adapter names its synchronous one."""
+    # Looked up on the class: pymongo's Database turns unknown attributes into collections.
+    if getattr(type(database), "unit_of_work", None) is not None:
+        return database
+    grouping = getattr(type(database), "grouping_database", None)
+    return None if grouping is None else grouping(database)
 
-    def __init__(self, database: Any) -> None:
-        grouped = getattr(type(database), "unit_of_work", None) is not None
-        self._open_unit: Callable[[], Any] | None = database.unit_of_work if grouped else None
-        self._unit: Any = None
-        self._steps = 0
 
-    def before(self, step: Step) -> None:
-        if not isinstance(step, Operation) or self._steps >= _UNIT_STEPS:
-            self.close()
-        if isinstance(step, Operation) and self._open_unit is not None:
-            if self._unit is None:
-                if not step.writes:
-                    return  # reads alone need no unit: each is one snapshot already
-                unit = self._open_unit()
-                unit.__enter__()
-                self._unit, self._steps = unit, 0
-            self._steps += 1
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    value: Any
 
-    def close(self) -> None:
-        unit, self._unit = self._unit, None
-        if unit is not None:
-            unit.__exit__(None, None, None)
+
+def _database_steps(
+    database: Any, flow: Flow[Any], services: Services, step: Operation[Any]
+) -> Step | _Finished:
+    """Carry out ``step`` and the database steps after it (at most ``_UNIT_STEPS``) in one
+    unit of work: one durable commit for all their writes. Returns the first step that is
+    not a database one, the next one once the cap is reached, or the workflow's answer. No
+    lock is held while an enhancer works: the unit ends before any such step."""
+    with database.unit_of_work():
+        for _ in range(_UNIT_STEPS):
+            try:
+                try:
+                    result = _operation_sync(database, services, {}, step)
+                except _DRIVER_ERRORS as exc:
+                    following = flow.throw(_translate(exc))
+                else:
+                    following = flow.send(result)
+            except StopIteration as stop:
+                return _Finished(stop.value)
+            if not isinstance(following, Operation):
+                return following
+            step = following
+    return step
 
 
 Progress = Callable[[str, int, int | None], None]
@@ -432,8 +441,12 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
         return _drive_sync(database, flow, services, {"session": session})
 
 
-def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
-    def call(step: Operation[Any]) -> Any:
+def _operation_sync(
+    database: Any, services: Services, extra: Document, step: Operation[Any]
+) -> Any:
+    _refuse_writes(services, step)
+
+    def call() -> Any:
         args, kwargs = step.arguments()
         started = time.perf_counter()
         raw = getattr(database[step.collection], step.method)(*args, **kwargs, **extra)
@@ -441,6 +454,15 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
         _log_operation(step, started)
         return result
 
+    try:
+        return call()
+    except AutoReconnect as exc:
+        if not _send_again(step, exc):
+            raise
+        return call()
+
+
+def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
     def execute(step: Step) -> Any:
         if isinstance(step, Generate):
             return _log_generated(services, _generate_sync(services, step))
@@ -448,19 +470,18 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
             return [] if _damaged_probe(database) is None else database.damaged_documents()
         if isinstance(step, Blocking | Report):
             return step.call()
-        _refuse_writes(services, step)
-        try:
-            return call(step)
-        except AutoReconnect as exc:
-            if not _send_again(step, exc):
-                raise
-            return call(step)
+        return _operation_sync(database, services, extra, step)
 
-    groups = _WriteGroups(database)
+    grouping = _grouping(database)
     try:
         step = next(flow)
         while True:
-            groups.before(step)
+            if grouping is not None and isinstance(step, Operation) and step.writes:
+                outcome = _database_steps(grouping, flow, services, step)
+                if isinstance(outcome, _Finished):
+                    return outcome.value  # type: ignore[no-any-return]
+                step = outcome
+                continue
             try:
                 result = execute(step)
             except _DRIVER_ERRORS as exc:
@@ -468,10 +489,7 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
             else:
                 step = flow.send(result)
     except StopIteration as stop:
-        groups.close()  # the answer stands only once its writes are durable
         return stop.value  # type: ignore[no-any-return]
-    finally:
-        groups.close()
 
 
 async def run_async(database: Any, flow: Flow[T], services: Services | None = None) -> T:
@@ -522,9 +540,18 @@ async def _drive_async(database: Any, flow: Flow[T], services: Services, extra: 
                 raise
             return await call(step)
 
+    grouping = _grouping(database)
     try:
         step = next(flow)
         while True:
+            if grouping is not None and isinstance(step, Operation) and step.writes:
+                # The embedded default: the writes and the reads between them run on one
+                # worker thread, in one transaction (a cancelled caller lets them finish).
+                outcome = await asyncio.to_thread(_database_steps, grouping, flow, services, step)
+                if isinstance(outcome, _Finished):
+                    return outcome.value  # type: ignore[no-any-return]
+                step = outcome
+                continue
             try:
                 result = await execute(step)
             except _DRIVER_ERRORS as exc:

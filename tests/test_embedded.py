@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
@@ -15,9 +16,9 @@ from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
 import cosmos_mongo.embedded as engine_module
-from cosmos_mongo import CosmosStore, InvalidInputError, StorageError
+from cosmos_mongo import AsyncCosmosStore, CosmosStore, InvalidInputError, StorageError
 from cosmos_mongo.config import Settings, default_data_dir
-from cosmos_mongo.embedded import EmbeddedDatabase, open_embedded
+from cosmos_mongo.embedded import AsyncEmbeddedDatabase, EmbeddedDatabase, open_embedded
 from cosmos_mongo.ops import Flow, InsertOne, run_sync
 from tests.predecessor_db import add_prompt, create, pid
 
@@ -215,6 +216,46 @@ def test_import_progress_is_reported_once_its_batch_is_durable(tmp_path: Path) -
 
         CosmosStore(database).import_sqlite(source, batch_size=10, progress=progress)
     assert reported == [(10, 10), (20, 20), (30, 30)]
+
+
+def test_the_async_store_groups_an_enhancements_writes_too(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with open_embedded(tmp_path) as database:
+            store = AsyncCosmosStore(AsyncEmbeddedDatabase(database))
+            prompt = await store.create_prompt("A robot arm stacks blocks", {}, {})
+            commits = database.engine.stats.write_transactions
+            result = await store.enhance_prompt(prompt.id, enhanced_text="A detailed rewrite.")
+            assert database.engine.stats.write_transactions == commits + 1
+            assert (await store.get_run(result.run_id)).status == "completed"  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
+
+
+def test_async_progress_is_reported_on_the_callers_thread_once_durable(tmp_path: Path) -> None:
+    source = tmp_path / "cosmos.db"
+    db = create(source)
+    for n in range(1, 21):
+        add_prompt(db, pid(n), f"prompt {n}", "2024-01-01 00:00:00", {}, {})
+    db.commit()
+    db.close()
+    reported: list[tuple[int, int, bool]] = []
+
+    async def scenario() -> None:
+        with (
+            open_embedded(tmp_path / "data") as database,
+            open_embedded(tmp_path / "data") as other,
+        ):
+
+            def progress(table: str, done: int, total: int | None) -> None:
+                if table == "prompts":
+                    on_caller = threading.current_thread() is threading.main_thread()
+                    reported.append((done, len(other["prompts"].find({})), on_caller))
+
+            store = AsyncCosmosStore(AsyncEmbeddedDatabase(database))
+            await store.import_sqlite(source, batch_size=10, progress=progress)
+
+    asyncio.run(scenario())
+    assert reported == [(10, 10, True), (20, 20, True)]
 
 
 def test_unopenable_data_directory_is_a_clear_storage_error(tmp_path: Path) -> None:
