@@ -1188,7 +1188,7 @@ class EmbeddedEngine:
             joined = grouped and self._conn.in_transaction
             if not joined:
                 self._conn.execute("BEGIN IMMEDIATE")
-            if grouped:  # undone alone if it fails; committed with the unit
+            else:  # undone alone if it fails; committed with the unit
                 self._conn.execute("SAVEPOINT write")
             try:
                 # A unit holds the write lock from its first write: no other process can
@@ -1201,13 +1201,16 @@ class EmbeddedEngine:
                     ).fetchone()
                 writer = _Writer(self, collection, self._unit_seq)
                 result = operation(writer)
-                self._conn.execute("RELEASE write" if grouped else "COMMIT")
+                if joined:
+                    self._conn.execute("RELEASE write")
+                elif not grouped:
+                    self._conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
-                    if grouped:
+                    if joined:
                         self._conn.execute("ROLLBACK TO write")
                         self._conn.execute("RELEASE write")
-                    else:
+                    else:  # the transaction began with this write: nothing else is in it
                         self._conn.execute("ROLLBACK")
                 self._catalog_version = self._unit_seq = None
                 raise
