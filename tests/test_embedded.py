@@ -200,13 +200,18 @@ def test_a_long_workflow_commits_every_few_steps(tmp_path: Path) -> None:
         assert len(other["prompts"].find({})) == 40
 
 
-def test_import_progress_is_reported_once_its_batch_is_durable(tmp_path: Path) -> None:
-    source = tmp_path / "cosmos.db"
-    db = create(source)
-    for n in range(1, 31):
+def _predecessor_file(path: Path, prompts: int) -> Path:
+    """A predecessor SQLite file holding ``prompts`` prompts and no runs."""
+    db = create(path)
+    for n in range(1, prompts + 1):
         add_prompt(db, pid(n), f"prompt {n}", "2024-01-01 00:00:00", {}, {})
     db.commit()
     db.close()
+    return path
+
+
+def test_import_progress_is_reported_once_its_batch_is_durable(tmp_path: Path) -> None:
+    source = _predecessor_file(tmp_path / "cosmos.db", 30)
     reported: list[tuple[int, int]] = []
     with open_embedded(tmp_path / "data") as database, open_embedded(tmp_path / "data") as other:
 
@@ -232,12 +237,7 @@ def test_the_async_store_groups_an_enhancements_writes_too(tmp_path: Path) -> No
 
 
 def test_async_progress_is_reported_on_the_callers_thread_once_durable(tmp_path: Path) -> None:
-    source = tmp_path / "cosmos.db"
-    db = create(source)
-    for n in range(1, 21):
-        add_prompt(db, pid(n), f"prompt {n}", "2024-01-01 00:00:00", {}, {})
-    db.commit()
-    db.close()
+    source = _predecessor_file(tmp_path / "cosmos.db", 20)
     reported: list[tuple[int, int, bool]] = []
 
     async def scenario() -> None:
