@@ -1490,6 +1490,66 @@ class _LookupCollection:
         return [stored.document for stored in self._reader.find(self._name, _patched(query or {}))]
 
 
+def _run_pipeline(
+    documents: list[Any], lookups: _LookupDatabase, stages: Sequence[Mapping[str, Any]]
+) -> list[Any]:
+    """mongomock's pipeline over ``documents``, except ``$graphLookup``, run by the engine."""
+    pending: list[Mapping[str, Any]] = []
+    for stage in stages:
+        if list(stage) != ["$graphLookup"]:
+            pending.append(stage)
+            continue
+        if pending:
+            documents = list(aggregation.process_pipeline(documents, lookups, pending, None))
+            pending = []
+        documents = _graph_lookup(documents, lookups, stage["$graphLookup"])
+    if pending:
+        documents = list(aggregation.process_pipeline(documents, lookups, pending, None))
+    return documents
+
+
+def _graph_lookup(
+    documents: list[Any], lookups: _LookupDatabase, options: Mapping[str, Any]
+) -> list[Any]:
+    """``$graphLookup`` as mongomock answers it, without its deep copy of every input
+    document: the engine's documents are decoded for this call alone."""
+    # mongomock checks the options (and raises as a server would) on no document.
+    aggregation.process_pipeline([], lookups, [{"$graphLookup": options}], None)
+    foreign = lookups.get_collection(options["from"])
+    connect_to, into = options["connectToField"], options["as"]
+    connect_from = options["connectFromField"].split(".")
+    max_depth, depth_field = options.get("maxDepth"), options.get("depthField")
+    restrict = options.get("restrictSearchWithMatch", {})
+
+    def matches(value: Any, depth: int, seen: set[Any]) -> list[Any]:
+        """The unseen documents whose ``connectToField`` matches ``value``, now seen."""
+        query = {"$in": value} if isinstance(value, list) else value
+        found = []
+        for match in foreign.find({connect_to: query}):
+            if match["_id"] not in seen and filtering.filter_applies(restrict, match):
+                seen.add(match["_id"])
+                found.append(match if depth_field is None else {**match, depth_field: depth})
+        return found
+
+    for document in documents:
+        try:
+            start = aggregation._parse_expression(options["startWith"], document)
+        except KeyError:
+            continue  # no start value: mongomock leaves the document without the field
+        seen: set[Any] = set()
+        depth = 0
+        frontier = document[into] = matches(start, depth, seen)
+        while frontier and (max_depth is None or depth < max_depth):
+            depth += 1
+            discovered = []
+            for match in frontier:
+                for target in aggregation._recursive_get(match, connect_from):
+                    discovered += matches(target, depth, seen)
+            document[into] += discovered
+            frontier = discovered
+    return documents
+
+
 class EmbeddedCollection:
     """The pymongo ``Collection`` methods the library uses, on the embedded engine."""
 
@@ -1551,8 +1611,7 @@ class EmbeddedCollection:
             else:
                 found, rest = list(reader.scan(self.name)), stages
             documents = [self._output(stored.document, None) for stored in found]
-            lookups = _LookupDatabase(reader)
-            return list(aggregation.process_pipeline(documents, lookups, rest, None))
+            return _run_pipeline(documents, _LookupDatabase(reader), rest)
 
         return self._engine.read(aggregate)
 

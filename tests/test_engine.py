@@ -248,6 +248,51 @@ def test_find_one_and_update_answers_and_writes_like_mongomock(
     database.close()
 
 
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=documents,
+    start=st.sampled_from(["$k", "$s", "$nested.k", "$missing"]),
+    connect_from=st.sampled_from(["s", "nested.k", "k"]),
+    max_depth=st.sampled_from([None, 0, 1]),
+    depth_field=st.sampled_from([None, "depth"]),
+    restrict=st.sampled_from([None, {"t": {"$exists": True}}, {"k": {"$ne": "a"}}]),
+)
+def test_graph_lookup_walks_like_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    start: str,
+    connect_from: str,
+    max_depth: int | None,
+    depth_field: str | None,
+    restrict: dict[str, Any] | None,
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(tmp_path_factory.mktemp("graph"))
+    embedded = database["things"]
+    walk: dict[str, Any] = {
+        "from": "things",
+        "startWith": start,
+        "connectFromField": connect_from,
+        "connectToField": "k",
+        "as": "reached",
+    }
+    walk.update({"maxDepth": max_depth} if max_depth is not None else {})
+    walk.update({"depthField": depth_field} if depth_field else {})
+    walk.update({"restrictSearchWithMatch": restrict} if restrict else {})
+    pipeline = [{"$match": {}}, {"$graphLookup": walk}, {"$sort": {"_id": 1}}]
+    answers = []
+    for collection in (plain, embedded):
+        for keys, name in INDEXES:
+            collection.create_index(keys, name=name)
+        for i, doc in enumerate(docs):
+            collection.insert_one({"_id": f"d{i}", **doc})
+        answers.append(list(collection.aggregate(pipeline)))
+    assert answers[1] == answers[0]
+    database.close()
+
+
 def _settable(values_set: dict[str, Any]) -> dict[str, Any]:
     """A $set from a query term: its plain values (operators dropped)."""
     return {
