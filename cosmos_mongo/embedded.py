@@ -827,7 +827,7 @@ class _Reader:
         A malformed filter raises as mongomock's would, even when no document is read."""
         ids = _id_values(query)
         plan = None if ids is not None else self.plan(collection, _terms(query), sort)
-        exact = False
+        exact = ids is not None and len(query) == 1  # {_id: string}: the key decides
         if plan is not None and plan.index is not None:
             equal_paths = frozenset(path for path, _ in plan.index.fields[: plan.equal_fields])
             exact = _exact_paths(query) == equal_paths
@@ -994,6 +994,23 @@ def _patched(query: Any) -> Any:
     return query
 
 
+class _SQLiteErrors:
+    """The engine's one error boundary: SQLite's errors become ``StorageError`` naming the
+    file. (A class, not a generator: every operation enters it.)"""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise StorageError(f"embedded database {self.path}: {exc}") from exc
+
+
 class EmbeddedEngine:
     """One SQLite file, read and written one operation (one transaction) at a time."""
 
@@ -1001,6 +1018,7 @@ class EmbeddedEngine:
         self.path = path
         self.name = database
         self.read_only = read_only
+        self._errors = _SQLiteErrors(path)
         self.stats = EngineStats()
         self.damaged: dict[tuple[str, str], str] = {}
         self._lock = threading.RLock()
@@ -1253,12 +1271,8 @@ class EmbeddedEngine:
                 raise
             self.stats.write_transactions += 1
 
-    @contextlib.contextmanager
-    def _sqlite_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StorageError(f"embedded database {self.path}: {exc}") from exc
+    def _sqlite_errors(self) -> _SQLiteErrors:
+        return self._errors
 
     # -- maintenance ---------------------------------------------------------------------------
 

@@ -441,36 +441,36 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
         return _drive_sync(database, flow, services, {"session": session})
 
 
+def _call_sync(database: Any, extra: Document, step: Operation[Any]) -> Any:
+    args, kwargs = step.arguments()
+    started = time.perf_counter()
+    raw = getattr(database[step.collection], step.method)(*args, **kwargs, **extra)
+    result = step.finish(list(raw) if step.returns_cursor else raw)
+    _log_operation(step, started)
+    return result
+
+
 def _operation_sync(
     database: Any, services: Services, extra: Document, step: Operation[Any]
 ) -> Any:
     _refuse_writes(services, step)
-
-    def call() -> Any:
-        args, kwargs = step.arguments()
-        started = time.perf_counter()
-        raw = getattr(database[step.collection], step.method)(*args, **kwargs, **extra)
-        result = step.finish(list(raw) if step.returns_cursor else raw)
-        _log_operation(step, started)
-        return result
-
     try:
-        return call()
+        return _call_sync(database, extra, step)
     except AutoReconnect as exc:
         if not _send_again(step, exc):
             raise
-        return call()
+        return _call_sync(database, extra, step)
 
 
 def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
     def execute(step: Step) -> Any:
+        if isinstance(step, Operation):
+            return _operation_sync(database, services, extra, step)
         if isinstance(step, Generate):
             return _log_generated(services, _generate_sync(services, step))
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else database.damaged_documents()
-        if isinstance(step, Blocking | Report):
-            return step.call()
-        return _operation_sync(database, services, extra, step)
+        return step.call()  # Blocking, Report
 
     grouping = _grouping(database)
     try:
