@@ -19,7 +19,7 @@ import cosmos_mongo.embedded as engine_module
 from cosmos_mongo import AsyncCosmosStore, CosmosStore, InvalidInputError, StorageError
 from cosmos_mongo.config import Settings, default_data_dir
 from cosmos_mongo.embedded import AsyncEmbeddedDatabase, EmbeddedDatabase, open_embedded
-from cosmos_mongo.ops import Flow, InsertOne, run_sync
+from cosmos_mongo.ops import Flow, InsertOne, run_async, run_sync
 from tests.predecessor_db import add_prompt, create, pid
 
 
@@ -234,6 +234,28 @@ def test_the_async_store_groups_an_enhancements_writes_too(tmp_path: Path) -> No
             assert (await store.get_run(result.run_id)).status == "completed"  # type: ignore[union-attr]
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_async_caller_lets_its_unit_finish_whole(tmp_path: Path) -> None:
+    first_written, go_on = threading.Event(), threading.Event()
+
+    def two_inserts() -> Flow[None]:
+        yield from InsertOne("notes", {"_id": "a"})
+        first_written.set()  # the workflow runs on the unit's worker thread
+        assert go_on.wait(30)
+        yield from InsertOne("notes", {"_id": "b"})
+
+    async def scenario(database: EmbeddedDatabase) -> None:
+        task = asyncio.create_task(run_async(AsyncEmbeddedDatabase(database), two_inserts()))
+        assert await asyncio.to_thread(first_written.wait, 30)
+        task.cancel()
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with open_embedded(tmp_path) as database:
+        asyncio.run(scenario(database))  # waits for the worker thread on the way out
+        assert database["notes"].find({}) == [{"_id": "a"}, {"_id": "b"}]
 
 
 def test_async_progress_is_reported_on_the_callers_thread_once_durable(tmp_path: Path) -> None:
