@@ -932,11 +932,12 @@ def _leading_components(key: bytes, descending: Sequence[bool]) -> bytes:
 
 def _decided_by_key(value: Any) -> bool:
     """Whether a document whose index key equals this value's surely matches it: strings,
-    dates, ObjectIds and booleans, and numbers a double holds exactly (not NaN)."""
+    dates, ObjectIds and booleans, and numbers below 2**53 (no other stored number's double
+    equals theirs; a larger integer may round onto another's)."""
     if isinstance(value, str | datetime | ObjectId | bool):
         return True
     if isinstance(value, int | float):
-        return math.isfinite(value) and abs(value) <= 2**53
+        return math.isfinite(value) and abs(value) < 2**53
     return False
 
 

@@ -293,6 +293,22 @@ def test_graph_lookup_walks_like_mongomock(
     database.close()
 
 
+@pytest.mark.parametrize("value", [2**53, 2**53 - 1, 2**53 + 1, -(2**53), 0.5, True, 1])
+def test_equality_on_large_numbers_answers_like_mongomock(tmp_path: Path, value: Any) -> None:
+    """Integers past 2**53 share a double with their neighbours, so the same index key: the
+    filter still decides for them."""
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(tmp_path)
+    stored = [2**53 - 1, 2**53, 2**53 + 1, 2**53 + 2, -(2**53), -(2**53) - 1, 0.5, 1, True]
+    for collection in (plain, database["things"]):
+        collection.create_index([("k", 1)], name="k")
+        for i, number in enumerate(stored):
+            collection.insert_one({"_id": f"d{i}", "k": number})
+    expected = [doc["_id"] for doc in plain.find({"k": value})]
+    assert [doc["_id"] for doc in database["things"].find({"k": value})] == expected
+    database.close()
+
+
 def _settable(values_set: dict[str, Any]) -> dict[str, Any]:
     """A $set from a query term: its plain values (operators dropped)."""
     return {
