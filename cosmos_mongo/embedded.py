@@ -1408,14 +1408,17 @@ class _Writer(_Reader):
                     (*row[2:5], *row[:2]),
                 )
             else:
-                try:
-                    self.conn.execute(
-                        "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        row,
-                    )
-                except sqlite3.IntegrityError:  # only the statement is undone
-                    raise _duplicate(self.collection, "_id_", _decode_key(key)) from None
+                # A live row with this key refuses the insert; a tombstone an older version
+                # left (body NULL) is taken over.
+                inserted = self.conn.execute(
+                    "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET "
+                    "seq = excluded.seq, body = excluded.body, body_crc = excluded.body_crc, "
+                    "arrival = excluded.arrival WHERE documents.body IS NULL",
+                    row,
+                ).rowcount
+                if not inserted:
+                    raise _duplicate(self.collection, "_id_", _decode_key(key))
         gone: list[tuple[int, bytes, int]] = []
         added: list[tuple[int, bytes, int]] = []
         old_fields = _FieldKeys(old.document) if old is not None else None

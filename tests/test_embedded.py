@@ -280,6 +280,23 @@ def test_async_progress_is_reported_on_the_callers_thread_once_durable(tmp_path:
     assert reported == [(10, 10, True), (20, 20, True)]
 
 
+def test_a_tombstone_an_older_version_left_is_taken_over_by_an_insert(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as database:
+        database["prompts"].insert_one({"_id": "a", "v": 1})
+        database["prompts"].insert_one({"_id": "b", "v": 1})
+    with sqlite3.connect(tmp_path / "cosmos.sqlite3") as older:  # how 0.3 deleted a document
+        older.execute(
+            "UPDATE documents SET body = NULL, body_crc = NULL WHERE collection = 'prompts'"
+        )
+    with open_embedded(tmp_path) as database:
+        assert database["prompts"].find({}) == []
+        database["prompts"].insert_one({"_id": "a", "v": 2})
+        database["prompts"].update_one({"_id": "b"}, {"$set": {"v": 3}}, upsert=True)
+        assert database["prompts"].find({}) == [{"_id": "a", "v": 2}, {"_id": "b", "v": 3}]
+        with pytest.raises(DuplicateKeyError):
+            database["prompts"].insert_one({"_id": "a", "v": 4})
+
+
 def test_unopenable_data_directory_is_a_clear_storage_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
