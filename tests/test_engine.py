@@ -206,6 +206,22 @@ def test_sorted_walks_keep_ties_in_insertion_order_like_mongomock(
     database.close()
 
 
+@contextlib.contextmanager
+def _plain_and_embedded(directory: Path, docs: list[dict[str, Any]]) -> Iterator[tuple[Any, Any]]:
+    """The same documents under the same indexes, in plain mongomock and in the engine."""
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(directory)
+    try:
+        for collection in (plain, database["things"]):
+            for keys, name in INDEXES:
+                collection.create_index(keys, name=name)
+            for i, doc in enumerate(docs):
+                collection.insert_one({"_id": f"d{i}", **doc})
+        yield plain, database["things"]
+    finally:
+        database.close()
+
+
 @settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -226,15 +242,7 @@ def test_find_one_and_update_answers_and_writes_like_mongomock(
     upsert: bool,
     after: bool,
 ) -> None:
-    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
-    database = open_embedded(tmp_path_factory.mktemp("modify"))
-    embedded = database["things"]
-    answers = []
-    for collection in (plain, embedded):
-        for keys, name in INDEXES:
-            collection.create_index(keys, name=name)
-        for i, doc in enumerate(docs):
-            collection.insert_one({"_id": f"d{i}", **doc})
+    def modify(collection: Any) -> tuple[Any, list[Any]]:
         answer = collection.find_one_and_update(
             query,
             {"$set": {"k": "b", "changed": True}, "$setOnInsert": {"_id": "new"}},
@@ -243,9 +251,10 @@ def test_find_one_and_update_answers_and_writes_like_mongomock(
             upsert=upsert,
             return_document=ReturnDocument.AFTER if after else ReturnDocument.BEFORE,
         )
-        answers.append((answer, list(collection.find({}, sort=[("_id", 1)]))))
-    assert answers[1] == answers[0]
-    database.close()
+        return answer, list(collection.find({}, sort=[("_id", 1)]))
+
+    with _plain_and_embedded(tmp_path_factory.mktemp("modify"), docs) as (plain, embedded):
+        assert modify(embedded) == modify(plain)
 
 
 @settings(
@@ -268,9 +277,6 @@ def test_graph_lookup_walks_like_mongomock(
     depth_field: str | None,
     restrict: dict[str, Any] | None,
 ) -> None:
-    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
-    database = open_embedded(tmp_path_factory.mktemp("graph"))
-    embedded = database["things"]
     walk: dict[str, Any] = {
         "from": "things",
         "startWith": start,
@@ -282,15 +288,8 @@ def test_graph_lookup_walks_like_mongomock(
     walk.update({"depthField": depth_field} if depth_field else {})
     walk.update({"restrictSearchWithMatch": restrict} if restrict else {})
     pipeline = [{"$match": {}}, {"$graphLookup": walk}, {"$sort": {"_id": 1}}]
-    answers = []
-    for collection in (plain, embedded):
-        for keys, name in INDEXES:
-            collection.create_index(keys, name=name)
-        for i, doc in enumerate(docs):
-            collection.insert_one({"_id": f"d{i}", **doc})
-        answers.append(list(collection.aggregate(pipeline)))
-    assert answers[1] == answers[0]
-    database.close()
+    with _plain_and_embedded(tmp_path_factory.mktemp("graph"), docs) as (plain, embedded):
+        assert list(embedded.aggregate(pipeline)) == list(plain.aggregate(pipeline))
 
 
 @pytest.mark.parametrize("value", [2**53, 2**53 - 1, 2**53 + 1, -(2**53), 0.5, True, 1])
