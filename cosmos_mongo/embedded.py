@@ -716,7 +716,7 @@ class _Reader:
             leads.add(sort[0][0])
         plans = [
             plan
-            for lead in leads
+            for lead in sorted(leads)  # the same plan in every process when counts tie
             for index, ordered in by_lead.get(lead, ())
             if (plan := _index_plan(index, terms, sort, ordered)) is not None
         ]
