@@ -506,6 +506,7 @@ class _Plan:
     sort_fields: int = 0  # leading key fields that decide the sort (ties: insertion order)
     union: list[_Plan] = field(default_factory=list)
     counted: list[int] | None = None  # every document's arrival, once the race read them all
+    fetched: list[_Stored] | None = None  # the documents too, when the race read a few whole
 
 
 def _index_plan(
@@ -773,6 +774,11 @@ class _Reader:
         """How many entries the plan reads, counting no further than ``cap``."""
         total = 0
         spans = _union_spans(plan)
+        if spans is not None and cap > _FEW:  # likely a few: read them whole in one go
+            found = self._few_of_union(collection, spans)
+            if found is not None:
+                plan.counted, plan.fetched = [stored.arrival for stored in found], found
+                return len(found)
         if spans is not None:  # one statement for every branch (SQLite's MULTI-INDEX OR)
             terms = " OR ".join(["(ix = ? AND key >= ? AND key < ?)"] * len(spans))
             rows = self.conn.execute(
@@ -825,6 +831,29 @@ class _Reader:
 
         return heapq.merge(*streams, key=after_prefix, reverse=direction < 0)
 
+    def _few_of_union(
+        self, collection: str, spans: list[tuple[int, bytes, bytes]]
+    ) -> list[_Stored] | None:
+        """The documents an ``$or``'s ranges name, if there are at most ``_FEW``, read with
+        their entries in one statement; None if there are more (damaged ones skipped)."""
+        terms = " OR ".join(["(e.ix = ? AND e.key >= ? AND e.key < ?)"] * len(spans))
+        rows = self.conn.execute(
+            "SELECT d.key, d.arrival, d.body, d.body_crc FROM entries e CROSS JOIN "
+            "documents d INDEXED BY documents_arrival "
+            f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) "
+            "AND d.body IS NOT NULL LIMIT ?",
+            (collection, *itertools.chain.from_iterable(spans), _FEW + 1),
+        ).fetchall()
+        if len(rows) > _FEW:
+            return None
+        found: dict[int, _Stored] = {}
+        for key, arrival, body, crc in rows:
+            if arrival not in found:
+                document = self._decoded(collection, key, body, crc)
+                if document is not None:
+                    found[arrival] = _Stored(key, arrival, document)
+        return list(found.values())
+
     def candidates(self, collection: str, plan: _Plan) -> list[int]:
         """The arrival numbers of the documents a plan's ranges name."""
         if plan.counted is not None:
@@ -860,6 +889,8 @@ class _Reader:
                 candidates: Iterable[_Stored] = self.fetch(
                     collection, [_encode_key(i) for i in ids]
                 )
+            elif plan is not None and plan.fetched is not None:
+                candidates = plan.fetched
             elif plan is not None and plan.counted is None and not plan.union:
                 candidates = self.fetch_ranges(collection, plan)
             elif plan is not None:
