@@ -662,24 +662,40 @@ class _Reader:
         return [] if document is None else [document]
 
     def fetch_ranges(self, collection: str, plan: _Plan) -> list[_Stored]:
-        """The documents a plan's ranges name, each range read with its entries in one
-        statement; damaged ones skipped."""
+        """The documents a plan's ranges name, read with their entries in one statement;
+        damaged ones skipped."""
         assert plan.index is not None
+        spans = [(plan.index.ix, start, end) for start, end in plan.ranges]
+        return self._stored_once(collection, self._with_entries(collection, spans))
+
+    def _with_entries(
+        self, collection: str, spans: Sequence[tuple[int, bytes, bytes]], limit: int = -1
+    ) -> list[tuple[bytes, int, bytes, int | None]]:
+        """(key, arrival, body, crc) of the documents whose entries lie in any of ``spans``
+        (index, start, end), joined in one statement (SQLite's multi-index ``OR``), at most
+        ``limit`` rows (-1: all); a document in two spans comes twice."""
+        if not spans:
+            return []
+        terms = " OR ".join(["(e.ix = ? AND e.key >= ? AND e.key < ?)"] * len(spans))
+        rows: list[tuple[bytes, int, bytes, int | None]] = self.conn.execute(
+            "SELECT d.key, d.arrival, d.body, d.body_crc FROM entries e CROSS JOIN "
+            "documents d INDEXED BY documents_arrival "
+            f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) "
+            "AND d.body IS NOT NULL LIMIT ?",
+            (collection, *itertools.chain.from_iterable(spans), limit),
+        ).fetchall()
+        return rows
+
+    def _stored_once(
+        self, collection: str, rows: Iterable[tuple[bytes, int, bytes, int | None]]
+    ) -> list[_Stored]:
+        """The decodable documents of ``rows``, each once."""
         found: dict[int, _Stored] = {}
-        for start, end in plan.ranges:
-            rows = self.conn.execute(
-                "SELECT d.key, d.arrival, d.body, d.body_crc FROM entries e CROSS JOIN "
-                "documents d INDEXED BY documents_arrival "
-                "ON d.collection = ? AND d.arrival = e.arrival "
-                "WHERE e.ix = ? AND e.key >= ? AND e.key < ? AND d.body IS NOT NULL "
-                "ORDER BY e.key, e.arrival",
-                (collection, plan.index.ix, start, end),
-            )
-            for key, arrival, body, crc in rows:
-                if arrival not in found:
-                    document = self._decoded(collection, key, body, crc)
-                    if document is not None:
-                        found[arrival] = _Stored(key, arrival, document)
+        for key, arrival, body, crc in rows:
+            if arrival not in found:
+                document = self._decoded(collection, key, body, crc)
+                if document is not None:
+                    found[arrival] = _Stored(key, arrival, document)
         return list(found.values())
 
     def fetch_arrivals(self, collection: str, arrivals: Sequence[int]) -> list[_Stored]:
@@ -836,23 +852,8 @@ class _Reader:
     ) -> list[_Stored] | None:
         """The documents an ``$or``'s ranges name, if there are at most ``_FEW``, read with
         their entries in one statement; None if there are more (damaged ones skipped)."""
-        terms = " OR ".join(["(e.ix = ? AND e.key >= ? AND e.key < ?)"] * len(spans))
-        rows = self.conn.execute(
-            "SELECT d.key, d.arrival, d.body, d.body_crc FROM entries e CROSS JOIN "
-            "documents d INDEXED BY documents_arrival "
-            f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) "
-            "AND d.body IS NOT NULL LIMIT ?",
-            (collection, *itertools.chain.from_iterable(spans), _FEW + 1),
-        ).fetchall()
-        if len(rows) > _FEW:
-            return None
-        found: dict[int, _Stored] = {}
-        for key, arrival, body, crc in rows:
-            if arrival not in found:
-                document = self._decoded(collection, key, body, crc)
-                if document is not None:
-                    found[arrival] = _Stored(key, arrival, document)
-        return list(found.values())
+        rows = self._with_entries(collection, spans, _FEW + 1)
+        return None if len(rows) > _FEW else self._stored_once(collection, rows)
 
     def candidates(self, collection: str, plan: _Plan) -> list[int]:
         """The arrival numbers of the documents a plan's ranges name."""
