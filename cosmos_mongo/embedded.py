@@ -749,6 +749,9 @@ class _Reader:
 
     # planning
     def plan(self, collection: str, terms: _Terms, sort: Sequence[tuple[str, int]]) -> _Plan | None:
+        union = self._union_plan(collection, terms)
+        if union is not None and union.fetched is not None:
+            return union  # a few documents, already read: no plan can beat it
         by_lead = self.engine.catalog_by_lead(collection)
         leads = {*terms.equal, *terms.bounds}
         if sort:
@@ -759,10 +762,8 @@ class _Reader:
             for index, ordered in by_lead.get(lead, ())
             if (plan := _index_plan(index, terms, sort, ordered)) is not None
         ]
-        if terms.branches:
-            union = [self.plan(collection, branch, ()) for branch in terms.branches]
-            if all(p is not None and (p.equal_fields or p.union) for p in union):
-                plans.append(_Plan(None, [], 1, union=[p for p in union if p is not None]))
+        if union is not None:
+            plans.append(union)
         narrowing = [p for p in plans if p.equal_fields or p.union or p.ranges != [_WHOLE]]
         if len(narrowing) == 1:
             return narrowing[0]
@@ -770,6 +771,22 @@ class _Reader:
             return self._race(collection, narrowing)
         walks = [p for p in plans if p.walk]
         return walks[0] if walks else None
+
+    def _union_plan(self, collection: str, terms: _Terms) -> _Plan | None:
+        """The union of an ``$or``'s branch plans, if an index narrows every branch; its
+        documents already read (``fetched``) if they are a few."""
+        if not terms.branches:
+            return None
+        branches = [self.plan(collection, branch, ()) for branch in terms.branches]
+        if not all(p is not None and (p.equal_fields or p.union) for p in branches):
+            return None
+        union = _Plan(None, [], 1, union=[p for p in branches if p is not None])
+        spans = _union_spans(union)
+        if spans is not None:
+            found = self._few_of_union(collection, spans)
+            if found is not None:
+                union.counted, union.fetched = [stored.arrival for stored in found], found
+        return union
 
     def _race(self, collection: str, plans: list[_Plan]) -> _Plan:
         """Like a server's plan race: the plan with the fewest entries wins, one that also
@@ -790,11 +807,6 @@ class _Reader:
         """How many entries the plan reads, counting no further than ``cap``."""
         total = 0
         spans = _union_spans(plan)
-        if spans is not None and cap > _FEW:  # likely a few: read them whole in one go
-            found = self._few_of_union(collection, spans)
-            if found is not None:
-                plan.counted, plan.fetched = [stored.arrival for stored in found], found
-                return len(found)
         if spans is not None:  # one statement for every branch (SQLite's MULTI-INDEX OR)
             terms = " OR ".join(["(ix = ? AND key >= ? AND key < ?)"] * len(spans))
             rows = self.conn.execute(
@@ -923,11 +935,15 @@ class _Reader:
         Documents are fetched a batch of whole groups at a time. ``exact``: every document
         the plan names matches, so the filter need not be applied."""
         wanted = skip + limit if limit else 0
+        assert plan.index is not None
+        if exact and wanted and plan.sort_fields >= len(plan.index.fields):
+            read = self._ordered_in_one(collection, plan, wanted)
+            if read is not None:
+                return read[skip:]
         found: list[_Stored] = []
         pending: list[int] = []  # arrivals of whole groups, in order, not yet fetched
         group: list[int] = []
         group_key: bytes | None = None
-        assert plan.index is not None
         flags = [descending for _, descending in plan.index.fields]
         deciding_fields, equal_fields = flags[: plan.sort_fields], flags[: plan.equal_fields]
         whole = plan.sort_fields >= len(flags)  # every field decides: the key is the group
@@ -957,6 +973,39 @@ class _Reader:
             settle()
         unique = list({stored.key: stored for stored in found}.values())  # one per document
         return unique[skip:wanted] if wanted else unique[skip:]
+
+    def _ordered_in_one(self, collection: str, plan: _Plan, wanted: int) -> list[_Stored] | None:
+        """The first ``wanted`` documents of a walk whose whole key is the sort (ties in
+        insertion order): each range's first ``wanted`` read with their entries in one
+        statement (an ordered index holds no arrays, so each document once), and only the
+        winners decoded. None if one was damaged: the general walk reads on past it."""
+        assert plan.index is not None
+        order = "ASC" if plan.walk > 0 else "DESC"
+        read = [
+            self.conn.execute(
+                "SELECT e.key, d.key, d.arrival, d.body, d.body_crc FROM entries e "
+                "CROSS JOIN documents d INDEXED BY documents_arrival "
+                "ON d.collection = ? AND d.arrival = e.arrival "
+                "WHERE e.ix = ? AND e.key >= ? AND e.key < ? AND d.body IS NOT NULL "
+                f"ORDER BY e.key {order}, e.arrival ASC LIMIT ?",
+                (collection, plan.index.ix, start, end, wanted),
+            ).fetchall()
+            for start, end in plan.ranges
+            if start < end
+        ]
+        rows: list[tuple[bytes, bytes, int, bytes, int | None]] = [
+            row for found in read if found for row in found
+        ]
+        if sum(1 for found in read if found) > 1:  # an $in: prefixes differ, merge after them
+            equal = [descending for _, descending in plan.index.fields[: plan.equal_fields]]
+            rows.sort(key=lambda row: row[2])
+            rows.sort(
+                key=lambda row: row[0][len(_leading_components(row[0], equal)) :],
+                reverse=plan.walk < 0,
+            )
+            del rows[wanted:]
+        found = self._stored_once(collection, [row[1:] for row in rows])
+        return found if len(found) == len(rows) else None
 
 
 def _union_spans(plan: _Plan) -> list[tuple[int, bytes, bytes]] | None:

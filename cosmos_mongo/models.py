@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from bson.tz_util import utc as BSON_UTC
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from cosmos_mongo.validation import PROMPT_ID_PREFIX, RUN_ID_PREFIX
@@ -27,10 +28,11 @@ def utc_now() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    """Treat a naive datetime as UTC (pymongo's default) and convert aware ones to UTC."""
+    """Treat a naive datetime as UTC (pymongo's default) and convert aware ones to UTC.
+    What a ``tz_aware`` client decodes is kept as it is: its zone is already UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value if value.tzinfo is UTC else value.astimezone(UTC)
+    return value if value.tzinfo is UTC or value.tzinfo is BSON_UTC else value.astimezone(UTC)
 
 
 class _TimeOrderedIds:

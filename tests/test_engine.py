@@ -308,6 +308,23 @@ def test_equality_on_large_numbers_answers_like_mongomock(tmp_path: Path, value:
     database.close()
 
 
+@pytest.mark.parametrize("direction", [1, -1])
+def test_a_sorted_page_over_arrays_names_each_document_once_like_mongomock(
+    tmp_path: Path, direction: int
+) -> None:
+    """More documents than the few the planner reads whole, several holding arrays, which
+    have an entry per element: each document comes once, in mongomock's order."""
+    docs = [{"s": ["b", "a"] if i % 3 == 0 else "ab", "t": START} for i in range(30)]
+    with _plain_and_embedded(tmp_path, docs) as (plain, embedded):
+        for query in ({}, {"s": {"$in": ["a", "b", "ab"]}}):
+            for limit in (1, 4, 12):
+                expected = [
+                    d["_id"] for d in plain.find(query, sort=[("s", direction)], limit=limit)
+                ]
+                found = embedded.find(query, sort=[("s", direction)], limit=limit)
+                assert [d["_id"] for d in found] == expected
+
+
 def _settable(values_set: dict[str, Any]) -> dict[str, Any]:
     """A $set from a query term: its plain values (operators dropped)."""
     return {

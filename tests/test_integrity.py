@@ -427,6 +427,32 @@ def test_a_damaged_row_is_not_served_and_verify_names_it(
         assert report.damaged_documents[0].startswith(f"prompts {damaged.id}:")
 
 
+def test_a_damaged_row_in_a_page_is_skipped_and_the_page_still_fills(tmp_path: Any) -> None:
+    from cosmos_mongo.embedded import open_embedded
+
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()  # more than a few per index: the listings walk them in order
+        originals = [
+            store.create_prompt(f"A robot arm stacks blocks {i}", {}, {}) for i in range(20)
+        ]
+        enhanced = [
+            store.enhance_prompt(p.id, enhanced_text=f"In detail, stacks {i}").enhanced_prompt_id
+            for i, p in enumerate(originals)
+        ]
+    _damage(
+        tmp_path / "cosmos.sqlite3",
+        enhanced[-1],
+        lambda body: body.replace(b"stacks", b"stocks"),
+    )
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        newest_first = list(reversed(enhanced[:-1]))
+        assert [p.id for p in store.list_enhanced_prompts(2)] == newest_first[:2]
+        assert [p.id for p in store.list_prompts(limit=2)] == newest_first[:2]
+        assert [p.id for p in store.list_prompts(limit=2, offset=2)] == newest_first[2:4]
+
+
 def test_backup_copies_a_store_another_process_holds(tmp_path: Any) -> None:
     import subprocess
     import sys
