@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
@@ -17,6 +18,18 @@ not_a_string = st.one_of(
     operators, st.integers(), st.booleans(), st.lists(st.text(max_size=3), max_size=2)
 )
 huge = st.just("x" * 20_000)
+
+
+def _not_json_null(text: str) -> bool:
+    try:
+        return json.loads(text) is not None
+    except ValueError:
+        return True
+
+
+# The SDK reads a string holding a JSON array, object or null as that JSON (clients send JSON
+# inside strings), so "null" is a valid null for an optional flag; any other string is not.
+flag_text = st.text(max_size=5).filter(_not_json_null)
 BAD: dict[str, st.SearchStrategy[Any]] = {
     "id": st.one_of(
         not_a_string,
@@ -68,9 +81,7 @@ BAD: dict[str, st.SearchStrategy[Any]] = {
             "rating": [0, 6, -1, 10**9],
         }.items()
     },
-    "bool": st.one_of(
-        st.text(max_size=5), st.integers(), operators, st.lists(st.booleans(), max_size=1)
-    ),
+    "bool": st.one_of(flag_text, st.integers(), operators, st.lists(st.booleans(), max_size=1)),
     "model": st.one_of(not_a_string, st.just(""), st.just("m" * 300)),
     "choice": st.one_of(not_a_string, st.sampled_from(["", "dream", "ENHANCE", "done"])),
 }

@@ -109,6 +109,9 @@ async def test_enhancement_tools(harness: Harness) -> None:
         ]
         flagged = await call(session, "list_prompts", enhanced=True)
         assert [p["id"] for p in flagged["prompts"]] == [child]
+        # JSON inside a string, as some clients send it: "null" is no filter (docs/MCP.md)
+        unfiltered = await call(session, "list_prompts", enhanced="null")
+        assert [p["id"] for p in unfiltered["prompts"]] == [child, original["id"]]
         history = await call(session, "get_enhancement_history", prompt_id=original["id"])
         assert [r["id"] for r in history["runs"]] == [enhanced["run_id"]]
         lineage = await call(session, "get_lineage", prompt_id=child)
