@@ -53,6 +53,7 @@ from bson import ObjectId
 from bson.binary import Binary
 from bson.codec_options import CodecOptions
 from mongomock import aggregate as _aggregation
+from mongomock import collection as _mongomock_collection
 from mongomock import filtering as _filtering
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
@@ -65,6 +66,7 @@ from cosmos_mongo.validation import MAX_DOCUMENT_BYTES
 mongomock: Any = _mongomock
 filtering: Any = _filtering
 aggregation: Any = _aggregation
+mongomock_collection: Any = _mongomock_collection
 
 T = TypeVar("T")
 
@@ -131,6 +133,11 @@ def _key_label(key: bytes) -> str:
         return str(_decode_key(key))
     except (bson.errors.BSONError, ValueError, KeyError):
         return f"key {key[:32].hex()}"
+
+
+# A BSON timestamp's element type. Seen anywhere in a body (even inside another value: a
+# cheap, cautious test), a write takes mongomock's own path, which fills in empty timestamps.
+_TIMESTAMP_TYPE: Final = b"\x11"
 
 
 def _encoded(document: Mapping[str, Any]) -> bytes:
@@ -259,6 +266,8 @@ def _after(prefix: bytes) -> bytes:
 def _path_value(document: Mapping[str, Any], path: str) -> Any:
     """The value at a dotted path, ``_MISSING`` if absent; a list met midway is returned as
     the list of what each element holds there (MongoDB's multikey reading)."""
+    if "." not in path:
+        return document.get(path, _MISSING)
     value: Any = document
     for position, part in enumerate(path.split(".")):
         if isinstance(value, list):
@@ -366,7 +375,11 @@ class _IndexSpec:
         for path, descending in self.fields:
             components, keeps_order = fields.components(path, descending)
             ordered = ordered and keeps_order
-            combos = [k + c for k in combos for c in components]
+            if len(components) == 1:  # a scalar: the common case, one key
+                component = components[0]
+                combos = [k + component for k in combos]
+            else:
+                combos = [k + c for k in combos for c in components]
         return set(combos), ordered
 
     def covers(self, document: Mapping[str, Any]) -> bool:
@@ -1008,6 +1021,20 @@ class _Reader:
         return found if len(found) == len(rows) else None
 
 
+def _top_level_set(update: Any) -> Mapping[str, Any] | None:
+    """The fields of an update that is only a ``$set`` of plain top-level names (not
+    ``_id``), or None."""
+    if not isinstance(update, Mapping) or len(update) != 1:
+        return None
+    fields = update.get("$set")
+    if not isinstance(fields, Mapping) or not fields:
+        return None
+    for name in fields:
+        if not (isinstance(name, str) and name.isidentifier() and name != "_id"):
+            return None
+    return fields
+
+
 def _union_spans(plan: _Plan) -> list[tuple[int, bytes, bytes]] | None:
     """Every (index, start, end) of a union of plain index plans, or None for another plan
     (or too many ranges for one statement)."""
@@ -1484,9 +1511,15 @@ class _Writer(_Reader):
         self.deferred: BaseException | None = None
 
     def put(
-        self, old: _Stored | None, new: Mapping[str, Any] | None, key: bytes | None = None
+        self,
+        old: _Stored | None,
+        new: Mapping[str, Any] | None,
+        key: bytes | None = None,
+        *,
+        body: bytes | None = None,
     ) -> None:
-        """Replace ``old`` (None: insert) by ``new`` (None: delete), with its index entries."""
+        """Replace ``old`` (None: insert) by ``new`` (None: delete), with its index entries;
+        ``body``: ``new`` already encoded."""
         key = old.key if old is not None else key
         assert key is not None
         unique_check: list[tuple[_IndexSpec, set[bytes]]] = []
@@ -1496,7 +1529,7 @@ class _Writer(_Reader):
             )
             arrival = old.arrival if old is not None else 0
         else:
-            body = _encoded(new)
+            body = _encoded(new) if body is None else body
             if old is not None:
                 arrival = old.arrival
             else:
@@ -1786,12 +1819,29 @@ class EmbeddedCollection:
         return self._engine.write(self.name, insert)
 
     def _insert(self, writer: _Writer, document: dict[str, Any]) -> Any:
-        """Insert one document as mongomock would (its checks, an ObjectId if no ``_id``)."""
-        scratch = self._engine._scratch
-        scratch.drop()
-        document_id = scratch.insert_one(document).inserted_id
+        """Insert one document as mongomock would: its checks, then an ObjectId set on the
+        caller's document if it has no ``_id`` (not if the insert is refused)."""
+        mongomock_collection.validate_is_mutable_mapping("document", document)
+        if not all(isinstance(key, str) for key in document):
+            raise ValueError("Document keys must be strings")
+        mongomock_collection._validate_data_fields(document)
+        document_id = document["_id"] if "_id" in document else ObjectId()
+        # mongomock keys its store by _id: one it cannot hash (a list) raises TypeError there.
+        hash(
+            _mongomock.helpers.hashdict(document_id)
+            if isinstance(document_id, dict)
+            else document_id
+        )
+        stored = document if "_id" in document else {"_id": document_id, **document}
+        body = _encoded(stored)
+        if _TIMESTAMP_TYPE in body:  # mongomock sets an empty timestamp: let it
+            scratch = self._engine._scratch
+            scratch.drop()
+            scratch.insert_one(stored)
+            stored = scratch.find_one({"_id": document_id})
+            body = _encoded(stored)
+        writer.put(None, stored, _encode_key(document_id), body=body)  # a duplicate raises
         document.setdefault("_id", document_id)
-        writer.put(None, document, _encode_key(document_id))  # a duplicate _id raises
         return document_id
 
     def insert_many(
@@ -1830,16 +1880,23 @@ class EmbeddedCollection:
         self,
         writer: _Writer,
         filter: Mapping[str, Any] | None,
-        change: Callable[[Any, Any], Any],
+        update: Any,
         *,
+        upsert: bool,
         many: bool,
         sort: Any = None,
-    ) -> tuple[Any, list[tuple[Any, Any]]]:
-        """Run ``change(scratch, pinned_filter)`` (a mongomock update) on a scratch collection
-        holding only the matching documents, then store what it changed. Returns what
-        ``change`` returned and each document written, before (None if upserted) and after."""
+    ) -> tuple[dict[str, Any], list[tuple[Any, Any]]]:
+        """Apply ``update`` to the matching documents as mongomock would, and store what it
+        changed. Returns mongomock's raw result and each document it matched or upserted,
+        before (None if upserted) and after."""
         query = _patched(filter or {})
         targets = writer.find(self.name, query, _sort_spec(sort), 0, 0 if many else 1)
+        fields = _top_level_set(update)
+        if targets and fields is not None:
+            done = self._set_in_place(writer, targets, fields)
+            if done is not None:
+                return done
+        # Anything else runs on a scratch collection holding only the matching documents.
         scratch = self._engine._scratch
         scratch.drop()
         if targets:
@@ -1848,7 +1905,8 @@ class EmbeddedCollection:
             pinned: Any = {"_id": {"$in": ids}} if many else {"_id": ids[0]}
         else:
             pinned = filter or {}
-        outcome = change(scratch, pinned)
+        method = scratch.update_many if many else scratch.update_one
+        outcome: dict[str, Any] = method(pinned, update, upsert=upsert).raw_result
         written: list[tuple[Any, Any]] = []
         for stored in targets:
             after = scratch.find_one({"_id": stored.document["_id"]})
@@ -1863,17 +1921,43 @@ class EmbeddedCollection:
                 written.append((None, upserted))
         return outcome, written
 
+    def _set_in_place(
+        self, writer: _Writer, targets: list[_Stored], fields: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], list[tuple[Any, Any]]] | None:
+        """A ``$set`` of top-level fields (the store's status and completion writes) without
+        the scratch collection; None, having written nothing, for a document holding a BSON
+        timestamp, which mongomock may rewrite. The result and the stored form (read back
+        from BSON: milliseconds, UTC) are what mongomock's would be."""
+        changes = []
+        for stored in targets:
+            body = _encoded({**stored.document, **fields})
+            if _TIMESTAMP_TYPE in body:
+                return None
+            changes.append((stored, body, bson.decode(body, _STORED)))
+        modified = 0
+        for stored, body, after in changes:
+            if after != stored.document:  # mongomock counts, and so writes, only real changes
+                writer.put(stored, after, body=body)
+                modified += 1
+        outcome = {
+            "connectionId": self._engine._scratch.database.client._id,
+            "err": None,
+            "n": len(targets),
+            "nModified": modified,
+            "ok": 1,
+            "upserted": None,
+            "updatedExisting": True,
+        }
+        return outcome, [(stored.document, after) for stored, _, after in changes]
+
     def _update(
         self, query: Mapping[str, Any], update: Any, *, upsert: bool, many: bool
     ) -> UpdateResult:
-        def change(scratch: Any, pinned: Any) -> UpdateResult:
-            method = scratch.update_many if many else scratch.update_one
-            result = method(pinned, update, upsert=upsert)
-            return UpdateResult(result.raw_result, acknowledged=True)
+        def change(writer: _Writer) -> UpdateResult:
+            outcome, _ = self._changed(writer, query, update, upsert=upsert, many=many)
+            return UpdateResult(outcome, acknowledged=True)
 
-        result: UpdateResult = self._engine.write(
-            self.name, lambda writer: self._changed(writer, query, change, many=many)[0]
-        )
+        result: UpdateResult = self._engine.write(self.name, change)
         return result
 
     def find_one_and_update(
@@ -1885,11 +1969,8 @@ class EmbeddedCollection:
         upsert: bool = False,
         return_document: bool = ReturnDocument.BEFORE,
     ) -> Any:
-        def change(scratch: Any, pinned: Any) -> Any:
-            return scratch.update_one(pinned, update, upsert=upsert)
-
         def modify(writer: _Writer) -> Any:
-            _, written = self._changed(writer, filter, change, many=False, sort=sort)
+            _, written = self._changed(writer, filter, update, upsert=upsert, many=False, sort=sort)
             if not written:
                 return None
             before, after = written[0]

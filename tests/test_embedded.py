@@ -74,7 +74,7 @@ def test_a_write_that_fails_midway_leaves_the_file_as_it_was(
     store = CosmosStore(database)
     prompt = store.create_prompt("original", {}, {})
 
-    def fail(*args: Any) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(engine_module._Writer, "put", fail)

@@ -8,14 +8,15 @@ import itertools
 import sqlite3
 import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import bson
 import mongomock
 import pytest
-from hypothesis import HealthCheck, given, settings
+from bson.errors import InvalidDocument
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo import ReturnDocument
 
@@ -255,6 +256,119 @@ def test_find_one_and_update_answers_and_writes_like_mongomock(
 
     with _plain_and_embedded(tmp_path_factory.mktemp("modify"), docs) as (plain, embedded):
         assert modify(embedded) == modify(plain)
+
+
+set_values = st.one_of(
+    st.sampled_from(["a", "b", 1, None, True, [1, "a"], {"k": "a"}, {"k": "a", "t": START}]),
+    # microseconds and zones: stored as UTC milliseconds, as mongomock stores them
+    st.datetimes(timezones=st.sampled_from([None, UTC, timezone(timedelta(hours=-5))])),
+    st.just(bson.Timestamp(0, 0)),  # an empty timestamp, which mongomock fills in
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=dense,
+    query=st.sampled_from([{}, {"k": "a"}, {"k": "zzz"}, {"_id": "d1"}, {"t": {"$gte": START}}]),
+    fields=st.dictionaries(st.sampled_from(["k", "s", "t", "fresh", "é"]), set_values, min_size=1),
+    method=st.sampled_from(["update_one", "update_many", "before", "after"]),
+)
+@example(
+    docs=[{"k": "a", "t": START, "s": "a"}] * 5,
+    query={"k": "a"},
+    fields={"t": datetime(2026, 1, 1, 1, 2, 3, 456789), "k": "a"},
+    method="after",
+)
+@example(
+    docs=[{"k": "a", "t": START, "s": "a"}] * 5,
+    query={},
+    fields={"fresh": bson.Timestamp(0, 0)},
+    method="update_many",
+)
+@example(
+    docs=[{"k": "a", "t": START, "s": "a"}] * 5, query={}, fields={"k": "a"}, method="update_one"
+)
+def test_a_set_of_top_level_fields_answers_and_writes_like_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    query: dict[str, Any],
+    fields: dict[str, Any],
+    method: str,
+) -> None:
+    """What the store's status and completion writes are: the engine applies it without
+    mongomock's update machinery, and must count, store and return the same."""
+
+    def apply(collection: Any) -> tuple[Any, list[Any]]:
+        update = {"$set": fields}
+        if method in ("update_one", "update_many"):
+            raw = getattr(collection, method)(query, update).raw_result
+            answer = {key: value for key, value in raw.items() if key != "connectionId"}
+        else:
+            answer = collection.find_one_and_update(
+                query,
+                update,
+                sort=[("s", -1), ("_id", 1)],
+                return_document=ReturnDocument.AFTER
+                if method == "after"
+                else ReturnDocument.BEFORE,
+            )
+        return answer, list(collection.find({}, sort=[("_id", 1)]))
+
+    with _plain_and_embedded(tmp_path_factory.mktemp("set"), docs) as (plain, embedded):
+        expected_answer, expected_documents = apply(plain)
+        answer, documents = apply(embedded)
+        assert _timestamps_filled(answer) == _timestamps_filled(expected_answer)
+        assert _timestamps_filled(documents) == _timestamps_filled(expected_documents)
+
+
+@pytest.mark.parametrize(
+    ("document", "refusal"),
+    [
+        pytest.param({1: "a"}, ValueError, id="a key that is not a string"),
+        pytest.param({"$k": "a"}, InvalidDocument, id="a top-level operator key"),
+        pytest.param({"k": {"a\x00b": 1}}, InvalidDocument, id="a null character in a key"),
+        pytest.param({"k": {1, 2}}, InvalidDocument, id="a value BSON cannot hold"),
+        pytest.param({"_id": [1, 2]}, TypeError, id="an array _id"),
+        pytest.param(("k", "a"), TypeError, id="not a mapping"),
+    ],
+)
+def test_an_insert_mongomock_refuses_is_refused_alike_and_leaves_the_document_as_it_was(
+    tmp_path: Path, document: Any, refusal: type[Exception]
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    with pytest.raises(refusal):
+        plain.insert_one(document.copy() if isinstance(document, dict) else document)
+    given_document = document.copy() if isinstance(document, dict) else document
+    database = open_embedded(tmp_path)
+    with pytest.raises(refusal):
+        database["things"].insert_one(given_document)
+    assert given_document == document  # no _id was set on a refused document
+    assert database["things"].find({}) == []
+    database.close()
+
+
+def test_an_insert_fills_an_empty_timestamp_and_an_id_like_mongomock(tmp_path: Path) -> None:
+    database = open_embedded(tmp_path)
+    document: dict[str, Any] = {"k": "a", "at": bson.Timestamp(0, 0)}
+    inserted = database["things"].insert_one(document).inserted_id
+    assert isinstance(inserted, bson.ObjectId) and document["_id"] == inserted
+    stored = database["things"].find_one({"_id": inserted})
+    assert list(stored) == ["_id", "k", "at"]  # _id first, as a server stores it
+    assert stored["at"] != bson.Timestamp(0, 0)
+    database.close()
+
+
+def _timestamps_filled(value: Any) -> Any:
+    """``value`` with each non-empty timestamp (mongomock's own clock) as one mark."""
+    if isinstance(value, dict):
+        return {key: _timestamps_filled(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_timestamps_filled(item) for item in value]
+    if isinstance(value, bson.Timestamp):
+        return "empty timestamp" if value == bson.Timestamp(0, 0) else "filled timestamp"
+    return value
 
 
 @settings(
