@@ -923,10 +923,11 @@ class _Reader:
                 candidates = self.fetch_arrivals(collection, self.candidates(collection, plan))
             else:
                 candidates = self.scan(collection)
-            if exact:
+            deciding = _left_to_decide(query, plan) if plan is not None and plan.union else query
+            if exact or not deciding:
                 found = list(candidates)
             else:
-                found = [c for c in candidates if filtering.filter_applies(query, c.document)]
+                found = [c for c in candidates if filtering.filter_applies(deciding, c.document)]
             if len(found) > 1:
                 found = _sort_in_memory(found, sort)
             found = found[skip : skip + limit] if limit else found[skip:]
@@ -1021,6 +1022,21 @@ class _Reader:
         return found if len(found) == len(rows) else None
 
 
+def _left_to_decide(query: Mapping[str, Any], union: _Plan) -> Mapping[str, Any]:
+    """What of ``query`` its union plan's documents may still fail: all of it, or the terms
+    beside the ``$or`` when each branch's index names only documents matching that branch."""
+    branches = query.get("$or")
+    if not isinstance(branches, list) or len(branches) != len(union.union):
+        return query
+    for branch, plan in zip(branches, union.union, strict=True):
+        if plan.index is None or not isinstance(branch, Mapping):
+            return query
+        equal_paths = frozenset(path for path, _ in plan.index.fields[: plan.equal_fields])
+        if _exact_paths(branch) != equal_paths:
+            return query
+    return {path: condition for path, condition in query.items() if path != "$or"}
+
+
 def _top_level_set(update: Any) -> Mapping[str, Any] | None:
     """The fields of an update that is only a ``$set`` of plain top-level names (not
     ``_id``), or None."""
@@ -1112,9 +1128,14 @@ def _id_values(query: Mapping[str, Any]) -> list[Any] | None:
 # -- the engine: one SQLite connection, a lock, the index catalog ------------------------------
 
 
+_UNPATCHED: Final = frozenset({str, int, float, bool, type(None), ObjectId})
+
+
 def _patched(query: Any) -> Any:
     """The query as stored documents compare with it: datetimes in UTC, to the millisecond
     (what BSON keeps), as a server reads them."""
+    if type(query) in _UNPATCHED:  # most values: nothing to do, nothing to look into
+        return query
     if isinstance(query, Mapping):
         return {key: _patched(value) for key, value in query.items()}
     if isinstance(query, list | tuple):

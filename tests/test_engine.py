@@ -439,6 +439,31 @@ def test_a_sorted_page_over_arrays_names_each_document_once_like_mongomock(
                 assert [d["_id"] for d in found] == expected
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"$or": [{"k": "a", "s": "b"}, {"s": "a"}]},  # a branch its index only narrows
+        {"t": START, "$or": [{"k": "a"}, {"s": "ab"}]},  # a term beside exact branches
+        {"$or": [{"k": 2**53 + 1}, {"s": "a"}]},  # a number its key cannot decide
+        {"$or": [{"k": "b"}, {"s": {"$gte": "ab"}}]},  # a range branch
+    ],
+)
+def test_an_or_answers_like_mongomock_whether_or_not_its_branches_decide(
+    tmp_path: Path, query: dict[str, Any]
+) -> None:
+    docs = [
+        {"k": k, "s": s, "t": START + timedelta(seconds=i % 2)}
+        for i, (k, s) in enumerate(
+            itertools.product(["a", "b", 2**53, 2**53 + 2], ["a", "ab", "b"])
+        )
+    ]
+    with _plain_and_embedded(tmp_path, docs) as (plain, embedded):
+        expected = [d["_id"] for d in plain.find(query, sort=[("_id", 1)])]
+        assert [d["_id"] for d in embedded.find(query, sort=[("_id", 1)])] == expected
+        assert expected  # the query finds something, and leaves something out
+        assert len(expected) < len(docs)
+
+
 def _settable(values_set: dict[str, Any]) -> dict[str, Any]:
     """A $set from a query term: its plain values (operators dropped)."""
     return {
