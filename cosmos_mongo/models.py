@@ -84,7 +84,7 @@ class _Document(BaseModel):
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Self:
-        return cls.model_validate(dict(document))
+        return cls.model_validate(document if type(document) is dict else dict(document))
 
     def to_document(self) -> dict[str, Any]:
         """The document as stored: ``_id`` instead of ``id``, datetimes as aware UTC."""
