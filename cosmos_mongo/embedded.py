@@ -1957,9 +1957,13 @@ class EmbeddedCollection:
             changes.append((stored, body, bson.decode(body, _STORED)))
         modified = 0
         for stored, body, after in changes:
-            if after != stored.document:  # mongomock counts, and so writes, only real changes
-                writer.put(stored, after, body=body)
+            # mongomock counts what Python's == finds changed, but stores the new value even
+            # when == finds none (1 -> True, 1 -> 1.0): so do both.
+            if after != stored.document:
                 modified += 1
+            elif body == bson.encode(stored.document):
+                continue  # the very same bytes: nothing to write
+            writer.put(stored, after, body=body)
         outcome = {
             "connectionId": self._engine._scratch.database.client._id,
             "err": None,

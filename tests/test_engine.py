@@ -290,6 +290,7 @@ set_values = st.one_of(
 @example(
     docs=[{"k": "a", "t": START, "s": "a"}] * 5, query={}, fields={"k": "a"}, method="update_one"
 )
+@example(docs=[{"k": 1, "t": START, "s": "a"}] * 5, query={}, fields={"k": True}, method="after")
 def test_a_set_of_top_level_fields_answers_and_writes_like_mongomock(
     tmp_path_factory: pytest.TempPathFactory,
     docs: list[dict[str, Any]],
@@ -361,14 +362,15 @@ def test_an_insert_fills_an_empty_timestamp_and_an_id_like_mongomock(tmp_path: P
 
 
 def _timestamps_filled(value: Any) -> Any:
-    """``value`` with each non-empty timestamp (mongomock's own clock) as one mark."""
+    """``value`` with each timestamp as a mark (mongomock fills empty ones from its own clock)
+    and each scalar with its type, since ``==`` takes 1, 1.0 and True for one another."""
     if isinstance(value, dict):
         return {key: _timestamps_filled(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_timestamps_filled(item) for item in value]
     if isinstance(value, bson.Timestamp):
         return "empty timestamp" if value == bson.Timestamp(0, 0) else "filled timestamp"
-    return value
+    return (type(value).__name__, value)
 
 
 @settings(
