@@ -42,7 +42,7 @@ from mcp.types import (
     TextContent,
     ToolAnnotations,
 )
-from pydantic import AnyHttpUrl, BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, Field, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -302,6 +302,14 @@ async def list_prompts(
         Field(
             strict=True,
             description="true: only enhanced prompts; false: only the others; omit for all.",
+        ),
+        # Advertised as a plain optional boolean, so clients that convert arguments by
+        # schema type (the MCP Inspector CLI) send true/false, not the strings.
+        WithJsonSchema(
+            {
+                "type": "boolean",
+                "description": "true: only enhanced prompts; false: only the others; omit for all.",
+            }
         ),
     ] = None,
 ) -> Annotated[CallToolResult, PromptPage]:

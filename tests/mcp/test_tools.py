@@ -53,6 +53,26 @@ async def test_tools_are_listed_with_schemas_and_truthful_annotations(harness: H
     assert "sampled" not in tools["enhance_prompt"].input_schema["properties"]
 
 
+async def test_boolean_arguments_are_plain_booleans_in_the_schema(harness: Harness) -> None:
+    """Clients that convert typed-in arguments by schema type (the MCP Inspector CLI) send
+    `true` only for a plain boolean; behind an `anyOf` with null they would send "true"."""
+    async with harness.connect() as session:
+        tools = (await session.list_tools()).tools
+        flags = [
+            (tool.name, parameter, schema)
+            for tool in tools
+            for parameter, schema in tool.input_schema.get("properties", {}).items()
+            if schema.get("type") == "boolean"
+            or any(option.get("type") == "boolean" for option in schema.get("anyOf", []))
+        ]
+        assert ("list_prompts", "enhanced") in [(name, parameter) for name, parameter, _ in flags]
+        for name, parameter, schema in flags:
+            assert schema.get("type") == "boolean" and "anyOf" not in schema, (name, parameter)
+        # omitted or an explicit null: no filter
+        everything = await session.call_tool("list_prompts", {"enhanced": None})
+        assert not everything.is_error
+
+
 async def test_names_descriptions_and_schemas_suit_common_clients(harness: Harness) -> None:
     async with harness.connect() as session:
         tools = (await session.list_tools()).tools
