@@ -103,6 +103,10 @@ CREATE TABLE IF NOT EXISTS built_indexes (
 """
 _FORMAT: Final = 2  # 1: documents only, loaded whole at open; 2: indexes on disk, arrival
 _INDEX_CATALOG: Final = "system.indexes"
+# Set once a file's partial indexes hold only their documents (built so, or trimmed).
+_PARTIAL_ENTRIES_MARK: Final = (
+    "INSERT OR IGNORE INTO meta (name, value) VALUES ('partial_entries', 1)"
+)
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _DATABASE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _BATCH: Final = 500  # documents fetched per SQL statement
@@ -349,6 +353,24 @@ class _IndexSpec:
     options: Mapping[str, Any]
     ix: int = 0  # its number in built_indexes (0 until built)
 
+    @property
+    def partial(self) -> Mapping[str, Any] | None:
+        """The partial filter: the index holds only the documents it matches."""
+        found = self.options.get("partialFilterExpression")
+        return found if isinstance(found, Mapping) else None
+
+    def holds(self, document: Mapping[str, Any]) -> bool:
+        """Whether ``document`` has entries in this index (a partial one skips others)."""
+        partial = self.partial
+        return partial is None or bool(filtering.filter_applies(partial, document))
+
+    def membership_follows_fields(self) -> bool:
+        """Whether the partial filter reads only the index's own fields, so a write that
+        leaves those alone leaves the document in or out of the index as it was."""
+        partial = self.partial
+        own = {path for path, _ in self.fields}
+        return partial is None or all(path in own for path in partial)
+
     @classmethod
     def from_catalog(cls, row: Mapping[str, Any]) -> _IndexSpec | None:
         """The spec of a catalog row; None for an index the engine cannot keep (text)."""
@@ -384,8 +406,7 @@ class _IndexSpec:
 
     def covers(self, document: Mapping[str, Any]) -> bool:
         """Whether a unique index constrains ``document`` (partial and sparse indexes skip some)."""
-        partial = self.options.get("partialFilterExpression")
-        if partial is not None and not filtering.filter_applies(partial, document):
+        if not self.holds(document):
             return False
         if self.options.get("sparse"):
             return any(_path_value(document, path) is not _MISSING for path, _ in self.fields)
@@ -435,6 +456,7 @@ class _Terms:
     equal: dict[str, list[bytes]] = field(default_factory=dict)
     bounds: dict[str, _Bound] = field(default_factory=dict)
     branches: list[_Terms] | None = None  # a top-level $or whose every branch is read
+    conditions: dict[str, list[Any]] = field(default_factory=dict)  # as written, by path
 
 
 def _terms(query: Mapping[str, Any]) -> _Terms:
@@ -450,8 +472,25 @@ def _terms(query: Mapping[str, Any]) -> _Terms:
                     terms.branches = [_terms(c) for c in condition]
                     _bound_from_branches(terms)
             elif not path.startswith("$"):
+                terms.conditions.setdefault(path, []).append(condition)
                 _add_condition(terms, path, condition)
     return terms
+
+
+def _implies(terms: _Terms, partial: Mapping[str, Any]) -> bool:
+    """Whether every document matching the filter behind ``terms`` matches a partial index's
+    filter, so the index (which holds only those) can answer: each of its terms is in the
+    filter as written, or is ``$exists: true`` on a path the filter compares with a value
+    other than null."""
+    for path, condition in partial.items():
+        if path.startswith("$"):
+            return False  # $and and the like: not worked out here
+        if condition in terms.conditions.get(path, ()):
+            continue
+        present = path in terms.bounds or (path in terms.equal and _NULL not in terms.equal[path])
+        if not (condition == {"$exists": True} and present):
+            return False
+    return True
 
 
 def _add_condition(terms: _Terms, path: str, condition: Any) -> None:
@@ -518,6 +557,7 @@ class _Plan:
     walk: int = 0  # 1 or -1: the walk in key order gives the sort's order; 0: it does not
     sort_fields: int = 0  # leading key fields that decide the sort (ties: insertion order)
     union: list[_Plan] = field(default_factory=list)
+    partial: bool = False  # the whole of a partial index the filter implies
     counted: list[int] | None = None  # every document's arrival, once the race read them all
     fetched: list[_Stored] | None = None  # the documents too, when the race read a few whole
 
@@ -773,11 +813,22 @@ class _Reader:
             plan
             for lead in sorted(leads)  # the same plan in every process when counts tie
             for index, ordered in by_lead.get(lead, ())
-            if (plan := _index_plan(index, terms, sort, ordered)) is not None
+            if (index.partial is None or _implies(terms, index.partial))
+            and (plan := _index_plan(index, terms, sort, ordered)) is not None
+        ]
+        # A partial index the filter implies narrows by itself: it holds only its documents.
+        plans += [
+            _Plan(index, [_WHOLE], partial=True)
+            for index, _ in self.engine.catalog(collection)
+            if index.partial is not None
+            and index.fields[0][0] not in leads
+            and _implies(terms, index.partial)
         ]
         if union is not None:
             plans.append(union)
-        narrowing = [p for p in plans if p.equal_fields or p.union or p.ranges != [_WHOLE]]
+        narrowing = [
+            p for p in plans if p.equal_fields or p.union or p.partial or p.ranges != [_WHOLE]
+        ]
         if len(narrowing) == 1:
             return narrowing[0]
         if narrowing:
@@ -803,11 +854,20 @@ class _Reader:
 
     def _race(self, collection: str, plans: list[_Plan]) -> _Plan:
         """Like a server's plan race: the plan with the fewest entries wins, one that also
-        gives the sort's order breaks ties. The likely small ones are counted first, and each
+        gives the sort's order breaks ties. Each plan's first few entries are looked at
+        first; if none names only a few, the likely small ones are counted first, and each
         later count stops once it passes the best so far."""
+        ordered = sorted(plans, key=lambda p: (not p.union, -p.equal_fields))
+        # A first look at a few entries of each: one naming a few documents wins without
+        # any plan being counted far (interrupted work beside every enhance run, say).
+        glance = [self._count(collection, plan, _FEW + 1) for plan in ordered]
+        if min(glance) <= _FEW:
+            fewest = min(glance)
+            few = [plan for plan, count in zip(ordered, glance, strict=True) if count == fewest]
+            return next((plan for plan in few if plan.walk), few[0])
         best: _Plan | None = None
         best_count = _RACE_CAP
-        for plan in sorted(plans, key=lambda p: (not p.union, -p.equal_fields)):
+        for plan in ordered:
             if best is not None and best_count <= _FEW:
                 break  # a handful to read already: counting the others costs more than it saves
             count = self._count(collection, plan, best_count + 1)
@@ -1230,6 +1290,7 @@ class EmbeddedEngine:
         numbers, drop the tombstones of deleted documents, and build every index on disk."""
         self._conn.executescript(_SCHEMA)
         if self._format() >= _FORMAT:
+            self._trim_partial_indexes()
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
@@ -1260,12 +1321,47 @@ class EmbeddedEngine:
                     if index is not None:
                         _Writer(self, index.collection, 0).build(index)
                 self._conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (_FORMAT,))
+                self._conn.execute(_PARTIAL_ENTRIES_MARK)  # built just now, partial ones trim
                 self._catalog_changed()
             self._conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             raise
+
+    def _trim_partial_indexes(self) -> None:
+        """Once per file: rebuild each partial index to hold only its documents (versions
+        before 0.4's last change kept an entry for every document in them)."""
+        if self._partial_entries_marked():
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._partial_entries_marked():  # another process may have done it
+                for row in self._catalog_documents():
+                    index = _IndexSpec.from_catalog(row)
+                    if index is None or index.partial is None:
+                        continue
+                    self._conn.execute(
+                        "DELETE FROM entries WHERE ix IN (SELECT ix FROM built_indexes "
+                        "WHERE collection = ? AND name = ?)",
+                        (index.collection, index.name),
+                    )
+                    self._conn.execute(
+                        "DELETE FROM built_indexes WHERE collection = ? AND name = ?",
+                        (index.collection, index.name),
+                    )
+                    _Writer(self, index.collection, 0).build(index)
+                self._conn.execute(_PARTIAL_ENTRIES_MARK)
+                self._catalog_changed()
+            self._conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def _partial_entries_marked(self) -> bool:
+        row = self._conn.execute("SELECT 1 FROM meta WHERE name = 'partial_entries'").fetchone()
+        return row is not None
 
     # -- the catalog of indexes ---------------------------------------------------------------
 
@@ -1581,11 +1677,20 @@ class _Writer(_Reader):
         old_fields = _FieldKeys(old.document) if old is not None else None
         new_fields = _FieldKeys(new) if new is not None else None
         for index, ordered in self.engine.catalog(self.collection):
-            if old_fields and new_fields and _same_fields(index, old_fields, new_fields):
+            if (
+                old_fields
+                and new_fields
+                and _same_fields(index, old_fields, new_fields)
+                and index.membership_follows_fields()
+            ):
                 continue  # an update that left this index's fields alone
+            # The old keys even if the old document was outside a partial index: an earlier
+            # version indexed every document, and this clears what it left.
             before = index.keys_of(old_fields.document, old_fields)[0] if old_fields else set()
             after, keeps_order = (
-                index.keys_of(new_fields.document, new_fields) if new_fields else (set(), True)
+                index.keys_of(new_fields.document, new_fields)
+                if new_fields and index.holds(new_fields.document)
+                else (set(), True)
             )
             gone += [(index.ix, entry, arrival) for entry in before - after]
             added += [(index.ix, entry, arrival) for entry in after - before]
@@ -1629,6 +1734,8 @@ class _Writer(_Reader):
         ordered = True
         covered: set[bytes] = set()
         for stored in self.scan(index.collection):
+            if not index.holds(stored.document):
+                continue
             keys, keeps_order = index.keys_of(stored.document)
             ordered = ordered and keeps_order
             self.conn.executemany(
