@@ -14,6 +14,7 @@ mongomock, and the ratio.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sqlite3
@@ -344,6 +345,29 @@ def compare(sizes: list[int], repeat: int, plain_up_to: int = 10_000) -> str:
                 f"| {old:.3f} | {old / median:.1f}x | {mock} |"
             )
         print(f"measured N={count:,}", file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
+def maintenance(sizes: list[int], repeat: int) -> str:
+    """The Markdown table of the scheduled checks on the embedded default, by store size: what
+    each call reads should not grow with N (the damaged-row scan of ``verify`` aside)."""
+    lines = [
+        "| N prompts | `repair(quick=True)` median ms | `verify(quick=True)` median ms |",
+        "|---|---|---|",
+    ]
+    for count in sizes:
+        data = build(count)
+        with tempfile.TemporaryDirectory() as directory:
+            database = open_embedded(Path(directory))
+            store = CosmosStore(database)
+            load(store, data)
+            repair = timed(functools.partial(store.repair, quick=True), repeat)
+            verify = timed(functools.partial(store.verify, quick=True), repeat)
+            database.close()
+        lines.append(
+            f"| {count:,} | {statistics.median(repair):.2f} | {statistics.median(verify):.2f} |"
+        )
+        print(f"maintenance measured at N={count:,}", file=sys.stderr, flush=True)
     return "\n".join(lines)
 
 

@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     store_table = bench_store.compare(sizes, repeat)
     cold_table = cold_start.measure([0, *sizes], 3 if args.quick else 5)
+    maintenance_table = bench_store.maintenance(sizes, 3 if args.quick else 7)
     mcp_table = asyncio.run(bench_mcp.mcp_latency(50 if args.quick else 200))
     import_table = bench_mcp.import_throughput(2000 if args.quick else 10_000)
     load = asyncio.run(load_test.run_load(clients=8, seconds=5 if args.quick else 20))
@@ -293,6 +294,16 @@ stdio from start to its answer to a first `list_prompts` call (median of several
 `python -m benchmarks.cold_start` alone). The embedded default reads no document when it opens.
 
 {cold_table}
+
+## Scheduled checks
+
+`repair --quick` is meant to run every few minutes (DEPLOYMENT.md): it looks for interrupted
+enhancements, reverts and deletions through small partial or leading-key indexes, so its cost
+does not grow with the store. `verify --quick` makes the same look-ups and, on the embedded
+default, also reads every row's checksum once (damaged rows), which does grow with the file.
+Same data sets as above (`bench_store.maintenance`):
+
+{maintenance_table}
 
 ## On a real MongoDB server
 
