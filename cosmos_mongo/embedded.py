@@ -139,9 +139,18 @@ def _key_label(key: bytes) -> str:
         return f"key {key[:32].hex()}"
 
 
-# A BSON timestamp's element type. Seen anywhere in a body (even inside another value: a
-# cheap, cautious test), a write takes mongomock's own path, which fills in empty timestamps.
-_TIMESTAMP_TYPE: Final = b"\x11"
+_ZERO_RUNS: Final = re.compile(rb"\x00{9,}")
+
+
+def _may_hold_empty_timestamp(body: bytes) -> bool:
+    """Whether a BSON body may hold an empty timestamp, which mongomock fills in (so the
+    write takes its path): the element is its type byte 0x11, a name without zero bytes, the
+    name's 0x00 and eight zero bytes. Errs only towards yes; linear in the body."""
+    for run in _ZERO_RUNS.finditer(body):
+        name_start = body.rfind(b"\x00", 0, run.start()) + 1
+        if b"\x11" in body[name_start : run.start()]:
+            return True
+    return False
 
 
 def _encoded(document: Mapping[str, Any]) -> bytes:
@@ -1962,7 +1971,7 @@ class EmbeddedCollection:
         )
         stored = document if "_id" in document else {"_id": document_id, **document}
         body = _encoded(stored)
-        if _TIMESTAMP_TYPE in body:  # mongomock sets an empty timestamp: let it
+        if _may_hold_empty_timestamp(body):  # mongomock sets an empty timestamp: let it
             scratch = self._engine._scratch
             scratch.drop()
             scratch.insert_one(stored)
@@ -2053,13 +2062,13 @@ class EmbeddedCollection:
         self, writer: _Writer, targets: list[_Stored], fields: Mapping[str, Any]
     ) -> tuple[dict[str, Any], list[tuple[Any, Any]]] | None:
         """A ``$set`` of top-level fields (the store's status and completion writes) without
-        the scratch collection; None, having written nothing, for a document holding a BSON
-        timestamp, which mongomock may rewrite. The result and the stored form (read back
+        the scratch collection; None, having written nothing, for a document that may hold an
+        empty BSON timestamp, which mongomock fills in. The result and the stored form (read back
         from BSON: milliseconds, UTC) are what mongomock's would be."""
         changes = []
         for stored in targets:
             body = _encoded({**stored.document, **fields})
-            if _TIMESTAMP_TYPE in body:
+            if _may_hold_empty_timestamp(body):
                 return None
             changes.append((stored, body, bson.decode(body, _STORED)))
         modified = 0

@@ -298,6 +298,12 @@ set_values = st.one_of(
     method="update_many",
 )
 @example(
+    docs=[{"k": "a", "t": START, "s": "a"}] * 5,
+    query={"k": "a"},
+    fields={"fresh": {"at": [bson.Timestamp(0, 0)], "d": 0.0}},
+    method="after",
+)
+@example(
     docs=[{"k": "a", "t": START, "s": "a"}] * 5, query={}, fields={"k": "a"}, method="update_one"
 )
 @example(docs=[{"k": 1, "t": START, "s": "a"}] * 5, query={}, fields={"k": True}, method="after")
@@ -369,6 +375,23 @@ def test_an_insert_fills_an_empty_timestamp_and_an_id_like_mongomock(tmp_path: P
     assert list(stored) == ["_id", "k", "at"]  # _id first, as a server stores it
     assert stored["at"] != bson.Timestamp(0, 0)
     database.close()
+
+
+@pytest.mark.parametrize(
+    ("document", "may_hold"),
+    [
+        ({"t": bson.Timestamp(0, 0)}, True),
+        ({"": bson.Timestamp(0, 0)}, True),
+        ({"a": {"b": [1, bson.Timestamp(0, 0)]}}, True),
+        ({"t": bson.Timestamp(5, 1), "d": 0.0, "n": 0}, False),
+        ({"s": "\x11" * 1000, "d": 0.0}, False),  # a string ends in 0x00 before the zeros
+        ({"\x11": 0.0}, True),  # looks like one; a yes only costs the slower path
+    ],
+)
+def test_a_body_that_may_hold_an_empty_timestamp_is_told_apart(
+    document: dict[str, Any], may_hold: bool
+) -> None:
+    assert engine_module._may_hold_empty_timestamp(bson.encode(document)) is may_hold
 
 
 def _timestamps_filled(value: Any) -> Any:
