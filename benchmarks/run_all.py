@@ -275,8 +275,9 @@ the workflow driver (about 5 µs). A listing of 100 reads its page in one statem
 only the documents it returns, so 100 documents cost about 0.5 ms of decoding and validation
 alone, against 0.2 ms for the predecessor's whole scan of 1,000 rows of JSON text left
 unparsed. `enhance_prompt` makes its three writes in one transaction with one `fsync`, as the
-predecessor does, and now matches it at 10,000 and 100,000 prompts: its inserts and its
-completion (a top-level `$set`) no longer go through mongomock's update machinery.
+predecessor does, and comes within about 10% of it (its inserts and its completion, a
+top-level `$set`, no longer go through mongomock's update machinery); writes vary by that much
+from run to run with the disk's `fsync`.
 
 Against the 0.3 engine (which loaded every document into memory when it opened), same
 benchmark, same machine; its medians were measured once at commit f8e8c2c with this

@@ -361,12 +361,7 @@ class _IndexSpec:
     unique: bool
     options: Mapping[str, Any]
     ix: int = 0  # its number in built_indexes (0 until built)
-
-    @property
-    def partial(self) -> Mapping[str, Any] | None:
-        """The partial filter: the index holds only the documents it matches."""
-        found = self.options.get("partialFilterExpression")
-        return found if isinstance(found, Mapping) else None
+    partial: Mapping[str, Any] | None = None  # it holds only the documents this matches
 
     def holds(self, document: Mapping[str, Any]) -> bool:
         """Whether ``document`` has entries in this index (a partial one skips others)."""
@@ -387,12 +382,14 @@ class _IndexSpec:
         if any(direction not in (1, -1) for _, direction in keys):
             return None
         options = dict(row.get("options", {}))
+        partial = options.get("partialFilterExpression")
         return cls(
             row["collection"],
             row["name"],
             tuple((name, direction == -1) for name, direction in keys),
             bool(options.get("unique")),
             options,
+            partial=partial if isinstance(partial, Mapping) else None,
         )
 
     def keys_of(
