@@ -14,6 +14,7 @@ mongomock, and the ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import random
@@ -22,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -309,6 +310,18 @@ def load(store: CosmosStore, data: Dataset) -> None:
     store.db[q.RUNS].insert_many([dict(d) for d in data.runs])
 
 
+@contextlib.contextmanager
+def embedded_store(directory: Path, data: Dataset) -> Iterator[CosmosStore]:
+    """A store on the embedded default in ``directory``, holding ``data``, closed after."""
+    database = open_embedded(directory)
+    try:
+        store = CosmosStore(database)
+        load(store, data)
+        yield store
+    finally:
+        database.close()
+
+
 def compare(sizes: list[int], repeat: int, plain_up_to: int = 10_000) -> str:
     """The Markdown table: embedded vs the predecessor's SQLite vs plain mongomock."""
     lines = [
@@ -320,11 +333,8 @@ def compare(sizes: list[int], repeat: int, plain_up_to: int = 10_000) -> str:
     for count in sizes:
         data = build(count)
         with tempfile.TemporaryDirectory() as directory:
-            database = open_embedded(Path(directory))
-            embedded = CosmosStore(database)
-            load(embedded, data)
-            fast = measure(embedded, data, repeat)
-            database.close()
+            with embedded_store(Path(directory), data) as embedded:
+                fast = measure(embedded, data, repeat)
             baseline = measure(
                 PredecessorBaseline(Path(directory), data), data, max(5, repeat // 4)
             )
@@ -356,14 +366,12 @@ def maintenance(sizes: list[int], repeat: int) -> str:
         "|---|---|---|",
     ]
     for count in sizes:
-        data = build(count)
-        with tempfile.TemporaryDirectory() as directory:
-            database = open_embedded(Path(directory))
-            store = CosmosStore(database)
-            load(store, data)
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            embedded_store(Path(directory), build(count)) as store,
+        ):
             repair = timed(functools.partial(store.repair, quick=True), repeat)
             verify = timed(functools.partial(store.verify, quick=True), repeat)
-            database.close()
         lines.append(
             f"| {count:,} | {statistics.median(repair):.2f} | {statistics.median(verify):.2f} |"
         )

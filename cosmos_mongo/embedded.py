@@ -1298,8 +1298,7 @@ class EmbeddedEngine:
         if self._format() >= _FORMAT:
             self._trim_partial_indexes()
             return
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._upgrading():
             if self._format() < _FORMAT:  # another process may have upgraded meanwhile
                 columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
                 for column in ("body_crc", "arrival"):
@@ -1329,19 +1328,13 @@ class EmbeddedEngine:
                 self._conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (_FORMAT,))
                 self._conn.execute(_PARTIAL_ENTRIES_MARK)  # built just now, partial ones trim
                 self._catalog_changed()
-            self._conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            raise
 
     def _trim_partial_indexes(self) -> None:
         """Once per file: rebuild each partial index to hold only its documents (versions
         before 0.4's last change kept an entry for every document in them)."""
         if self._partial_entries_marked():
             return
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._upgrading():
             if not self._partial_entries_marked():  # another process may have done it
                 for row in self._catalog_documents():
                     index = _IndexSpec.from_catalog(row)
@@ -1359,6 +1352,13 @@ class EmbeddedEngine:
                     _Writer(self, index.collection, 0).build(index)
                 self._conn.execute(_PARTIAL_ENTRIES_MARK)
                 self._catalog_changed()
+
+    @contextlib.contextmanager
+    def _upgrading(self) -> Iterator[None]:
+        """One exclusive transaction for a change to the file's format: all of it or none."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             self._conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
