@@ -587,6 +587,10 @@ def _index_plan(
     if equal_fields < len(index.fields):
         path, descending = index.fields[equal_fields]
         bound = terms.bounds.get(path)
+        if bound is not None and not ordered and bound.low and bound.high:
+            # An array's elements may each meet one side ({k: ["a", "ab"]} matches
+            # {$gt: "a", $lte: "a"}): where the index has met arrays, one side only.
+            bound = _Bound(low=bound.low)
         if bound is not None:
             ranges = [
                 _narrowed(r, p, bound, descending) for r, p in zip(ranges, prefixes, strict=True)

@@ -441,6 +441,28 @@ def test_graph_lookup_walks_like_mongomock(
         assert list(embedded.aggregate(pipeline)) == list(plain.aggregate(pipeline))
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"k": {"$gt": "a", "$lte": "a"}},
+        {"$and": [{"k": {"$gt": "a"}}, {"k": {"$lte": "a"}}]},
+        {"k": {"$gte": "ab", "$lt": "ab"}, "t": START},
+    ],
+)
+def test_a_range_each_side_of_which_another_element_meets_answers_like_mongomock(
+    tmp_path: Path, query: dict[str, Any]
+) -> None:
+    """On arrays each side of a range may be met by a different element: the range that
+    looks empty still matches them."""
+    docs = [{"k": ["a", "ab"], "t": START}, {"k": "a", "t": START}, {"k": "ab", "t": START}]
+    docs += [{"k": "b", "t": START}] * 20  # more than the few the planner reads whole
+    with _plain_and_embedded(tmp_path, docs) as (plain, embedded):
+        expected = [d["_id"] for d in plain.find(query)]
+        assert expected == ["d0"]
+        assert [d["_id"] for d in embedded.find(query)] == expected
+        assert embedded.count_documents(query) == 1
+
+
 @pytest.mark.parametrize("value", [2**53, 2**53 - 1, 2**53 + 1, -(2**53), 0.5, True, 1])
 def test_equality_on_large_numbers_answers_like_mongomock(tmp_path: Path, value: Any) -> None:
     """Integers past 2**53 share a double with their neighbours, so the same index key: the
