@@ -293,24 +293,19 @@ async def _existing_prompt(state: AppState, prompt_id: str) -> Prompt:
     return found
 
 
+_ENHANCED_FLAG = "true: only enhanced prompts; false: only the others; omit for all."
+
+
 async def list_prompts(
     ctx: Context,
     limit: Limit = 20,
     offset: Offset = 0,
     enhanced: Annotated[
         bool | None,
-        Field(
-            strict=True,
-            description="true: only enhanced prompts; false: only the others; omit for all.",
-        ),
+        Field(strict=True, description=_ENHANCED_FLAG),
         # Advertised as a plain optional boolean, so clients that convert arguments by
         # schema type (the MCP Inspector CLI) send true/false, not the strings.
-        WithJsonSchema(
-            {
-                "type": "boolean",
-                "description": "true: only enhanced prompts; false: only the others; omit for all.",
-            }
-        ),
+        WithJsonSchema({"type": "boolean", "description": _ENHANCED_FLAG}),
     ] = None,
 ) -> Annotated[CallToolResult, PromptPage]:
     """List prompts, newest first, a page at a time.
