@@ -567,6 +567,13 @@ class _Plan:
     counted: list[int] | None = None  # every document's arrival, once the race read them all
     fetched: list[_Stored] | None = None  # the documents too, when the race read a few whole
 
+    def decides(self, query: Mapping[str, Any]) -> bool:
+        """Whether every document this index plan names matches ``query``: the filter is
+        only equalities its key prefix decides exactly (``_exact_paths``)."""
+        assert self.index is not None
+        equal_paths = frozenset(path for path, _ in self.index.fields[: self.equal_fields])
+        return _exact_paths(query) == equal_paths
+
 
 def _index_plan(
     index: _IndexSpec, terms: _Terms, sort: Sequence[tuple[str, int]], ordered: bool
@@ -976,8 +983,7 @@ class _Reader:
         plan = None if ids is not None else self.plan(collection, _terms(query), sort)
         exact = ids is not None and len(query) == 1  # {_id: string}: the key decides
         if plan is not None and plan.index is not None:
-            equal_paths = frozenset(path for path, _ in plan.index.fields[: plan.equal_fields])
-            exact = _exact_paths(query) == equal_paths
+            exact = plan.decides(query)
         if ids is None and plan is not None and plan.walk:
             found = self._walk(collection, query, plan, skip, limit, exact)
         else:
@@ -1099,10 +1105,7 @@ def _left_to_decide(query: Mapping[str, Any], union: _Plan) -> Mapping[str, Any]
     if not isinstance(branches, list) or len(branches) != len(union.union):
         return query
     for branch, plan in zip(branches, union.union, strict=True):
-        if plan.index is None or not isinstance(branch, Mapping):
-            return query
-        equal_paths = frozenset(path for path, _ in plan.index.fields[: plan.equal_fields])
-        if _exact_paths(branch) != equal_paths:
+        if plan.index is None or not isinstance(branch, Mapping) or not plan.decides(branch):
             return query
     return {path: condition for path, condition in query.items() if path != "$or"}
 
