@@ -242,6 +242,8 @@ def _datetime_millis(value: datetime) -> int:
 
 def _scalar_bytes(value: Any) -> bytes | None:
     """The ordered encoding of a scalar; None for a value with no total order here."""
+    if type(value) is str:  # ids, names, statuses: most of what is encoded, checked first
+        return _STRING + value.encode("utf-8", "surrogatepass")
     if value is None:
         return _NULL
     if isinstance(value, bool):
@@ -319,8 +321,10 @@ def _equality_keys(value: Any) -> list[bytes] | None:
     """The encodings a document's value may have if it equals ``value`` (a superset: the filter
     decides), or None when the index cannot narrow for it. mongomock, unlike MongoDB, takes
     True for 1 and False for 0, so both are looked up."""
-    if isinstance(value, bool | int | float) and not (
-        isinstance(value, float) and math.isnan(value)
+    if (
+        type(value) is not str
+        and isinstance(value, bool | int | float)
+        and not (isinstance(value, float) and math.isnan(value))
     ):
         keys = {_NUMBER + _number_bytes(float(value))}
         if value in (0, 1):
@@ -353,7 +357,7 @@ class _FieldKeys:
         return found
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _IndexSpec:
     collection: str
     name: str
@@ -427,7 +431,7 @@ _RACE_CAP: Final = 1000  # plans are compared by counting at most this many entr
 _FEW: Final = 16  # a plan naming at most this many documents wins without further counting
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Bound:
     """A range on one field's encoded values (ascending): None is unbounded."""
 
@@ -455,7 +459,7 @@ def _high_order(bound: tuple[bytes, bool]) -> tuple[bytes, bool]:
     return bound  # at the same value, exclusive (False) is the tighter high
 
 
-@dataclass
+@dataclass(slots=True)
 class _Terms:
     """What a filter says about single fields, in the forms an index can use."""
 
@@ -500,7 +504,7 @@ def _implies(terms: _Terms, partial: Mapping[str, Any]) -> bool:
 
 
 def _add_condition(terms: _Terms, path: str, condition: Any) -> None:
-    operators = isinstance(condition, Mapping) and bool(condition)
+    operators = type(condition) is not str and isinstance(condition, Mapping) and bool(condition)
     operators = operators and all(str(key).startswith("$") for key in condition)
     if not operators:
         keys = _equality_keys(condition)
@@ -553,7 +557,7 @@ def _bounded_paths(terms: _Terms) -> set[str]:
     return set(terms.bounds) | {p for p, keys in terms.equal.items() if len(keys) == 1}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Plan:
     """Key ranges of one index (or, for an $or, several plans whose union holds the answer)."""
 
@@ -660,7 +664,7 @@ def _checked_document(key: bytes, body: bytes, crc: int | None) -> Any:
         raise _Damaged(_key_label(key), f"not valid BSON ({exc})") from exc
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stored:
     key: bytes
     arrival: int
