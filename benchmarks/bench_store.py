@@ -29,12 +29,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bson
 import mongomock
+from bson.codec_options import CodecOptions
 
 from cosmos_mongo import CosmosStore
 from cosmos_mongo import queries as q
 from cosmos_mongo.embedded import open_embedded
-from cosmos_mongo.models import new_prompt_id, new_run_id
+from cosmos_mongo.models import Prompt, new_prompt_id, new_run_id
+
+# How the embedded default decodes what it stores (as a tz_aware client would).
+STORED: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
 
 
 @dataclass
@@ -377,6 +382,62 @@ def maintenance(sizes: list[int], repeat: int) -> str:
         )
         print(f"maintenance measured at N={count:,}", file=sys.stderr, flush=True)
     return "\n".join(lines)
+
+
+def primary_key_read(sizes: list[int], repeat: int) -> str:
+    """The Markdown table of what a ``get_prompt`` costs, step by step, by store size, beside
+    the predecessor's whole call: where the floor of a typed read lies."""
+    medians: dict[str, list[float]] = {}
+    for count in sizes:
+        for step, samples in _primary_key_steps(build(count), repeat).items():
+            medians.setdefault(step, []).append(statistics.median(samples) * 1000)
+        print(f"primary-key read measured at N={count:,}", file=sys.stderr, flush=True)
+    alone = [sum(column) for column in zip(*list(medians.values())[1:4], strict=True)]
+    rows = [*medians.items(), ("embedded: the three steps alone, nothing around them", alone)]
+    return "\n".join(
+        [
+            "| step | " + " | ".join(f"{count:,}: median µs" for count in sizes) + " |",
+            "|---|" + "---|" * len(sizes),
+            *(f"| {step} | " + " | ".join(f"{m:.1f}" for m in ms) + " |" for step, ms in rows),
+        ]
+    )
+
+
+def _primary_key_steps(data: Dataset, repeat: int) -> dict[str, list[float]]:
+    rng = random.Random(5)
+    with (
+        tempfile.TemporaryDirectory() as embedded_directory,
+        tempfile.TemporaryDirectory() as baseline_directory,
+        embedded_store(Path(embedded_directory), data) as store,
+    ):
+        baseline = PredecessorBaseline(Path(baseline_directory), data)
+        # The engine's own statement, on a second connection to its file: a document's key is
+        # the BSON of {"_id": id} (docs/DEVELOPMENT.md, "The file").
+        file = sqlite3.connect(next(Path(embedded_directory).glob("*.sqlite3")))
+        select = (
+            "SELECT body FROM documents WHERE collection = 'prompts' AND key = ? "
+            "AND body IS NOT NULL"
+        )
+        body = file.execute(select, (bson.encode({"_id": data.originals[0]}),)).fetchone()[0]
+        document = bson.decode(body, STORED)
+        steps: dict[str, Callable[[], Any]] = {
+            "predecessor SQLite: the whole call (`SELECT *`, a tuple)": lambda: baseline.get_prompt(
+                rng.choice(data.originals)
+            ),
+            "embedded: its primary-key `SELECT` of the BSON, key encoded": lambda: file.execute(
+                select, (bson.encode({"_id": rng.choice(data.originals)}),)
+            ).fetchone(),
+            "embedded: decoding that BSON (aware datetimes)": lambda: bson.decode(body, STORED),
+            "embedded: validating the `Prompt` model": lambda: Prompt.from_document(document),
+            "embedded: the whole `get_prompt`": lambda: store.get_prompt(
+                rng.choice(data.originals)
+            ),
+        }
+        try:
+            return {step: timed(call, repeat) for step, call in steps.items()}
+        finally:
+            file.close()
+            baseline.db.close()
 
 
 def main(argv: list[str] | None = None) -> None:
