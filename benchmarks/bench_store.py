@@ -143,6 +143,11 @@ def measure(store: Any, data: Dataset, repeat: int) -> dict[str, list[float]]:
     }
 
 
+def _sqlalchemy_text(value: datetime) -> str:
+    """A datetime as the predecessor's SQLAlchemy stored it in SQLite."""
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 PREDECESSOR_SCHEMA = """
 CREATE TABLE prompts (id TEXT PRIMARY KEY, prompt_text TEXT NOT NULL, created_at DATETIME,
                       inputs JSON NOT NULL, parameters JSON NOT NULL);
@@ -160,14 +165,13 @@ class PredecessorBaseline:
     def __init__(self, directory: Path, data: Dataset) -> None:
         self.db = sqlite3.connect(directory / "cosmos.db")
         self.db.executescript(PREDECESSOR_SCHEMA)
-        iso = lambda value: value.strftime("%Y-%m-%d %H:%M:%S.%f")  # noqa: E731 (SQLAlchemy's text)
         self.db.executemany(
             "INSERT INTO prompts VALUES (?,?,?,?,?)",
             [
                 (
                     d["_id"],
                     d["prompt_text"],
-                    iso(d["created_at"]),
+                    _sqlalchemy_text(d["created_at"]),
                     json.dumps(d["inputs"]),
                     json.dumps(d["parameters"]),
                 )
@@ -182,8 +186,8 @@ class PredecessorBaseline:
                     d["prompt_id"],
                     d["model_type"],
                     d["status"],
-                    iso(d["created_at"]),
-                    iso(d["updated_at"]),
+                    _sqlalchemy_text(d["created_at"]),
+                    _sqlalchemy_text(d["updated_at"]),
                     None,
                     None,
                     json.dumps(d["execution_config"]),

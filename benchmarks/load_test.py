@@ -145,6 +145,7 @@ async def _client(
         while time.monotonic() < deadline:
             prompt_id = rng.choice(prompt_ids)
             roll = rng.random()
+            arguments: dict[str, Any]
             if roll < 0.3:
                 tool, arguments = (
                     "enhance_prompt",

@@ -13,9 +13,12 @@ import json
 import os
 import platform
 import re
+import statistics
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import mongomock
 
@@ -28,16 +31,18 @@ ROOT = Path(__file__).parent.parent
 
 def round_trips() -> str:
     lines = ["| operation | database calls |", "|---|---|"]
-    for name, read in sorted(READS.items()):
-        database = mongomock.MongoClient(tz_aware=True)["cosmos"]
+    reads: dict[str, Callable[[CosmosStore, str, str], object]] = READS
+    for name, read in sorted(reads.items()):
+        database: Any = mongomock.MongoClient(tz_aware=True)["cosmos"]
         prompt_id, run_id = seeded(database)
         counting = CountingDatabase(database)
         read(CosmosStore(counting), prompt_id, run_id)
         lines.append(f"| `{name}` | {len(counting.calls)} |")
-    for name, kwargs in (
+    enhancements: tuple[tuple[str, dict[str, Any]], ...] = (
         ("enhance_prompt (enhancer)", {}),
         ("enhance_prompt (agent text)", {"enhanced_text": "Text."}),
-    ):
+    )
+    for name, kwargs in enhancements:
         database = mongomock.MongoClient(tz_aware=True)["cosmos"]
         prompt = CosmosStore(database).create_prompt("A robot arm stacks blocks", {}, {})
         counting = CountingDatabase(database)
@@ -60,7 +65,7 @@ def real_server(uri: str, sizes: list[int], repeat: int) -> str:
             bench_store.load(store, data)
             for operation, samples in bench_store.measure(store, data, repeat).items():
                 lines.append(
-                    f"| {count:,} | `{operation}` | {bench_store.statistics.median(samples):.3f} "
+                    f"| {count:,} | `{operation}` | {statistics.median(samples):.3f} "
                     f"| {bench_store.percentile(samples, 0.95):.3f} |"
                 )
         finally:

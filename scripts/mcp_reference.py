@@ -25,7 +25,7 @@ SHORTEN_AT = 90
 
 async def examples() -> list[tuple[str, dict[str, Any], Any]]:
     """(tool, arguments, structuredContent) for one call of every tool, on a fresh store."""
-    client = mongomock.MongoClient(tz_aware=True)
+    client: Any = mongomock.MongoClient(tz_aware=True)
     store = AsyncCosmosStore(
         AsyncMongoMockClient(mock_mongo_client=client)["cosmos"], enhancer=TemplateEnhancer()
     )
@@ -34,7 +34,7 @@ async def examples() -> list[tuple[str, dict[str, Any], Any]]:
 
         async def call(tool: str, **arguments: Any) -> Any:
             result = await session.call_tool(tool, arguments)
-            assert not result.is_error, result.content[0].text
+            assert not result.is_error, result.content
             done.append((tool, arguments, result.structured_content))
             return result.structured_content
 
