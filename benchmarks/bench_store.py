@@ -31,15 +31,12 @@ from typing import Any
 
 import bson
 import mongomock
-from bson.codec_options import CodecOptions
 
 from cosmos_mongo import CosmosStore
 from cosmos_mongo import queries as q
+from cosmos_mongo.embedded import _STORED as STORED  # how the engine decodes what it stores
 from cosmos_mongo.embedded import open_embedded
 from cosmos_mongo.models import Prompt, new_prompt_id, new_run_id
-
-# How the embedded default decodes what it stores (as a tz_aware client would).
-STORED: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
 
 
 @dataclass
