@@ -1128,6 +1128,16 @@ def _top_level_set(update: Any) -> Mapping[str, Any] | None:
     return fields
 
 
+def _unbuild(conn: sqlite3.Connection, collection: str, name: str) -> None:
+    """Delete an index's entries and the row that marks it built (its catalog row stays)."""
+    conn.execute(
+        "DELETE FROM entries WHERE ix IN "
+        "(SELECT ix FROM built_indexes WHERE collection = ? AND name = ?)",
+        (collection, name),
+    )
+    conn.execute("DELETE FROM built_indexes WHERE collection = ? AND name = ?", (collection, name))
+
+
 def _union_spans(plan: _Plan) -> list[tuple[int, bytes, bytes]] | None:
     """Every (index, start, end) of a union of plain index plans, or None for another plan
     (or too many ranges for one statement)."""
@@ -1351,15 +1361,7 @@ class EmbeddedEngine:
                     index = _IndexSpec.from_catalog(row)
                     if index is None or index.partial is None:
                         continue
-                    self._conn.execute(
-                        "DELETE FROM entries WHERE ix IN (SELECT ix FROM built_indexes "
-                        "WHERE collection = ? AND name = ?)",
-                        (index.collection, index.name),
-                    )
-                    self._conn.execute(
-                        "DELETE FROM built_indexes WHERE collection = ? AND name = ?",
-                        (index.collection, index.name),
-                    )
+                    _unbuild(self._conn, index.collection, index.name)
                     _Writer(self, index.collection, 0).build(index)
                 self._conn.execute(_PARTIAL_ENTRIES_MARK)
                 self._catalog_changed()
@@ -2188,14 +2190,7 @@ class EmbeddedCollection:
             writer.conn.execute(
                 "DELETE FROM documents WHERE collection = ? AND key = ?", (_INDEX_CATALOG, key)
             )
-            writer.conn.execute(
-                "DELETE FROM entries WHERE ix IN "
-                "(SELECT ix FROM built_indexes WHERE collection = ? AND name = ?)",
-                (self.name, name),
-            )
-            writer.conn.execute(
-                "DELETE FROM built_indexes WHERE collection = ? AND name = ?", (self.name, name)
-            )
+            _unbuild(writer.conn, self.name, name)
             self._engine._catalog_changed()
 
         self._engine.write(self.name, drop)
