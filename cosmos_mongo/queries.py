@@ -115,11 +115,34 @@ RETIRED_INDEX_NAMES: Final = frozenset(
 _DEFINING_OPTIONS: Final = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
 
 
+def _canonical(value: Any) -> Any:
+    """A value as comparable data: documents as sorted pairs whatever their mapping class
+    (pymongo's ``list_indexes`` decodes them as ``SON``, mongomock as ``dict``), numbers of
+    equal value equal (mongod may answer 1.0 for 1), booleans apart from numbers."""
+    if isinstance(value, Mapping):
+        return ("document", tuple(sorted((str(k), _canonical(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("array", tuple(_canonical(item) for item in value))
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))
+    return (type(value).__name__, value)
+
+
+def _key_direction(direction: Any) -> int | str:
+    """An index key's direction (1, -1; mongod may say 1.0) or type ("text", "2dsphere")."""
+    if isinstance(direction, int | float) and not isinstance(direction, bool):
+        return int(direction)
+    return str(direction)
+
+
 def index_definition(keys: Any, options: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What makes two indexes the same index: ordered keys and the defining options."""
-    pairs = tuple((str(field), int(direction)) for field, direction in dict(keys).items())
+    """What makes two indexes the same index: ordered keys and the defining options, compared
+    as data (a server's SON and our dicts are the same index)."""
+    pairs = tuple((str(name), _key_direction(direction)) for name, direction in dict(keys).items())
     defining = tuple(
-        (name, repr(options[name]))
+        (name, _canonical(options[name]))
         for name in _DEFINING_OPTIONS
         if options.get(name) not in (None, False)
     )
@@ -169,10 +192,25 @@ def plan_indexes(existing: Mapping[str, Sequence[Mapping[str, Any]]]) -> IndexPl
 
 
 def _describe(entry: Mapping[str, Any]) -> str:
-    keys, options = index_definition(entry["key"], entry)
+    keys, _ = index_definition(entry["key"], entry)
     shown = ", ".join(f"{field}: {direction}" for field, direction in keys)
-    extra = "".join(f", {name}={value}" for name, value in options)
+    extra = "".join(
+        f", {name}={_shown(entry[name])}"
+        for name in _DEFINING_OPTIONS
+        if entry.get(name) not in (None, False)
+    )
     return f"{{{shown}}}{extra}"
+
+
+def _shown(value: Any) -> str:
+    """An option as a person reads it in mongosh: documents as ``{a: 1}``, not ``SON([...])``."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key}: {_shown(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_shown(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def id_prefix_filter(prefix: str) -> Document:

@@ -2,8 +2,9 @@
 
 ``backend`` yields a :class:`Backend` whose ``store`` has the sync call shape for every
 flavour (an ``AsyncCosmosStore`` is driven through :class:`AwaitingStore`), and whose ``raw``
-is a synchronous view of the same data for assertions. The real-server flavours run only when
-``MONGODB_URI`` is set.
+is a synchronous view of the same data for assertions. The real-server flavours run over the
+wire on every run: against ``MONGODB_URI`` when it is set, else against a SecantusDB server the
+session starts itself (:mod:`tests.wire_server`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ from mongomock_motor import AsyncMongoMockClient
 from cosmos_mongo import AsyncCosmosStore, CosmosStore
 from cosmos_mongo.config import Settings
 from cosmos_mongo.embedded import AsyncEmbeddedDatabase, open_embedded
-
-MONGODB_URI = os.environ.get("MONGODB_URI")
-needs_server = pytest.mark.skipif(not MONGODB_URI, reason="set MONGODB_URI to run against a server")
+from tests.wire_server import WireServer, open_wire_server
 
 
 class AwaitingStore:
@@ -80,35 +79,48 @@ class Backend:
         }
 
 
-def _mongomock_sync(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+Opener = Callable[[Path, asyncio.Runner, str], tuple[Any, Any, Callable[[], None]]]
+
+
+def _mongomock_sync(
+    tmp_path: Path, runner: asyncio.Runner, uri: str
+) -> tuple[Any, Any, Callable[[], None]]:
     db = mongomock.MongoClient(tz_aware=True)["cosmos"]
     return CosmosStore(db), db, lambda: None
 
 
-def _mongomock_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+def _mongomock_async(
+    tmp_path: Path, runner: asyncio.Runner, uri: str
+) -> tuple[Any, Any, Callable[[], None]]:
     client = mongomock.MongoClient(tz_aware=True)
     async_db = AsyncMongoMockClient(mock_mongo_client=client)["cosmos"]
     return AwaitingStore(AsyncCosmosStore(async_db), runner), client["cosmos"], lambda: None
 
 
-def _embedded_sync(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+def _embedded_sync(
+    tmp_path: Path, runner: asyncio.Runner, uri: str
+) -> tuple[Any, Any, Callable[[], None]]:
     db = open_embedded(tmp_path / "data")
     store = CosmosStore(db)
     store.ensure_indexes()
     return store, db, db.close
 
 
-def _embedded_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+def _embedded_async(
+    tmp_path: Path, runner: asyncio.Runner, uri: str
+) -> tuple[Any, Any, Callable[[], None]]:
     db = open_embedded(tmp_path / "data")
     store = AwaitingStore(AsyncCosmosStore(AsyncEmbeddedDatabase(db)), runner)
     store.ensure_indexes()
     return store, db, db.close
 
 
-def _server_sync(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+def _server_sync(
+    tmp_path: Path, runner: asyncio.Runner, uri: str
+) -> tuple[Any, Any, Callable[[], None]]:
     from pymongo import MongoClient
 
-    client: Any = MongoClient(MONGODB_URI, tz_aware=True)
+    client: Any = MongoClient(uri, tz_aware=True)
     name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
     store = CosmosStore(client[name])
     store.ensure_indexes()
@@ -120,12 +132,14 @@ def _server_sync(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Call
     return store, client[name], close
 
 
-def _server_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Callable[[], None]]:
+def _server_async(
+    tmp_path: Path, runner: asyncio.Runner, uri: str
+) -> tuple[Any, Any, Callable[[], None]]:
     from pymongo import MongoClient
 
-    sync_client: Any = MongoClient(MONGODB_URI, tz_aware=True)
+    sync_client: Any = MongoClient(uri, tz_aware=True)
     name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
-    client: Any = runner.run(_make_async_client())
+    client: Any = runner.run(make_async_client(uri))
     store = AwaitingStore(AsyncCosmosStore(client[name]), runner)
     store.ensure_indexes()
 
@@ -137,15 +151,15 @@ def _server_async(tmp_path: Path, runner: asyncio.Runner) -> tuple[Any, Any, Cal
     return store, sync_client[name], close
 
 
-async def _make_async_client() -> Any:
+async def make_async_client(uri: str) -> Any:
     """pymongo's AsyncMongoClient, or Motor with MONGODB_ASYNC_DRIVER=motor (the server CI)."""
     if os.environ.get("MONGODB_ASYNC_DRIVER") == "motor":
         from motor.motor_asyncio import AsyncIOMotorClient
 
-        return AsyncIOMotorClient(MONGODB_URI, tz_aware=True)
+        return AsyncIOMotorClient(uri, tz_aware=True)
     from pymongo import AsyncMongoClient
 
-    return AsyncMongoClient(MONGODB_URI, tz_aware=True)
+    return AsyncMongoClient(uri, tz_aware=True)
 
 
 async def _close_async_client(client: Any) -> None:
@@ -154,7 +168,7 @@ async def _close_async_client(client: Any) -> None:
         await closed
 
 
-BACKENDS = {
+BACKENDS: dict[str, Opener] = {
     "mongomock": _mongomock_sync,
     "mongomock-motor": _mongomock_async,
     "embedded": _embedded_sync,
@@ -162,7 +176,23 @@ BACKENDS = {
     "server": _server_sync,
     "server-async": _server_async,
 }
-SERVER_BACKENDS = {"server", "server-async"}
+SERVER_BACKENDS: dict[str, Opener] = {"server", "server-async"}
+
+
+@pytest.fixture(scope="session")
+def wire_server() -> Iterator[WireServer]:
+    """The server of the real-server tests: ``MONGODB_URI``, else a SecantusDB started for
+    this session on a free loopback port and stopped at its end."""
+    server = open_wire_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(wire_server: WireServer) -> str:
+    return wire_server.uri
 
 
 @pytest.fixture
@@ -173,15 +203,19 @@ def runner() -> Iterator[asyncio.Runner]:
 
 def _params(names: list[str]) -> list[Any]:
     return [
-        pytest.param(name, marks=[needs_server, pytest.mark.realserver])
+        pytest.param(name, marks=pytest.mark.realserver)
         if name in SERVER_BACKENDS
         else name
         for name in names
     ]
 
 
-def _open_backend(name: str, tmp_path: Path, runner: asyncio.Runner) -> Iterator[Backend]:
-    store, raw, close = BACKENDS[name](tmp_path, runner)
+def _open_backend(
+    name: str, tmp_path: Path, runner: asyncio.Runner, request: pytest.FixtureRequest
+) -> Iterator[Backend]:
+    # The server starts only when a test needs it.
+    uri = request.getfixturevalue("mongodb_uri") if name in SERVER_BACKENDS else ""
+    store, raw, close = BACKENDS[name](tmp_path, runner, uri)
     try:
         yield Backend(name, store, raw)
     finally:
@@ -192,7 +226,7 @@ def _open_backend(name: str, tmp_path: Path, runner: asyncio.Runner) -> Iterator
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
 ) -> Iterator[Backend]:
-    yield from _open_backend(request.param, tmp_path, runner)
+    yield from _open_backend(request.param, tmp_path, runner, request)
 
 
 @pytest.fixture(params=_params(["mongomock", "embedded", "server"]))
@@ -200,7 +234,7 @@ def sync_backend(
     request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
 ) -> Iterator[Backend]:
     """Only the sync flavours: for tests that run several threads at once."""
-    yield from _open_backend(request.param, tmp_path, runner)
+    yield from _open_backend(request.param, tmp_path, runner, request)
 
 
 @pytest.fixture(params=_params(["mongomock-motor", "embedded-async", "server-async"]))
@@ -208,7 +242,7 @@ def async_backend(
     request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
 ) -> Iterator[Backend]:
     """Only the async flavours: for tests that run several tasks at once."""
-    yield from _open_backend(request.param, tmp_path, runner)
+    yield from _open_backend(request.param, tmp_path, runner, request)
 
 
 @pytest.fixture

@@ -1,18 +1,21 @@
 """Every Python example in README.md and docs/*.md runs: a file's blocks in order, in one
 namespace, on the embedded default in a scratch directory. A block whose first line is
-``# needs a MongoDB server`` runs only in the real-server suite (``MONGODB_URI``)."""
+``# needs a MongoDB server`` runs in the real-server suite, on a scratch database of the test
+server (``tests/wire_server.py``), and every client it opens is closed."""
 
 from __future__ import annotations
 
 import ast
 import asyncio
 import inspect
-import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.wire_server import TEXT_INDEX_GAP, WireServer, stand_in_gap
 
 REPO = Path(__file__).parent.parent
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -22,7 +25,6 @@ DOCUMENTS = sorted(
     for path in [REPO / "README.md", *(REPO / "docs").glob("*.md")]
     if BLOCK.search(path.read_text())
 )
-MONGODB_URI = os.environ.get("MONGODB_URI")
 
 
 def blocks(document: str) -> list[str]:
@@ -55,23 +57,47 @@ def test_every_example_runs(document: str, tmp_path: Path, monkeypatch: pytest.M
         store.close()
 
 
+SERVER_BLOCKS = [
+    pytest.param(document, source, id=f"{document}-{number}")
+    for document in DOCUMENTS
+    for number, source in enumerate(
+        (source for source in blocks(document) if source.startswith(SERVER_ONLY)), 1
+    )
+]
+
+
 @pytest.mark.realserver
-@pytest.mark.skipif(not MONGODB_URI, reason="set MONGODB_URI to run against a server")
-@pytest.mark.parametrize("document", DOCUMENTS)
-def test_the_server_examples_run_on_a_server(document: str) -> None:
+@pytest.mark.parametrize(("document", "source"), SERVER_BLOCKS)
+def test_the_server_examples_run_on_a_server(
+    document: str,
+    source: str,
+    wire_server: WireServer,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each server block runs on a scratch database of the test server, never on a real
+    ``cosmos`` database: the name is swapped in the source and in the settings."""
+    from pymongo import MongoClient
+
     from cosmos_mongo import CosmosStore
 
-    server_blocks = [source for source in blocks(document) if source.startswith(SERVER_ONLY)]
-    if not server_blocks:
-        return
-    with CosmosStore.connect(MONGODB_URI) as store:
-        prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
-        namespace: dict[str, Any] = {
-            "CosmosStore": CosmosStore,
-            "uri": MONGODB_URI,
-            "prompt_id": prompt.id,
-        }
-        for number, source in enumerate(server_blocks, 1):
-            on_server = source.replace("mongodb://localhost:27017", str(MONGODB_URI))
-            run_block(on_server, namespace, f"{document} server block {number}")
-        store.delete_prompt(prompt.id)
+    if "create_text_index" in source:
+        stand_in_gap(request, wire_server, TEXT_INDEX_GAP)
+    uri = wire_server.uri
+    scratch = f"cosmos_doc_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("COSMOS_MONGO_DATABASE", scratch)
+    try:
+        with CosmosStore.connect(uri, scratch) as store:
+            prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+            namespace: dict[str, Any] = {
+                "CosmosStore": CosmosStore,
+                "uri": uri,
+                "prompt_id": prompt.id,
+            }
+            on_server = source.replace("mongodb://localhost:27017", uri).replace(
+                '"cosmos"', repr(scratch)
+            )
+            run_block(on_server, namespace, f"{document} server block")
+    finally:
+        with MongoClient(uri) as client:
+            client.drop_database(scratch)

@@ -193,7 +193,7 @@ SYNC_BACKENDS = ["mongomock", "embedded"]
 def sync_backend(request: pytest.FixtureRequest, tmp_path: Any, runner: Any) -> Any:
     from tests.conftest import _open_backend
 
-    yield from _open_backend(request.param, tmp_path, runner)
+    yield from _open_backend(request.param, tmp_path, runner, request)
 
 
 def test_create_run_during_delete_prompt_leaves_no_orphan(sync_backend: Backend) -> None:

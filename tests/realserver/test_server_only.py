@@ -1,12 +1,11 @@
 """What only a real MongoDB server can show: query plans and command counts.
 
-Skipped unless ``MONGODB_URI`` is set, e.g.
-``MONGODB_URI=mongodb://localhost:27017 python -m pytest tests/realserver``.
+Run over the wire on every run: against ``mongodb_uri`` if set, else the session's SecantusDB
+(tests/wire_server.py), e.g. ``python -m pytest tests/realserver``.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,11 +17,7 @@ from cosmos_mongo import CosmosStore
 from cosmos_mongo import queries as q
 from tests.helpers.plans import plan_stages
 
-MONGODB_URI = os.environ.get("MONGODB_URI")
-pytestmark = [
-    pytest.mark.realserver,
-    pytest.mark.skipif(not MONGODB_URI, reason="set MONGODB_URI to run against a server"),
-]
+pytestmark = pytest.mark.realserver
 
 
 class CommandCounter:
@@ -45,7 +40,7 @@ class CommandCounter:
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[CosmosStore, CommandCounter]]:
+def server(mongodb_uri: str) -> Iterator[tuple[CosmosStore, CommandCounter]]:
     from pymongo import MongoClient, monitoring
 
     counter = CommandCounter()
@@ -60,7 +55,7 @@ def server() -> Iterator[tuple[CosmosStore, CommandCounter]]:
         def failed(self, event: Any) -> None:
             counter.failed(event)
 
-    client: Any = MongoClient(MONGODB_URI, tz_aware=True, event_listeners=[Listener()])
+    client: Any = MongoClient(mongodb_uri, tz_aware=True, event_listeners=[Listener()])
     name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
     store = CosmosStore(client[name])
     store.ensure_indexes()
@@ -216,20 +211,21 @@ def test_a_read_after_a_write_in_one_call_waits_for_that_write(server: Any) -> N
         assert "afterClusterTime" in counter.sent[2].get("readConcern", {})
 
 
-def test_a_read_only_store_sends_no_write_command_and_creates_no_database() -> None:
+def test_a_read_only_store_sends_no_write_command_and_creates_no_database(
+    mongodb_uri: str,
+) -> None:
     from pymongo import MongoClient
 
     from cosmos_mongo.config import Settings
     from cosmos_mongo.errors import ReadOnlyError
 
-    assert MONGODB_URI is not None
     name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
-    settings = Settings(uri=MONGODB_URI, database=name, read_only=True)
+    settings = Settings(uri=mongodb_uri, database=name, read_only=True)
     with CosmosStore.connect(settings=settings) as store:  # no ensure_indexes when read-only
         assert store.list_prompts() == [] and store.verify().ok
         with pytest.raises(ReadOnlyError):
             store.create_prompt("A robot arm stacks blocks", {}, {})
-    client: Any = MongoClient(MONGODB_URI)
+    client: Any = MongoClient(mongodb_uri)
     try:
         assert name not in client.list_database_names()
     finally:
@@ -242,23 +238,22 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.anyio
-async def test_the_mcp_server_reads_the_named_database_read_only() -> None:
+async def test_the_mcp_server_reads_the_named_database_read_only(mongodb_uri: str) -> None:
     from mcp import Client
 
     from cosmos_mongo.config import Settings
     from mcp_server import ServerSettings, build_server
 
-    assert MONGODB_URI is not None
     name = f"cosmos_test_{uuid.uuid4().hex[:12]}"
     server = build_server(
-        ServerSettings(read_only=True), library_settings=Settings(uri=MONGODB_URI, database=name)
+        ServerSettings(read_only=True), library_settings=Settings(uri=mongodb_uri, database=name)
     )
     async with Client(server) as session:
         listed = await session.call_tool("list_prompts", {})
         assert not listed.is_error and listed.structured_content["prompts"] == []
     from pymongo import MongoClient
 
-    client: Any = MongoClient(MONGODB_URI)
+    client: Any = MongoClient(mongodb_uri)
     try:
         assert name not in client.list_database_names()
     finally:
