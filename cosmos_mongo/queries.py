@@ -559,6 +559,26 @@ def fail_run(message: str, now: datetime) -> Document:
     }
 
 
+def field_of_each(array: str, path: str) -> Document:
+    """The values of ``path`` in each document of the array field ``array``, leaving out the
+    missing ones: what ``"$array.path"`` means, written with ``$map`` and ``$filter``, which
+    every server evaluates alike (SecantusDB returns nothing for a field path through an array
+    of documents) and which are as plain to read in mongosh."""
+    return {
+        "$filter": {
+            "input": {
+                "$map": {
+                    "input": {"$ifNull": [f"${array}", []]},
+                    "as": "item",
+                    "in": f"$$item.{path}",
+                }
+            },
+            "as": "value",
+            "cond": {"$ne": [{"$ifNull": ["$$value", None]}, None]},
+        }
+    }
+
+
 def details_pipeline(prompt_id: str) -> list[Document]:
     """The prompt with every run that names it as the result, in one round trip."""
     return [
@@ -578,7 +598,7 @@ def original_pipeline(enhanced_prompt_id: str) -> list[Document]:
     """The prompt, the runs that produced it, and every candidate original, in one round trip."""
     return [
         *details_pipeline(enhanced_prompt_id),
-        {"$addFields": {"run_parents": "$result_of.outputs.original_prompt_id"}},
+        {"$addFields": {"run_parents": field_of_each("result_of", "outputs.original_prompt_id")}},
         {
             "$lookup": {
                 "from": PROMPTS,
@@ -651,9 +671,9 @@ def _walk(collection: str, edge: tuple[str, str], start: str, up: bool, into: st
     return {"$graphLookup": stage}
 
 
-def _prompts_named_by(path: str, into: str) -> list[Document]:
+def _prompts_named_by(ids: Document, into: str) -> list[Document]:
     return [
-        {"$addFields": {f"{into}_ids": path}},
+        {"$addFields": {f"{into}_ids": ids}},
         {
             "$lookup": {
                 "from": PROMPTS,
@@ -679,11 +699,15 @@ def lineage_pipeline(prompt_id: str) -> list[Document]:
     return [
         {"$match": by_id(prompt_id)},
         _walk(RUNS, RUN_EDGE, "$_id", up=True, into="up_runs"),
-        {"$addFields": {"up_run_parent_ids": "$up_runs.outputs.original_prompt_id"}},
+        {
+            "$addFields": {
+                "up_run_parent_ids": field_of_each("up_runs", "outputs.original_prompt_id")
+            }
+        },
         _walk(PROMPTS, LEGACY_EDGE, "$parameters.parent_prompt_id", up=True, into="up_prompts"),
         _walk(PROMPTS, LEGACY_EDGE, "$up_run_parent_ids", up=True, into="up_run_prompts"),
         _walk(PROMPTS, LEGACY_EDGE, "$_id", up=False, into="down_prompts"),
-        {"$addFields": {"down_prompt_ids": "$down_prompts._id"}},
+        {"$addFields": {"down_prompt_ids": field_of_each("down_prompts", "_id")}},
         _walk(RUNS, RUN_EDGE, "$_id", up=False, into="down_runs"),
         _walk(RUNS, RUN_EDGE, "$down_prompt_ids", up=False, into="down_legacy_runs"),
         # Bound the answer (one result document holds at most 16 MB): keep the first nodes of
@@ -694,9 +718,12 @@ def lineage_pipeline(prompt_id: str) -> list[Document]:
                 **{name: {"$slice": [_walked(name), LINEAGE_MAX_NODES]} for name in _WALKED},
             }
         },
-        *_prompts_named_by("$down_runs.outputs.enhanced_prompt_id", "down_run_prompts"),
         *_prompts_named_by(
-            "$down_legacy_runs.outputs.enhanced_prompt_id", "down_legacy_run_prompts"
+            field_of_each("down_runs", "outputs.enhanced_prompt_id"), "down_run_prompts"
+        ),
+        *_prompts_named_by(
+            field_of_each("down_legacy_runs", "outputs.enhanced_prompt_id"),
+            "down_legacy_run_prompts",
         ),
     ]
 
