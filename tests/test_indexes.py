@@ -146,3 +146,81 @@ def test_no_ensure_indexes_opens_without_creating_any(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with CosmosStore.connect(settings=Settings(data_dir=tmp_path, ensure_indexes=False)) as store:
         assert set(names(store.db, "prompts")) <= {"_id_"}
+
+
+def _as_a_server_lists(spec: q.IndexSpec, name: str) -> dict[str, Any]:
+    """``spec`` as pymongo decodes a server's listIndexes: SON throughout, ``v: 2``."""
+    from bson.son import SON
+
+    def son(value: Any) -> Any:
+        if isinstance(value, dict):
+            return SON((key, son(item)) for key, item in value.items())
+        return value
+
+    return {"v": 2, "key": SON(spec.keys), "name": name, **son(spec.options)}
+
+
+def test_a_server_listing_in_son_matches_our_definitions_and_changes_nothing() -> None:
+    listed = {
+        collection: [
+            _as_a_server_lists(spec, spec.name)
+            for spec in q.INDEXES
+            if spec.collection == collection
+        ]
+        for collection in (q.PROMPTS, q.RUNS)
+    }
+    plan = q.plan_indexes(listed)
+    assert sorted(plan.present) == sorted(spec.name for spec in q.INDEXES)
+    assert not (plan.create or plan.changed or plan.conflicts or plan.reused)
+
+
+def test_a_text_index_as_mongod_lists_it_is_left_alone() -> None:
+    from bson.son import SON
+
+    text_entry = {
+        "v": 2,
+        "key": SON([("_fts", "text"), ("_ftsx", 1)]),
+        "name": q.TEXT_INDEX_NAME,
+        "weights": SON([("parameters.name", 1), ("prompt_text", 1)]),
+        "default_language": "none",
+        "language_override": "language",
+        "textIndexVersion": 3,
+    }
+    listed = {
+        q.PROMPTS: [text_entry]
+        + [_as_a_server_lists(s, s.name) for s in q.INDEXES if s.collection == q.PROMPTS],
+        q.RUNS: [_as_a_server_lists(s, s.name) for s in q.INDEXES if s.collection == q.RUNS],
+    }
+    plan = q.plan_indexes(listed)
+    assert not (plan.create or plan.changed or plan.conflicts or plan.retired)
+    assert q.index_definition(text_entry["key"], text_entry)[0] == (("_fts", "text"), ("_ftsx", 1))
+
+
+def test_a_dba_partial_index_listed_in_son_is_reused_not_duplicated() -> None:
+    spec = q.INDEXES[0]
+    listed = {q.PROMPTS: [_as_a_server_lists(spec, "parameters.enhanced_1_created_at_-1__id_-1")]}
+    plan = q.plan_indexes(listed)
+    assert (spec.name, "parameters.enhanced_1_created_at_-1__id_-1") in plan.reused
+    assert spec not in plan.create
+
+
+def test_a_partial_filter_of_another_value_type_is_another_index() -> None:
+    spec = q.INDEXES[0]
+    other = {
+        **_as_a_server_lists(spec, spec.name),
+        "partialFilterExpression": {"parameters.enhanced": 1},
+    }
+    plan = q.plan_indexes({q.PROMPTS: [other]})
+    assert [changed.name for changed, _ in plan.changed] == [spec.name]
+    assert "partialFilterExpression={parameters.enhanced: 1}" in plan.changed[0][1]
+
+
+def test_the_text_index_made_on_mongomock_does_not_break_the_index_checks(
+    mock_store: CosmosStore,
+) -> None:
+    mock_store.ensure_indexes()
+    mock_store.db[q.PROMPTS].create_index(
+        list(q.TEXT_INDEX_KEYS), name=q.TEXT_INDEX_NAME, **q.TEXT_INDEX_OPTIONS
+    )
+    mock_store.ensure_indexes()
+    assert mock_store.reconcile_indexes().in_order

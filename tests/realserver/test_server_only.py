@@ -16,6 +16,14 @@ import pytest
 from cosmos_mongo import CosmosStore
 from cosmos_mongo import queries as q
 from tests.helpers.plans import plan_stages
+from tests.wire_server import (
+    MULTI_FIELD_GAP,
+    ROOTED_OR_GAP,
+    SORT_STAGE_GAP,
+    TEXT_INDEX_GAP,
+    WireServer,
+    stand_in_gap,
+)
 
 pytestmark = pytest.mark.realserver
 
@@ -69,8 +77,7 @@ def server(mongodb_uri: str) -> Iterator[tuple[CosmosStore, CommandCounter]]:
 _stages = plan_stages
 
 
-def test_enhanced_listing_uses_the_partial_index_with_no_sort_stage(server: Any) -> None:
-    store, _ = server
+def _enhanced_listing_plan(store: CosmosStore) -> list[dict[str, Any]]:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     store.db["prompts"].insert_many(
         {
@@ -85,13 +92,24 @@ def test_enhanced_listing_uses_the_partial_index_with_no_sort_stage(server: Any)
     cursor = (
         store.db["prompts"].find(q.enhanced_prompts_filter()).sort(list(q.NEWEST_FIRST)).limit(20)
     )
-    explained = cursor.explain()
-    stages = _stages(explained["queryPlanner"]["winningPlan"])
-    names = [stage.get("stage") for stage in stages]
-    assert "SORT" not in names
+    return _stages(cursor.explain()["queryPlanner"]["winningPlan"])
+
+
+def test_the_enhanced_listing_scans_the_partial_index(server: Any) -> None:
+    stages = _enhanced_listing_plan(server[0])
     scans = [stage for stage in stages if stage.get("stage") == "IXSCAN"]
     assert scans and scans[0]["indexName"] == "prompts_enhanced_created_at_id"
     assert scans[0]["isPartial"] is True
+
+
+def test_the_enhanced_listing_needs_no_sort_stage(
+    server: Any, wire_server: WireServer, request: pytest.FixtureRequest
+) -> None:
+    # db.c.createIndex({a: 1, b: -1})
+    # db.c.insertMany([{a: 1, b: 1}, {a: 1, b: 2}])
+    # db.c.find({a: 1}).sort({b: -1}).explain().queryPlanner.winningPlan  // SORT over IXSCAN
+    stand_in_gap(request, wire_server, SORT_STAGE_GAP)
+    assert "SORT" not in [stage.get("stage") for stage in _enhanced_listing_plan(server[0])]
 
 
 @pytest.mark.parametrize(
@@ -114,14 +132,26 @@ def test_each_read_sends_one_command(server: Any, read: Any) -> None:
     assert len(counter.commands) == 1, counter.commands
 
 
-def test_runs_by_prompt_use_the_prompt_index(server: Any) -> None:
-    store, _ = server
+def _runs_by_prompt_plan(store: CosmosStore) -> list[dict[str, Any]]:
     prompt = store.create_prompt("a robot arm", {}, {})
     store.create_run(prompt.id, {})
     explained = store.db["runs"].find(q.runs_filter(prompt.id)).sort(list(q.NEWEST_FIRST)).explain()
-    stages = _stages(explained["queryPlanner"]["winningPlan"])
+    return _stages(explained["queryPlanner"]["winningPlan"])
+
+
+def test_runs_by_prompt_use_the_prompt_index(server: Any) -> None:
+    stages = _runs_by_prompt_plan(server[0])
     assert any(s.get("indexName") == "runs_prompt_id_created_at_id" for s in stages)
-    assert "SORT" not in [s.get("stage") for s in stages]
+
+
+def test_runs_by_prompt_need_no_sort_stage(
+    server: Any, wire_server: WireServer, request: pytest.FixtureRequest
+) -> None:
+    # db.c.createIndex({a: 1, b: -1})
+    # db.c.insertMany([{a: 1, b: 1}, {a: 1, b: 2}])
+    # db.c.find({a: 1}).sort({b: -1}).explain().queryPlanner.winningPlan  // SORT over IXSCAN
+    stand_in_gap(request, wire_server, SORT_STAGE_GAP)
+    assert "SORT" not in [s.get("stage") for s in _runs_by_prompt_plan(server[0])]
 
 
 def _plan_uses(explained: dict[str, Any], index: str) -> bool:
@@ -130,35 +160,58 @@ def _plan_uses(explained: dict[str, Any], index: str) -> bool:
     )
 
 
-def test_helper_queries_use_their_indexes(server: Any) -> None:
-    store, _ = server
-    # Enough other runs that scanning by model_type or created_at is plainly the worse plan.
-    for i in range(60):
+def _enhanced_twice(store: CosmosStore, others: int) -> tuple[str, str]:
+    """``others`` unrelated enhancements (so scanning by model_type or created_at is plainly
+    the worse plan), then one original and its child: their ids."""
+    for i in range(others):
         other = store.create_prompt(f"Other prompt {i}", {}, {})
         store.enhance_prompt(other.id, enhanced_text=f"Other rewrite {i}.")
     original = store.create_prompt("A robot arm stacks blocks", {}, {})
     child = store.enhance_prompt(original.id, enhanced_text="A robot arm stacks three blocks.")
+    assert child.enhanced_prompt_id is not None
+    return original.id, child.enhanced_prompt_id
+
+
+def test_the_details_and_children_lookups_use_their_indexes(server: Any) -> None:
+    store, _ = server
+    original_id, child_id = _enhanced_twice(store, 60)
     runs = store.db["runs"]
-    details = runs.find({"outputs.enhanced_prompt_id": child.enhanced_prompt_id}).explain()
+    details = runs.find({"outputs.enhanced_prompt_id": child_id}).explain()
     assert _plan_uses(details, "runs_enhanced_prompt_id_created_at_id")
-    children = runs.find({"outputs.original_prompt_id": original.id}).explain()
+    children = runs.find({"outputs.original_prompt_id": original_id}).explain()
     assert _plan_uses(children, "runs_original_prompt_id_created_at_id")
-    history = runs.find(q.history_filter(original.id)).sort(list(q.NEWEST_FIRST)).explain()
-    history_stages = [st.get("stage") for st in _stages(history["queryPlanner"]["winningPlan"])]
+
+
+def test_the_history_merges_its_branches_indexes_with_no_sort_stage(
+    server: Any, wire_server: WireServer, request: pytest.FixtureRequest
+) -> None:
+    # db.c.createIndex({a: 1, t: -1}); db.c.createIndex({b: 1, t: -1})
+    # db.c.insertMany([{a: 1, t: 1}, {b: 1, t: 2}])
+    # db.c.find({$or: [{a: 1}, {b: 1}]}).sort({t: -1}).explain()  // COLLSCAN, not SORT_MERGE
+    stand_in_gap(request, wire_server, ROOTED_OR_GAP)
+    store, _ = server
+    original_id, _child_id = _enhanced_twice(store, 60)
+    history = store.db["runs"].find(q.history_filter(original_id)).sort(list(q.NEWEST_FIRST))
+    explained = history.explain()
+    history_stages = [st.get("stage") for st in _stages(explained["queryPlanner"]["winningPlan"])]
     assert "SORT" not in history_stages  # the branches arrive in order and are merged
     for index in (
         "runs_prompt_id_created_at_id",
         "runs_original_prompt_id_created_at_id",
         "runs_enhanced_prompt_id_created_at_id",
     ):
-        assert _plan_uses(history, index), index
+        assert _plan_uses(explained, index), index
 
 
-def test_the_quick_checks_are_served_by_their_indexes(server: Any) -> None:
+def test_the_quick_checks_are_served_by_their_indexes(
+    server: Any, wire_server: WireServer, request: pytest.FixtureRequest
+) -> None:
+    # db.c.createIndex({s: 1})
+    # db.c.insertMany([{s: "a", m: 1}, {s: "b", m: 1}])
+    # db.c.find({s: "a", m: 1}).explain().queryPlanner.winningPlan  // COLLSCAN, not IXSCAN s_1
+    stand_in_gap(request, wire_server, MULTI_FIELD_GAP)
     store, _ = server
-    for i in range(30):
-        other = store.create_prompt(f"Other prompt {i}", {}, {})
-        store.enhance_prompt(other.id, enhanced_text=f"Other rewrite {i}.")
+    _enhanced_twice(store, 30)
     before = datetime.now(UTC)
     runs = store.db["runs"]
     deletions = runs.find(q.interrupted_deletions_filter(before)).explain()
@@ -260,13 +313,21 @@ async def test_the_mcp_server_reads_the_named_database_read_only(mongodb_uri: st
         client.close()
 
 
-def test_word_search_is_served_by_the_text_index(server: Any) -> None:
+def test_word_search_is_served_by_the_text_index(
+    server: Any, wire_server: WireServer, request: pytest.FixtureRequest
+) -> None:
+    # db.c.insertOne({t: "a robot arm"})
+    # db.c.createIndex({t: "text"})  // code 67 CannotCreateIndex on the stand-in
+    # db.c.find({$text: {$search: "robot"}})  // mongod: the document; the stand-in: an error
+    stand_in_gap(request, wire_server, TEXT_INDEX_GAP)
     store, _ = server
     store.create_text_index()
     robot = store.create_prompt("A robot arm stacks blocks", {}, {})
     for i in range(50):
         store.create_prompt(f"Waves roll onto a beach {i}", {}, {})
     assert [p.id for p in store.search_prompts("robot", match="words")] == [robot.id]
+    assert [p.id for p in store.search_prompts("robot blocks", match="words")] == [robot.id]
+    assert store.search_prompts("rob", match="words") == []  # whole words only
     explained = store.db["prompts"].find(q.words_filter("robot")).explain()
     assert "TEXT" in str(explained["queryPlanner"]["winningPlan"]) or "TEXT_MATCH" in str(
         explained["queryPlanner"]["winningPlan"]
