@@ -10,7 +10,8 @@ Every exception the library raises on purpose derives from one root::
     ├── ConflictError            the operation would break a rule about existing data
     ├── EnhancementError         the enhancer failed, timed out or returned nothing usable
     └── StorageError             the database or embedded store failed (driver errors land here)
-        └── ReadOnlyError        a write on a store opened read-only; nothing was written
+        ├── ReadOnlyError        a write on a store opened read-only; nothing was written
+        └── InvalidDocumentError a stored document does not fit the data model (edited by hand?)
 
 Driver errors (pymongo, sqlite3) are translated once, at the executor boundary, with
 ``raise StorageError(...) from exc`` so the original stays reachable as ``__cause__``.
@@ -101,3 +102,24 @@ class StorageError(CosmosMongoError):
 class ReadOnlyError(StorageError):
     """A write was asked of a store opened read-only (``COSMOS_MONGO_READ_ONLY``); nothing
     was written."""
+
+
+class InvalidDocumentError(StorageError):
+    """A stored document does not fit the data model (edited by hand, or written by another
+    program), so it cannot be returned as a model. ``collection``, ``document_id``, ``field``
+    and ``rule`` say which document and why; ``cosmos-mongo verify`` lists every such document.
+    ``written`` is True when the call's own write was stored before its answer failed."""
+
+    def __init__(
+        self, collection: str, document_id: str, field: str, rule: str, *, written: bool = False
+    ) -> None:
+        self.collection = collection
+        self.document_id = document_id
+        self.field = field
+        self.rule = rule
+        self.written = written
+        stored = " The change was stored; only its answer could not be read." if written else ""
+        super().__init__(
+            f"{collection} {document_id} does not fit the data model: {field} {rule}.{stored} "
+            "Fix or delete it (e.g. in mongosh); `cosmos-mongo verify` lists every such document."
+        )

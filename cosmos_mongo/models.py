@@ -3,22 +3,36 @@
 Documents map to models through :meth:`Prompt.from_document` / :meth:`Run.from_document`; the
 document ``_id`` becomes ``id``. Readers are lenient (older documents may lack ``updated_at``
 or ``metadata``, and naive datetimes are read as UTC); writers are strict (see
-:mod:`cosmos_mongo.validation`).
+:mod:`cosmos_mongo.validation`). A document that still does not fit (edited by hand) is left
+out of a listing and named in its ``skipped`` (:func:`listing`), and a read of it alone raises
+:class:`~cosmos_mongo.errors.InvalidDocumentError` (:func:`model_of`).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from bson.tz_util import utc as BSON_UTC
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    computed_field,
+    field_validator,
+)
 
+from cosmos_mongo.errors import InvalidDocumentError
 from cosmos_mongo.validation import PROMPT_ID_PREFIX, RUN_ID_PREFIX
+
+log = logging.getLogger("cosmos_mongo")
 
 
 def utc_now() -> datetime:
@@ -79,6 +93,8 @@ def new_run_id() -> str:
 class _Document(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
+    collection: ClassVar[str]  # where documents of this model are stored
+
     # ``id`` in Python and JSON; ``_id`` in MongoDB. Both are accepted when reading.
     id: str = Field(validation_alias=AliasChoices("id", "_id"))
 
@@ -106,8 +122,25 @@ class _Document(BaseModel):
         return None if value is None else as_utc(value)
 
 
+class SkippedDocument(BaseModel):
+    """A stored document that a read left out because it does not fit its model (edited by
+    hand?). ``verify()`` lists every such document in ``invalid_documents``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    collection: str = Field(description="`prompts` or `runs`.")
+    id: str = Field(description="The document's `_id`, as text.")
+    field: str = Field(description="The first field that breaks the model, e.g. `rating`.")
+    rule: str = Field(description="What that field must be, and the value stored.")
+
+    def __str__(self) -> str:
+        return f"{self.collection} {self.id}: {self.field} {self.rule}"
+
+
 class Prompt(_Document):
     """A Cosmos prompt: the text, its input files and its generation parameters."""
+
+    collection: ClassVar[str] = "prompts"
 
     prompt_text: str
     inputs: dict[str, Any] = Field(default_factory=dict)
@@ -127,6 +160,8 @@ class Prompt(_Document):
 
 class Run(_Document):
     """One execution of a prompt by a model (transfer, enhance, upscale, predict, reason)."""
+
+    collection: ClassVar[str] = "runs"
 
     prompt_id: str
     model_type: str
@@ -157,6 +192,98 @@ class Run(_Document):
             return EnhancementOutputs.model_validate(self.outputs)
         except ValueError:
             return None
+
+
+Model = TypeVar("Model", bound=_Document)
+
+
+class Listing(list[Model]):
+    """What a read of many documents returns: a ``list`` of the models, in order, whose
+    ``skipped`` names the stored documents left out because they do not fit the model (edited
+    by hand?). It is a list in every other way, so code written for a list keeps working."""
+
+    def __init__(
+        self, items: Iterable[Model] = (), skipped: Iterable[SkippedDocument] = ()
+    ) -> None:
+        super().__init__(items)
+        self.skipped: list[SkippedDocument] = list(skipped)
+
+
+def model_of(model: type[Model], document: Mapping[str, Any], *, written: bool = False) -> Model:
+    """The model of one stored document; ``written`` when the call stored a change first.
+
+    Raises:
+        InvalidDocumentError: the document does not fit the model (names the first field).
+    """
+    try:
+        return model.from_document(document)
+    except ValidationError as exc:
+        found = skipped_document(model, document, exc)
+        raise InvalidDocumentError(
+            found.collection, found.id, found.field, found.rule, written=written
+        ) from exc
+
+
+def listing(model: type[Model], documents: Iterable[Mapping[str, Any]]) -> Listing[Model]:
+    """The models of ``documents``, in order. Those that do not fit are left out, named in
+    ``skipped`` and in one WARNING on the ``cosmos_mongo`` logger: one hand-edited document
+    must not hide all the others."""
+    found: Listing[Model] = Listing()
+    for document in documents:
+        try:
+            found.append(model.from_document(document))
+        except ValidationError as exc:
+            found.skipped.append(skipped_document(model, document, exc))
+    if found.skipped:
+        shown = "; ".join(str(each) for each in found.skipped[:10])
+        more = f"; and {len(found.skipped) - 10} more" if len(found.skipped) > 10 else ""
+        log.warning(
+            "left out %d stored document(s) that do not fit the data model: %s%s "
+            "(`cosmos-mongo verify` lists every such document)",
+            len(found.skipped),
+            shown,
+            more,
+        )
+    return found
+
+
+def document_problems(model: type[_Document], document: Mapping[str, Any]) -> list[str]:
+    """Every way ``document`` breaks ``model``, as "field rule"; empty when it fits."""
+    try:
+        model.from_document(document)
+    except ValidationError as exc:
+        return [f"{field} {rule}" for field, rule in _problems(exc)]
+    return []
+
+
+def skipped_document(
+    model: type[_Document], document: Mapping[str, Any], exc: ValidationError
+) -> SkippedDocument:
+    field, rule = _problems(exc)[0]
+    return SkippedDocument(
+        collection=model.collection, id=str(document.get("_id")), field=field, rule=rule
+    )
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field, rule) for each of pydantic's errors, worded as the rule the field breaks and
+    the value stored (never the whole document, which a missing field's error holds)."""
+    found = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "document"
+        if error["type"] == "missing":
+            found.append((field, "is required but missing"))
+            continue
+        message = str(error["msg"])
+        if message.startswith("Input should be "):
+            rule = "must be " + message.removeprefix("Input should be ")
+        else:
+            rule = "is invalid: " + message[:1].lower() + message[1:]
+        shown = repr(error.get("input"))
+        found.append(
+            (field, f"{rule} (stored: {shown if len(shown) <= 60 else shown[:57] + '...'})")
+        )
+    return found
 
 
 class EnhancementOutputs(BaseModel):
@@ -304,6 +431,11 @@ class Lineage(BaseModel):
         description="True when the tree was larger than one answer holds and was cut: ask "
         "get_lineage of a prompt at the edge to see beyond.",
     )
+    skipped: list[SkippedDocument] = Field(
+        default_factory=list,
+        description="Prompts and runs of the tree that do not fit the data model (edited by "
+        "hand?): left out, and a run's edge with it; `verify` lists every such document.",
+    )
 
     def children_of(self, prompt_id: str) -> list[LineageEdge]:
         return [edge for edge in self.descendants if edge.parent_id == prompt_id]
@@ -322,9 +454,12 @@ class Lineage(BaseModel):
         order += [i for edge in edges for i in (edge.parent_id, edge.child_id)]
         node = {prompt_id: f"n{n}" for n, prompt_id in enumerate(dict.fromkeys(order))}
         lines = ["flowchart TD"]
+        unreadable = {each.id for each in self.skipped if each.collection == Prompt.collection}
         for prompt_id, name in node.items():
             found = self.prompts.get(prompt_id)
             text = "(deleted)" if found is None else _shortened(found.prompt_text, 48)
+            if found is None and prompt_id in unreadable:
+                text = "(does not fit the data model)"
             lines.append(f'    {name}["{_mermaid_text(prompt_id)}<br/>{_mermaid_text(text)}"]')
         for edge in edges:
             label = "legacy parent link" if edge.run is None else _edge_label(edge.run)
@@ -395,6 +530,12 @@ class VerificationReport(BaseModel):
         description="Stored rows of the embedded default that failed their checksum or could "
         "not be decoded (collection and id); they are not served. Restore from a backup.",
     )
+    invalid_documents: list[str] = Field(
+        default_factory=list,
+        description="Prompts and runs that do not fit the data model (edited by hand?), as "
+        "'<collection> <id>: <field> <rule>'; listings leave them out and a read of one fails. "
+        "Fix or delete them (e.g. in mongosh).",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -407,6 +548,7 @@ class VerificationReport(BaseModel):
             or self.flag_mismatches
             or self.half_finished
             or self.damaged_documents
+            or self.invalid_documents
         )
 
 

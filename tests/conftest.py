@@ -203,9 +203,7 @@ def runner() -> Iterator[asyncio.Runner]:
 
 def _params(names: list[str]) -> list[Any]:
     return [
-        pytest.param(name, marks=pytest.mark.realserver)
-        if name in SERVER_BACKENDS
-        else name
+        pytest.param(name, marks=pytest.mark.realserver) if name in SERVER_BACKENDS else name
         for name in names
     ]
 
