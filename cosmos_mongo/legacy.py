@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cosmos_mongo import queries as q
-from cosmos_mongo.errors import InvalidInputError
+from cosmos_mongo.errors import ConflictError, InvalidInputError
 from cosmos_mongo.models import (
     EnhancementDetails,
     MigrationReport,
@@ -25,7 +26,7 @@ from cosmos_mongo.models import (
     utc_now,
 )
 from cosmos_mongo.ops import Find, Flow, InsertOne, Progress, UpdateOne, reported
-from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS
+from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS, check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -219,20 +220,46 @@ def _order(run: Mapping[str, Any]) -> tuple[datetime, datetime, str]:
     )
 
 
-def _run_from_legacy_keys(prompt: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    """A completed enhance run holding what only a run-less prompt's legacy keys know."""
+def named_run_id(prompt: Mapping[str, Any]) -> str | None:
+    """The run the prompt's ``last_enhancement_run_id`` names, if that is a well-formed id."""
+    value = (prompt.get("parameters") or {}).get("last_enhancement_run_id")
+    try:
+        return check_run_id(value, "last_enhancement_run_id")
+    except InvalidInputError:
+        return None  # not an id a run could have: the created run gets a new one
+
+
+def _adoptable(run: Mapping[str, Any], prompt: Mapping[str, Any]) -> bool:
+    """Whether the run the keys name made the prompt but, in an older shape, does not say so:
+    a completed enhance run of the prompt's origin that names no result of its own."""
+    outputs = run.get("outputs")
+    return (
+        is_completed_enhancement(run)
+        and (outputs is None or isinstance(outputs, Mapping))
+        and not (outputs or {}).get("enhanced_prompt_id")
+        and run.get("prompt_id") == (legacy_parent_id(prompt) or prompt["_id"])
+    )
+
+
+def _run_from_legacy_keys(prompt: Mapping[str, Any], now: datetime, run_id: str) -> dict[str, Any]:
+    """A completed enhance run ``run_id`` holding what only a prompt's legacy keys know."""
     parameters = prompt.get("parameters") or {}
     parent = legacy_parent_id(prompt)
     model = _text(parameters.get("enhancement_model"))
     enhanced_at = parse_time(parameters.get("enhanced_at"))
-    run_id = parameters.get("last_enhancement_run_id")
+    metadata: dict[str, Any] = {"migrated_from": "legacy prompt parameters"}
+    named = parameters.get("last_enhancement_run_id")
+    if isinstance(named, str) and named and named != run_id:
+        # The id the keys gave is another run's, another legacy prompt's, or no run id at
+        # all: keep it, so nothing the keys said is lost.
+        metadata["legacy_run_id"] = named
     document = q.run_document(
-        run_id if isinstance(run_id, str) and run_id.startswith("rs_") else new_run_id(),
+        run_id,
         parent or prompt["_id"],
         q.ENHANCE,
         "completed",
         {"model": model, "create_new": parent is not None, "original_prompt_text": None},
-        {"migrated_from": "legacy prompt parameters"},
+        metadata,
         enhanced_at or now,
     )
     document["outputs"] = {
@@ -246,34 +273,114 @@ def _run_from_legacy_keys(prompt: Mapping[str, Any], now: datetime) -> dict[str,
     return document
 
 
+@dataclass
+class _Tally:
+    """What a migration did so far, and the run ids it has taken (also in a dry run)."""
+
+    now: datetime
+    dry_run: bool
+    created: list[str] = field(default_factory=list)
+    backfilled: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    taken: set[str] = field(default_factory=set)
+    writing: str = ""  # the write under way, named if the database refuses it
+
+
 def _record_legacy_keys(
     prompt: Mapping[str, Any],
     producing: Sequence[Mapping[str, Any]],
-    now: datetime,
-    dry_run: bool,
-    report: dict[str, list[str]],
+    named: Mapping[str, Any] | None,
+    tally: _Tally,
 ) -> Flow[None]:
-    """Write into runs what the prompt's legacy keys know (step one of migrating it)."""
+    """Write into runs what the prompt's legacy keys know (step one of migrating it).
+
+    ``producing`` are the completed enhance runs that name the prompt as their result;
+    ``named`` is the existing run its ``last_enhancement_run_id`` names (None if none). With
+    no producing run, the named run is completed if it is the older shape of the run that made
+    the prompt; otherwise a run is created, under the named id only while that id is free.
+    Raises ``ConflictError`` or ``InvalidInputError`` if the database refuses a write.
+    """
+    if (
+        not producing
+        and named is not None
+        and named["_id"] not in tally.taken
+        and _adoptable(named, prompt)
+    ):
+        producing = [named]
     if not producing:
-        document = _run_from_legacy_keys(prompt, now)
-        report["created"].append(document["_id"])
-        if not dry_run:
+        run_id = named_run_id(prompt)
+        if run_id is None or named is not None or run_id in tally.taken:
+            run_id = new_run_id()  # the named id is no run id, or is not free
+        document = _run_from_legacy_keys(prompt, tally.now, run_id)
+        tally.taken.add(document["_id"])
+        if not tally.dry_run:
+            tally.writing = f"creating run {document['_id']}"
             yield from InsertOne(q.RUNS, document)
+        tally.created.append(document["_id"])
         return
     for run_id, changes in _backfills(prompt, producing).items():
-        report["backfilled"].append(run_id)
-        if not dry_run:
-            yield from UpdateOne(q.RUNS, q.by_id(run_id), {"$set": {**changes, "updated_at": now}})
+        tally.taken.add(run_id)
+        if not tally.dry_run:
+            tally.writing = f"completing the outputs of run {run_id}"
+            change = {"$set": {**changes, "updated_at": tally.now}}
+            yield from UpdateOne(q.RUNS, q.by_id(run_id), change)
+        tally.backfilled.append(run_id)
+
+
+def _named_runs(prompts: Sequence[Mapping[str, Any]]) -> Flow[dict[str, Mapping[str, Any]]]:
+    """The existing runs that the prompts' ``last_enhancement_run_id`` name, by id."""
+    wanted = sorted({run_id for prompt in prompts if (run_id := named_run_id(prompt))})
+    if not wanted:
+        return {}
+    found = yield from Find(q.RUNS, {"_id": {"$in": wanted}})
+    return {str(run["_id"]): run for run in found}
 
 
 def absorb_legacy_keys(prompt: Mapping[str, Any]) -> Flow[None]:
     """Before a legacy prompt is overwritten in place (which unsets its keys), record what the
-    keys know on the runs that produced it, as ``migrate`` would."""
+    keys know on the runs that produced it, as ``migrate`` would.
+
+    Raises ``ConflictError`` or ``InvalidInputError`` if the database refuses a write.
+    """
     producing = yield from Find(
         q.RUNS, {**q.COMPLETED_ENHANCEMENT, "outputs.enhanced_prompt_id": prompt["_id"]}
     )
-    report: dict[str, list[str]] = {"created": [], "backfilled": []}
-    yield from _record_legacy_keys(prompt, producing, utc_now(), False, report)
+    named = {} if producing else (yield from _named_runs([prompt]))
+    named_run = named.get(named_run_id(prompt) or "")
+    yield from _record_legacy_keys(prompt, producing, named_run, _Tally(utc_now(), False))
+
+
+def _migrate_prompt(
+    prompt: Mapping[str, Any],
+    producing: Sequence[Mapping[str, Any]],
+    named: Mapping[str, Any] | None,
+    tally: _Tally,
+) -> Flow[bool]:
+    """Migrate one legacy prompt: record its keys in runs, then strip them. False, with the
+    prompt's keys left as they were and the reason in ``tally.left``, if a write is refused:
+    one prompt the database will not take must not stop the others."""
+    before = len(tally.created), len(tally.backfilled)
+    try:
+        yield from _record_legacy_keys(prompt, producing, named, tally)
+        if not tally.dry_run:
+            tally.writing = "removing its keys"
+            unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
+            change = {"$unset": unset, "$set": {"updated_at": tally.now}}
+            yield from UpdateOne(q.PROMPTS, q.by_id(prompt["_id"]), change)
+    except (ConflictError, InvalidInputError) as exc:
+        # What was written before is idempotent backfill or a complete run, which the next
+        # migration reads as this prompt's producing run: the prompt can simply be tried again.
+        written = [*tally.created[before[0] :], *tally.backfilled[before[1] :]]
+        named_id = (prompt.get("parameters") or {}).get("last_enhancement_run_id")
+        facts = [f"refused while {tally.writing}: {exc}"]
+        if named_id is not None:
+            facts.append(f"its keys name run {named_id!r}")
+        if written:
+            facts.append(f"already written: run {', '.join(written)}")
+        tally.left.append(f"{prompt['_id']}: left with its legacy keys ({'; '.join(facts)})")
+        log.warning("migrate: %s", tally.left[-1])
+        return False
+    return True
 
 
 MIGRATE_BATCH = 1000
@@ -283,15 +390,19 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
     """Backfill run records from legacy keys and fallbacks, then strip the keys. Idempotent.
 
     For each enhanced prompt with legacy keys: every completed enhance run that produced it
-    gains the outputs it lacks (or, if it has none, a run is created from the keys); only then
-    are the keys removed, so a crash in between leaves keys that the next run migrates again.
-    Completed enhance runs missing ``enhancement_model`` or ``enhanced_at`` are backfilled
-    from their own fallbacks.
+    gains the outputs it lacks; if none did, the run its ``last_enhancement_run_id`` names
+    gains them when it is the older shape of the run that made it (a completed enhance run of
+    its origin naming no result), else a run is created from the keys (with the named id only
+    if no run has it). Only then are the keys removed, so a crash in between leaves keys that
+    the next run migrates again. A prompt whose write the database refuses keeps its keys and
+    is listed in ``prompts_left``; the others go on. Completed enhance runs missing
+    ``enhancement_model`` or ``enhanced_at`` are backfilled from their own fallbacks.
+
+    Raises ``InvalidInputError`` if ``dry_run`` is not a bool.
     """
     if not isinstance(dry_run, bool):
         raise InvalidInputError("dry_run", "must be true or false")
-    now = utc_now()
-    report: dict[str, list[str]] = {"created": [], "backfilled": []}
+    tally = _Tally(utc_now(), dry_run)
     stripped: list[str] = []
     examined = 0
     after: Any = None
@@ -313,17 +424,20 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
                 "outputs.enhanced_prompt_id": {"$in": [prompt["_id"] for prompt in batch]},
             },
         )
+        by_result: dict[Any, list[Mapping[str, Any]]] = {}
+        for run in producing:
+            by_result.setdefault(run["outputs"].get("enhanced_prompt_id"), []).append(run)
+        # The runs that run-less prompts' keys name: such an id may be taken by a run that does
+        # not record the prompt (an older shape, a failed or another kind of run).
+        named = yield from _named_runs([p for p in batch if p["_id"] not in by_result])
         for prompt in batch:
-            runs = [r for r in producing if r["outputs"].get("enhanced_prompt_id") == prompt["_id"]]
-            yield from _record_legacy_keys(prompt, runs, now, dry_run, report)
-            stripped.append(prompt["_id"])
-            if not dry_run:
-                unset = {f"parameters.{key}": "" for key in sorted(LEGACY_ENHANCEMENT_KEYS)}
-                change = {"$unset": unset, "$set": {"updated_at": now}}
-                yield from UpdateOne(q.PROMPTS, q.by_id(prompt["_id"]), change)
+            runs = by_result.get(prompt["_id"], [])
+            named_run = None if runs else named.get(named_run_id(prompt) or "")
+            if (yield from _migrate_prompt(prompt, runs, named_run, tally)):
+                stripped.append(prompt["_id"])
     # The last word: how many there were (also when there were none).
     yield from reported(progress, "legacy prompts", examined, examined)
-    backfilled = report["backfilled"]
+    backfilled = tally.backfilled
     incomplete = yield from Find(q.RUNS, q.incomplete_runs_filter())
     for run in incomplete:
         if str(run["_id"]) in backfilled:
@@ -333,12 +447,13 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
             backfilled.append(str(run["_id"]))
             if not dry_run:
                 yield from UpdateOne(
-                    q.RUNS, q.by_id(run["_id"]), {"$set": {**changes, "updated_at": now}}
+                    q.RUNS, q.by_id(run["_id"]), {"$set": {**changes, "updated_at": tally.now}}
                 )
     return MigrationReport(
         dry_run=dry_run,
         prompts_examined=examined,
         runs_backfilled=backfilled,
-        runs_created=report["created"],
+        runs_created=tally.created,
         prompts_stripped=stripped,
+        prompts_left=tally.left,
     )

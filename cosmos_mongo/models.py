@@ -596,6 +596,11 @@ class MigrationReport(BaseModel):
     runs_backfilled: list[str] = Field(description="Existing runs that gained missing outputs.")
     runs_created: list[str] = Field(description="Runs made for legacy prompts that had none.")
     prompts_stripped: list[str] = Field(description="Prompts whose legacy keys were removed.")
+    prompts_left: list[str] = Field(
+        default_factory=list,
+        description="Prompts the database refused a write for, each with its ids and the "
+        "reason: their keys stay as they were, and the other prompts are migrated.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

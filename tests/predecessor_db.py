@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,42 @@ def sample(path: Path, prompts: int = 6) -> Path:
     db.execute(
         "INSERT INTO job_queue (id, prompt_ids, job_type, status) VALUES ('j1', '[]', 'inference', 'queued')"
     )
+    db.commit()
+    db.close()
+    return path
+
+
+def _sqlite_time(value: Any) -> Any:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
+
+
+def from_documents(path: Path, prompts: list[dict[str, Any]], runs: list[dict[str, Any]]) -> Path:
+    """A predecessor file holding these prompt and run documents as its rows (the legacy
+    fixtures of tests/integration/legacy_data.py, written the way the predecessor stored them)."""
+    db = create(path)
+    for document in prompts:
+        add_prompt(
+            db,
+            document["_id"],
+            document["prompt_text"],
+            _sqlite_time(document.get("created_at")),
+            document.get("inputs"),
+            document.get("parameters"),
+        )
+    for document in runs:
+        add_run(
+            db,
+            document["_id"],
+            document["prompt_id"],
+            model_type=document["model_type"],
+            status=document["status"],
+            created=_sqlite_time(document.get("created_at")),
+            outputs=document.get("outputs"),
+            config=document.get("execution_config"),
+            metadata=document.get("metadata"),
+            updated=_sqlite_time(document.get("updated_at")),
+            error=document.get("error_message"),
+        )
     db.commit()
     db.close()
     return path
