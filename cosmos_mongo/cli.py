@@ -752,6 +752,8 @@ def repair(state: _Context, stale_minutes: float, quick: bool, as_json: bool) ->
         click.echo("quick: orphans, flags and legacy data were not checked (run without --quick)")
     for problem in report.unrepairable:
         click.echo(f"cannot repair: {problem}")
+    for left in report.migration.prompts_left:
+        click.echo(f"cannot migrate: {left}")
 
 
 @cli.command()
@@ -771,6 +773,8 @@ def migrate(state: _Context, apply_changes: bool, as_json: bool) -> None:
         f"run(s) and strip legacy keys from {len(report.prompts_stripped)} prompt(s) "
         f"({report.prompts_examined} examined)."
     )
+    for left in report.prompts_left:
+        click.echo(f"cannot migrate: {left}")
     if report.dry_run and report.changes:
         click.echo("Run again with --apply to make these changes.")
 

@@ -293,3 +293,28 @@ def test_the_cli_migrates_a_predecessor_file_holding_every_named_run_shape(
     assert invoke("verify").exit_code == 0
     repaired = invoke("repair")
     assert repaired.exit_code == 0 and "cannot" not in repaired.output
+
+
+def test_migrate_and_repair_print_each_prompt_they_could_not_migrate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cosmos_mongo.embedded import open_embedded
+
+    monkeypatch.delenv("COSMOS_MONGO_URI", raising=False)
+    monkeypatch.setenv("COSMOS_MONGO_DATA_DIR", str(tmp_path / "data"))
+    with open_embedded(tmp_path / "data") as database:
+        ids = insert_named_run_variants(database)
+    runner = CliRunner()
+    wanted = f"cannot migrate: {ids['failed enhance run']}: left with its legacy keys"
+    for command in (["migrate", "--apply"], ["repair"]):
+        colliding = iter([rid(25)])  # the command's first new run id is taken
+        monkeypatch.setattr(
+            "cosmos_mongo.legacy.new_run_id",
+            lambda colliding=colliding: next(colliding, None) or new_run_id(),
+        )
+        result = runner.invoke(cli, command, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert [line for line in result.output.splitlines() if "cannot migrate" in line] == [
+            line for line in result.output.splitlines() if line.startswith(wanted)
+        ], result.output
+        assert wanted in result.output and rid(25) in result.output
