@@ -48,8 +48,9 @@ INSTRUCTIONS: Final = (
     "motion, the setting and the objects around it, the lighting and weather, and how the "
     "camera frames and moves. Make the motion physically plausible. Do not invent a story, "
     "dialogue, on-screen text or people and objects the prompt does not suggest. Write plain "
-    f"English prose: no lists, headings or markdown, at most {MAX_ENHANCED_WORDS} words. Reply "
-    "with the rewritten prompt only."
+    f"English prose: no lists, headings or markdown, at most {MAX_ENHANCED_WORDS} words. If the "
+    "prompt is already detailed (perhaps enhanced before), refine it instead of adding to it, "
+    "and never repeat a sentence. Reply with the rewritten prompt only."
 )
 
 
@@ -295,57 +296,144 @@ def _matches(words: set[str], table: tuple[tuple[tuple[str, ...], str], ...]) ->
     return [phrase for keys, phrase in table if words.intersection(keys)]
 
 
-def _subject(text: str) -> str:
-    """The noun phrase before the first verb or preposition, e.g. 'robot arm', 'humanoid robots'."""
-    words = re.findall(r"[A-Za-z][A-Za-z'-]*", text)
+def _subject(sentence: str) -> str:
+    """The noun phrase before the first verb or preposition, e.g. 'robot arm', 'humanoid robots'.
+
+    Read from one sentence only, and ended by an article, so it never runs on into the next
+    noun phrase ('robot. The robot' is not a subject)."""
+    words = re.findall(r"[A-Za-z][A-Za-z'-]*", sentence)
     if words and words[0].lower() in _ARTICLES:
         words = words[1:]
     subject: list[str] = []
     for word in words[:5]:
-        if subject and (word.lower() in _VERBS or word.lower() in _PREPOSITIONS):
+        lower = word.lower()
+        if subject and (lower in _VERBS or lower in _PREPOSITIONS or lower in _ARTICLES):
             break
-        subject.append(word.lower())
+        subject.append(lower)
     return " ".join(subject[:4]) or "main subject"
+
+
+# The template's sentences, written once so that it can also recognise them.
+_FOCUS_TAIL: Final = "the clear focus of the shot, shown in sharp, realistic detail."
+_SETTING_FRAME: Final = (
+    "The scene takes place in {}, which stays consistent from the first frame to the last."
+)
+_DEFAULT_LIGHT: Final = "Soft, natural light shows the scene clearly with believable shadows"
+_FOOTAGE: Final = (
+    "The footage looks like real video: stable exposure, natural colors and no text or graphics "
+    "on screen."
+)
+
+
+def _focus_sentence(subject: str, plural: bool) -> str:
+    return f"The {subject} {'are' if plural else 'is'} {_FOCUS_TAIL}"
+
+
+def _motion_sentence(plural: bool) -> str:
+    return (
+        f"{'Their' if plural else 'Its'} motion is continuous and physically plausible, at a "
+        "natural pace, with objects responding with believable weight, contact and momentum."
+    )
+
+
+# Every sentence but the subject's that the template can write: text it expanded before is
+# recognised by these (and by _OWN_FOCUS), and only the sentences around them are the user's.
+_OWN_SENTENCES: Final = frozenset(
+    [
+        _motion_sentence(True),
+        _motion_sentence(False),
+        *(_SETTING_FRAME.format(phrase) for _, phrase in _SETTINGS),
+        _SETTING_FRAME.format(_ANY_SETTING),
+        *(f"{phrase}." for _, phrase in _LIGHTING),
+        f"{_DEFAULT_LIGHT}.",
+        *(f"{phrase}." for _, phrase in _CAMERAS),
+        f"{_STEADY_CAMERA}.",
+        _FOOTAGE,
+    ]
+)
+# Any subject of up to eight words: also the doubled ones older versions wrote.
+_OWN_FOCUS: Final = re.compile(
+    rf"The (?:[A-Za-z][A-Za-z'-]* ){{1,8}}(?:is|are) {re.escape(_FOCUS_TAIL)}"
+)
+# A sentence of the user's that already gives one of the aspects the template would add.
+_ASPECTS: Final = {
+    "focus": re.compile(r"\bthe clear focus of the shot\b", re.IGNORECASE),
+    "motion": re.compile(r"^(?:its|their) motion\b", re.IGNORECASE),
+    "setting": re.compile(r"^the scene takes place\b", re.IGNORECASE),
+    "lighting": re.compile(
+        r"\b(?:lighting|lit|sunlight|sunlit|moonlight|moonlit|daylight)\b", re.IGNORECASE
+    ),
+    "camera": re.compile(r"\bcamera\b", re.IGNORECASE),
+    "footage": re.compile(r"^the footage\b", re.IGNORECASE),
+}
+_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentences(text: str) -> list[str]:
+    return [sentence for sentence in _SENTENCE_END.split(" ".join(text.split())) if sentence]
+
+
+def _is_own(sentence: str) -> bool:
+    return sentence in _OWN_SENTENCES or _OWN_FOCUS.fullmatch(sentence) is not None
+
+
+def _users_sentences(text: str) -> list[str]:
+    """The user's sentences of ``text``: those the template did not write, each once."""
+    seen: set[str] = set()
+    kept = []
+    for sentence in _sentences(text):
+        key = sentence.casefold().rstrip(".!? ")
+        if not _is_own(sentence) and key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    return kept
 
 
 class TemplateEnhancer:
     """A deterministic, offline Cosmos-style expansion. Honest label: ``template-v1``.
 
-    It keeps the original text verbatim as the first sentence and adds the subject, its motion,
-    the setting, the lighting and the camera, chosen from the prompt's own words. No model is
-    involved, so it cannot add knowledge; it makes a short prompt complete and consistent.
+    It keeps the original text verbatim as the first sentences and adds the subject, its
+    motion, the setting, the lighting and the camera, chosen from the prompt's own words. No
+    model is involved, so it cannot add knowledge; it makes a short prompt complete and
+    consistent. It recognises its own sentences: enhancing its output again rewrites them from
+    the user's sentences (so an edit shows through) and never repeats one, and it adds no
+    aspect the user's sentences already give.
     """
 
     model = "template-v1"
 
     def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
-        original = " ".join(prompt_text.split()).strip()
+        users = _users_sentences(prompt_text)
+        if not users:
+            # Nothing but the template's own sentences: there is nothing new to expand.
+            return limit_words(" ".join(dict.fromkeys(_sentences(prompt_text))))
+        original = " ".join(users)
         if original[-1:] not in ".!?":
             original += "."
         original = original[:1].upper() + original[1:]
+        given = {
+            aspect
+            for aspect, pattern in _ASPECTS.items()
+            if any(pattern.search(sentence) for sentence in users)
+        }
         words = {word.lower() for word in re.findall(r"[A-Za-z]+", original)}
-        subject = _subject(original)
+        subject = _subject(users[0])
         plural = subject.endswith("s") and not subject.endswith("ss")
         settings = _matches(words, _SETTINGS)
-        lights = _matches(words, _LIGHTING)[:2]
+        lights = _matches(words, _LIGHTING)[:2] or [_DEFAULT_LIGHT]
         cameras = _matches(words, _CAMERAS)
-        sentences = [
-            original,
-            f"The {subject} {'are' if plural else 'is'} the clear focus of the shot, shown in "
-            "sharp, realistic detail.",
-            f"{'Their' if plural else 'Its'} motion is continuous and physically plausible, at a "
-            "natural pace, with objects responding with believable weight, contact and momentum.",
-            f"The scene takes place in {settings[0] if settings else _ANY_SETTING}, which stays "
-            "consistent from the first frame to the last.",
-            *(
-                f"{light}."
-                for light in lights
-                or ["Soft, natural light shows the scene clearly with believable shadows"]
-            ),
-            f"{cameras[0] if cameras else _STEADY_CAMERA}.",
-            "The footage looks like real video: stable exposure, natural colors and no text or "
-            "graphics on screen.",
-        ]
+        added = {
+            "focus": [_focus_sentence(subject, plural)],
+            "motion": [_motion_sentence(plural)],
+            "setting": [_SETTING_FRAME.format(settings[0] if settings else _ANY_SETTING)],
+            "lighting": [f"{light}." for light in lights],
+            "camera": [f"{cameras[0] if cameras else _STEADY_CAMERA}."],
+            "footage": [_FOOTAGE],
+        }
+        sentences = [original]
+        for aspect, wanted in added.items():
+            if aspect not in given:
+                sentences.extend(wanted)
         return limit_words(" ".join(sentences))
 
     async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:

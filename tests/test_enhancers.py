@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -49,6 +50,78 @@ def test_template_keeps_the_words_and_adds_cosmos_detail(prompt: str) -> None:
     assert asyncio.run(TemplateEnhancer().aenhance(prompt, {})) == text
 
 
+def sentences_of(text: str) -> list[str]:
+    return [sentence.casefold() for sentence in re.split(r"(?<=[.!?])\s+", text) if sentence]
+
+
+def doubled_words(text: str) -> list[str]:
+    """Runs of one to four words written twice in a row ("the robot the robot")."""
+    found = re.finditer(r"\b((?:[a-z']+ ){0,3}[a-z']+) \1\b", text.lower())
+    return [match.group(0) for match in found]
+
+
+@pytest.mark.parametrize("prompt", [*PROMPTS, "Robot", "The robot the robot"])
+def test_template_recognises_its_own_expansion_and_never_repeats_a_sentence(prompt: str) -> None:
+    enhancer = TemplateEnhancer()
+    once = enhancer.enhance(prompt, {})
+    twice = enhancer.enhance(once, {})
+    assert twice == once  # nothing new to expand: the same text, not the expansion again
+    assert enhancer.enhance(twice, {}) == once
+    sentences = sentences_of(twice)
+    assert len(sentences) == len(set(sentences)) and len(twice.split()) <= 130
+    assert doubled_words(twice) == [] or prompt == "The robot the robot"
+
+
+def test_re_enhancing_an_edited_expansion_keeps_the_edit_and_follows_it() -> None:
+    enhancer = TemplateEnhancer()
+    once = enhancer.enhance(PROMPTS[0], {})
+    edited = once.replace("three wooden blocks", "three red wooden blocks").replace(
+        "on a workbench.", "on a workbench at sunset."
+    )
+    again = enhancer.enhance(edited, {})
+    assert again.startswith(
+        "A robot arm picks up three red wooden blocks and stacks them on a workbench at sunset. "
+        "The robot arm is the clear focus of the shot"
+    )
+    # The lighting follows the edit; the sentence it replaces is gone, and none repeats.
+    assert "Low, warm sunlight" in again and "Soft, natural light" not in again
+    assert len(sentences_of(again)) == len(set(sentences_of(again))) == len(sentences_of(once))
+    assert doubled_words(again) == []
+
+
+def test_text_the_old_template_doubled_is_expanded_once() -> None:
+    """What earlier versions stored by enhancing their own output twice ("The robot the robot
+    is ..." and every sentence again) comes back as one clean expansion."""
+    once = TemplateEnhancer().enhance("Robot", {})
+    sentences = re.split(r"(?<=[.!?])\s+", once)
+    doubled = " ".join(
+        [
+            *sentences,
+            "The robot the robot is the clear focus of the shot, shown in sharp, realistic detail.",
+            sentences[2],
+            "The scene takes place in a work area with a flat table surface and tools within "
+            "reach, which stays consistent from the first frame to the last.",
+            *sentences[4:],
+        ]
+    )
+    assert TemplateEnhancer().enhance(doubled, {}) == once
+    assert doubled_words(once) == []
+
+
+def test_template_adds_no_aspect_the_users_sentences_already_give() -> None:
+    text = TemplateEnhancer().enhance(
+        "A forklift lifts a pallet in a warehouse. The camera orbits it slowly under moonlight.",
+        {},
+    )
+    assert text.count("camera") == 1 and "moonlight" in text
+    assert "Soft, natural light" not in text and "large warehouse" in text
+    edited_setting = (
+        "A cat naps on a sofa. The scene takes place in a sunny attic, which stays consistent "
+        "from the first frame to the last."
+    )
+    assert TemplateEnhancer().enhance(edited_setting, {}).count("The scene takes place") == 1
+
+
 def test_template_reads_setting_lighting_and_camera_from_the_prompt() -> None:
     night = TemplateEnhancer().enhance(PROMPTS[1], {})
     assert "city street" in night and "night" in night and "rain" in night.lower()
@@ -90,6 +163,7 @@ def test_instructions_follow_cosmos_guidance() -> None:
         "motion",
         f"at most {MAX_ENHANCED_WORDS} words",
         "one",
+        "never repeat a sentence",
     ):
         assert rule in INSTRUCTIONS
 
