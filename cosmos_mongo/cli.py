@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -34,7 +35,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cosmos_mongo.config import Settings
-from cosmos_mongo.enhancers import without_credentials
+from cosmos_mongo.enhancers import without_credentials, word_count
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError
 from cosmos_mongo.models import Lineage, LineageEdge, Prompt, Run, VerificationReport
 from cosmos_mongo.store import CosmosStore
@@ -1026,6 +1027,34 @@ DEMO_PROMPTS = (
     ),
     ("farm-drone", "A drone flies low over farmland at sunset", {"video": "inputs/farm.mp4"}),
 )
+# The demo's hand edit of the first enhanced prompt: a detail, and a time of day that the
+# enhancer, run again, turns into lighting.
+DEMO_EDIT = (
+    "three wooden blocks and stacks them on a workbench.",
+    "three red wooden blocks and stacks them on a workbench at sunset.",
+)
+
+
+def _edited(text: str) -> str:
+    old, new = DEMO_EDIT
+    # Another enhancer words it otherwise: the edit then comes as a sentence of its own.
+    return text.replace(old, new) if old in text else f"{text} The blocks are red; it is sunset."
+
+
+def _indented(text: str) -> str:
+    """``text`` indented by two, wrapped to the terminal (lines end without padding)."""
+    return textwrap.fill(
+        text, width=max(console.width, 40), initial_indent="  ", subsequent_indent="  "
+    )
+
+
+def _print_before_after(name: str, before: str, model: str, prompt_id: str, after: str) -> None:
+    console.print(f"[bold]{escape(name)}[/bold], as written ({word_count(before)} words):")
+    click.echo(_indented(before) + "\n")
+    console.print(
+        f"[bold]enhanced by {escape(model)}[/bold] into {prompt_id} ({word_count(after)} words):"
+    )
+    click.echo(_indented(after) + "\n")
 
 
 @cli.command()
@@ -1051,9 +1080,11 @@ def demo(ctx: click.Context, as_json: bool) -> None:
     store.enhance_prompt(seeded[1].id)
     store.enhance_prompt(seeded[2].id, create_new=False)
     store.enhance_prompt(seeded[3].id)
+    # An editor (a person or an agent) refines the enhanced text into a new prompt; enhancing
+    # that in place rewrites the enhancer's own sentences to follow the edit, repeating none.
     second = store.enhance_prompt(
         first.enhanced_prompt_id,
-        enhanced_text=first.enhanced_text.replace("three wooden blocks", "three red wooden blocks"),
+        enhanced_text=_edited(first.enhanced_text),
         enhancement_model="demo-editor",
     )
     store.enhance_prompt(second.enhanced_prompt_id, create_new=False)
@@ -1067,11 +1098,19 @@ def demo(ctx: click.Context, as_json: bool) -> None:
         }
         click.echo(json.dumps(shown, indent=2))
         return
+    name, text, _ = DEMO_PROMPTS[0]
+    _print_before_after(
+        name, text, first.enhancement_model, first.enhanced_prompt_id, first.enhanced_text
+    )
     _prompt_table(store.list_enhanced_prompts(limit=10), "Enhanced prompts (newest first)")
     click.echo(f"\nLineage of {seeded[0].id}:")
     console.print(_lineage_tree(store.get_lineage(seeded[0].id)))
     click.echo("\nVerification:")
     _print_verification(store.verify())
+    # Copyable commands that fit 80 columns: the edited prompt's final text, and how it got it.
+    where = f"cosmos-mongo --db {state.database}"
+    click.echo(f"\nNext, on this database:\n  {where} prompt show {second.enhanced_prompt_id}")
+    click.echo(f"  {where} details {second.enhanced_prompt_id}")
 
 
 def main() -> None:
