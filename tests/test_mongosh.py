@@ -560,6 +560,7 @@ def test_mongosh_is_reported_missing_without_npm(tmp_path: Path) -> None:
     assert not (tmp_path / "mongosh").exists()
 
 
+@pytest.mark.slow  # runs a stand-in npm
 def test_a_failed_npm_install_says_what_npm_said_and_leaves_nothing(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
