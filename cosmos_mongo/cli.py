@@ -1071,7 +1071,11 @@ def demo(ctx: click.Context, as_json: bool) -> None:
         state.database = "cosmos_demo"
     store = state.store()
     if not as_json:
-        click.echo(f"Demo on {state.where()}, enhancer {store.enhancer.model}\n")
+        click.echo(f"Demo on {state.where()}")
+        model = store.enhancer.model
+        # The offline template is the default only while no model is configured: say how.
+        offline = " (offline; COSMOS_MONGO_ENHANCER_BASE_URL names a model)"
+        click.echo(f"Enhancer: {model}{offline if model == 'template-v1' else ''}\n")
     seeded = [
         store.create_prompt(text, inputs, {"name": name, "negative_prompt": "blurry, distorted"})
         for name, text, inputs in DEMO_PROMPTS

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from cosmos_mongo import CosmosStore
+from cosmos_mongo import cli as cli_module
 from cosmos_mongo.cli import DEMO_PROMPTS, cli
 from cosmos_mongo.embedded import open_embedded
 from cosmos_mongo.enhancers import MAX_ENHANCED_WORDS
@@ -76,3 +78,36 @@ def test_every_prompt_the_demo_enhances_reads_well(demo_output: str, tmp_path: P
     assert "Low, warm sunlight casts long shadows" in final and "Soft, natural light" not in final
     # Three words longer than the text it was edited from ("red", "at sunset"), not twice it.
     assert len(final.split()) == len(enhanced["robot-blocks_enhanced"].split()) + 3
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_README_BLOCK = re.compile(r"in an 80-column terminal[^\n]*\n\n```text\n(.*?)\n```", re.DOTALL)
+
+
+def masked(output: str) -> list[str]:
+    """The output's lines without what differs from run to run: ids, times, the data dir."""
+    text = re.sub(r"\b(ps|rs)_[0-9a-f]{32}\b", r"\1_<id>", output)
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "<time>", text)
+    text = re.sub(r"(?m)^(Demo on the embedded database 'cosmos_demo' in ).*$", r"\1<dir>", text)
+    return [line.rstrip() for line in text.strip().splitlines()]
+
+
+def test_the_readme_shows_the_demo_as_it_prints_at_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COSMOS_MONGO_URI", raising=False)
+    monkeypatch.delenv("COSMOS_MONGO_DATABASE", raising=False)
+    monkeypatch.delenv("COSMOS_MONGO_ENHANCER_BASE_URL", raising=False)
+    monkeypatch.setenv("COSMOS_MONGO_DATA_DIR", str(tmp_path / "data"))
+    # What an 80-column terminal shows, colours aside.
+    monkeypatch.setattr(cli_module, "console", Console(width=80, color_system=None))
+    result = CliRunner().invoke(cli, ["demo"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    found = _README_BLOCK.search(README.read_text())
+    assert found is not None, "README.md has no demo output captured at 80 columns"
+    shown = found.group(1)
+    assert masked(shown) == masked(result.output), (
+        "README.md's demo output differs from what the demo prints at 80 columns: paste it anew"
+    )
+    repeated = [text for text, count in Counter(sentences(shown)).items() if count > 1]
+    assert repeated == [] and doubled_words(shown) == []
