@@ -179,6 +179,12 @@ QUERY_SHAPES = [
         "",
         "none: reads them all (schedule `repair --quick`; the full checks daily)",
     ),
+    (
+        "verify without --quick: documents that do not fit the model",
+        "`{_id: {$gte: start}}`, then `{_id: {$gt: last}}` per number, string, ObjectId",
+        "_id",
+        "_id_ (a thousand per read, every prompt and run once)",
+    ),
     ("suggest_ids", "`{_id: /^prefix/}`", "created_at, _id", "_id_ (anchored prefix)"),
 ]
 

@@ -1,10 +1,13 @@
 """cosmos-mongo: a MongoDB document store for NVIDIA Cosmos prompts, runs and enhancements."""
 
+import logging
+
 from cosmos_mongo.config import Settings
 from cosmos_mongo.errors import (
     ConflictError,
     CosmosMongoError,
     EnhancementError,
+    InvalidDocumentError,
     InvalidInputError,
     NotFoundError,
     PromptNotFoundError,
@@ -22,15 +25,21 @@ from cosmos_mongo.models import (
     IndexReport,
     Lineage,
     LineageEdge,
+    Listing,
     MigrationReport,
     Prompt,
     RepairReport,
     Run,
+    SkippedDocument,
     VerificationReport,
 )
 from cosmos_mongo.store import AsyncCosmosStore, CosmosStore
 
 __version__ = "0.1.0"
+
+# A library configures no output: without this, Python's last-resort handler would print the
+# library's warnings (documents left out of a listing) to stderr beside the CLI's own line.
+logging.getLogger("cosmos_mongo").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncCosmosStore",
@@ -45,9 +54,11 @@ __all__ = [
     "EnhancementResult",
     "ImportReport",
     "IndexReport",
+    "InvalidDocumentError",
     "InvalidInputError",
     "Lineage",
     "LineageEdge",
+    "Listing",
     "MigrationReport",
     "NotFoundError",
     "Prompt",
@@ -57,6 +68,7 @@ __all__ = [
     "Run",
     "RunNotFoundError",
     "Settings",
+    "SkippedDocument",
     "StorageError",
     "VerificationReport",
     "__version__",

@@ -37,7 +37,14 @@ from rich.tree import Tree
 from cosmos_mongo.config import Settings
 from cosmos_mongo.enhancers import without_credentials, word_count
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError
-from cosmos_mongo.models import Lineage, LineageEdge, Prompt, Run, VerificationReport
+from cosmos_mongo.models import (
+    Lineage,
+    LineageEdge,
+    Prompt,
+    Run,
+    SkippedDocument,
+    VerificationReport,
+)
 from cosmos_mongo.store import CosmosStore
 from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES
 
@@ -191,6 +198,20 @@ def _run_table(runs: Sequence[Run], title: str) -> None:
             _time(run.created_at),
         )
     console.print(table)
+
+
+def _warn_skipped(skipped: Sequence[SkippedDocument]) -> None:
+    """One line on stderr naming the stored documents a read left out (stdout stays valid
+    JSON with --json)."""
+    if skipped:
+        named = ", ".join(f"{each.id} ({each.field})" for each in skipped)
+        click.echo(
+            _printable(
+                f"warning: left out {len(skipped)} stored document(s) that do not fit the data "
+                f"model: {named}; `cosmos-mongo verify` lists each with the rule it breaks"
+            ),
+            err=True,
+        )
 
 
 def _show(found: BaseModel | None, what: str, as_json: bool) -> None:
@@ -387,6 +408,7 @@ def prompt_list(
     """List prompts, newest first."""
     prompts = state.store().list_prompts(limit=limit, offset=offset, enhanced=enhanced)
     _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} prompt(s)")
+    _warn_skipped(prompts.skipped)
 
 
 @prompt.command("search")
@@ -408,6 +430,7 @@ def prompt_search(
         query, limit=limit, offset=offset, match="words" if words else "substring"
     )
     _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} match(es)")
+    _warn_skipped(prompts.skipped)
 
 
 @prompt.command("delete")
@@ -479,6 +502,7 @@ def run_list(
     """List runs, newest first."""
     runs = state.store().list_runs(prompt_id, model_type, status, limit=limit, offset=offset)
     _emit(runs) if as_json else _run_table(runs, f"{len(runs)} run(s)")
+    _warn_skipped(runs.skipped)
 
 
 @run.command("show")
@@ -576,6 +600,7 @@ def enhanced(state: _Context, limit: int, as_json: bool) -> None:
     """List enhanced prompts, newest first."""
     prompts = state.store().list_enhanced_prompts(limit)
     _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} enhanced prompt(s)")
+    _warn_skipped(prompts.skipped)
 
 
 @cli.command()
@@ -586,6 +611,7 @@ def enhanced(state: _Context, limit: int, as_json: bool) -> None:
 def history(state: _Context, prompt_id: str, limit: int, as_json: bool) -> None:
     """Every enhancement involving a prompt, newest first."""
     runs = state.store().get_enhancement_history(prompt_id, limit)
+    _warn_skipped(runs.skipped)
     if as_json:
         _emit(runs)
         return
@@ -657,6 +683,7 @@ def _lineage_tree(lineage: Lineage) -> Tree:
 def lineage(state: _Context, prompt_id: str, output: str, as_json: bool) -> None:
     """Draw where a prompt came from and what came of it."""
     found = state.store().get_lineage(prompt_id)
+    _warn_skipped(found.skipped)
     if as_json or output == "json":
         _emit(found)
     elif output == "mermaid":
@@ -685,6 +712,12 @@ def _print_verification(report: VerificationReport) -> None:
         ("the enhanced flag agrees with the runs", report.flag_mismatches, "run `repair`", False),
         ("no half-finished work", report.half_finished, "run `repair`", True),
         ("stored documents are intact", report.damaged_documents, "restore from a backup", True),
+        (
+            "stored documents fit the data model",
+            report.invalid_documents,
+            "fix or delete them, e.g. in mongosh",
+            False,
+        ),
     ]
     checks = [
         (title, problems, advice)

@@ -45,12 +45,16 @@ from cosmos_mongo.models import (
     EnhancementResult,
     Lineage,
     LineageEdge,
+    Listing,
     MigrationReport,
     Prompt,
     RepairReport,
     Run,
     VerificationReport,
     as_utc,
+    document_problems,
+    listing,
+    model_of,
     new_prompt_id,
     new_run_id,
     utc_now,
@@ -78,6 +82,7 @@ DEFAULT_STALE_AFTER = timedelta(minutes=10)
 # Runs that mean a GPU job is using the prompt's text right now.
 OVERWRITE_ACTIVE_STATUSES: Final = frozenset({"running", "uploading"})
 _ID_ONLY = {"_id": 1}
+_BY_ID: Final = (("_id", 1),)
 
 
 def check_enhanced_text(value: object) -> str:
@@ -415,7 +420,7 @@ def _finish_revert(run: Mapping[str, Any]) -> Flow[Prompt]:
             "$unset": {"outputs.revert_pending": ""},
         },
     )
-    return Prompt.from_document(restored)
+    return model_of(Prompt, restored, written=True)
 
 
 # -- the four helpers and lineage: one round trip each ---------------------------------------
@@ -426,7 +431,9 @@ def get_enhancement_details(prompt_id: object) -> Flow[EnhancementDetails | None
     if not found:
         return None
     document = found[0]
-    return legacy.enhancement_details(document, document.pop("result_of", []))
+    result_of = document.pop("result_of", [])
+    model_of(Prompt, document)  # the details read its fields: one that does not fit is named
+    return legacy.enhancement_details(document, result_of)
 
 
 def get_original_prompt(enhanced_prompt_id: object) -> Flow[Prompt | None]:
@@ -452,10 +459,10 @@ def get_original_prompt(enhanced_prompt_id: object) -> Flow[Prompt | None]:
     else:
         parent, candidates = legacy.legacy_parent_id(document), document.get("legacy_originals", [])
     match = next((p for p in candidates if parent is not None and p["_id"] == parent), None)
-    return None if match is None else Prompt.from_document(match)
+    return None if match is None else model_of(Prompt, match)
 
 
-def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[list[Prompt]]:
+def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[Listing[Prompt]]:
     documents = yield from Find(
         q.PROMPTS,
         q.enhanced_prompts_filter(),
@@ -463,12 +470,12 @@ def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[list[
         skip=v.check_offset(offset),
         limit=v.check_limit(limit),
     )
-    return [Prompt.from_document(document) for document in documents]
+    return listing(Prompt, documents)
 
 
 def get_enhancement_history(
     prompt_id: object, limit: object = 100, offset: object = 0
-) -> Flow[list[Run]]:
+) -> Flow[Listing[Run]]:
     documents = yield from Find(
         q.RUNS,
         q.history_filter(v.check_prompt_id(prompt_id)),
@@ -476,7 +483,7 @@ def get_enhancement_history(
         skip=v.check_offset(offset),
         limit=v.check_limit(limit),
     )
-    return [Run.from_document(document) for document in documents]
+    return listing(Run, documents)
 
 
 def get_lineage(prompt_id: object) -> Flow[Lineage]:
@@ -488,13 +495,21 @@ def get_lineage(prompt_id: object) -> Flow[Lineage]:
 
 
 def assemble_lineage(document: Mapping[str, Any]) -> Lineage:
-    """Build the tree from the lineage pipeline's edges; cycles and missing prompts are fine."""
+    """Build the tree from the lineage pipeline's edges; cycles and missing prompts are fine.
+    Other documents of the tree that do not fit their model are left out and named in
+    ``skipped`` (a run with its edge); the prompt asked about must fit."""
     prompt_id = document["_id"]
-    runs = {run["_id"]: run for key in q.LINEAGE_RUNS for run in document.get(key) or []}
+    asked = model_of(Prompt, document)
+    walked = {run["_id"]: run for key in q.LINEAGE_RUNS for run in document.get(key) or []}
     prompt_docs = {doc["_id"]: doc for key in q.LINEAGE_PROMPTS for doc in document.get(key) or []}
+    prompt_docs.pop(prompt_id, None)
+    run_models = listing(Run, walked.values())
+    prompt_models = listing(Prompt, prompt_docs.values())
+    model_of_run = {run.id: run for run in run_models}
+    runs = {run_id: run for run_id, run in walked.items() if run_id in model_of_run}
     prompt_docs[prompt_id] = document
     in_place = sorted(
-        (Run.from_document(r) for r in runs.values() if _endpoints(r)[0] == _endpoints(r)[1]),
+        (model_of_run[r["_id"]] for r in runs.values() if _endpoints(r)[0] == _endpoints(r)[1]),
         key=lambda run: (run.created_at, run.id),
     )
     parent_of: dict[str, tuple[str, Run | None]] = {}
@@ -503,7 +518,7 @@ def assemble_lineage(document: Mapping[str, Any]) -> Lineage:
     ):
         parent, child = _endpoints(run)
         if parent and child and parent != child and child not in parent_of:
-            parent_of[child] = (parent, Run.from_document(run))
+            parent_of[child] = (parent, model_of_run[run["_id"]])
     for doc in prompt_docs.values():
         parent = legacy.legacy_parent_id(doc)
         if parent is not None and doc["_id"] not in parent_of:
@@ -540,17 +555,17 @@ def assemble_lineage(document: Mapping[str, Any]) -> Lineage:
         | {e.parent_id for e in ancestors + descendants}
         | {e.child_id for e in ancestors + descendants}
     )
+    model_by_id = {prompt.id: prompt for prompt in [asked, *prompt_models]}
     return Lineage(
         prompt_id=prompt_id,
         root_id=node,
         ancestors=ancestors,
         descendants=descendants,
         in_place=[run for run in in_place if run.prompt_id in named],
-        prompts={
-            i: Prompt.from_document(prompt_docs[i]) for i in sorted(named) if i in prompt_docs
-        },
+        prompts={i: model_by_id[i] for i in sorted(named) if i in model_by_id},
         missing_prompt_ids=sorted(named - set(prompt_docs)),
         truncated=_cut_short(document, ancestors, descendants),
+        skipped=[*prompt_models.skipped, *run_models.skipped],
     )
 
 
@@ -586,11 +601,13 @@ def verify(
     damaged = yield from DamagedDocuments()
     legacy_prompts: list[Document] = []
     incomplete: list[Document] = []
+    invalid: list[str] = []
     findings = _Findings()
     if not only_interrupted:
         legacy_prompts = yield from Find(q.PROMPTS, q.legacy_prompts_filter(), projection=_ID_ONLY)
         incomplete = yield from Find(q.RUNS, q.incomplete_runs_filter(), projection=_ID_ONLY)
         findings = yield from _inconsistencies(before)
+        invalid = yield from _invalid_documents()
     orphans = [
         (
             f"{run_id}: its prompt {deletion.prompt_id} was deleted by a deletion that stopped",
@@ -605,6 +622,7 @@ def verify(
     return VerificationReport(
         quick=only_interrupted,
         damaged_documents=damaged,
+        invalid_documents=invalid,
         prompts_with_legacy_keys=[doc["_id"] for doc in legacy_prompts],
         incomplete_enhance_runs=[doc["_id"] for doc in incomplete],
         dangling_edges=[text for text, _ in findings.dangling],
@@ -619,6 +637,30 @@ def verify(
             if deletion.prompt_exists
         ],
     )
+
+
+_SCAN_BATCH: Final = 1000
+
+
+def _invalid_documents() -> Flow[list[str]]:
+    """Every prompt and run that does not fit its model, as "<collection> <id>: <problems>".
+    One pass over each collection, a thousand documents per read by ``_id`` (an index range
+    each), holding one batch and the findings at a time."""
+    found: list[str] = []
+    for model in (Prompt, Run):
+        for start in q.ID_KIND_STARTS:
+            last = None
+            while True:
+                batch = yield from Find(
+                    model.collection, q.ids_from(start, last), sort=_BY_ID, limit=_SCAN_BATCH
+                )
+                for document in batch:
+                    if problems := document_problems(model, document):
+                        found.append(f"{model.collection} {document['_id']}: {'; '.join(problems)}")
+                if len(batch) < _SCAN_BATCH:
+                    break
+                last = batch[-1]["_id"]
+    return found
 
 
 @dataclass
@@ -680,7 +722,8 @@ def _inconsistencies(before: datetime) -> Flow[_Findings]:
         if legacy.is_completed_enhancement(run) and run.get("result") and produced:
             continue  # kept provenance of a prompt enhanced from a deleted one
         updated = run.get("updated_at")
-        if run.get("status") == "running" and (updated is None or as_utc(updated) > before):
+        recent = not isinstance(updated, datetime) or as_utc(updated) > before  # or unknown
+        if run.get("status") == "running" and recent:
             continue  # may still be live; it fails by itself, or counts once stale
         text = f"{run['_id']}: its prompt {run.get('prompt_id')} does not exist"
         findings.orphans.append((text, run["_id"]))

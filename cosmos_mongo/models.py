@@ -500,7 +500,8 @@ class VerificationReport(BaseModel):
     quick: bool = Field(
         default=False,
         description="True when only the index-served checks of interrupted work ran; the "
-        "checks that read every run (legacy keys, outputs, edges, orphans, flags) were skipped.",
+        "checks that read every run (legacy keys, outputs, edges, orphans, flags, documents "
+        "that do not fit the model) were skipped.",
     )
     prompts_with_legacy_keys: list[str] = Field(
         description="Enhanced prompts still carrying keys beside `enhanced`; `migrate` fixes them."

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from bson import ObjectId
+
 from cosmos_mongo.ops import Document, SortSpec
 from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS as LEGACY_KEYS
 
@@ -279,6 +281,18 @@ def older_than(base: Document, after: tuple[Any, Any] | None) -> Document:
 def after_id(last: Any) -> Document:
     """Documents whose ``_id`` sorts after ``last``: paging through a whole collection."""
     return {} if last is None else {"_id": {"$gt": last}}
+
+
+# ``$gt`` compares like types only (``{_id: {$gt: "ps_..."}}`` never reaches an ObjectId), so a
+# scan of every document walks each kind of ``_id`` from its lowest value, through the ``_id``
+# index: numbers, the library's strings, and the ObjectIds mongosh gives a document inserted
+# without one. Other kinds (an object or a date as ``_id``) are not walked.
+ID_KIND_STARTS: Final = (float("-inf"), "", ObjectId("0" * 24))
+
+
+def ids_from(start: Any, last: Any) -> Document:
+    """Documents whose ``_id`` is of ``start``'s kind: from ``start``, or after ``last``."""
+    return {"_id": {"$gte": start}} if last is None else {"_id": {"$gt": last}}
 
 
 def prompt_document(

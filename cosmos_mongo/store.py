@@ -33,6 +33,7 @@ from cosmos_mongo.models import (
     EnhancementResult,
     IndexReport,
     Lineage,
+    Listing,
     MigrationReport,
     Prompt,
     RepairReport,
@@ -112,13 +113,6 @@ class Opening:
     ) -> None:
         if self._store is not None:
             await self._store.aclose()
-
-
-def _next_position(page: list[Prompt] | list[Run], batch_size: int) -> tuple[Any, str] | None:
-    """Where the next keyset page starts, or None when ``page`` was the last one."""
-    if len(page) < batch_size:
-        return None
-    return (page[-1].created_at, page[-1].id)
 
 
 def _should_ensure_indexes(asked: bool | None, settings: Settings) -> bool:
@@ -282,12 +276,14 @@ class CosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return self._run(wf.get_prompt(prompt_id))
 
     def list_prompts(
         self, limit: int = 50, offset: int = 0, *, enhanced: bool | None = None
-    ) -> list[Prompt]:
+    ) -> Listing[Prompt]:
         """Prompts, newest first; ``offset`` pages through. ``enhanced=True`` lists only
         enhanced prompts (served by the partial index), ``False`` only the others.
 
@@ -306,13 +302,13 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``batch_size`` outside 1-1000, or a bad ``enhanced``.
         """
-        after: tuple[Any, str] | None = None
+        after: tuple[Any, Any] | None = None
         while True:
             page = self._run(wf.prompts_page(after, batch_size, enhanced))
-            yield from page
-            after = _next_position(page, batch_size)
-            if after is None:
+            yield from page.items
+            if page.after is None:
                 return
+            after = page.after
 
     def iter_runs(
         self,
@@ -328,13 +324,13 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad filter value, or ``batch_size`` outside 1-1000.
         """
-        after: tuple[Any, str] | None = None
+        after: tuple[Any, Any] | None = None
         while True:
             page = self._run(wf.runs_page(after, batch_size, prompt_id, model_type, status))
-            yield from page
-            after = _next_position(page, batch_size)
-            if after is None:
+            yield from page.items
+            if page.after is None:
                 return
+            after = page.after
 
     def iter_documents(
         self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
@@ -359,6 +355,10 @@ class CosmosStore(_StoreBase):
         """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
         ``(inserted, identical, differing)``: copying again inserts nothing.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: another collection.
             StorageError: the database failed.
@@ -372,10 +372,13 @@ class CosmosStore(_StoreBase):
         offset: int = 0,
         *,
         match: Literal["substring", "words"] = "substring",
-    ) -> list[Prompt]:
+    ) -> Listing[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
         ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
         of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
+
+        A stored prompt that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
 
         Raises:
             InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
@@ -398,6 +401,9 @@ class CosmosStore(_StoreBase):
         """Ids of prompts (``kind="prompt"``) or runs starting with ``prefix``, newest first:
         for completing an id someone is typing.
 
+        A stored run that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
+
         Raises:
             InvalidInputError: an unknown ``kind``, a ``prefix`` no id can start with, or
                 ``limit`` outside 1-1000.
@@ -416,6 +422,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, text or parameters, or nothing to change.
             PromptNotFoundError: no prompt has this id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
 
@@ -427,6 +435,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
             PromptNotFoundError: no prompt has this id.
+            InvalidDocumentError: the change was stored, but the prompt does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return self._run(wf.preview_prompt_deletion(prompt_id))
 
@@ -453,6 +463,10 @@ class CosmosStore(_StoreBase):
     ) -> Run:
         """Record a new run of the prompt and return it.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: a bad id, ``model_type``, ``initial_status`` or mapping.
             PromptNotFoundError: no prompt has this id (or it was deleted while the run was
@@ -467,6 +481,8 @@ class CosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            InvalidDocumentError: the stored run does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return self._run(wf.get_run(run_id))
 
@@ -477,8 +493,12 @@ class CosmosStore(_StoreBase):
         status: str | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[Run]:
+    ) -> Listing[Run]:
         """Runs, newest first, optionally of one prompt, model type and/or status.
+
+        A stored run that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: a bad id, model type, status, ``limit`` or ``offset``.
@@ -501,6 +521,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, an unknown field, or a bad value.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return self._run(wf.update_run(run_id, fields))
 
@@ -510,6 +532,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, or a rating that is not a whole number from 1 to 5.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return self._run(wf.update_run(run_id, {"rating": rating}))
 
@@ -519,6 +543,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``run_id`` is not an ``rs_`` id.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return self._run(wf.delete_run(run_id))
 
@@ -565,6 +591,8 @@ class CosmosStore(_StoreBase):
             PromptNotFoundError: the prompt it changed no longer exists.
             ConflictError: the run is not a completed overwrite enhancement, or the prompt has
                 changed since it (revert later enhancements first).
+            InvalidDocumentError: the change was stored, but the prompt does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return self._run(enh.revert_enhancement(run_id))
 
@@ -576,6 +604,8 @@ class CosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return self._run(enh.get_enhancement_details(prompt_id))
 
@@ -586,10 +616,12 @@ class CosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``enhanced_prompt_id`` is not a ``ps_`` id.
+            InvalidDocumentError: the stored original does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return self._run(enh.get_original_prompt(enhanced_prompt_id))
 
-    def list_enhanced_prompts(self, limit: int = 100, offset: int = 0) -> list[Prompt]:
+    def list_enhanced_prompts(self, limit: int = 100, offset: int = 0) -> Listing[Prompt]:
         """Enhanced prompts, newest first (served by the partial index on the flag);
         ``offset`` pages through.
 
@@ -600,7 +632,7 @@ class CosmosStore(_StoreBase):
 
     def get_enhancement_history(
         self, prompt_id: str, limit: int = 100, offset: int = 0
-    ) -> list[Run]:
+    ) -> Listing[Run]:
         """Every enhance run where the prompt is the original, the result or the run's prompt,
         newest first, failed and reverted ones included; ``offset`` pages through.
 
@@ -612,11 +644,14 @@ class CosmosStore(_StoreBase):
     def get_lineage(self, prompt_id: str) -> Lineage:
         """Ancestors up to the root and descendants down the tree, each edge with its run.
 
-        Overwrites are not parents: they are listed as ``in_place`` enhancements.
+        Overwrites are not parents: they are listed as ``in_place`` enhancements. Other
+        prompts and runs of the tree that do not fit the model are named in ``skipped``.
 
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
             PromptNotFoundError: no prompt has this id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return self._run(enh.get_lineage(prompt_id))
 
@@ -626,7 +661,8 @@ class CosmosStore(_StoreBase):
         """Check the enhancement data: prompts carry only the flag, enhance runs are complete,
         every lineage edge resolves, and nothing older than ``stale_after`` is half-finished.
         ``quick=True`` checks only for interrupted enhancements, reverts and deletions,
-        through small indexes; the full checks read every run.
+        through small indexes; the full checks read every run, and every prompt and run
+        against the model (``invalid_documents``), a thousand at a time.
 
         Raises:
             InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
@@ -661,6 +697,10 @@ class CosmosStore(_StoreBase):
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
         ``progress("legacy prompts", examined, None)`` is called after each batch.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
         """
@@ -680,6 +720,10 @@ class CosmosStore(_StoreBase):
         stops for one bad row: it is reported as invalid with the reason. Re-running imports
         nothing twice and overwrites nothing. ``progress(table, done, total)`` is called after
         each batch. ``job_queue`` rows are counted, not imported.
+
+        A stored run that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: ``path`` is not a predecessor database, or a bad option.
@@ -801,12 +845,14 @@ class AsyncCosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return await self._run(wf.get_prompt(prompt_id))
 
     async def list_prompts(
         self, limit: int = 50, offset: int = 0, *, enhanced: bool | None = None
-    ) -> list[Prompt]:
+    ) -> Listing[Prompt]:
         """Prompts, newest first; ``offset`` pages through. ``enhanced=True`` lists only
         enhanced prompts (served by the partial index), ``False`` only the others.
 
@@ -825,14 +871,14 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``batch_size`` outside 1-1000, or a bad ``enhanced``.
         """
-        after: tuple[Any, str] | None = None
+        after: tuple[Any, Any] | None = None
         while True:
             page = await self._run(wf.prompts_page(after, batch_size, enhanced))
-            for prompt in page:
+            for prompt in page.items:
                 yield prompt
-            after = _next_position(page, batch_size)
-            if after is None:
+            if page.after is None:
                 return
+            after = page.after
 
     async def iter_runs(
         self,
@@ -848,14 +894,14 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad filter value, or ``batch_size`` outside 1-1000.
         """
-        after: tuple[Any, str] | None = None
+        after: tuple[Any, Any] | None = None
         while True:
             page = await self._run(wf.runs_page(after, batch_size, prompt_id, model_type, status))
-            for run in page:
+            for run in page.items:
                 yield run
-            after = _next_position(page, batch_size)
-            if after is None:
+            if page.after is None:
                 return
+            after = page.after
 
     async def iter_documents(
         self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
@@ -881,6 +927,10 @@ class AsyncCosmosStore(_StoreBase):
         """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
         ``(inserted, identical, differing)``: copying again inserts nothing.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: another collection.
             StorageError: the database failed.
@@ -894,10 +944,13 @@ class AsyncCosmosStore(_StoreBase):
         offset: int = 0,
         *,
         match: Literal["substring", "words"] = "substring",
-    ) -> list[Prompt]:
+    ) -> Listing[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
         ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
         of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
+
+        A stored prompt that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
 
         Raises:
             InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
@@ -920,6 +973,9 @@ class AsyncCosmosStore(_StoreBase):
         """Ids of prompts (``kind="prompt"``) or runs starting with ``prefix``, newest first:
         for completing an id someone is typing.
 
+        A stored run that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
+
         Raises:
             InvalidInputError: an unknown ``kind``, a ``prefix`` no id can start with, or
                 ``limit`` outside 1-1000.
@@ -938,6 +994,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, text or parameters, or nothing to change.
             PromptNotFoundError: no prompt has this id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return await self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
 
@@ -949,6 +1007,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
             PromptNotFoundError: no prompt has this id.
+            InvalidDocumentError: the change was stored, but the prompt does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(wf.preview_prompt_deletion(prompt_id))
 
@@ -975,6 +1035,10 @@ class AsyncCosmosStore(_StoreBase):
     ) -> Run:
         """Record a new run of the prompt and return it.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: a bad id, ``model_type``, ``initial_status`` or mapping.
             PromptNotFoundError: no prompt has this id (or it was deleted while the run was
@@ -989,6 +1053,8 @@ class AsyncCosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            InvalidDocumentError: the stored run does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return await self._run(wf.get_run(run_id))
 
@@ -999,8 +1065,12 @@ class AsyncCosmosStore(_StoreBase):
         status: str | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[Run]:
+    ) -> Listing[Run]:
         """Runs, newest first, optionally of one prompt, model type and/or status.
+
+        A stored run that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: a bad id, model type, status, ``limit`` or ``offset``.
@@ -1023,6 +1093,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, an unknown field, or a bad value.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(wf.update_run(run_id, fields))
 
@@ -1032,6 +1104,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, or a rating that is not a whole number from 1 to 5.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(wf.update_run(run_id, {"rating": rating}))
 
@@ -1041,6 +1115,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``run_id`` is not an ``rs_`` id.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(wf.delete_run(run_id))
 
@@ -1087,6 +1163,8 @@ class AsyncCosmosStore(_StoreBase):
             PromptNotFoundError: the prompt it changed no longer exists.
             ConflictError: the run is not a completed overwrite enhancement, or the prompt has
                 changed since it (revert later enhancements first).
+            InvalidDocumentError: the change was stored, but the prompt does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(enh.revert_enhancement(run_id))
 
@@ -1098,6 +1176,8 @@ class AsyncCosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return await self._run(enh.get_enhancement_details(prompt_id))
 
@@ -1108,10 +1188,12 @@ class AsyncCosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: ``enhanced_prompt_id`` is not a ``ps_`` id.
+            InvalidDocumentError: the stored original does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return await self._run(enh.get_original_prompt(enhanced_prompt_id))
 
-    async def list_enhanced_prompts(self, limit: int = 100, offset: int = 0) -> list[Prompt]:
+    async def list_enhanced_prompts(self, limit: int = 100, offset: int = 0) -> Listing[Prompt]:
         """Enhanced prompts, newest first (served by the partial index on the flag);
         ``offset`` pages through.
 
@@ -1122,7 +1204,7 @@ class AsyncCosmosStore(_StoreBase):
 
     async def get_enhancement_history(
         self, prompt_id: str, limit: int = 100, offset: int = 0
-    ) -> list[Run]:
+    ) -> Listing[Run]:
         """Every enhance run where the prompt is the original, the result or the run's prompt,
         newest first, failed and reverted ones included; ``offset`` pages through.
 
@@ -1134,11 +1216,14 @@ class AsyncCosmosStore(_StoreBase):
     async def get_lineage(self, prompt_id: str) -> Lineage:
         """Ancestors up to the root and descendants down the tree, each edge with its run.
 
-        Overwrites are not parents: they are listed as ``in_place`` enhancements.
+        Overwrites are not parents: they are listed as ``in_place`` enhancements. Other
+        prompts and runs of the tree that do not fit the model are named in ``skipped``.
 
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
             PromptNotFoundError: no prompt has this id.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return await self._run(enh.get_lineage(prompt_id))
 
@@ -1148,7 +1233,8 @@ class AsyncCosmosStore(_StoreBase):
         """Check the enhancement data: prompts carry only the flag, enhance runs are complete,
         every lineage edge resolves, and nothing older than ``stale_after`` is half-finished.
         ``quick=True`` checks only for interrupted enhancements, reverts and deletions,
-        through small indexes; the full checks read every run.
+        through small indexes; the full checks read every run, and every prompt and run
+        against the model (``invalid_documents``), a thousand at a time.
 
         Raises:
             InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
@@ -1185,6 +1271,10 @@ class AsyncCosmosStore(_StoreBase):
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
         ``progress("legacy prompts", examined, None)`` is called after each batch.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
         """
@@ -1204,6 +1294,10 @@ class AsyncCosmosStore(_StoreBase):
         stops for one bad row: it is reported as invalid with the reason. Re-running imports
         nothing twice and overwrites nothing. ``progress(table, done, total)`` is called after
         each batch. ``job_queue`` rows are counted, not imported.
+
+        A stored run that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: ``path`` is not a predecessor database, or a bad option.

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic
 
 from cosmos_mongo import queries as q
 from cosmos_mongo import validation as v
@@ -25,8 +26,12 @@ from cosmos_mongo.models import (
     DeletionPreview,
     DeletionResult,
     IndexReport,
+    Listing,
+    Model,
     Prompt,
     Run,
+    listing,
+    model_of,
     new_prompt_id,
     new_run_id,
     utc_now,
@@ -130,12 +135,12 @@ def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Fl
 
 def get_prompt(prompt_id: object) -> Flow[Prompt | None]:
     document = yield from FindOne(q.PROMPTS, q.by_id(v.check_prompt_id(prompt_id)))
-    return None if document is None else Prompt.from_document(document)
+    return None if document is None else model_of(Prompt, document)
 
 
 def list_prompts(
     limit: object = 50, offset: object = 0, enhanced: object = None
-) -> Flow[list[Prompt]]:
+) -> Flow[Listing[Prompt]]:
     if enhanced is not None and not isinstance(enhanced, bool):
         raise InvalidInputError("enhanced", "must be true, false or null")
     documents = yield from Find(
@@ -145,22 +150,39 @@ def list_prompts(
         skip=v.check_offset(offset),
         limit=v.check_limit(limit),
     )
-    return [Prompt.from_document(document) for document in documents]
+    return listing(Prompt, documents)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[Model]):
+    """One keyset page: its models, and where the next page starts (None after the last)."""
+
+    items: Listing[Model]
+    after: tuple[Any, Any] | None
+
+
+def _page(model: type[Model], documents: list[Document], limit: int) -> Page[Model]:
+    # The next page starts after the last document read, fitting or not: a page of documents
+    # that all fail the model must still move on.
+    full = len(documents) == limit
+    after = (documents[-1].get("created_at"), documents[-1]["_id"]) if full else None
+    return Page(listing(model, documents), after)
 
 
 def prompts_page(
     after: tuple[Any, Any] | None, limit: object, enhanced: object = None
-) -> Flow[list[Prompt]]:
+) -> Flow[Page[Prompt]]:
     """The prompts after ``after`` (a ``(created_at, id)`` position), newest first."""
     if enhanced is not None and not isinstance(enhanced, bool):
         raise InvalidInputError("enhanced", "must be true, false or null")
+    checked_limit = v.check_limit(limit)
     documents = yield from Find(
         q.PROMPTS,
         q.older_than(q.prompts_filter(enhanced), after),
         sort=q.NEWEST_FIRST,
-        limit=v.check_limit(limit),
+        limit=checked_limit,
     )
-    return [Prompt.from_document(document) for document in documents]
+    return _page(Prompt, documents, checked_limit)
 
 
 def _checked_runs_filter(prompt_id: object, model_type: object, status: object) -> Document:
@@ -177,13 +199,14 @@ def runs_page(
     prompt_id: object = None,
     model_type: object = None,
     status: object = None,
-) -> Flow[list[Run]]:
+) -> Flow[Page[Run]]:
     """The runs after ``after`` (a ``(created_at, id)`` position), newest first."""
     run_filter = _checked_runs_filter(prompt_id, model_type, status)
+    checked_limit = v.check_limit(limit)
     documents = yield from Find(
-        q.RUNS, q.older_than(run_filter, after), sort=q.NEWEST_FIRST, limit=v.check_limit(limit)
+        q.RUNS, q.older_than(run_filter, after), sort=q.NEWEST_FIRST, limit=checked_limit
     )
-    return [Run.from_document(document) for document in documents]
+    return _page(Run, documents, checked_limit)
 
 
 def documents_page(collection: object, last_id: Any, limit: object) -> Flow[list[Document]]:
@@ -215,7 +238,7 @@ def put_documents(collection: object, documents: list[Document]) -> Flow[tuple[i
 
 def search_prompts(
     query: object, limit: object = 50, offset: object = 0, match: object = "substring"
-) -> Flow[list[Prompt]]:
+) -> Flow[Listing[Prompt]]:
     text = v.check_text(query, "query", v.MAX_QUERY_CHARS)
     if match not in ("substring", "words"):
         raise InvalidInputError("match", "must be 'substring' or 'words'")
@@ -236,7 +259,7 @@ def search_prompts(
             "'words' needs a MongoDB server with the text index (create it with "
             "`cosmos-mongo init --text-search`); 'substring' works everywhere",
         ) from exc
-    return [Prompt.from_document(document) for document in documents]
+    return listing(Prompt, documents)
 
 
 def create_text_index() -> Flow[str]:
@@ -275,7 +298,7 @@ def update_prompt(
     document = yield from FindOneAndUpdate(q.PROMPTS, q.by_id(checked_id), update)
     if document is None:
         raise PromptNotFoundError(checked_id)
-    return Prompt.from_document(document)
+    return model_of(Prompt, document, written=True)
 
 
 def preview_prompt_deletion(prompt_id: object) -> Flow[DeletionPreview]:
@@ -286,24 +309,33 @@ def preview_prompt_deletion(prompt_id: object) -> Flow[DeletionPreview]:
     return _deletion_preview(checked_id, found[0])
 
 
-def _deletion_preview(prompt_id: str, document: Document) -> DeletionPreview:
-    """Split the prompt's runs as ``delete_prompt`` will: removed, or kept as provenance."""
+def _split_runs(prompt_id: str, document: Document) -> tuple[list[Document], list[Document]]:
+    """Split the prompt's runs as ``delete_prompt`` will: (removed, kept as provenance).
+    Takes the runs out of ``document``, leaving the prompt."""
     own = document.pop("runs", [])
     every = {run["_id"]: run for run in [*own, *document.pop("created_by", [])]}
     kept = [run for run in own if _is_kept_provenance(run, prompt_id)]
     kept_ids = {run["_id"] for run in kept}
-    removed = [run for run_id, run in every.items() if run_id not in kept_ids]
+    return [run for run_id, run in every.items() if run_id not in kept_ids], kept
+
+
+def _running_enhancements(runs: list[Document]) -> list[str]:
+    return [
+        run["_id"]
+        for run in runs
+        if run.get("model_type") == q.ENHANCE and run.get("status") == "running"
+    ]
+
+
+def _deletion_preview(prompt_id: str, document: Document) -> DeletionPreview:
+    removed, kept = _split_runs(prompt_id, document)
     return DeletionPreview(
-        prompt=Prompt.from_document(document),
+        prompt=model_of(Prompt, document),
         run_count=len(removed),
         run_ids=[run["_id"] for run in removed],
         runs_by_status=dict(Counter(str(run.get("status")) for run in removed)),
         active_run_ids=[run["_id"] for run in removed if run.get("status") in ACTIVE_STATUSES],
-        running_enhancement_ids=[
-            run["_id"]
-            for run in removed
-            if run.get("model_type") == q.ENHANCE and run.get("status") == "running"
-        ],
+        running_enhancement_ids=_running_enhancements(removed),
         kept_run_ids=[run["_id"] for run in kept],
         derived_prompt_ids=sorted({str(run["outputs"]["enhanced_prompt_id"]) for run in kept}),
     )
@@ -333,15 +365,17 @@ def delete_prompt(prompt_id: object, force: object = False) -> Flow[DeletionResu
     found = yield from Aggregate(q.PROMPTS, q.deletion_preview_pipeline(checked_id))
     if not found:
         raise PromptNotFoundError(checked_id)
-    preview = _deletion_preview(checked_id, found[0])
-    if preview.running_enhancement_ids and not forced:
-        running = ", ".join(preview.running_enhancement_ids)
+    # The prompt itself is not read as a model: one that does not fit it can still be deleted.
+    removed, kept = _split_runs(checked_id, found[0])
+    running_enhancements = _running_enhancements(removed)
+    if running_enhancements and not forced:
+        running = ", ".join(running_enhancements)
         raise ConflictError(
             f"prompt {checked_id} is being enhanced (run {running}); nothing was deleted. Wait "
             "for it to finish, or pass force=True to delete anyway (that enhancement then "
             "fails and writes nothing).",
             prompt_id=checked_id,
-            run_ids=preview.running_enhancement_ids,
+            run_ids=running_enhancements,
             reason="enhancement_running",
         )
     yield from UpdateMany(
@@ -353,7 +387,7 @@ def delete_prompt(prompt_id: object, force: object = False) -> Flow[DeletionResu
         raise PromptNotFoundError(checked_id)
     deleted_runs = yield from DeleteMany(q.RUNS, q.deletion_filter(checked_id))
     return DeletionResult(
-        prompt_id=checked_id, deleted_runs=deleted_runs, kept_run_ids=preview.kept_run_ids
+        prompt_id=checked_id, deleted_runs=deleted_runs, kept_run_ids=[run["_id"] for run in kept]
     )
 
 
@@ -388,7 +422,7 @@ def create_run(
 
 def get_run(run_id: object) -> Flow[Run | None]:
     document = yield from FindOne(q.RUNS, q.by_id(v.check_run_id(run_id)))
-    return None if document is None else Run.from_document(document)
+    return None if document is None else model_of(Run, document)
 
 
 def list_runs(
@@ -397,7 +431,7 @@ def list_runs(
     status: object = None,
     limit: object = 50,
     offset: object = 0,
-) -> Flow[list[Run]]:
+) -> Flow[Listing[Run]]:
     run_filter = _checked_runs_filter(prompt_id, model_type, status)
     documents = yield from Find(
         q.RUNS,
@@ -406,7 +440,7 @@ def list_runs(
         skip=v.check_offset(offset),
         limit=v.check_limit(limit),
     )
-    return [Run.from_document(document) for document in documents]
+    return listing(Run, documents)
 
 
 def update_run(run_id: object, fields: dict[str, Any]) -> Flow[Run]:
@@ -423,7 +457,7 @@ def update_run(run_id: object, fields: dict[str, Any]) -> Flow[Run]:
     document = yield from FindOneAndUpdate(q.RUNS, q.by_id(checked_id), update)
     if document is None:
         raise RunNotFoundError(checked_id)
-    return Run.from_document(document)
+    return model_of(Run, document, written=True)
 
 
 def delete_run(run_id: object) -> Flow[None]:

@@ -18,12 +18,20 @@ from cosmos_mongo.errors import (
     ConflictError,
     CosmosMongoError,
     EnhancementError,
+    InvalidDocumentError,
     InvalidInputError,
     NotFoundError,
     ReadOnlyError,
     StorageError,
 )
-from cosmos_mongo.models import EnhancementDetails, EnhancementResult, Lineage, Prompt, Run
+from cosmos_mongo.models import (
+    EnhancementDetails,
+    EnhancementResult,
+    Lineage,
+    Prompt,
+    Run,
+    SkippedDocument,
+)
 
 T = TypeVar("T")
 Item = TypeVar("Item", bound=BaseModel)
@@ -46,7 +54,14 @@ class Page(BaseModel):
     capped: Literal["count", "bytes"] | None = Field(
         description="Which cap cut this answer short: the item count or the byte size."
     )
-    note: str | None = Field(description="What was capped and how to get the rest.")
+    note: str | None = Field(
+        description="What was capped and how to get the rest, or what was left out."
+    )
+    skipped: list[SkippedDocument] = Field(
+        default_factory=list,
+        description="Stored documents left out because they do not fit the data model "
+        "(edited by hand?), each with the field and the rule it breaks.",
+    )
 
 
 class PromptPage(Page):
@@ -96,8 +111,10 @@ def page(
     allowed: int,
     max_bytes: int,
     noun: str,
+    skipped: Sequence[SkippedDocument] = (),
 ) -> tuple[list[Item], dict[str, object]]:
     """Cut ``items`` (fetched with ``limit=min(requested, allowed)``) to the byte cap.
+    ``skipped`` are the documents of the same read that the library left out.
 
     Returns the items kept and the :class:`Page` fields describing the cut.
     """
@@ -111,26 +128,39 @@ def page(
         kept.append(item)
     capped: Literal["count", "bytes"] | None = None
     note = None
-    more = len(kept) < len(items) or len(items) >= min(requested, allowed)
-    next_offset = offset + len(kept) if more and kept else None
+    read = len(items) + len(skipped)  # the offsets count every document read
+    if len(kept) < len(items):
+        # A left-out document before the cut is then read (and named) again: never is an
+        # item passed over.
+        next_offset: int | None = offset + len(kept)
+    else:
+        next_offset = offset + read if read and read >= min(requested, allowed) else None
     if len(kept) < len(items):
         capped = "bytes"
         note = (
             f"Returned {len(kept)} {noun}: the answer reached its {max_bytes:,}-byte cap. "
             f"Call again with offset={next_offset} for the rest."
         )
-    elif requested > allowed and len(items) == allowed:
+    elif requested > allowed and read == allowed:
         capped = "count"
         note = (
-            f"Returned {allowed} {noun}, the most one answer holds (you asked for {requested}). "
-            f"Call again with offset={next_offset} for more."
+            f"Returned {len(kept)} {noun}, the most one answer holds (you asked for "
+            f"{requested}). Call again with offset={next_offset} for more."
         )
+    if skipped:
+        left_out = (
+            f"Left out {len(skipped)} stored document(s) that do not fit the data model (edited "
+            f"by hand?): {', '.join(each.id for each in skipped)}. Tell the user: they must be "
+            "fixed or deleted (e.g. in mongosh); verify_enhancements lists every such document."
+        )
+        note = left_out if note is None else f"{note} {left_out}"
     return kept, {
         "returned": len(kept),
         "offset": offset,
         "next_offset": next_offset,
         "capped": capped,
         "note": note,
+        "skipped": list(skipped),
     }
 
 
@@ -246,6 +276,13 @@ def tool_error(exc: CosmosMongoError, location: str) -> ToolError:
         )
     elif isinstance(exc, ConflictError):
         message = str(exc)
+    elif isinstance(exc, InvalidDocumentError):
+        stored = " The change was stored; only its answer could not be read." if exc.written else ""
+        message = (
+            f"The stored {exc.collection[:-1]} {exc.document_id} does not fit the data model "
+            f"(edited by hand?): {exc.field} {exc.rule}.{stored} Tell the user: it must be "
+            "fixed or deleted (e.g. in mongosh); verify_enhancements lists every such document."
+        )
     elif isinstance(exc, StorageError):
         message = storage_message(exc, location)
     else:

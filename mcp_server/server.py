@@ -51,7 +51,7 @@ from cosmos_mongo import AsyncCosmosStore
 from cosmos_mongo.config import Settings
 from cosmos_mongo.enhancers import INSTRUCTIONS, MAX_TOKENS, TEMPERATURE, tidy_model_text
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError, StorageError
-from cosmos_mongo.models import DeletionResult, Prompt, Run, VerificationReport
+from cosmos_mongo.models import DeletionResult, Listing, Prompt, Run, VerificationReport
 from cosmos_mongo.validation import MAX_PROMPT_TEXT_CHARS, ModelType, RunStatus
 from mcp_server.protocol import CosmosMCPServer
 from mcp_server.results import (
@@ -502,7 +502,8 @@ async def verify_enhancements(
     ] = False,
 ) -> Annotated[CallToolResult, VerificationReport]:
     """Check the enhancement data: prompts carry only the `enhanced` flag, enhancement runs are
-    complete, every lineage edge points at existing prompts, nothing is half-finished.
+    complete, every lineage edge points at existing prompts, nothing is half-finished, and
+    (unless quick) every stored prompt and run fits the data model.
 
     Use when lineage or details look wrong, or before a cleanup; `ok` is true when all pass."""
     state = _state(ctx)
@@ -794,7 +795,7 @@ CONFIRMED_TOOLS = frozenset({"enhance_prompt", "revert_enhancement", "delete_pro
 
 
 def _prompt_page(
-    state: AppState, found: list[Prompt], offset: int, requested: int, allowed: int
+    state: AppState, found: Listing[Prompt], offset: int, requested: int, allowed: int
 ) -> PromptPage:
     kept, facts = page(
         found,
@@ -803,12 +804,13 @@ def _prompt_page(
         allowed=allowed,
         max_bytes=state.settings.max_bytes,
         noun="prompts",
+        skipped=found.skipped,
     )
     return PromptPage(prompts=kept, **facts)  # type: ignore[arg-type]
 
 
 def _run_page(
-    state: AppState, found: list[Run], offset: int, requested: int, allowed: int
+    state: AppState, found: Listing[Run], offset: int, requested: int, allowed: int
 ) -> RunPage:
     kept, facts = page(
         found,
@@ -817,6 +819,7 @@ def _run_page(
         allowed=allowed,
         max_bytes=state.settings.max_bytes,
         noun="runs",
+        skipped=found.skipped,
     )
     return RunPage(runs=kept, **facts)  # type: ignore[arg-type]
 
