@@ -34,7 +34,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.tree import Tree
 
-from cosmos_mongo.config import Settings
+from cosmos_mongo.config import Settings, mongodb_hosts
 from cosmos_mongo.enhancers import without_credentials, word_count
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError
 from cosmos_mongo.models import (
@@ -988,33 +988,67 @@ _EXTENDED_JSON = json_util.JSONOptions(
 )
 
 
+def _same_store(
+    first: Settings, first_uri: str | None, second: Settings, second_uri: str | None
+) -> bool:
+    """Whether two settings (and URIs, which win over theirs) name one database."""
+
+    def identity(settings: Settings, uri: str | None) -> tuple[str, str]:
+        if uri is None and settings.uri is not None:
+            uri = settings.uri.get_secret_value()
+        if uri is None:
+            return str(settings.data_dir.expanduser().resolve()), settings.database
+        return f"mongodb://{mongodb_hosts(uri)}", settings.database
+
+    return identity(first, first_uri) == identity(second, second_uri)
+
+
 @cli.command()
-@click.option("--to", "to_uri", help="The target MongoDB connection string.")
+@click.option("--to", "to_uri", help="The target: the MongoDB server at this connection string.")
 @click.option(
     "--to-data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="The target embedded database's directory.",
+    help="The target: the embedded database in this directory (also when COSMOS_MONGO_URI "
+    "is set: that server is then the source).",
 )
-@click.option("--to-db", help="The target database name (default: the source's).")
+@click.option(
+    "--to-db",
+    help="The target database name (default: the source's); alone, another database of the "
+    "source's server or directory.",
+)
 @_json_option
 @click.pass_obj
 def copy(
     state: _Context, to_uri: str | None, to_data_dir: Path | None, to_db: str | None, as_json: bool
 ) -> None:
-    """Copy every prompt and run to another store (MongoDB or embedded), ids kept. Safe to
-    run again: documents already there are left alone. Ends with verify on the target."""
-    if (to_uri is None) == (to_data_dir is None):
-        raise click.UsageError("give exactly one of --to URI and --to-data-dir DIR")
+    """Copy every prompt and run from the store the command points at (--uri, else
+    COSMOS_MONGO_URI, else the embedded default) to another store, ids kept. Safe to run
+    again: documents already there are left alone. Ends with verify on the target."""
+    if to_uri is not None and to_data_dir is not None:
+        raise click.UsageError(
+            "--to URI (a server) and --to-data-dir DIR (an embedded database) name two "
+            "targets; give one"
+        )
+    if to_uri is None and to_data_dir is None and to_db is None:
+        raise click.UsageError("give the target: --to URI, --to-data-dir DIR and/or --to-db NAME")
     chosen: dict[str, Any] = {"database": to_db or state.database}
+    target_uri: str | None
     if to_data_dir is not None:
-        chosen["data_dir"] = to_data_dir
+        # The embedded database in DIR, even with COSMOS_MONGO_URI set: that names the source.
+        chosen.update(uri=None, data_dir=to_data_dir)
+        target_uri = None
+    else:
+        # --to URI; or, with --to-db alone, the server or directory the source is in.
+        if state.data_dir is not None:
+            chosen["data_dir"] = state.data_dir
+        target_uri = to_uri if to_uri is not None else state.uri
     target_settings = Settings(**chosen)
-    if target_settings.location(to_uri) == state.where():
-        raise click.UsageError("the target is the source")
+    if _same_store(state.settings(), state.uri, target_settings, target_uri):
+        raise click.UsageError(f"the target is the source: {state.where()}")
     source = state.store()
     outcome: dict[str, dict[str, int]] = {}
     with (
-        CosmosStore.connect(to_uri, settings=target_settings) as target,
+        CosmosStore.connect(target_uri, settings=target_settings) as target,
         _progress("copy") as say,
     ):
         for name in COLLECTIONS:
@@ -1036,7 +1070,7 @@ def copy(
                 f"{totals['identical']:,} already there, "
                 f"{totals['differing']:,} differ (left as they are)"
             )
-        click.echo(f"Verification of {target_settings.location(to_uri)}:")
+        click.echo(f"Verification of {target_settings.location(target_uri)}:")
         _print_verification(report)
     if not report.ok:
         raise SystemExit(1)
