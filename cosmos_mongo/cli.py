@@ -447,8 +447,9 @@ def prompt_delete(state: _Context, prompt_id: str, yes: bool, force: bool, as_js
     Enhance runs that produced other prompts stay, as those prompts' record.
     """
     store = state.store()
-    preview = store.preview_prompt_deletion(prompt_id)
     if not yes:
+        # Only to ask: with --yes a prompt too broken to preview (edited by hand) still goes.
+        preview = store.preview_prompt_deletion(prompt_id)
         active = f", {len(preview.active_run_ids)} still active" if preview.active_run_ids else ""
         click.echo(f"{prompt_id}: {_short(preview.prompt.prompt_text)}", err=True)
         click.echo(f"This deletes the prompt and {preview.run_count} run(s){active}.", err=True)

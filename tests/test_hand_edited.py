@@ -308,6 +308,17 @@ def test_the_cli_refuses_one_bad_document_in_one_line_and_verify_lists_them(
     assert planted.rated_by_hand in checked.stdout
 
 
+def test_the_cli_deletes_a_prompt_that_does_not_fit_when_told_yes(
+    backend: Backend, invoke: Any
+) -> None:
+    planted = plant(backend)
+    asked = invoke("prompt", "delete", planted.text_is_a_number)
+    assert asked.exit_code == 1 and "prompt_text" in asked.stderr
+    deleted = invoke("prompt", "delete", planted.text_is_a_number, "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert backend.raw["prompts"].find_one({"_id": planted.text_is_a_number}) is None
+
+
 def test_mcp_tools_name_what_they_left_out_and_what_they_cannot_read(
     async_backend: Backend,
 ) -> None:
