@@ -40,7 +40,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +80,11 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
 -- body_crc: CRC-32 of body, checked on every read (NULL in rows written before it existed).
+-- The _id index. A key is the BSON of {_id}: its 5th byte is the type, a string's UTF-8 starts
+-- at the 14th (after its size), an ObjectId's 12 bytes at the 10th; so strings and ObjectIds
+-- sort as in MongoDB. Made of the key alone, SQLite keeps it for every writer, older ones too.
+CREATE INDEX IF NOT EXISTS documents_id ON documents (collection, substr(key, 5, 1),
+    substr(key, CASE substr(key, 5, 1) WHEN x'02' THEN 14 ELSE 10 END));
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1), ('arrival', 0),
     ('catalog', 0);
@@ -569,6 +574,7 @@ class _Plan:
     union: list[_Plan] = field(default_factory=list)
     partial: bool = False  # the whole of a partial index the filter implies
     counted: list[int] | None = None  # every document's arrival, once the race read them all
+    id_kind: bytes = b""  # not entries: _ids of these BSON types in the _id index, ranges[0]
     fetched: list[_Stored] | None = None  # the documents too, when the race read a few whole
 
     def decides(self, query: Mapping[str, Any]) -> bool:
@@ -635,6 +641,89 @@ def _narrowed(
         else:
             end = min(end, _after(at) if inclusive else at)
     return start, end
+
+
+# The _id index (documents_id in the schema) holds every document under the BSON type byte of
+# its _id and a value that, for a string (its UTF-8 and two zero bytes) or an ObjectId (its 12
+# bytes and one), orders like MongoDB. Other kinds are held but not in order.
+_ID_VALUE: Final = "substr(key, CASE substr(key, 5, 1) WHEN x'02' THEN 14 ELSE 10 END)"
+_ID_INDEX: Final = "FROM documents INDEXED BY documents_id WHERE collection = ?"
+_ORDERED_IDS: Final = frozenset({b"\x02", b"\x07"})  # string, ObjectId
+
+
+def _id_kind(value: Any) -> bytes | None:
+    """The BSON type bytes of the _ids a range on ``value`` can match, as mongomock compares
+    (only like kinds: MongoDB's type bracketing); None for a kind not narrowed here."""
+    if isinstance(value, str):
+        return b"\x02"
+    if isinstance(value, ObjectId):
+        return b"\x07"
+    if isinstance(value, datetime):
+        return b"\x09"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return b"\x01\x10\x12\x13"  # double, int32, int64, decimal128
+    return None
+
+
+def _id_value(value: Any) -> bytes:
+    """A string's or an ObjectId's value in the _id index (``_ID_VALUE`` in Python)."""
+    key = _encode_key(value)
+    return key[13:] if key[4:5] == b"\x02" else key[9:]
+
+
+@dataclass(frozen=True, slots=True)
+class _IdSpan:
+    """What the ``_id`` ranges of a filter allow: the kind they bracket (one or more BSON type
+    bytes) and, for an ordered kind, a span of values (start inclusive, end exclusive)."""
+
+    kind: bytes
+    span: tuple[bytes, bytes] = _WHOLE
+
+
+def _id_span(conditions: Sequence[Any]) -> _IdSpan | None:
+    """The part of the _id index that holds every document the ``_id`` conditions (all of
+    which must hold) can match, or None if none of them is a range. A range matches only
+    _ids of its value's kind, whatever the other conditions; the first range's kind is taken,
+    and the ranges on that kind narrow the span if it is ordered."""
+    found: _IdSpan | None = None
+    for condition in conditions:
+        if not isinstance(condition, Mapping) or not condition:
+            continue
+        if not all(str(key).startswith("$") for key in condition):
+            continue  # equality with an embedded document
+        for operator in sorted(_RANGE_OPERATORS & condition.keys()):
+            value = condition[operator]
+            kind = _id_kind(value)
+            if kind is None or (found is not None and kind != found.kind):
+                continue
+            found = found or _IdSpan(kind)
+            if kind not in _ORDERED_IDS:
+                continue
+            at = _id_value(value)
+            start, end = found.span
+            if operator == "$gt":
+                start = max(start, at + b"\x00")  # the least value above ``at``
+            elif operator == "$gte":
+                start = max(start, at)
+            elif operator == "$lt":
+                end = min(end, at)
+            else:
+                end = min(end, at + b"\x00")
+            found = _IdSpan(kind, (start, end))
+    return found
+
+
+def _decided_by_id_span(query: Mapping[str, Any]) -> bool:
+    """Whether every document an _id span names matches ``query``: it is empty (a walk of a
+    collection whose _ids are all of one ordered kind), or only ranges on ``_id`` whose values
+    are all of one ordered kind, which the span is exactly."""
+    if not query:
+        return True
+    condition = query.get("_id") if len(query) == 1 else None
+    if not isinstance(condition, Mapping) or not condition:
+        return False
+    kinds = {_id_kind(value) if o in _RANGE_OPERATORS else None for o, value in condition.items()}
+    return len(kinds) == 1 and kinds <= _ORDERED_IDS
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -847,15 +936,80 @@ class _Reader:
         ]
         if union is not None:
             plans.append(union)
+        by_id = self._id_plan(terms, sort)
+        if by_id is not None and by_id.id_kind:
+            plans.append(by_id)
         narrowing = [
-            p for p in plans if p.equal_fields or p.union or p.partial or p.ranges != [_WHOLE]
+            p
+            for p in plans
+            if p.equal_fields or p.union or p.partial or p.id_kind or p.ranges != [_WHOLE]
         ]
         if len(narrowing) == 1:
             return narrowing[0]
         if narrowing:
             return self._race(collection, narrowing)
         walks = [p for p in plans if p.walk]
-        return walks[0] if walks else None
+        if walks:
+            return walks[0]
+        if by_id is not None and by_id.walk:  # a sort on _id, no range on it
+            kind = self._only_id_kind(collection)
+            if kind in _ORDERED_IDS:
+                by_id.id_kind = kind
+                return by_id
+        return None
+
+    def _id_plan(self, terms: _Terms, sort: Sequence[tuple[str, int]]) -> _Plan | None:
+        """The _id index's plan, as mongod's _id index serves ``_id`` ranges and sorts: the
+        kind and span that the filter's ranges on ``_id`` allow (``id_kind`` empty if none),
+        walked in order if the sort starts with ``_id`` and the kind is ordered (an _id is
+        unique: the rest of the sort never decides)."""
+        if not self.engine.id_index:
+            return None
+        allowed = _id_span(terms.conditions.get("_id", ()))
+        walk = (-1 if sort[0][1] < 0 else 1) if sort and sort[0][0] == "_id" else 0
+        if allowed is not None and allowed.kind not in _ORDERED_IDS:
+            walk = 0
+        if allowed is None and not walk:
+            return None
+        kind, span = (allowed.kind, allowed.span) if allowed is not None else (b"", _WHOLE)
+        return _Plan(None, [span], walk=walk, sort_fields=len(sort) if walk else 0, id_kind=kind)
+
+    def _only_id_kind(self, collection: str) -> bytes | None:
+        """The BSON type of every _id in the collection if they share one, else None (the
+        least and the greatest type byte: two seeks in the _id index)."""
+        least, greatest = self.conn.execute(
+            f"SELECT (SELECT substr(key, 5, 1) {_ID_INDEX} ORDER BY substr(key, 5, 1) LIMIT 1), "
+            f"(SELECT substr(key, 5, 1) {_ID_INDEX} ORDER BY substr(key, 5, 1) DESC LIMIT 1)",
+            (collection, collection),
+        ).fetchone()
+        return bytes(least) if least is not None and least == greatest else None
+
+    def _id_where(self, plan: _Plan) -> tuple[str, tuple[bytes, ...]]:
+        """The terms and parameters (after the collection) of an _id span plan's rows."""
+        kinds = tuple(bytes([kind]) for kind in plan.id_kind)
+        where = f"AND substr(key, 5, 1) IN ({','.join('?' * len(kinds))})"
+        if plan.id_kind not in _ORDERED_IDS:
+            return where, kinds
+        return f"{where} AND {_ID_VALUE} >= ? AND {_ID_VALUE} < ?", (*kinds, *plan.ranges[0])
+
+    def by_id(self, collection: str, plan: _Plan, direction: int) -> Generator[_Stored]:
+        """The documents of an _id span plan, in _id order (or reversed) for an ordered kind,
+        read as consumed; damaged ones skipped."""
+        where, parameters = self._id_where(plan)
+        order = "ASC" if direction >= 0 else "DESC"
+        ordered = f"ORDER BY {_ID_VALUE} {order}" if plan.id_kind in _ORDERED_IDS else ""
+        rows = self.conn.execute(
+            f"SELECT key, {self.engine.arrival}, body, body_crc {_ID_INDEX} {where} "
+            f"AND body IS NOT NULL {ordered}",
+            (collection, *parameters),
+        )
+        try:
+            for key, arrival, body, crc in rows:
+                document = self._decoded(collection, key, body, crc)
+                if document is not None:
+                    yield _Stored(key, arrival or 0, document)
+        finally:
+            rows.close()
 
     def _union_plan(self, collection: str, terms: _Terms) -> _Plan | None:
         """The union of an ``$or``'s branch plans, if an index narrows every branch; its
@@ -899,6 +1053,13 @@ class _Reader:
 
     def _count(self, collection: str, plan: _Plan, cap: int) -> int:
         """How many entries the plan reads, counting no further than ``cap``."""
+        if plan.id_kind:
+            where, parameters = self._id_where(plan)
+            (found,) = self.conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 {_ID_INDEX} {where} LIMIT ?)",
+                (collection, *parameters, cap),
+            ).fetchone()
+            return int(found)
         total = 0
         spans = _union_spans(plan)
         if spans is not None:  # one statement for every branch (SQLite's MULTI-INDEX OR)
@@ -988,7 +1149,11 @@ class _Reader:
         exact = ids is not None and len(query) == 1  # {_id: string}: the key decides
         if plan is not None and plan.index is not None:
             exact = plan.decides(query)
-        if ids is None and plan is not None and plan.walk:
+        elif plan is not None and plan.id_kind:
+            exact = _decided_by_id_span(query)
+        if plan is not None and plan.id_kind and plan.walk:
+            found = self._walk_by_id(collection, query, plan, skip, limit, exact)
+        elif ids is None and plan is not None and plan.walk:
             found = self._walk(collection, query, plan, skip, limit, exact)
         else:
             if ids is not None:
@@ -997,6 +1162,8 @@ class _Reader:
                 )
             elif plan is not None and plan.fetched is not None:
                 candidates = plan.fetched
+            elif plan is not None and plan.id_kind:
+                candidates = self.by_id(collection, plan, 1)
             elif plan is not None and plan.counted is None and not plan.union:
                 candidates = self.fetch_ranges(collection, plan)
             elif plan is not None:
@@ -1067,6 +1234,28 @@ class _Reader:
             settle()
         unique = list({stored.key: stored for stored in found}.values())  # one per document
         return unique[skip:wanted] if wanted else unique[skip:]
+
+    def _walk_by_id(
+        self,
+        collection: str,
+        query: Mapping[str, Any],
+        plan: _Plan,
+        skip: int,
+        limit: int,
+        exact: bool,
+    ) -> list[_Stored]:
+        """Walk the _id index's span in the sort's order, stopping once ``skip + limit``
+        documents match: a page after the last ``_id`` reads that page, not the collection."""
+        wanted = skip + limit if limit else 0
+        found: list[_Stored] = []
+        walked = self.by_id(collection, plan, plan.walk)
+        for stored in walked:
+            if exact or filtering.filter_applies(query, stored.document):
+                found.append(stored)
+                if len(found) == wanted:
+                    break
+        walked.close()  # the statement ends now, not when the generator is collected
+        return found[skip:]
 
     def _ordered_in_one(self, collection: str, plan: _Plan, wanted: int) -> list[_Stored] | None:
         """The first ``wanted`` documents of a walk whose whole key is the sort (ties in
@@ -1272,6 +1461,7 @@ class EmbeddedEngine:
         self._scratch = mongomock.MongoClient(tz_aware=True)["scratch"]["documents"]
         self.arrival = "arrival"  # the column giving insertion order (see below)
         self.by_arrival = "INDEXED BY documents_arrival"
+        self.id_index = False  # whether the file has the _id index (documents_id)
         try:
             if read_only:
                 self._conn = self._connect_read_only(path)
@@ -1285,6 +1475,13 @@ class EmbeddedEngine:
             # the order of their last write, and every query scans.
             self.arrival = "arrival" if self._format() >= _FORMAT else "seq"
             self.by_arrival = "INDEXED BY documents_arrival" if self.arrival == "arrival" else ""
+            # Made on every write open; a file opened read-only before that is scanned instead.
+            self.id_index = (
+                self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'documents_id'"
+                ).fetchone()
+                is not None
+            )
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the embedded database at {path}: {exc}") from exc
 

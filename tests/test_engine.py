@@ -15,6 +15,7 @@ from typing import Any
 import bson
 import mongomock
 import pytest
+from bson import ObjectId
 from bson.errors import InvalidDocument
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -618,6 +619,8 @@ def _everything(store: CosmosStore) -> list[Any]:
         store.list_runs(limit=100, status="running"),
         store.list_runs(limit=100, model_type="enhance"),
         list(store.iter_prompts(batch_size=2)),
+        list(store.iter_documents("prompts", batch_size=2)),
+        list(store.iter_documents("runs", batch_size=3)),
         store.verify(quick=True),
     ]
     for prompt in store.list_prompts(limit=100):
@@ -864,3 +867,191 @@ def test_the_helpers_do_the_same_sqlite_work_in_a_small_and_a_large_store(
     # Room for deeper B-trees and a plan race's capped first look (17 entries of each plan);
     # reading the 150 enhance runs of the large store would take about 130 more.
     assert all(big <= little + 20 for little, big in zip(small, large, strict=True)), (small, large)
+
+
+# -- the _id index: ranges and sorts on _id, as mongod's _id index serves them --------------------
+
+# _ids of every kind the engine narrows (strings and ObjectIds in order; numbers and dates by
+# type), and one it does not (booleans). No two equal in Python, which mongomock would refuse.
+string_ids = st.sampled_from(["", "a", "ab", "a\x00b", "b", "é", "d10", "d2", "zz"])
+object_ids = st.sampled_from([ObjectId("0" * 24), ObjectId("5" * 24), ObjectId("6" * 24)])
+any_ids = st.one_of(
+    string_ids,
+    object_ids,
+    st.sampled_from([-2, 0, 3, 0.5, -1.5, True]),
+    st.integers(0, 3).map(lambda s: START + timedelta(seconds=s)),
+)
+id_lists = st.one_of(
+    st.lists(string_ids, unique=True, max_size=9),
+    st.lists(object_ids, unique=True),
+    st.lists(any_ids, unique=True, max_size=20),
+)
+id_bounds = st.one_of(
+    string_ids,
+    object_ids,
+    st.sampled_from([-1, 0.5, float("-inf"), START + timedelta(seconds=1), False, None]),
+)
+id_range = st.one_of(
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$lt", "$lte", "$gt", "$gte"]), id_bounds),
+    st.builds(lambda a, b: {"$gt": a, "$lte": b}, id_bounds, id_bounds),
+    st.builds(lambda a, b: {"$gte": a, "$lt": b}, id_bounds, id_bounds),
+)
+id_queries = st.one_of(
+    st.just({}),
+    st.builds(lambda r: {"_id": r}, id_range),
+    st.builds(lambda r, k: {"_id": r, "k": k}, id_range, st.sampled_from(["a", "b", 1])),
+    st.builds(lambda a, b: {"$and": [{"_id": a}, {"_id": b}]}, id_range, id_range),
+    st.builds(lambda a, k: {"$or": [{"_id": a}, {"k": k}]}, id_range, st.sampled_from(["a", 1])),
+    st.builds(lambda r: {"_id": {**r, "$ne": "b"}}, id_range),
+)
+id_sorts = st.sampled_from(
+    [None, [("_id", 1)], [("_id", -1)], [("_id", 1), ("k", -1)], [("k", 1), ("_id", -1)]]
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ids=id_lists,
+    query=id_queries,
+    sort=id_sorts,
+    skip=st.integers(0, 2),
+    limit=st.integers(0, 4),
+    removed=st.lists(st.integers(0, 20), max_size=3),
+)
+def test_ranges_and_sorts_on_id_answer_like_plain_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    ids: list[Any],
+    query: dict[str, Any],
+    sort: list[tuple[str, int]] | None,
+    skip: int,
+    limit: int,
+    removed: list[int],
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(tmp_path_factory.mktemp("ids"))
+    embedded = database["things"]
+    for collection in (plain, embedded):
+        collection.create_index([("k", 1)], name="k")  # a plan to race the _id index's
+        for position, document_id in enumerate(ids):
+            collection.insert_one({"_id": document_id, "k": ["a", "b", 1][position % 3]})
+        for position in removed:
+            if position < len(ids):
+                collection.delete_one({"_id": ids[position]})
+    expected = list(plain.find(query, sort=sort, skip=skip, limit=limit))
+    assert embedded.find(query, sort=sort, skip=skip, limit=limit) == expected
+    assert embedded.count_documents(query) == plain.count_documents(query)
+    database.close()
+
+
+def _paged(collection: Any, start: Any, size: int) -> list[Any]:
+    """Every _id of ``start``'s kind, a page of ``size`` after the last at a time, as
+    ``iter_documents`` and verify's scan read them."""
+    found: list[Any] = []
+    while True:
+        after = {"$gte": start} if not found else {"$gt": found[-1]}
+        page = collection.find({"_id": after}, sort=[("_id", 1)], limit=size)
+        found += [document["_id"] for document in page]
+        if len(page) < size:
+            return found
+
+
+def test_paging_after_the_last_id_decodes_each_document_once(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as database:
+        things = database["things"]
+        strings = [f"ps_{n:08x}" for n in range(0, 600, 2)]
+        object_ids = [ObjectId(f"{n:024x}") for n in range(100)]
+        things.insert_many([{"_id": i, "k": 1} for i in [*strings, 5, 2.5, *object_ids]])
+        database.engine.stats.documents_decoded = 0
+        assert _paged(things, "", 40) == sorted(strings)
+        assert _paged(things, ObjectId("0" * 24), 40) == object_ids
+        assert _paged(things, float("-inf"), 40) == [2.5, 5]
+        # Without the _id index each page read the whole collection: 8 pages of 402 here.
+        assert database.engine.stats.documents_decoded == len(strings) + 100 + 2
+        page = things.find({}, sort=[("_id", -1)], limit=10)  # kinds in MongoDB's order
+        assert [document["_id"] for document in page] == object_ids[::-1][:10]
+
+
+def test_iter_documents_decodes_each_document_once(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()
+        prompts = [
+            store.create_prompt(f"A robot arm stacks {i} blocks", {}, {}) for i in range(120)
+        ]
+        database.engine.stats.documents_decoded = 0
+        listed = [document["_id"] for document in store.iter_documents("prompts", batch_size=25)]
+        assert listed == sorted(prompt.id for prompt in prompts)
+        assert database.engine.stats.documents_decoded == len(prompts)
+
+
+def _transfer_work(data_dir: Path, size: int) -> tuple[int, int]:
+    """SQLite steps of a page of ``iter_documents`` from the middle of a store of ``size``
+    prompts, and of ``put_documents`` of 50 new ones into it."""
+    with open_embedded(data_dir) as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()
+        store.put_documents(
+            "prompts",
+            [
+                q.prompt_document(f"ps_{n:032x}", "A robot arm", {}, {}, START)
+                for n in range(0, 2 * size, 2)
+            ],
+        )
+        middle = f"ps_{size:032x}"
+        page = _sqlite_steps(
+            database,
+            lambda: database["prompts"].find(q.after_id(middle), sort=[("_id", 1)], limit=50),
+        )
+        batch = [
+            q.prompt_document(f"ps_{n:032x}", "A robot arm", {}, {}, START)
+            for n in range(size + 1, size + 101, 2)
+        ]
+        put = _sqlite_steps(database, lambda: store.put_documents("prompts", batch))
+        assert store.put_documents("prompts", batch) == (0, 50, 0)
+        return page, put
+
+
+def test_export_and_copy_pages_do_the_same_sqlite_work_in_a_small_and_a_large_store(
+    tmp_path: Path,
+) -> None:
+    small = _transfer_work(tmp_path / "small", 100)
+    large = _transfer_work(tmp_path / "large", 3000)
+    # Room for deeper B-trees; a page that read the collection would take about 100 times more.
+    assert all(big <= little * 1.2 + 20 for little, big in zip(small, large, strict=True)), (
+        small,
+        large,
+    )
+
+
+def test_the_id_index_is_made_on_write_open_and_kept_by_writers_that_do_not_know_it(
+    tmp_path: Path,
+) -> None:
+    with open_embedded(tmp_path) as database:
+        database["things"].insert_many([{"_id": f"d{n}"} for n in range(5)])
+    file = sqlite3.connect(tmp_path / "cosmos.sqlite3")
+    file.execute("DROP INDEX documents_id")  # as a file written before the _id index
+    file.commit()
+    file.close()
+    with open_embedded(tmp_path, read_only=True) as database:
+        assert not database.engine.id_index
+        found = database["things"].find({"_id": {"$gt": "d2"}}, sort=[("_id", -1)])
+        assert [document["_id"] for document in found] == ["d4", "d3"]  # by a scan
+    with open_embedded(tmp_path) as database:
+        assert database.engine.id_index
+    # A row written straight into the table (as by a version that has no _id index) is in it.
+    file = sqlite3.connect(tmp_path / "cosmos.sqlite3")
+    body = bson.encode({"_id": "d9"})
+    file.execute(
+        "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
+        "VALUES ('things', ?, 99, ?, ?, 99)",
+        (body, body, zlib.crc32(body)),
+    )
+    file.commit()
+    file.close()
+    with open_embedded(tmp_path) as database:
+        database.engine.stats.documents_decoded = 0
+        found = database["things"].find({"_id": {"$gt": "d3"}}, sort=[("_id", 1)], limit=2)
+        assert [document["_id"] for document in found] == ["d4", "d9"]
+        assert database.engine.stats.documents_decoded == 2
