@@ -41,7 +41,17 @@ class Settings(BaseSettings):
         default=5000,
         ge=100,
         le=600_000,
-        description="Milliseconds to wait for a MongoDB server before an operation fails.",
+        description="Milliseconds connect() waits for a MongoDB server to answer (once, when "
+        "the store opens; and for each new connection) before it fails with one line naming "
+        "the host. Operations are bounded by operation_timeout_ms instead.",
+    )
+    operation_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        le=3_600_000,
+        description="Milliseconds one database operation may take, its wait for a primary "
+        "included (pymongo's timeoutMS), so keep it above an election (the default is "
+        "pymongo's 30 s server selection). 0: no limit.",
     )
     data_dir: Path = Field(
         default_factory=default_data_dir,

@@ -151,17 +151,21 @@ def enhance_prompt(
     run_id = new_run_id()
     target = new_prompt_id() if new else checked_id
     document = q.enhance_run_document(run_id, prompt, model, new, target, utc_now(), supplied)
+    run_recorded = False
     try:
         if not new and legacy.has_legacy_keys(prompt):
             # The overwrite unsets the old keys: first let the runs record what they knew.
             yield from legacy.absorb_legacy_keys(prompt)
         yield from InsertOne(q.RUNS, document)
+        run_recorded = True
         return (yield from _produce(run_id, prompt, target, model, supplied, guarded))
     except StorageError as exc:
         # The outcome of the interrupted write is unknown: say which run to look at.
         raise StorageError(
             f"{exc} (during enhancement run {run_id}: verify() reports it if it was left "
-            "half-finished, and repair() settles it)"
+            "half-finished, and repair() settles it)",
+            reason=exc.reason,
+            may_have_written=run_recorded or exc.may_have_written,
         ) from exc
 
 

@@ -9,7 +9,9 @@ Every exception the library raises on purpose derives from one root::
     │   └── RunNotFoundError
     ├── ConflictError            the operation would break a rule about existing data
     ├── EnhancementError         the enhancer failed, timed out or returned nothing usable
-    └── StorageError             the database or embedded store failed (driver errors land here)
+    └── StorageError             the database or embedded store failed (driver errors land here);
+        │                        .reason names why, .may_have_written says a write may have
+        │                        landed even so
         ├── ReadOnlyError        a write on a store opened read-only; nothing was written
         └── InvalidDocumentError a stored document does not fit the data model (edited by hand?)
 
@@ -96,7 +98,22 @@ class EnhancementError(CosmosMongoError):
 
 
 class StorageError(CosmosMongoError):
-    """The database could not carry out the operation (connection, disk, permissions)."""
+    """The database could not carry out the operation (connection, disk, permissions, time).
+
+    ``reason`` is a short machine-readable cause when one is known: ``"unreachable"`` (no
+    server answered), ``"timeout"`` (the operation time limit passed), ``"write_concern"`` (the
+    server did not confirm the write as asked), ``"too_large"`` (the answer is over MongoDB's
+    16 MB limit for one document: ask for less). ``may_have_written`` is True when a write may
+    have been applied although it failed: read it back (or run ``verify``) before trying again,
+    or a retry may store it twice.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, may_have_written: bool = False
+    ) -> None:
+        self.reason = reason
+        self.may_have_written = may_have_written
+        super().__init__(message)
 
 
 class ReadOnlyError(StorageError):

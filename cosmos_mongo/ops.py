@@ -27,10 +27,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    DocumentTooLarge,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
+    WriteConcernError,
 )
 
 from cosmos_mongo.errors import (
@@ -41,8 +45,9 @@ from cosmos_mongo.errors import (
     StorageError,
 )
 
-# Server codes for a document over the 16 MB BSON limit (BSONObjectTooLarge and kin).
-_TOO_LARGE_CODES: Final = frozenset({10334, 17419, 17420})
+# Server codes for a document over the 16 MB BSON limit: BSONObjectTooLarge, a $lookup or
+# $graphLookup array over it, and an update whose result would be.
+_TOO_LARGE_CODES: Final = frozenset({10334, 4568, 17419, 17420})
 
 T = TypeVar("T")
 log = logging.getLogger("cosmos_mongo")
@@ -337,7 +342,7 @@ def _database_steps(
                 try:
                     result = _operation_sync(database, services, {}, step)
                 except _DRIVER_ERRORS as exc:
-                    following = flow.throw(_translate(exc))
+                    following = flow.throw(translate(exc, step))
                 else:
                     following = flow.send(result)
             except StopIteration as stop:
@@ -396,14 +401,25 @@ _DRIVER_ERRORS = (PyMongoError, InvalidDocument, OverflowError, NotImplementedEr
 _UNAUTHORIZED_CODES: Final = frozenset({13})  # Unauthorized
 
 
-def _translate(exc: _DriverError) -> CosmosMongoError:
-    """Map a driver error to the library's tree, keeping the original as ``__cause__``."""
+def translate(exc: _DriverError, step: Operation[Any] | None = None) -> CosmosMongoError:
+    """Map a driver error to the library's tree, keeping the original as ``__cause__``.
+
+    ``step`` is the operation that failed, if any. Whether it writes decides what a document
+    over 16 MB means (a write's input, a read's answer) and whether a failure may hide a write
+    that was applied all the same.
+    """
+    writes = step is not None and step.writes
+    during = "" if step is None else f" ({step.method} on {step.collection})"
     translated: CosmosMongoError
     if isinstance(exc, DuplicateKeyError):
         translated = ConflictError("a document with that key already exists", reason="duplicate")
-    elif isinstance(exc, InvalidDocument | OverflowError) or (
-        isinstance(exc, OperationFailure) and exc.code in _TOO_LARGE_CODES
-    ):
+    elif _too_large(exc) and not writes:
+        translated = StorageError(
+            f"the answer{during} is larger than the 16 MB MongoDB sends as one document: ask "
+            "for less (a smaller limit, or the lineage of a prompt nearer the edge of its tree)",
+            reason="too_large",
+        )
+    elif isinstance(exc, InvalidDocument | OverflowError) or _too_large(exc):
         # pymongo's DocumentTooLarge is an InvalidDocument and bson's integer overflow an
         # OverflowError: neither is a PyMongoError.
         translated = InvalidInputError("document", f"cannot be stored: {exc}"[:300])
@@ -414,17 +430,77 @@ def _translate(exc: _DriverError) -> CosmosMongoError:
             "with only the read role runs with --no-ensure-indexes "
             "(COSMOS_MONGO_ENSURE_INDEXES=0) and without write commands."
         )
-    elif isinstance(exc, ServerSelectionTimeoutError):
-        # pymongo's text starts with "host:port: reason", then the whole topology: keep the
-        # start, which names the host and never the credentials.
-        reached = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+    elif (concern := _write_concern_error(exc)) is not None:
         translated = StorageError(
-            f"MongoDB unreachable (ServerSelectionTimeoutError): {reached[:300]}"
+            f"MongoDB did not confirm the write{during} as asked ({concern}), but it may have "
+            f"been applied. {_CHECK_FIRST}",
+            reason="write_concern",
+            may_have_written=True,
+        )
+    elif isinstance(exc, ServerSelectionTimeoutError):
+        # Nothing was sent: after a first attempt, pymongo raises that attempt's error instead.
+        translated = StorageError(
+            f"MongoDB unreachable (ServerSelectionTimeoutError): {unreachable_host(exc)}",
+            reason="unreachable",
+        )
+    elif isinstance(exc, PyMongoError) and exc.timeout:
+        translated = StorageError(
+            f"MongoDB did not finish{during} within the operation time limit "
+            f"(COSMOS_MONGO_OPERATION_TIMEOUT_MS): {_first_line(exc)}."
+            + (f" The write may have been applied. {_CHECK_FIRST}" if writes else ""),
+            reason="timeout",
+            may_have_written=writes,
+        )
+    elif isinstance(exc, ConnectionFailure) and writes:
+        translated = StorageError(
+            f"the connection to MongoDB failed{during}: {_first_line(exc)}. The write may "
+            f"have been applied. {_CHECK_FIRST}",
+            may_have_written=True,
         )
     else:
         translated = StorageError(f"database operation failed: {type(exc).__name__}: {exc}")
     translated.__cause__ = exc
     return translated
+
+
+_CHECK_FIRST: Final = (
+    "Read it back (or run `cosmos-mongo verify`) before trying again: repeating it blindly may "
+    "store it twice."
+)
+
+
+def _too_large(exc: _DriverError) -> bool:
+    return isinstance(exc, DocumentTooLarge) or (
+        isinstance(exc, OperationFailure) and exc.code in _TOO_LARGE_CODES
+    )
+
+
+def _write_concern_error(exc: _DriverError) -> str | None:
+    """The write concern error in a failed write's reply ("code 64: waiting for replication
+    timed out"), or None: the write was applied on the primary, not confirmed as asked."""
+    found: Any = None
+    if isinstance(exc, WriteConcernError):
+        found = exc.details
+    elif isinstance(exc, BulkWriteError):
+        found = next(iter((exc.details or {}).get("writeConcernErrors") or []), None)
+    elif isinstance(exc, OperationFailure) and isinstance(exc.details, Mapping):
+        found = exc.details.get("writeConcernError")
+    if not isinstance(found, Mapping):
+        return None
+    return f"write concern error {found.get('code')}: {str(found.get('errmsg', ''))[:200]}"
+
+
+def unreachable_host(exc: ServerSelectionTimeoutError) -> str:
+    """pymongo's text starts with "host:port: reason", then the whole topology: keep the
+    start, which names the host and never the credentials."""
+    reached = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+    return reached[:300]
+
+
+def _first_line(exc: Exception) -> str:
+    """``Kind: the first line of its text``, without pymongo's list of configured timeouts."""
+    text = str(exc).split(" (configured timeouts", 1)[0]
+    return f"{type(exc).__name__}: {(text.splitlines() or [''])[0][:300]}"
 
 
 def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> T:
@@ -436,7 +512,7 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
     try:
         session = database.client.start_session(causal_consistency=True)
     except _DRIVER_ERRORS as exc:
-        raise _translate(exc) from exc
+        raise translate(exc) from exc
     with session:
         return _drive_sync(database, flow, services, {"session": session})
 
@@ -485,7 +561,7 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
             try:
                 result = execute(step)
             except _DRIVER_ERRORS as exc:
-                step = flow.throw(_translate(exc))
+                step = flow.throw(translate(exc, _operation(step)))
             else:
                 step = flow.send(result)
     except StopIteration as stop:
@@ -503,7 +579,7 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
         if inspect.isawaitable(session):  # Motor's is a coroutine; pymongo async's is not
             session = await session
     except _DRIVER_ERRORS as exc:
-        raise _translate(exc) from exc
+        raise translate(exc) from exc
     try:
         return await _drive_async(database, flow, services, {"session": session})
     finally:
@@ -555,16 +631,21 @@ async def _drive_async(database: Any, flow: Flow[T], services: Services, extra: 
             try:
                 result = await execute(step)
             except _DRIVER_ERRORS as exc:
-                step = flow.throw(_translate(exc))
+                step = flow.throw(translate(exc, _operation(step)))
             else:
                 step = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
+def _operation(step: Step) -> Operation[Any] | None:
+    return step if isinstance(step, Operation) else None
+
+
 def _send_again(step: Operation[Any], exc: AutoReconnect) -> bool:
-    """A read whose connection dropped is sent once more; a server nobody can reach is not."""
-    again = step.retry_safe and not isinstance(exc, ServerSelectionTimeoutError)
+    """A read whose connection dropped is sent once more; a server nobody can reach is not,
+    nor one that timed out (its time limit is spent: a resend would start another)."""
+    again = step.retry_safe and not exc.timeout
     if again:
         log.info(
             "%s.%s: connection dropped (%s); sending it again",

@@ -8,8 +8,10 @@ the async twin, so both document the same behaviour from one text.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -20,7 +22,7 @@ from cosmos_mongo import enhancement as enh
 from cosmos_mongo import importer, legacy
 from cosmos_mongo import validation as v
 from cosmos_mongo import workflows as wf
-from cosmos_mongo.config import Settings
+from cosmos_mongo.config import Settings, mongodb_hosts
 from cosmos_mongo.embedded import AsyncEmbeddedDatabase, check_database_name, open_embedded
 from cosmos_mongo.enhancement import DEFAULT_STALE_AFTER
 from cosmos_mongo.enhancers import Enhancer, enhancer_from_settings, resolve_enhancer
@@ -40,7 +42,15 @@ from cosmos_mongo.models import (
     Run,
     VerificationReport,
 )
-from cosmos_mongo.ops import Flow, Services, run_async, run_sync, sessions_supported
+from cosmos_mongo.ops import (
+    Flow,
+    Services,
+    run_async,
+    run_sync,
+    sessions_supported,
+    translate,
+    unreachable_host,
+)
 
 T = TypeVar("T")
 
@@ -60,34 +70,83 @@ def _resolve(uri: str | None, database: str, settings: Settings) -> str | None:
 
 def _open(
     uri: str | None, database: str | None, settings: Settings, *, asynchronous: bool
-) -> tuple[Any, Callable[[], Any]]:
-    """A database for ``connect`` and the function that closes its client."""
+) -> tuple[Any, Callable[[], Any], Callable[[], Any] | None]:
+    """A database for ``connect``, the function that closes its client, and the one that
+    pings its server within ``timeout_ms`` (None for the embedded default). The ping is
+    synchronous: the async twin runs it on a worker thread."""
     database = settings.database if database is None else database
     resolved = _resolve(uri, database, settings)
     if resolved is None:
         embedded = open_embedded(settings.data_dir, database, read_only=settings.read_only)
         if asynchronous:
             adapter = AsyncEmbeddedDatabase(embedded)
-            return adapter, adapter.close
-        return embedded, embedded.close
+            return adapter, adapter.close, None
+        return embedded, embedded.close, None
+    import pymongo
     from pymongo import AsyncMongoClient, MongoClient
     from pymongo.errors import PyMongoError
 
     client_class: Any = AsyncMongoClient if asynchronous else MongoClient
+    options = {"tz_aware": True, "appname": "cosmos-mongo", **client_options(resolved, settings)}
     try:
-        client = client_class(
-            resolved,
-            tz_aware=True,
-            appname="cosmos-mongo",
-            # Fail in seconds, not pymongo's 30, when the server is down or unreachable.
-            serverSelectionTimeoutMS=settings.timeout_ms,
-            connectTimeoutMS=settings.timeout_ms,
-            **explicit_concerns(resolved),
-        )
+        client = client_class(resolved, **options)
     except (PyMongoError, ValueError, TypeError) as exc:  # pymongo raises ValueError for some
         # The message may quote the connection string; say only what kind of failure it was.
-        raise StorageError(f"cannot connect to MongoDB: {type(exc).__name__}") from exc
-    return client[database], client.close
+        raise StorageError(
+            f"cannot connect to MongoDB at {mongodb_hosts(resolved)}: {type(exc).__name__}"
+        ) from exc
+
+    def ping() -> None:
+        if not asynchronous:
+            with pymongo.timeout(settings.timeout_ms / 1000):
+                client.admin.command("ping")
+            return
+        # A synchronous twin asks: an AsyncMongoClient closed while its monitor connects
+        # leaves that socket open (pymongo cancels the connect without closing it), which
+        # every failed start would do.
+        with MongoClient(resolved, **options) as twin, pymongo.timeout(settings.timeout_ms / 1000):
+            twin.admin.command("ping")
+
+    return client[database], client.close, ping
+
+
+@contextmanager
+def _reaching(settings: Settings) -> Iterator[None]:
+    """Around connect's one ping, bounded by ``timeout_ms``: a start with nothing listening
+    fails in seconds with one line naming the host, while operations keep their own, longer
+    limit (a primary may take an election to answer them)."""
+    from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
+
+    seconds = settings.timeout_ms / 1000
+    try:
+        yield
+    except ServerSelectionTimeoutError as exc:
+        raise StorageError(
+            f"MongoDB unreachable (ServerSelectionTimeoutError): {unreachable_host(exc)}; no "
+            f"answer within {seconds:g} s (COSMOS_MONGO_TIMEOUT_MS)",
+            reason="unreachable",
+        ) from exc
+    except PyMongoError as exc:
+        raise translate(exc) from exc
+
+
+# How long pymongo waits for a suitable server when no operation time limit applies
+# (operation_timeout_ms=0): its own default, long enough for an election. Under a limit,
+# pymongo waits for a server for as long as the operation has left instead.
+_SERVER_SELECTION_TIMEOUT_MS: Final = 30_000
+
+
+def client_options(uri: str, settings: Settings) -> dict[str, Any]:
+    """The client's concerns and timeouts: ours, except those the URI sets itself."""
+    timeouts: dict[str, Any] = {
+        "serverSelectionTimeoutMS": _SERVER_SELECTION_TIMEOUT_MS,
+        "connectTimeoutMS": settings.timeout_ms,
+    }
+    if settings.operation_timeout_ms:
+        # Every operation, its wait for a primary and a retried write's second attempt
+        # included, ends within this; the server is told the rest as maxTimeMS.
+        timeouts["timeoutMS"] = settings.operation_timeout_ms
+    return _not_set_in(uri, {**_CONCERNS, **timeouts})
 
 
 class Opening:
@@ -130,9 +189,13 @@ _CONCERNS: Final = {"w": "majority", "journal": True, "readPreference": "primary
 def explicit_concerns(uri: str) -> dict[str, Any]:
     """The concerns to pass to the client: ours, except those the URI sets itself (for people
     who know why)."""
+    return _not_set_in(uri, _CONCERNS)
+
+
+def _not_set_in(uri: str, options: Mapping[str, Any]) -> dict[str, Any]:
     query = uri.split("?", 1)[1] if "?" in uri else ""
     given = {key.lower() for key in parse_qs(query, keep_blank_values=True)}
-    return {option: value for option, value in _CONCERNS.items() if option.lower() not in given}
+    return {option: value for option, value in options.items() if option.lower() not in given}
 
 
 class _StoreBase:
@@ -196,20 +259,29 @@ class CosmosStore(_StoreBase):
         (``COSMOS_MONGO_READ_ONLY``): then nothing is written, every write raises
         ``ReadOnlyError``, and a missing embedded database reads as empty and is not created.
 
+        On a server, ``connect`` pings it once and waits at most ``COSMOS_MONGO_TIMEOUT_MS``
+        (``Settings.timeout_ms``, 5 s) for the answer. Each operation afterwards may take up
+        to ``COSMOS_MONGO_OPERATION_TIMEOUT_MS`` (30 s), its wait for a primary included, so a
+        write retried across an election lands.
+
         Raises:
             InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
                 database name is not valid.
-            StorageError: the database cannot be opened.
+            StorageError: the database cannot be opened, or no server answered within
+                ``timeout_ms`` (``reason`` ``"unreachable"``; the message names the host).
         """
         settings = settings or Settings()
-        db, on_close = _open(uri, database, settings, asynchronous=False)
+        db, on_close, ping = _open(uri, database, settings, asynchronous=False)
         store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
-        if _should_ensure_indexes(ensure_indexes, settings):
-            try:
+        try:
+            if ping is not None:
+                with _reaching(settings):
+                    ping()
+            if _should_ensure_indexes(ensure_indexes, settings):
                 store.ensure_indexes()
-            except BaseException:
-                store.close()
-                raise
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _run(self, flow: Flow[T], enhancer: Enhancer | None = None) -> T:
@@ -287,6 +359,10 @@ class CosmosStore(_StoreBase):
         """Prompts, newest first; ``offset`` pages through. ``enhanced=True`` lists only
         enhanced prompts (served by the partial index), ``False`` only the others.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: ``limit`` outside 1-1000, a negative ``offset``, or an
                 ``enhanced`` that is not a boolean or None.
@@ -298,6 +374,9 @@ class CosmosStore(_StoreBase):
     ) -> Iterator[Prompt]:
         """Every prompt, newest first, fetched ``batch_size`` at a time by keyset paging on
         ``(created_at, _id)``: as cheap at the millionth prompt as at the first.
+
+        A stored prompt that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
 
         Raises:
             InvalidInputError: ``batch_size`` outside 1-1000, or a bad ``enhanced``.
@@ -320,6 +399,9 @@ class CosmosStore(_StoreBase):
     ) -> Iterator[Run]:
         """Every run (of a prompt, type or status, if given), newest first, fetched
         ``batch_size`` at a time by keyset paging on ``(created_at, _id)``.
+
+        A stored run that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
 
         Raises:
             InvalidInputError: a bad filter value, or ``batch_size`` outside 1-1000.
@@ -355,10 +437,6 @@ class CosmosStore(_StoreBase):
         """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
         ``(inserted, identical, differing)``: copying again inserts nothing.
 
-        A stored prompt that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
-
         Raises:
             InvalidInputError: another collection.
             StorageError: the database failed.
@@ -377,8 +455,9 @@ class CosmosStore(_StoreBase):
         ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
         of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
 
-        A stored prompt that does not fit the model (edited by hand?) is left out and named in
-        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
@@ -401,9 +480,6 @@ class CosmosStore(_StoreBase):
         """Ids of prompts (``kind="prompt"``) or runs starting with ``prefix``, newest first:
         for completing an id someone is typing.
 
-        A stored run that does not fit the model (edited by hand?) is left out and named in
-        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
-
         Raises:
             InvalidInputError: an unknown ``kind``, a ``prefix`` no id can start with, or
                 ``limit`` outside 1-1000.
@@ -422,8 +498,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, text or parameters, or nothing to change.
             PromptNotFoundError: no prompt has this id.
-            InvalidDocumentError: the stored prompt does not fit the model (edited by
-                hand?): names the field and the rule.
+            InvalidDocumentError: the change was stored, but the prompt does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
 
@@ -435,8 +511,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
             PromptNotFoundError: no prompt has this id.
-            InvalidDocumentError: the change was stored, but the prompt does not fit the
-                model (edited by hand?), so it cannot be returned.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return self._run(wf.preview_prompt_deletion(prompt_id))
 
@@ -462,10 +538,6 @@ class CosmosStore(_StoreBase):
         initial_status: str = "pending",
     ) -> Run:
         """Record a new run of the prompt and return it.
-
-        A stored prompt that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: a bad id, ``model_type``, ``initial_status`` or mapping.
@@ -511,6 +583,8 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id or an unknown status.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return self._run(wf.update_run(run_id, {"status": status}))
 
@@ -543,8 +617,6 @@ class CosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``run_id`` is not an ``rs_`` id.
             RunNotFoundError: no run has this id.
-            InvalidDocumentError: the change was stored, but the run does not fit the
-                model (edited by hand?), so it cannot be returned.
         """
         return self._run(wf.delete_run(run_id))
 
@@ -625,6 +697,10 @@ class CosmosStore(_StoreBase):
         """Enhanced prompts, newest first (served by the partial index on the flag);
         ``offset`` pages through.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: ``limit`` outside 1-1000, or a negative ``offset``.
         """
@@ -635,6 +711,10 @@ class CosmosStore(_StoreBase):
     ) -> Listing[Run]:
         """Every enhance run where the prompt is the original, the result or the run's prompt,
         newest first, failed and reverted ones included; ``offset`` pages through.
+
+        A stored run that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: a bad id, ``limit`` or ``offset``.
@@ -697,10 +777,6 @@ class CosmosStore(_StoreBase):
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
         ``progress("legacy prompts", examined, None)`` is called after each batch.
 
-        A stored prompt that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
-
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
         """
@@ -720,10 +796,6 @@ class CosmosStore(_StoreBase):
         stops for one bad row: it is reported as invalid with the reason. Re-running imports
         nothing twice and overwrites nothing. ``progress(table, done, total)`` is called after
         each batch. ``job_queue`` rows are counted, not imported.
-
-        A stored run that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: ``path`` is not a predecessor database, or a bad option.
@@ -756,7 +828,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
                 database name is not valid.
-            StorageError: the database cannot be opened.
+            StorageError: the database cannot be opened, or no server answered within
+                ``timeout_ms`` (``reason`` ``"unreachable"``; the message names the host).
         """
         return Opening(cls._connect(uri, database, settings, ensure_indexes, enhancer))
 
@@ -770,14 +843,17 @@ class AsyncCosmosStore(_StoreBase):
         enhancer: Enhancer | None,
     ) -> AsyncCosmosStore:
         settings = settings or Settings()
-        db, on_close = _open(uri, database, settings, asynchronous=True)
+        db, on_close, ping = _open(uri, database, settings, asynchronous=True)
         store = cls(db, enhancer=enhancer, settings=settings, _on_close=on_close)
-        if _should_ensure_indexes(ensure_indexes, settings):
-            try:
+        try:
+            if ping is not None:
+                with _reaching(settings):
+                    await asyncio.to_thread(ping)
+            if _should_ensure_indexes(ensure_indexes, settings):
                 await store.ensure_indexes()
-            except BaseException:
-                await store.aclose()
-                raise
+        except BaseException:
+            await store.aclose()
+            raise
         return store
 
     async def _run(self, flow: Flow[T], enhancer: Enhancer | None = None) -> T:
@@ -856,6 +932,10 @@ class AsyncCosmosStore(_StoreBase):
         """Prompts, newest first; ``offset`` pages through. ``enhanced=True`` lists only
         enhanced prompts (served by the partial index), ``False`` only the others.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: ``limit`` outside 1-1000, a negative ``offset``, or an
                 ``enhanced`` that is not a boolean or None.
@@ -867,6 +947,9 @@ class AsyncCosmosStore(_StoreBase):
     ) -> AsyncIterator[Prompt]:
         """Every prompt, newest first, fetched ``batch_size`` at a time by keyset paging on
         ``(created_at, _id)``: as cheap at the millionth prompt as at the first.
+
+        A stored prompt that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
 
         Raises:
             InvalidInputError: ``batch_size`` outside 1-1000, or a bad ``enhanced``.
@@ -890,6 +973,9 @@ class AsyncCosmosStore(_StoreBase):
     ) -> AsyncIterator[Run]:
         """Every run (of a prompt, type or status, if given), newest first, fetched
         ``batch_size`` at a time by keyset paging on ``(created_at, _id)``.
+
+        A stored run that does not fit the model (edited by hand?) is left out and named in
+        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
 
         Raises:
             InvalidInputError: a bad filter value, or ``batch_size`` outside 1-1000.
@@ -927,10 +1013,6 @@ class AsyncCosmosStore(_StoreBase):
         """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
         ``(inserted, identical, differing)``: copying again inserts nothing.
 
-        A stored prompt that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
-
         Raises:
             InvalidInputError: another collection.
             StorageError: the database failed.
@@ -949,8 +1031,9 @@ class AsyncCosmosStore(_StoreBase):
         ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
         of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
 
-        A stored prompt that does not fit the model (edited by hand?) is left out and named in
-        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
@@ -973,9 +1056,6 @@ class AsyncCosmosStore(_StoreBase):
         """Ids of prompts (``kind="prompt"``) or runs starting with ``prefix``, newest first:
         for completing an id someone is typing.
 
-        A stored run that does not fit the model (edited by hand?) is left out and named in
-        a warning on the ``cosmos_mongo`` logger; ``verify()`` lists every such document.
-
         Raises:
             InvalidInputError: an unknown ``kind``, a ``prefix`` no id can start with, or
                 ``limit`` outside 1-1000.
@@ -994,8 +1074,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id, text or parameters, or nothing to change.
             PromptNotFoundError: no prompt has this id.
-            InvalidDocumentError: the stored prompt does not fit the model (edited by
-                hand?): names the field and the rule.
+            InvalidDocumentError: the change was stored, but the prompt does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
 
@@ -1007,8 +1087,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``prompt_id`` is not a ``ps_`` id.
             PromptNotFoundError: no prompt has this id.
-            InvalidDocumentError: the change was stored, but the prompt does not fit the
-                model (edited by hand?), so it cannot be returned.
+            InvalidDocumentError: the stored prompt does not fit the model (edited by
+                hand?): names the field and the rule.
         """
         return await self._run(wf.preview_prompt_deletion(prompt_id))
 
@@ -1034,10 +1114,6 @@ class AsyncCosmosStore(_StoreBase):
         initial_status: str = "pending",
     ) -> Run:
         """Record a new run of the prompt and return it.
-
-        A stored prompt that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: a bad id, ``model_type``, ``initial_status`` or mapping.
@@ -1083,6 +1159,8 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: a bad id or an unknown status.
             RunNotFoundError: no run has this id.
+            InvalidDocumentError: the change was stored, but the run does not fit the
+                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(wf.update_run(run_id, {"status": status}))
 
@@ -1115,8 +1193,6 @@ class AsyncCosmosStore(_StoreBase):
         Raises:
             InvalidInputError: ``run_id`` is not an ``rs_`` id.
             RunNotFoundError: no run has this id.
-            InvalidDocumentError: the change was stored, but the run does not fit the
-                model (edited by hand?), so it cannot be returned.
         """
         return await self._run(wf.delete_run(run_id))
 
@@ -1197,6 +1273,10 @@ class AsyncCosmosStore(_StoreBase):
         """Enhanced prompts, newest first (served by the partial index on the flag);
         ``offset`` pages through.
 
+        A stored prompt that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
+
         Raises:
             InvalidInputError: ``limit`` outside 1-1000, or a negative ``offset``.
         """
@@ -1207,6 +1287,10 @@ class AsyncCosmosStore(_StoreBase):
     ) -> Listing[Run]:
         """Every enhance run where the prompt is the original, the result or the run's prompt,
         newest first, failed and reverted ones included; ``offset`` pages through.
+
+        A stored run that does not fit the model (edited by hand?) is left out, named in
+        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
+        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: a bad id, ``limit`` or ``offset``.
@@ -1271,10 +1355,6 @@ class AsyncCosmosStore(_StoreBase):
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
         ``progress("legacy prompts", examined, None)`` is called after each batch.
 
-        A stored prompt that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
-
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
         """
@@ -1294,10 +1374,6 @@ class AsyncCosmosStore(_StoreBase):
         stops for one bad row: it is reported as invalid with the reason. Re-running imports
         nothing twice and overwrites nothing. ``progress(table, done, total)`` is called after
         each batch. ``job_queue`` rows are counted, not imported.
-
-        A stored run that does not fit the model (edited by hand?) is left out, named in
-        the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
 
         Raises:
             InvalidInputError: ``path`` is not a predecessor database, or a bad option.

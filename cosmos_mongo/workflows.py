@@ -252,7 +252,7 @@ def search_prompts(
             limit=v.check_limit(limit),
         )
     except StorageError as exc:
-        if match != "words":
+        if match != "words" or exc.reason is not None:  # an outage is not a missing index
             raise
         raise InvalidInputError(
             "match",

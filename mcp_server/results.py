@@ -293,6 +293,22 @@ def tool_error(exc: CosmosMongoError, location: str) -> ToolError:
 def storage_message(exc: StorageError, location: str) -> str:
     """What a storage failure means for the caller, naming where (never credentials)."""
     cause = exc.__cause__
+    kind = type(cause).__name__ if cause is not None else "StorageError"
+    if exc.may_have_written:
+        # An agent told "nothing was changed" calls again: a second prompt, a second run.
+        return (
+            f"The database ({location}) did not confirm the write ({kind}), but it may have "
+            "been applied. Do not call again blindly: first check whether it landed (look "
+            "for it with list_prompts, get_prompt, list_runs or get_run, or call "
+            "verify_enhancements), and call again only if it is not there."
+        )
+    if exc.reason == "too_large":
+        return f"The database could not send the answer: {exc}. Nothing was changed."
+    if exc.reason == "timeout":
+        return (
+            f"The database ({location}) did not answer within the time limit of one operation "
+            f"({kind}). Nothing was changed; try again later, or ask for less."
+        )
     if cause is not None and type(cause).__name__ in _UNREACHABLE:
         return (
             f"The database is unreachable: {location} did not answer "
@@ -300,7 +316,6 @@ def storage_message(exc: StorageError, location: str) -> str:
         )
     if isinstance(exc, ReadOnlyError):
         return f"{exc}."
-    kind = type(cause).__name__ if cause is not None else "StorageError"
     return f"The database ({location}) failed ({kind}). Nothing was changed; try again later."
 
 

@@ -22,11 +22,12 @@ from tests.test_contract import CountingDatabase
 REPO = Path(__file__).parent.parent
 
 
-def test_clients_read_from_the_primary_and_write_majority_journaled() -> None:
-    with CosmosStore.connect("mongodb://127.0.0.1:1/", ensure_indexes=False) as store:
+@pytest.mark.realserver
+def test_clients_read_from_the_primary_and_write_majority_journaled(mongodb_uri: str) -> None:
+    with CosmosStore.connect(mongodb_uri, ensure_indexes=False) as store:
         assert store.db.write_concern.document == {"w": "majority", "j": True}
         assert store.db.read_preference == ReadPreference.PRIMARY
-    chosen = "mongodb://127.0.0.1:1/?w=1&readPreference=secondaryPreferred"
+    chosen = with_options(mongodb_uri, "w=1&readPreference=secondaryPreferred")
     with CosmosStore.connect(chosen, ensure_indexes=False) as store:
         assert store.db.write_concern.document == {"w": 1, "j": True}
         assert store.db.read_preference == ReadPreference.SECONDARY_PREFERRED
@@ -102,12 +103,24 @@ def test_the_cli_fails_fast_with_one_line_naming_the_host_not_the_password(
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_timeout_setting_reaches_the_client() -> None:
-    settings = Settings(timeout_ms=1234)
-    with CosmosStore.connect(
-        "mongodb://127.0.0.1:1/", settings=settings, ensure_indexes=False
-    ) as s:
-        assert s.db.client.options.server_selection_timeout == pytest.approx(1.234)
+@pytest.mark.realserver
+def test_the_timeout_settings_reach_the_client(mongodb_uri: str) -> None:
+    settings = Settings(timeout_ms=1234, operation_timeout_ms=45_000)
+    with CosmosStore.connect(mongodb_uri, settings=settings, ensure_indexes=False) as s:
+        options = s.db.client.options
+        assert options.pool_options.connect_timeout == pytest.approx(1.234)
+        assert options.timeout == pytest.approx(45)  # every operation, its wait for a primary too
+        assert options.server_selection_timeout == pytest.approx(30)  # pymongo's own default
+    unlimited = Settings(operation_timeout_ms=0)
+    with CosmosStore.connect(mongodb_uri, settings=unlimited, ensure_indexes=False) as s:
+        assert s.db.client.options.timeout is None
+    chosen = with_options(mongodb_uri, "timeoutMS=7000")  # the URI's own wins, as with concerns
+    with CosmosStore.connect(chosen, settings=settings, ensure_indexes=False) as s:
+        assert s.db.client.options.timeout == pytest.approx(7)
+
+
+def with_options(uri: str, options: str) -> str:
+    return f"{uri}{'&' if '?' in uri else '?'}{options}"
 
 
 class Recording(CountingDatabase):
@@ -347,7 +360,10 @@ def test_async_calls_start_and_end_sessions_of_either_async_driver(motor_style: 
     assert database.calls == [("find_one", session)] and session.ended == 1
 
 
-def test_a_store_on_a_real_driver_opens_sessions_and_one_on_mongomock_does_not() -> None:
-    with CosmosStore.connect("mongodb://127.0.0.1:1/", ensure_indexes=False) as store:
+@pytest.mark.realserver
+def test_a_store_on_a_real_driver_opens_sessions_and_one_on_mongomock_does_not(
+    mongodb_uri: str,
+) -> None:
+    with CosmosStore.connect(mongodb_uri, ensure_indexes=False) as store:
         assert store._services().causal_sessions
     assert not CosmosStore(mongomock.MongoClient(tz_aware=True)["x"])._services().causal_sessions

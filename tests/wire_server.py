@@ -152,6 +152,10 @@ MULTI_FIELD_GAP = (
     "a filter on two or more fields is planned as a COLLSCAN where mongod scans the index of "
     "one of them"
 )
+RETRY_REPLAY_GAP = (
+    "a retried write whose maxTimeMS differs from the first attempt's (as each retry under "
+    "pymongo's timeoutMS does) is executed again instead of answered from the first"
+)
 
 
 def stand_in_gap(request: pytest.FixtureRequest, server: WireServer, gap: str) -> None:
