@@ -874,19 +874,25 @@ class _Reader:
     ) -> dict[Any, _Stored]:
         """The decodable documents whose ``column`` is one of ``values``, by key."""
         found: dict[Any, _Stored] = {}
+        for key, arrival, body, crc in self._raw_rows(collection, column, index, values):
+            document = self._decoded(collection, key, body, crc)
+            if document is not None:
+                found[key] = _Stored(key, arrival or 0, document)
+        return found
+
+    def _raw_rows(
+        self, collection: str, column: str, index: str, values: Sequence[Any]
+    ) -> Iterator[tuple[bytes, int | None, bytes, int | None]]:
+        """(key, arrival, body, crc) of the rows whose ``column`` is one of ``values``, read
+        ``_BATCH`` values per statement and not decoded."""
         for start in range(0, len(values), _BATCH):
             batch = list(dict.fromkeys(values[start : start + _BATCH]))
-            rows = self.conn.execute(
+            yield from self.conn.execute(
                 f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents {index} "
                 f"WHERE collection = ? AND {column} IN ({','.join('?' * len(batch))}) "
                 "AND body IS NOT NULL",
                 (collection, *batch),
             ).fetchall()
-            for key, arrival, body, crc in rows:
-                document = self._decoded(collection, key, body, crc)
-                if document is not None:
-                    found[key] = _Stored(key, arrival or 0, document)
-        return found
 
     def _decoded(self, collection: str, key: bytes, body: bytes, crc: int | None) -> Any:
         try:
@@ -1987,22 +1993,81 @@ class _LookupCollection:
     def find(self, query: Mapping[str, Any] | None = None) -> list[Any]:
         return [stored.document for stored in self._reader.find(self._name, _patched(query or {}))]
 
+    def rows(self, keys: Sequence[bytes]) -> dict[bytes, tuple[bytes, bytes, int | None]]:
+        """(key, body, crc) of the stored documents with these keys, by key, not decoded."""
+        rows = self._reader._raw_rows(self._name, "key", "", keys)
+        return {key: (key, body, crc) for key, _, body, crc in rows}
+
+    def decoded(self, key: bytes, body: bytes, crc: int | None) -> Any:
+        """A fresh decoding of a row of :meth:`rows`; None if it is damaged (not served)."""
+        return self._reader._decoded(self._name, key, body, crc)
+
 
 def _run_pipeline(
     documents: list[Any], lookups: _LookupDatabase, stages: Sequence[Mapping[str, Any]]
 ) -> list[Any]:
-    """mongomock's pipeline over ``documents``, except ``$graphLookup``, run by the engine."""
+    """mongomock's pipeline over ``documents`` (as stored), except the stages the engine runs
+    itself: ``$graphLookup``, and ``$lookup`` and ``$match`` while every document is still as
+    stored (only ``$lookup`` before them), where mongomock's copies are not needed: its
+    ``$match`` rewrites every document's datetimes before it matches, and its ``$lookup``
+    reads one document per statement."""
     pending: list[Mapping[str, Any]] = []
+    as_stored = True
     for stage in stages:
-        if list(stage) != ["$graphLookup"]:
+        name = next(iter(stage)) if len(stage) == 1 else None
+        if not (name == "$graphLookup" or (as_stored and name in ("$lookup", "$match"))):
             pending.append(stage)
+            as_stored = False
             continue
         if pending:
             documents = list(aggregation.process_pipeline(documents, lookups, pending, None))
             pending = []
-        documents = _graph_lookup(documents, lookups, stage["$graphLookup"])
+        if name == "$graphLookup":
+            documents = _graph_lookup(documents, lookups, stage["$graphLookup"])
+            as_stored = False
+        elif name == "$lookup":
+            documents = _lookup(documents, lookups, stage["$lookup"])
+        else:
+            documents = _match(documents, stage["$match"])
     if pending:
         documents = list(aggregation.process_pipeline(documents, lookups, pending, None))
+    return documents
+
+
+def _match(documents: list[Any], spec: Any) -> list[Any]:
+    """``$match`` on documents as stored: mongomock's, without its copy of each document with
+    naive datetimes (stored ones are UTC to the millisecond, and the spec is read as a
+    query is, ``_patched``), as the engine's find matches."""
+    patched = _patched(spec)
+    return [document for document in documents if filtering.filter_applies(patched, document)]
+
+
+def _lookup(documents: list[Any], lookups: _LookupDatabase, options: Any) -> list[Any]:
+    """``$lookup`` as mongomock answers it (a find of ``{foreignField: value}`` per document),
+    with the documents found by ``_id`` read a batch of keys per statement, each decoded
+    afresh for each document that names it (a document is never shared between results)."""
+    # mongomock checks the options (and raises as a server would) on no document.
+    aggregation.process_pipeline([], lookups, [{"$lookup": options}], None)
+    foreign = lookups.get_collection(options["from"])
+    local, into, foreign_field = options["localField"], options["as"], options["foreignField"]
+    queries: list[tuple[Any, bytes | None]] = []  # each document's query, and its key if one
+    for document in documents:
+        try:
+            value = mongomock.helpers.get_value_by_dot(document, local)
+        except KeyError:
+            value = None
+        query = {"$in": value} if isinstance(value, list) else value
+        # A string or an ObjectId on _id names one key (see _id_values).
+        by_id = foreign_field == "_id" and isinstance(query, str | ObjectId)
+        queries.append((query, _encode_key(query) if by_id else None))
+    rows = foreign.rows([key for _, key in queries if key is not None])
+    for document, (query, key) in zip(documents, queries, strict=True):
+        if key is None:
+            document[into] = foreign.find({foreign_field: query})
+            continue
+        row = rows.get(key)
+        found = None if row is None else foreign.decoded(*row)
+        document[into] = [] if found is None else [found]
     return documents
 
 

@@ -442,6 +442,65 @@ def test_graph_lookup_walks_like_mongomock(
         assert list(embedded.aggregate(pipeline)) == list(plain.aggregate(pipeline))
 
 
+references = st.one_of(
+    st.sampled_from(["d0", "d1", "d3", "dx", None, 1]),
+    st.lists(st.sampled_from(["d0", "d2", "dx"]), max_size=2),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    docs=documents,
+    refs=st.lists(references, max_size=25),
+    lead=st.sampled_from([[], [{"$match": {}}], [{"$match": {"k": "a"}}]]),
+    local=st.sampled_from(["ref", "k", "nested.k", "missing"]),
+    foreign=st.sampled_from(["_id", "_id", "k"]),
+    joined=st.sampled_from(
+        [
+            {"joined": {"$size": 0}},
+            {"joined.k": "a"},
+            {"joined.t": {"$gte": START + timedelta(seconds=1)}},
+            {"joined": {"$ne": []}, "t": {"$lt": START + timedelta(seconds=3)}},
+        ]
+    ),
+    query=queries,
+    after=st.sampled_from(
+        [[], [{"$project": {"k": 1, "joined._id": 1}}], [{"$unwind": "$joined"}, {"$match": {}}]]
+    ),
+)
+def test_lookup_and_match_stages_answer_like_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    refs: list[Any],
+    lead: list[dict[str, Any]],
+    local: str,
+    foreign: str,
+    joined: dict[str, Any],
+    query: dict[str, Any],
+    after: list[dict[str, Any]],
+) -> None:
+    with_refs = [
+        {**doc, "ref": ref} if ref is not None else doc
+        for doc, ref in itertools.zip_longest(docs, refs[: len(docs)])
+    ]
+    join = {"from": "things", "localField": local, "foreignField": foreign, "as": "joined"}
+    pipeline = [*lead, {"$lookup": join}, {"$match": joined}, {"$match": query}, *after]
+    with _plain_and_embedded(tmp_path_factory.mktemp("lookup"), with_refs) as (plain, embedded):
+        assert embedded.aggregate(pipeline) == list(plain.aggregate(pipeline))
+
+
+def test_a_lookup_gives_each_document_its_own_copy_of_what_it_joins(tmp_path: Path) -> None:
+    docs = [{"k": "a"}, {"ref": "d0"}, {"ref": "d0"}, {"ref": ["d0", "d0"]}]
+    join = {"from": "things", "localField": "ref", "foreignField": "_id", "as": "joined"}
+    with _plain_and_embedded(tmp_path, docs) as (_, embedded):
+        found = embedded.aggregate([{"$lookup": join}, {"$match": {"joined": {"$ne": []}}}])
+    joined = [document["joined"][0] for document in found]
+    assert joined == [{"_id": "d0", "k": "a"}] * 3
+    assert len({id(document) for document in joined}) == 3
+
+
 @pytest.mark.parametrize(
     "query",
     [
