@@ -370,7 +370,8 @@ The three ways data moves in bulk, each run as a user runs it, a fresh `cosmos-m
 on the embedded default: `import-sqlite` of a predecessor file of N prompts and N runs into an
 empty store, `export` of that store to a directory (Extended JSON, as mongoimport reads it),
 and `copy --to-data-dir` of it into a second, empty store, which ends with a full `verify` of
-the target. Seconds per 1,000 documents stay level when a command grows linearly
+the target; that `verify` is then timed alone (with its own process start). Seconds per 1,000
+documents stay level when a command grows linearly
 (`python -m benchmarks.bench_transfer --sizes {transfer_sizes}` measures this table alone):
 
 {transfer_table}
