@@ -417,19 +417,20 @@ class CosmosStore(_StoreBase):
     def iter_documents(
         self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
     ) -> Iterator[dict[str, Any]]:
-        """Every stored document of ``collection`` exactly as stored, by ``_id``: for
-        exporting and copying a store.
+        """Every stored document of ``collection`` exactly as stored, by ``_id`` (numbers,
+        then strings, then ObjectIds such as mongosh gives): for exporting and copying a
+        store.
 
         Raises:
             InvalidInputError: another collection, or ``batch_size`` outside 1-1000.
         """
-        last: Any = None
+        position: tuple[int, Any] | None = None
         while True:
-            page = self._run(wf.documents_page(collection, last, batch_size))
-            yield from page
-            if len(page) < batch_size:
+            page = self._run(wf.documents_page(collection, position, batch_size))
+            yield from page.documents
+            if page.following is None:
                 return
-            last = page[-1]["_id"]
+            position = page.following
 
     def put_documents(
         self, collection: Literal["prompts", "runs"], documents: list[dict[str, Any]]
@@ -992,20 +993,21 @@ class AsyncCosmosStore(_StoreBase):
     async def iter_documents(
         self, collection: Literal["prompts", "runs"], *, batch_size: int = 500
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every stored document of ``collection`` exactly as stored, by ``_id``: for
-        exporting and copying a store.
+        """Every stored document of ``collection`` exactly as stored, by ``_id`` (numbers,
+        then strings, then ObjectIds such as mongosh gives): for exporting and copying a
+        store.
 
         Raises:
             InvalidInputError: another collection, or ``batch_size`` outside 1-1000.
         """
-        last: Any = None
+        position: tuple[int, Any] | None = None
         while True:
-            page = await self._run(wf.documents_page(collection, last, batch_size))
-            for document in page:
+            page = await self._run(wf.documents_page(collection, position, batch_size))
+            for document in page.documents:
                 yield document
-            if len(page) < batch_size:
+            if page.following is None:
                 return
-            last = page[-1]["_id"]
+            position = page.following
 
     async def put_documents(
         self, collection: Literal["prompts", "runs"], documents: list[dict[str, Any]]

@@ -209,15 +209,37 @@ def runs_page(
     return _page(Run, documents, checked_limit)
 
 
-def documents_page(collection: object, last_id: Any, limit: object) -> Flow[list[Document]]:
-    """Raw documents of ``collection`` after ``last_id``, by ``_id``: for export and copy,
-    which must carry every field as stored."""
+@dataclass(frozen=True, slots=True)
+class DocumentsPage:
+    """A page of raw documents, and where the next one starts: ``(kind, last _id)``, the
+    kind an index into :data:`~cosmos_mongo.queries.ID_KIND_STARTS`; None after the last."""
+
+    documents: list[Document]
+    following: tuple[int, Any] | None
+
+
+def documents_page(
+    collection: object, position: tuple[int, Any] | None, limit: object
+) -> Flow[DocumentsPage]:
+    """Raw documents of ``collection`` from ``position`` (None: the start), by ``_id``: for
+    export, copy and verify, which must reach every document with every field as stored.
+
+    ``$gt`` compares like types only, so the walk goes through each kind of ``_id`` in turn
+    (numbers, strings, ObjectIds): a document mongosh inserted without an ``_id`` is reached
+    too. Each page is one range of the ``_id`` index."""
     if collection not in (q.PROMPTS, q.RUNS):
         raise InvalidInputError("collection", "must be 'prompts' or 'runs'")
+    size = v.check_limit(limit)
+    kind, last = position or (0, None)
     documents: list[Document] = yield from Find(
-        str(collection), q.after_id(last_id), sort=(("_id", 1),), limit=v.check_limit(limit)
+        str(collection), q.ids_from(q.ID_KIND_STARTS[kind], last), sort=(("_id", 1),), limit=size
     )
-    return documents
+    following: tuple[int, Any] | None = None
+    if len(documents) == size:
+        following = (kind, documents[-1]["_id"])
+    elif kind + 1 < len(q.ID_KIND_STARTS):
+        following = (kind + 1, None)
+    return DocumentsPage(documents, following)
 
 
 def put_documents(collection: object, documents: list[Document]) -> Flow[tuple[int, int, int]]:

@@ -354,3 +354,20 @@ def test_mcp_tools_name_what_they_left_out_and_what_they_cannot_read(
         *planted.bad_prompts,
         *planted.bad_runs,
     }
+
+
+def test_iter_documents_reaches_every_kind_of_id_for_export_and_copy(backend: Backend) -> None:
+    """A document inserted in mongosh has an ObjectId ``_id``, another a number: ``$gt`` on
+    a string id never reaches either, so the walk goes kind by kind."""
+    planted = plant(backend)
+    backend.raw["prompts"].insert_one({"_id": 12, "prompt_text": "A number as id"})
+    stored = {str(document["_id"]) for document in backend.raw["prompts"].find({}, {"_id": 1})}
+    for batch_size in (1, 2, 500):
+        walked = [
+            str(document["_id"])
+            for document in collect(
+                backend.store, "iter_documents", "prompts", batch_size=batch_size
+            )
+        ]
+        assert sorted(walked) == sorted(stored)  # each once
+    assert planted.inserted_by_hand in stored and "12" in stored
