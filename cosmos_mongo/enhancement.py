@@ -77,12 +77,12 @@ from cosmos_mongo.ops import (
     UpdateOne,
     reported,
 )
+from cosmos_mongo.workflows import documents_page
 
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
 # Runs that mean a GPU job is using the prompt's text right now.
 OVERWRITE_ACTIVE_STATUSES: Final = frozenset({"running", "uploading"})
 _ID_ONLY = {"_id": 1}
-_BY_ID: Final = (("_id", 1),)
 
 
 def check_enhanced_text(value: object) -> str:
@@ -492,10 +492,20 @@ def get_enhancement_history(
 
 def get_lineage(prompt_id: object) -> Flow[Lineage]:
     checked_id = v.check_prompt_id(prompt_id)
-    found = yield from Aggregate(q.PROMPTS, q.lineage_pipeline(checked_id))
-    if not found:
+    one_per_node = False
+    try:
+        found = yield from Aggregate(q.PROMPTS, q.lineage_pipeline(checked_id))
+    except StorageError as exc:
+        if exc.reason != "too_large":
+            raise
+        # A server's result document holds 16 MB: a tree larger than that comes one node a
+        # document (a second round trip only then; in-process databases have no such limit).
+        one_per_node = True
+        found = yield from Aggregate(q.PROMPTS, q.lineage_pipeline(checked_id, one_per_node=True))
+    document = q.lineage_document(found, one_per_node=one_per_node)
+    if document is None:
         raise PromptNotFoundError(checked_id)
-    return assemble_lineage(found[0])
+    return within_bytes(assemble_lineage(document), q.LINEAGE_MAX_BYTES)
 
 
 def assemble_lineage(document: Mapping[str, Any]) -> Lineage:
@@ -583,6 +593,53 @@ def _cut_short(
     return over or deepest >= q.LINEAGE_MAX_DEPTH
 
 
+def within_bytes(lineage: Lineage, budget: int) -> Lineage:
+    """``lineage`` cut to about ``budget`` bytes of JSON: the asked prompt, then its ancestors
+    nearest first, then its descendants breadth first, each prompt with the run that made it
+    and its in-place rewrites, while they fit. When one does not, the tree ends before it,
+    ``root_id`` is the oldest prompt kept, and ``truncated`` is set."""
+    rewrites: dict[str, list[Run]] = {}
+    for run in lineage.in_place:
+        rewrites.setdefault(run.prompt_id, []).append(run)
+
+    def size(prompt_id: str, run: Run | None) -> int:
+        parts = [lineage.prompts.get(prompt_id), run, *rewrites.get(prompt_id, [])]
+        return sum(len(part.model_dump_json().encode()) for part in parts if part is not None)
+
+    used = size(lineage.prompt_id, None)
+    ancestors: list[LineageEdge] = []
+    descendants: list[LineageEdge] = []
+    for edge in lineage.ancestors:
+        used += size(edge.parent_id, edge.run)
+        if used > budget:
+            return _cut_to(lineage, ancestors, descendants)
+        ancestors.append(edge)
+    for edge in lineage.descendants:
+        used += size(edge.child_id, edge.run)
+        if used > budget:
+            return _cut_to(lineage, ancestors, descendants)
+        descendants.append(edge)
+    return lineage
+
+
+def _cut_to(
+    lineage: Lineage, ancestors: list[LineageEdge], descendants: list[LineageEdge]
+) -> Lineage:
+    named = {lineage.prompt_id} | {edge.parent_id for edge in ancestors}
+    named |= {edge.child_id for edge in descendants}
+    return lineage.model_copy(
+        update={
+            "root_id": ancestors[-1].parent_id if ancestors else lineage.prompt_id,
+            "ancestors": ancestors,
+            "descendants": descendants,
+            "in_place": [run for run in lineage.in_place if run.prompt_id in named],
+            "prompts": {i: prompt for i, prompt in lineage.prompts.items() if i in named},
+            "missing_prompt_ids": [i for i in lineage.missing_prompt_ids if i in named],
+            "truncated": True,
+        }
+    )
+
+
 def _endpoints(run: Mapping[str, Any]) -> tuple[Any, Any]:
     outputs = run.get("outputs") or {}
     return outputs.get("original_prompt_id"), outputs.get("enhanced_prompt_id")
@@ -652,18 +709,15 @@ def _invalid_documents() -> Flow[list[str]]:
     each), holding one batch and the findings at a time."""
     found: list[str] = []
     for model in (Prompt, Run):
-        for start in q.ID_KIND_STARTS:
-            last = None
-            while True:
-                batch = yield from Find(
-                    model.collection, q.ids_from(start, last), sort=_BY_ID, limit=_SCAN_BATCH
-                )
-                for document in batch:
-                    if problems := document_problems(model, document):
-                        found.append(f"{model.collection} {document['_id']}: {'; '.join(problems)}")
-                if len(batch) < _SCAN_BATCH:
-                    break
-                last = batch[-1]["_id"]
+        position: tuple[int, Any] | None = None
+        while True:
+            page = yield from documents_page(model.collection, position, _SCAN_BATCH)
+            for document in page.documents:
+                if problems := document_problems(model, document):
+                    found.append(f"{model.collection} {document['_id']}: {'; '.join(problems)}")
+            if page.following is None:
+                break
+            position = page.following
     return found
 
 

@@ -407,7 +407,11 @@ class LineageEdge(BaseModel):
     parent_id: str
     child_id: str
     depth: int = Field(description="1 for the prompt's own parent or child, 2 for the next, ...")
-    run: Run | None = Field(description="The enhance run; None for a legacy parent_prompt_id key.")
+    run: Run | None = Field(
+        description="The enhance run, without the texts it keeps (execution_config."
+        "original_prompt_text, outputs.enhanced_text: the tree's prompts carry theirs, get_run "
+        "the whole run); None for a legacy parent_prompt_id key."
+    )
 
     @property
     def run_id(self) -> str | None:
@@ -420,16 +424,22 @@ class Lineage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     prompt_id: str
-    root_id: str = Field(description="The oldest ancestor; the prompt itself if it has none.")
+    root_id: str = Field(
+        description="The oldest ancestor (of those shown, when truncated); the prompt itself if "
+        "it has none."
+    )
     ancestors: list[LineageEdge] = Field(description="Nearest first, up to the root.")
     descendants: list[LineageEdge] = Field(description="Breadth first, oldest first per level.")
-    in_place: list[Run] = Field(description="Overwrite enhancements of prompts in this lineage.")
+    in_place: list[Run] = Field(
+        description="Overwrite enhancements of prompts in this lineage, without their texts."
+    )
     prompts: dict[str, Prompt] = Field(description="Every prompt of the lineage that exists.")
     missing_prompt_ids: list[str] = Field(description="Ids an edge names but no prompt has.")
     truncated: bool = Field(
         default=False,
-        description="True when the tree was larger than one answer holds and was cut: ask "
-        "get_lineage of a prompt at the edge to see beyond.",
+        description="True when the tree was larger than one answer holds (100 generations, "
+        "1,000 documents a walk, about 8 MB of JSON) and was cut, the nearest prompts kept: "
+        "ask get_lineage of a prompt at the edge to see beyond.",
     )
     skipped: list[SkippedDocument] = Field(
         default_factory=list,

@@ -648,9 +648,11 @@ RUN_EDGE: Final = ("outputs.original_prompt_id", "outputs.enhanced_prompt_id")
 LEGACY_EDGE: Final = ("parameters.parent_prompt_id", "_id")
 
 
-# How much of a lineage one answer holds: generations each way, and nodes per walk.
+# How much of a lineage one answer holds: generations each way, nodes per walk, and bytes of
+# the answer's JSON.
 LINEAGE_MAX_DEPTH: Final = 100
 LINEAGE_MAX_NODES: Final = 1000
+LINEAGE_MAX_BYTES: Final = 8_000_000
 _WALKED: Final = (
     "up_runs",
     "up_prompts",
@@ -685,6 +687,72 @@ def _walk(collection: str, edge: tuple[str, str], start: str, up: bool, into: st
     return {"$graphLookup": stage}
 
 
+# The walks of runs whose results are not walked otherwise, and where their results go.
+_RESULTS_OF: Final = {
+    "down_runs": "down_run_prompts",
+    "down_legacy_runs": "down_legacy_run_prompts",
+}
+LINEAGE_RUNS: Final = ("up_runs", "down_runs", "down_legacy_runs")
+LINEAGE_COUNTS: Final = tuple(f"{name}_count" for name in _WALKED)
+LINEAGE_PROMPTS: Final = (
+    "up_prompts",
+    "up_run_prompts",
+    "down_prompts",
+    *_RESULTS_OF.values(),
+)
+# What the tree does not show: the two texts an enhance run keeps (its prompts carry theirs).
+LINEAGE_RUN_TEXTS: Final = ("execution_config.original_prompt_text", "outputs.enhanced_text")
+
+
+def lineage_pipeline(prompt_id: str, *, one_per_node: bool = False) -> list[Document]:
+    """Every edge around a prompt, in one aggregation over ``prompts``: one document, the
+    prompt with each walk's array and count (see :func:`lineage_document`), or with
+    ``one_per_node`` one document per node of the tree, for a tree larger than one result
+    document may hold (16 MB). The runs come without :data:`LINEAGE_RUN_TEXTS`.
+
+    Run edges come from ``$graphLookup`` over completed enhance runs: up from the result to
+    the original, down from the original to the result. Legacy edges come from
+    ``parameters.parent_prompt_id`` keys; they are walked from the prompt and from every
+    prompt the run walk reached, so a chain whose older part has only legacy keys is still
+    followed. Overwrites are self-edges: they come back too and are told apart when the
+    lineage is assembled. Cycles end because ``$graphLookup`` visits each document once.
+    Only plain field paths are used as start values, which mongomock evaluates like a server.
+    """
+    walks = [
+        {"$match": by_id(prompt_id)},
+        _walk(RUNS, RUN_EDGE, "$_id", up=True, into="up_runs"),
+        {
+            "$addFields": {
+                "up_run_parent_ids": field_of_each("up_runs", "outputs.original_prompt_id")
+            }
+        },
+        _walk(PROMPTS, LEGACY_EDGE, "$parameters.parent_prompt_id", up=True, into="up_prompts"),
+        _walk(PROMPTS, LEGACY_EDGE, "$up_run_parent_ids", up=True, into="up_run_prompts"),
+        _walk(PROMPTS, LEGACY_EDGE, "$_id", up=False, into="down_prompts"),
+        {"$addFields": {"down_prompt_ids": field_of_each("down_prompts", "_id")}},
+        _walk(RUNS, RUN_EDGE, "$_id", up=False, into="down_runs"),
+        _walk(RUNS, RUN_EDGE, "$down_prompt_ids", up=False, into="down_legacy_runs"),
+        # Keep the first nodes of each walk and say how many there were.
+        {
+            "$addFields": {
+                **{f"{name}_count": {"$size": _walked(name)} for name in _WALKED},
+                **{name: {"$slice": [_walked(name), LINEAGE_MAX_NODES]} for name in _WALKED},
+            }
+        },
+        {"$project": {f"{walk}.{path}": 0 for walk in LINEAGE_RUNS for path in LINEAGE_RUN_TEXTS}},
+    ]
+    if one_per_node:
+        return [*walks, *_one_document_per_node()]
+    return [
+        *walks,
+        *(
+            stage
+            for walk, into in _RESULTS_OF.items()
+            for stage in _prompts_named_by(field_of_each(walk, "outputs.enhanced_prompt_id"), into)
+        ),
+    ]
+
+
 def _prompts_named_by(ids: Document, into: str) -> list[Document]:
     return [
         {"$addFields": {f"{into}_ids": ids}},
@@ -699,58 +767,81 @@ def _prompts_named_by(ids: Document, into: str) -> list[Document]:
     ]
 
 
-def lineage_pipeline(prompt_id: str) -> list[Document]:
-    """Every edge around a prompt, in one aggregation over ``prompts``.
+def _one_document_per_node() -> list[Document]:
+    """The walked tree as one result document per node (``{walk, doc}``), each far below
+    16 MB however wide the tree and long its prompts. The asked prompt comes as stored, with
+    the counts; a down run brings the prompt it produced (``results``)."""
 
-    Run edges come from ``$graphLookup`` over completed enhance runs: up from the result to
-    the original, down from the original to the result. Legacy edges come from
-    ``parameters.parent_prompt_id`` keys; they are walked from the prompt and from every
-    prompt the run walk reached, so a chain whose older part has only legacy keys is still
-    followed. Overwrites are self-edges: they come back too and are told apart when the
-    lineage is assembled. Cycles end because ``$graphLookup`` visits each document once.
-    Only plain field paths are used as start values, which mongomock evaluates like a server.
-    """
+    def nodes_of(walk: str) -> Document:
+        node: Document = {"walk": walk, "doc": "$$node"}
+        if walk in _RESULTS_OF:
+            node["result_id"] = {"$ifNull": ["$$node.outputs.enhanced_prompt_id", None]}
+        return {"$map": {"input": _walked(walk), "as": "node", "in": node}}
+
+    asked = {"walk": "asked", "doc": "$$node", "counts": {c: f"${c}" for c in LINEAGE_COUNTS}}
     return [
-        {"$match": by_id(prompt_id)},
-        _walk(RUNS, RUN_EDGE, "$_id", up=True, into="up_runs"),
+        {"$lookup": {"from": PROMPTS, "localField": "_id", "foreignField": "_id", "as": "asked"}},
         {
-            "$addFields": {
-                "up_run_parent_ids": field_of_each("up_runs", "outputs.original_prompt_id")
+            "$project": {
+                "_id": 0,
+                "node": {
+                    "$concatArrays": [
+                        {"$map": {"input": "$asked", "as": "node", "in": asked}},
+                        *(nodes_of(walk) for walk in _WALKED),
+                    ]
+                },
             }
         },
-        _walk(PROMPTS, LEGACY_EDGE, "$parameters.parent_prompt_id", up=True, into="up_prompts"),
-        _walk(PROMPTS, LEGACY_EDGE, "$up_run_parent_ids", up=True, into="up_run_prompts"),
-        _walk(PROMPTS, LEGACY_EDGE, "$_id", up=False, into="down_prompts"),
-        {"$addFields": {"down_prompt_ids": field_of_each("down_prompts", "_id")}},
-        _walk(RUNS, RUN_EDGE, "$_id", up=False, into="down_runs"),
-        _walk(RUNS, RUN_EDGE, "$down_prompt_ids", up=False, into="down_legacy_runs"),
-        # Bound the answer (one result document holds at most 16 MB): keep the first nodes of
-        # each walk and say how many there were.
+        {"$unwind": "$node"},
+        {"$replaceRoot": {"newRoot": "$node"}},
+        {"$project": {f"doc.{path}": 0 for path in LINEAGE_RUN_TEXTS}},
         {
-            "$addFields": {
-                **{f"{name}_count": {"$size": _walked(name)} for name in _WALKED},
-                **{name: {"$slice": [_walked(name), LINEAGE_MAX_NODES]} for name in _WALKED},
+            "$lookup": {
+                "from": PROMPTS,
+                "localField": "result_id",
+                "foreignField": "_id",
+                "as": "results",
             }
         },
-        *_prompts_named_by(
-            field_of_each("down_runs", "outputs.enhanced_prompt_id"), "down_run_prompts"
-        ),
-        *_prompts_named_by(
-            field_of_each("down_legacy_runs", "outputs.enhanced_prompt_id"),
-            "down_legacy_run_prompts",
-        ),
     ]
 
 
-LINEAGE_RUNS: Final = ("up_runs", "down_runs", "down_legacy_runs")
-LINEAGE_COUNTS: Final = tuple(f"{name}_count" for name in _WALKED)
-LINEAGE_PROMPTS: Final = (
-    "up_prompts",
-    "up_run_prompts",
-    "down_prompts",
-    "down_run_prompts",
-    "down_legacy_run_prompts",
-)
+def lineage_document(found: Sequence[Mapping[str, Any]], *, one_per_node: bool) -> Document | None:
+    """The answer of :func:`lineage_pipeline` as one document: the asked prompt with each
+    walk's array and count (``up_runs``, ``up_runs_count``, ...), the runs without
+    :data:`LINEAGE_RUN_TEXTS`; or None when no prompt has the id."""
+    if not one_per_node:
+        return _without_run_texts(dict(found[0])) if found else None
+    document = _regrouped(found)
+    return None if document is None else _without_run_texts(document)
+
+
+def _without_run_texts(document: Document) -> Document:
+    """``document``'s runs without :data:`LINEAGE_RUN_TEXTS`. The pipeline projects them
+    away, but SecantusDB ignores an exclusion through an array (``"runs.f": 0``), which mongod
+    and mongomock honour: dropped here too, so that every database answers alike."""
+    for run in (run for walk in LINEAGE_RUNS for run in document.get(walk) or []):
+        for path in LINEAGE_RUN_TEXTS:
+            part, key = path.split(".")
+            if isinstance(run.get(part), dict):
+                run[part].pop(key, None)
+    return document
+
+
+def _regrouped(nodes: Sequence[Mapping[str, Any]]) -> Document | None:
+    asked = next((node for node in nodes if node.get("walk") == "asked"), None)
+    if asked is None:
+        return None
+    document: Document = {**asked["doc"], **asked.get("counts", {})}
+    for name in LINEAGE_RUNS + LINEAGE_PROMPTS:
+        document[name] = []
+    for node in nodes:
+        walk = node.get("walk")
+        if walk in _WALKED:
+            document[walk].append(node["doc"])
+        if walk in _RESULTS_OF:
+            document[_RESULTS_OF[walk]].extend(node.get("results") or [])
+    return document
 
 
 def stale_enhancements_filter(before: datetime) -> Document:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bson
 import mongomock
 import pytest
 from bson.errors import InvalidDocument
@@ -28,6 +29,7 @@ from pymongo.errors import (
 )
 
 from cosmos_mongo import AsyncCosmosStore, CosmosStore, InvalidInputError, StorageError
+from cosmos_mongo import queries as q
 from cosmos_mongo.config import Settings
 from mcp_server.results import storage_message
 from tests.mcp.test_transports import RawStdio, environment
@@ -292,3 +294,68 @@ def test_a_write_of_a_document_over_16_mb_stays_an_input_error(
     store, _ = failing(database, method, error)
     with pytest.raises(InvalidInputError, match="cannot be stored"):
         store.create_prompt("A robot arm stacks blocks", {}, {})
+
+
+LONGEST_TEXT = "機" * 10_000  # the longest prompt text there may be, 30 kB of UTF-8
+BSON_LIMIT = 16 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_a_wide_tree_of_long_prompts_comes_back_under_16_mb_a_document_and_bounded_in_bytes(
+    sync_backend: Any,
+) -> None:
+    # mongomock, the embedded default and a server: the async twins run the same flow.
+    backend = sync_backend
+    store = backend.store
+    # Each enhanced prompt copies its original's inputs: 120 kB a child, 18 MB for the tree.
+    inputs = {f"notes_{number}": LONGEST_TEXT for number in range(3)}
+    root = store.create_prompt(LONGEST_TEXT, inputs, {})
+    for child in range(150):
+        store.enhance_prompt(root.id, enhanced_text=f"{child:03d} {LONGEST_TEXT[4:]}")
+    prompts = backend.raw["prompts"]
+    try:
+        whole = list(prompts.aggregate(q.lineage_pipeline(root.id)))
+    except OperationFailure as exc:  # mongod: more than one result document may hold
+        assert exc.code in (10334, 4568)
+    else:  # the in-process databases and the stand-in have no such limit: measure it
+        assert len(bson.encode(whole[0])) > BSON_LIMIT
+    nodes = list(prompts.aggregate(q.lineage_pipeline(root.id, one_per_node=True)))
+    assert max(len(bson.encode(node)) for node in nodes) < 200_000  # a prompt and its run
+    lineage = store.get_lineage(root.id)  # on mongod, one node a document after the refusal
+    assert lineage.truncated and 0 < len(lineage.descendants) < 150
+    answer = len(lineage.model_dump_json().encode())
+    assert answer < q.LINEAGE_MAX_BYTES * 1.05  # the edges' own few bytes besides
+    assert set(lineage.prompts) == {root.id, *(edge.child_id for edge in lineage.descendants)}
+    runs = [edge.run for edge in lineage.descendants]
+    assert all(run is not None and "enhanced_text" not in run.outputs for run in runs)
+
+
+class AnswerTooLargeOnce(CountingDatabase):
+    """The first aggregate fails as a server's does when its one result document would pass
+    16 MB (code 10334)."""
+
+    def call(self, name: str, method: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if method == "aggregate" and (name, method) not in self.calls:
+            self.calls.append((name, method))
+            raise OperationFailure("BSONObjectTooLarge: object to insert too large", 10334)
+        return super().call(name, method, target, args, kwargs)
+
+
+def test_a_lineage_too_large_for_one_document_is_read_one_node_a_document(backend: Any) -> None:
+    store = backend.store
+    root = store.create_prompt("A robot arm stacks blocks", {}, {"name": "arm"})
+    child = store.enhance_prompt(root.id, enhanced_text="A robot arm stacks red blocks.")
+    store.enhance_prompt(child.enhanced_prompt_id, enhanced_text="Three red blocks.")
+    store.enhance_prompt(
+        child.enhanced_prompt_id, create_new=False, enhanced_text="Red blocks, stacked."
+    )
+    expected = store.get_lineage(child.enhanced_prompt_id)
+    assert expected.ancestors and expected.descendants and expected.in_place
+    wrapped: list[AnswerTooLargeOnce] = []
+
+    def refusing(database: Any) -> AnswerTooLargeOnce:
+        wrapped.append(AnswerTooLargeOnce(database))
+        return wrapped[-1]
+
+    assert backend.over(refusing).get_lineage(child.enhanced_prompt_id) == expected
+    assert wrapped[0].calls == [("prompts", "aggregate"), ("prompts", "aggregate")]
