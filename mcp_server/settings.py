@@ -1,8 +1,9 @@
 """Settings of the MCP server, from the environment (prefix ``COSMOS_MCP_``) or flags.
 
 Where the data lives (``COSMOS_MONGO_URI``, ``COSMOS_MONGO_DATABASE``,
-``COSMOS_MONGO_DATA_DIR``) and which enhancer runs (``COSMOS_MONGO_ENHANCER*``) are the
-library's settings: :class:`cosmos_mongo.config.Settings`.
+``COSMOS_MONGO_DATA_DIR``), how long it is waited for (``COSMOS_MONGO_TIMEOUT_MS``,
+``COSMOS_MONGO_OPERATION_TIMEOUT_MS``) and which enhancer runs (``COSMOS_MONGO_ENHANCER*``) are
+the library's settings: :class:`cosmos_mongo.config.Settings`.
 """
 
 from __future__ import annotations
