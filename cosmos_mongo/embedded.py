@@ -51,6 +51,7 @@ import bson.errors
 import mongomock as _mongomock
 from bson import ObjectId
 from bson.binary import Binary
+from bson.code import Code
 from bson.codec_options import CodecOptions
 from mongomock import aggregate as _aggregation
 from mongomock import collection as _mongomock_collection
@@ -654,7 +655,7 @@ _ORDERED_IDS: Final = frozenset({b"\x02", b"\x07"})  # string, ObjectId
 def _id_kind(value: Any) -> bytes | None:
     """The BSON type bytes of the _ids a range on ``value`` can match, as mongomock compares
     (only like kinds: MongoDB's type bracketing); None for a kind not narrowed here."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not isinstance(value, Code):  # Code: a str, not a BSON string
         return b"\x02"
     if isinstance(value, ObjectId):
         return b"\x07"

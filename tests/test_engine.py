@@ -16,6 +16,7 @@ import bson
 import mongomock
 import pytest
 from bson import ObjectId
+from bson.code import Code
 from bson.errors import InvalidDocument
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -948,7 +949,8 @@ id_lists = st.one_of(
 id_bounds = st.one_of(
     string_ids,
     object_ids,
-    st.sampled_from([-1, 0.5, float("-inf"), START + timedelta(seconds=1), False, None]),
+    # JavaScript code: a str that mongomock compares as a string, not one BSON stores as such
+    st.sampled_from([-1, 0.5, float("-inf"), START + timedelta(seconds=1), False, None, Code("a")]),
 )
 id_range = st.one_of(
     st.builds(lambda op, v: {op: v}, st.sampled_from(["$lt", "$lte", "$gt", "$gte"]), id_bounds),
