@@ -160,6 +160,8 @@ def enhance_prompt(
         run_recorded = True
         return (yield from _produce(run_id, prompt, target, model, supplied, guarded))
     except StorageError as exc:
+        if type(exc) is not StorageError:
+            raise  # ReadOnlyError, InvalidDocumentError: their class says what happened
         # The outcome of the interrupted write is unknown: say which run to look at.
         raise StorageError(
             f"{exc} (during enhancement run {run_id}: verify() reports it if it was left "

@@ -426,3 +426,16 @@ def test_deleting_a_prompt_keeps_the_provenance_of_prompts_enhanced_from_it(
     )
     # The parent's run that produced the deleted child went with it.
     assert store.get_enhancement_history(parent.id) == []
+
+
+def test_an_enhancement_on_a_read_only_store_raises_read_only_error_and_writes_nothing(
+    backend: Backend,
+) -> None:
+    from cosmos_mongo import ReadOnlyError
+
+    prompt = backend.store.create_prompt("A robot arm stacks blocks", {}, {})
+    before = backend.snapshot()
+    read_only = backend.over(settings=Settings(read_only=True))
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        read_only.enhance_prompt(prompt.id, enhanced_text="A robot arm stacks three blocks.")
+    assert backend.snapshot() == before
