@@ -34,6 +34,7 @@ from cosmos_mongo.models import (
     VerificationReport,
 )
 from cosmos_mongo.store import AsyncCosmosStore, CosmosStore
+from cosmos_mongo.validation import ModelType, RunStatus
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "LineageEdge",
     "Listing",
     "MigrationReport",
+    "ModelType",
     "NotFoundError",
     "Prompt",
     "PromptNotFoundError",
@@ -67,6 +69,7 @@ __all__ = [
     "RepairReport",
     "Run",
     "RunNotFoundError",
+    "RunStatus",
     "Settings",
     "SkippedDocument",
     "StorageError",

@@ -36,7 +36,7 @@ from rich.tree import Tree
 
 from cosmos_mongo.config import Settings, mongodb_hosts
 from cosmos_mongo.enhancers import without_credentials, word_count
-from cosmos_mongo.errors import CosmosMongoError, InvalidInputError
+from cosmos_mongo.errors import CosmosMongoError, InvalidInputError, PromptNotFoundError
 from cosmos_mongo.models import (
     Lineage,
     LineageEdge,
@@ -46,7 +46,7 @@ from cosmos_mongo.models import (
     VerificationReport,
 )
 from cosmos_mongo.store import CosmosStore
-from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES
+from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES, ModelType, RunStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -166,38 +166,89 @@ def _time(value: Any) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _prompt_table(prompts: Sequence[Prompt], title: str) -> None:
+@dataclass(frozen=True)
+class _Column:
+    """A table column: its cell for a row, and how it gives way in a narrow terminal."""
+
+    header: str
+    cell: Callable[[Any], str]
+    flexible: int = 0  # >0: wraps, as narrow as this; 0: kept whole on its lines (ids, times)
+    drop: int = 0  # left out in a narrow terminal, highest first; 0: never (ids)
+
+
+def _natural(column: _Column, rows: Sequence[Any]) -> int:
+    """The width of the column's longest line, its header's included."""
+    lines = [column.header, *(line for row in rows for line in column.cell(row).splitlines())]
+    return max(len(line) for line in lines)
+
+
+def _needed(columns: Sequence[_Column], rows: Sequence[Any]) -> int:
+    """Width of the table with every whole column whole and every text at its narrowest:
+    each column's cells, two of padding and a border, and the last border."""
+    return 1 + sum((column.flexible or _natural(column, rows)) + 3 for column in columns)
+
+
+def _fitting(
+    layouts: Sequence[Sequence[_Column]], rows: Sequence[Any], width: int
+) -> list[_Column]:
+    """The first layout that fits ``width``; else the last, without the columns that go
+    first until it fits. (Rich would squeeze every column to fit, ids to nothing.)"""
+    for layout in layouts:
+        if _needed(layout, rows) <= width:
+            return list(layout)
+    columns = list(layouts[-1])
+    for rank in sorted({column.drop for column in columns if column.drop}, reverse=True):
+        if _needed(columns, rows) <= width:
+            break
+        columns = [column for column in columns if column.drop != rank]
+    return columns
+
+
+def _print_table(title: str, layouts: Sequence[Sequence[_Column]], rows: Sequence[Any]) -> None:
+    columns = _fitting(layouts, rows, console.width)
+    # The texts share what the whole columns leave, each as wide as it needs if that fits.
+    wants = {
+        column.header: max(_natural(column, rows) - column.flexible, 0)
+        for column in columns
+        if column.flexible
+    }
+    spare = max(console.width - _needed(columns, rows), 0)
+    share = min(1.0, spare / max(sum(wants.values()), 1))
     table = Table(title=title, title_justify="left")
-    table.add_column("id", no_wrap=True)
-    table.add_column("name", max_width=20)
-    table.add_column("enhanced")
-    table.add_column("created (UTC)", no_wrap=True)
-    table.add_column("text", min_width=20, ratio=1)
-    for prompt in prompts:
-        table.add_row(
-            prompt.id,
-            prompt.name or "",
-            "yes" if prompt.enhanced else "",
-            _time(prompt.created_at),
-            _short(prompt.prompt_text),
-        )
+    for column in columns:
+        if column.flexible:
+            width = column.flexible + int(wants[column.header] * share)
+            table.add_column(column.header, width=width, overflow="fold")
+        else:
+            # Fold, not crop, in a terminal narrower than an id: every character stays.
+            table.add_column(column.header, no_wrap=True, overflow="fold")
+    for row in rows:
+        table.add_row(*(column.cell(row) for column in columns))
     console.print(table)
+
+
+def _prompt_table(prompts: Sequence[Prompt], title: str) -> None:
+    columns = [
+        _Column("id", lambda p: p.id),
+        _Column("name", lambda p: p.name or "", flexible=10, drop=1),
+        _Column("enhanced", lambda p: "yes" if p.enhanced else "", drop=3),
+        _Column("created (UTC)", lambda p: _time(p.created_at), drop=4),
+        _Column("text", lambda p: _short(p.prompt_text), flexible=14, drop=2),
+    ]
+    _print_table(title, [columns], prompts)
 
 
 def _run_table(runs: Sequence[Run], title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for column in ("id", "prompt", "type", "status", "rating", "created (UTC)"):
-        table.add_column(column, no_wrap=True)
-    for run in runs:
-        table.add_row(
-            run.id,
-            run.prompt_id,
-            run.model_type,
-            run.status,
-            "" if run.rating is None else str(run.rating),
-            _time(run.created_at),
-        )
-    console.print(table)
+    rest = [
+        _Column("type", lambda r: r.model_type, drop=3),
+        _Column("status", lambda r: r.status, drop=2),
+        _Column("rating", lambda r: "" if r.rating is None else str(r.rating), drop=1),
+        _Column("created (UTC)", lambda r: _time(r.created_at), drop=4),
+    ]
+    wide = [_Column("id", lambda r: r.id), _Column("prompt", lambda r: r.prompt_id), *rest]
+    # Narrower: the prompt's id under the run's, both whole.
+    narrow = [_Column("id\nprompt", lambda r: f"{r.id}\n{r.prompt_id}"), *rest]
+    _print_table(title, [wide, narrow], runs)
 
 
 def _warn_skipped(skipped: Sequence[SkippedDocument]) -> None:
@@ -494,8 +545,8 @@ def run() -> None:
 def run_list(
     state: _Context,
     prompt_id: str | None,
-    model_type: str | None,
-    status: str | None,
+    model_type: ModelType | None,
+    status: RunStatus | None,
     limit: int,
     offset: int,
     as_json: bool,
@@ -578,10 +629,16 @@ def enhance(
 @_json_option
 @click.pass_obj
 def details(state: _Context, prompt_id: str, as_json: bool) -> None:
-    """How a prompt got its enhanced text (exit 1 if it is not enhanced)."""
-    _show(
-        state.store().get_enhancement_details(prompt_id), f"enhancement of {prompt_id!r}", as_json
-    )
+    """How a prompt got its enhanced text (exit 1 if it is missing or was never enhanced)."""
+    store = state.store()
+    found = store.get_enhancement_details(prompt_id)
+    if found is None:
+        if store.get_prompt(prompt_id) is None:
+            raise PromptNotFoundError(prompt_id)
+        raise click.ClickException(
+            f"prompt {prompt_id!r} was never enhanced: it has no enhanced text to explain"
+        )
+    _show(found, f"enhancement of {prompt_id!r}", as_json)
 
 
 @cli.command()
@@ -595,11 +652,12 @@ def original(state: _Context, prompt_id: str, as_json: bool) -> None:
 
 @cli.command()
 @_limit_option(100)
+@_OFFSET
 @_json_option
 @click.pass_obj
-def enhanced(state: _Context, limit: int, as_json: bool) -> None:
+def enhanced(state: _Context, limit: int, offset: int, as_json: bool) -> None:
     """List enhanced prompts, newest first."""
-    prompts = state.store().list_enhanced_prompts(limit)
+    prompts = state.store().list_enhanced_prompts(limit, offset)
     _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} enhanced prompt(s)")
     _warn_skipped(prompts.skipped)
 
@@ -607,29 +665,47 @@ def enhanced(state: _Context, limit: int, as_json: bool) -> None:
 @cli.command()
 @click.argument("prompt_id")
 @_limit_option(100)
+@_OFFSET
 @_json_option
 @click.pass_obj
-def history(state: _Context, prompt_id: str, limit: int, as_json: bool) -> None:
+def history(state: _Context, prompt_id: str, limit: int, offset: int, as_json: bool) -> None:
     """Every enhancement involving a prompt, newest first."""
-    runs = state.store().get_enhancement_history(prompt_id, limit)
+    runs = state.store().get_enhancement_history(prompt_id, limit, offset)
     _warn_skipped(runs.skipped)
     if as_json:
         _emit(runs)
         return
-    table = Table(title=f"{len(runs)} enhancement(s)", title_justify="left")
-    for column in ("run", "status", "model", "from", "to", "created (UTC)"):
-        table.add_column(column, no_wrap=True)
-    for item in runs:
-        outputs = item.outputs
-        table.add_row(
-            item.id,
-            item.status,
-            str(outputs.get("enhancement_model") or item.execution_config.get("model") or ""),
-            str(outputs.get("original_prompt_id") or item.prompt_id),
-            str(outputs.get("enhanced_prompt_id") or ""),
-            _time(item.created_at),
+
+    def model(run_: Run) -> str:
+        return str(
+            run_.outputs.get("enhancement_model") or run_.execution_config.get("model") or ""
         )
-    console.print(table)
+
+    def source(run_: Run) -> str:
+        return str(run_.outputs.get("original_prompt_id") or run_.prompt_id)
+
+    def result(run_: Run) -> str:
+        return str(run_.outputs.get("enhanced_prompt_id") or "")
+
+    status = _Column("status", lambda r: r.status, drop=2)
+    by = _Column("model", model, flexible=11, drop=1)
+    created = _Column("created (UTC)", lambda r: _time(r.created_at), drop=3)
+    wide = [
+        _Column("run", lambda r: r.id),
+        status,
+        by,
+        _Column("from", source),
+        _Column("to", result),
+        created,
+    ]
+    # Narrower: the prompts' ids under the run's, each whole.
+    narrow = [
+        _Column("run\nfrom\nto", lambda r: f"{r.id}\n{source(r)}\n{result(r)}"),
+        status,
+        by,
+        created,
+    ]
+    _print_table(f"{len(runs)} enhancement(s)", [wide, narrow], runs)
 
 
 def _label(lineage: Lineage, prompt_id: str) -> str:

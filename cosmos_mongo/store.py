@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 from cosmos_mongo import enhancement as enh
 from cosmos_mongo import importer, legacy
@@ -51,6 +52,7 @@ from cosmos_mongo.ops import (
     translate,
     unreachable_host,
 )
+from cosmos_mongo.validation import UNSET, ModelType, RunStatus, Unset
 
 T = TypeVar("T")
 
@@ -91,9 +93,9 @@ def _open(
     try:
         client = client_class(resolved, **options)
     except (PyMongoError, ValueError, TypeError) as exc:  # pymongo raises ValueError for some
-        # The message may quote the connection string; say only what kind of failure it was.
         raise StorageError(
-            f"cannot connect to MongoDB at {mongodb_hosts(resolved)}: {type(exc).__name__}"
+            f"cannot connect to MongoDB at {mongodb_hosts(resolved)}: the connection string "
+            f"is not valid: {_without_secrets(str(exc), resolved)}"
         ) from exc
 
     def ping() -> None:
@@ -108,6 +110,21 @@ def _open(
             twin.admin.command("ping")
 
     return client[database], client.close, ping
+
+
+def _without_secrets(message: str, uri: str) -> str:
+    """The driver's complaint about ``uri``, first line, with the user name and password (as
+    written and decoded) and the whole string masked: it may quote any of them."""
+    netloc = uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+    secrets = {uri}
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        secrets.update({userinfo, *userinfo.split(":", 1)})
+        secrets.update({unquote_plus(part) for part in list(secrets)})
+    text = (message.strip().splitlines() or [""])[0]
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w%]){re.escape(secret)}(?![\w%])", "***", text)
+    return text[:200] or "no reason given"
 
 
 @contextmanager
@@ -392,8 +409,8 @@ class CosmosStore(_StoreBase):
     def iter_runs(
         self,
         prompt_id: str | None = None,
-        model_type: str | None = None,
-        status: str | None = None,
+        model_type: ModelType | None = None,
+        status: RunStatus | None = None,
         *,
         batch_size: int = 500,
     ) -> Iterator[Run]:
@@ -534,9 +551,9 @@ class CosmosStore(_StoreBase):
         prompt_id: str,
         execution_config: dict[str, Any] | None = None,
         *,
-        model_type: str = "transfer",
+        model_type: ModelType = "transfer",
         metadata: dict[str, Any] | None = None,
-        initial_status: str = "pending",
+        initial_status: RunStatus = "pending",
     ) -> Run:
         """Record a new run of the prompt and return it.
 
@@ -562,8 +579,8 @@ class CosmosStore(_StoreBase):
     def list_runs(
         self,
         prompt_id: str | None = None,
-        model_type: str | None = None,
-        status: str | None = None,
+        model_type: ModelType | None = None,
+        status: RunStatus | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> Listing[Run]:
@@ -578,7 +595,7 @@ class CosmosStore(_StoreBase):
         """
         return self._run(wf.list_runs(prompt_id, model_type, status, limit, offset))
 
-    def update_run_status(self, run_id: str, status: str) -> Run:
+    def update_run_status(self, run_id: str, status: RunStatus) -> Run:
         """Set the status; ``running`` stamps ``started_at``, a final status ``completed_at``.
 
         Raises:
@@ -589,17 +606,44 @@ class CosmosStore(_StoreBase):
         """
         return self._run(wf.update_run(run_id, {"status": status}))
 
-    def update_run(self, run_id: str, **fields: Any) -> Run:
-        """Set any of ``status``, ``outputs``, ``metadata``, ``execution_config``,
-        ``error_message``, ``log_path`` and ``rating``; returns the updated run.
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | Unset = UNSET,
+        outputs: dict[str, Any] | Unset | None = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
+        execution_config: dict[str, Any] | Unset | None = UNSET,
+        error_message: str | Unset | None = UNSET,
+        log_path: str | Unset | None = UNSET,
+        rating: int | Unset = UNSET,
+    ) -> Run:
+        """Set the fields given as keywords and return the updated run; the others stay.
+
+        ``None`` clears ``outputs``, ``metadata`` and ``execution_config`` (to ``{}``) and
+        ``error_message`` and ``log_path``. A keyword not listed here is a ``TypeError``.
 
         Raises:
-            InvalidInputError: a bad id, an unknown field, or a bad value.
+            InvalidInputError: a bad id, no field given, or a bad value (checked at run time
+                too, for callers without a type checker).
             RunNotFoundError: no run has this id.
             InvalidDocumentError: the change was stored, but the run does not fit the
                 model (edited by hand?), so it cannot be returned.
         """
-        return self._run(wf.update_run(run_id, fields))
+        return self._run(
+            wf.update_run(
+                run_id,
+                wf.given(
+                    status=status,
+                    outputs=outputs,
+                    metadata=metadata,
+                    execution_config=execution_config,
+                    error_message=error_message,
+                    log_path=log_path,
+                    rating=rating,
+                ),
+            )
+        )
 
     def set_run_rating(self, run_id: str, rating: int) -> Run:
         """Rate the run from 1 to 5.
@@ -715,10 +759,12 @@ class CosmosStore(_StoreBase):
 
         A stored run that does not fit the model (edited by hand?) is left out, named in
         the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
+        and in a warning on the ``cosmos_mongo`` logger. A deleted prompt whose enhancements
+        were kept as another prompt's provenance still has those runs as its history.
 
         Raises:
             InvalidInputError: a bad id, ``limit`` or ``offset``.
+            PromptNotFoundError: no prompt has the id and no enhance run names it.
         """
         return self._run(enh.get_enhancement_history(prompt_id, limit, offset))
 
@@ -967,8 +1013,8 @@ class AsyncCosmosStore(_StoreBase):
     async def iter_runs(
         self,
         prompt_id: str | None = None,
-        model_type: str | None = None,
-        status: str | None = None,
+        model_type: ModelType | None = None,
+        status: RunStatus | None = None,
         *,
         batch_size: int = 500,
     ) -> AsyncIterator[Run]:
@@ -1111,9 +1157,9 @@ class AsyncCosmosStore(_StoreBase):
         prompt_id: str,
         execution_config: dict[str, Any] | None = None,
         *,
-        model_type: str = "transfer",
+        model_type: ModelType = "transfer",
         metadata: dict[str, Any] | None = None,
-        initial_status: str = "pending",
+        initial_status: RunStatus = "pending",
     ) -> Run:
         """Record a new run of the prompt and return it.
 
@@ -1139,8 +1185,8 @@ class AsyncCosmosStore(_StoreBase):
     async def list_runs(
         self,
         prompt_id: str | None = None,
-        model_type: str | None = None,
-        status: str | None = None,
+        model_type: ModelType | None = None,
+        status: RunStatus | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> Listing[Run]:
@@ -1155,7 +1201,7 @@ class AsyncCosmosStore(_StoreBase):
         """
         return await self._run(wf.list_runs(prompt_id, model_type, status, limit, offset))
 
-    async def update_run_status(self, run_id: str, status: str) -> Run:
+    async def update_run_status(self, run_id: str, status: RunStatus) -> Run:
         """Set the status; ``running`` stamps ``started_at``, a final status ``completed_at``.
 
         Raises:
@@ -1166,17 +1212,44 @@ class AsyncCosmosStore(_StoreBase):
         """
         return await self._run(wf.update_run(run_id, {"status": status}))
 
-    async def update_run(self, run_id: str, **fields: Any) -> Run:
-        """Set any of ``status``, ``outputs``, ``metadata``, ``execution_config``,
-        ``error_message``, ``log_path`` and ``rating``; returns the updated run.
+    async def update_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | Unset = UNSET,
+        outputs: dict[str, Any] | Unset | None = UNSET,
+        metadata: dict[str, Any] | Unset | None = UNSET,
+        execution_config: dict[str, Any] | Unset | None = UNSET,
+        error_message: str | Unset | None = UNSET,
+        log_path: str | Unset | None = UNSET,
+        rating: int | Unset = UNSET,
+    ) -> Run:
+        """Set the fields given as keywords and return the updated run; the others stay.
+
+        ``None`` clears ``outputs``, ``metadata`` and ``execution_config`` (to ``{}``) and
+        ``error_message`` and ``log_path``. A keyword not listed here is a ``TypeError``.
 
         Raises:
-            InvalidInputError: a bad id, an unknown field, or a bad value.
+            InvalidInputError: a bad id, no field given, or a bad value (checked at run time
+                too, for callers without a type checker).
             RunNotFoundError: no run has this id.
             InvalidDocumentError: the change was stored, but the run does not fit the
                 model (edited by hand?), so it cannot be returned.
         """
-        return await self._run(wf.update_run(run_id, fields))
+        return await self._run(
+            wf.update_run(
+                run_id,
+                wf.given(
+                    status=status,
+                    outputs=outputs,
+                    metadata=metadata,
+                    execution_config=execution_config,
+                    error_message=error_message,
+                    log_path=log_path,
+                    rating=rating,
+                ),
+            )
+        )
 
     async def set_run_rating(self, run_id: str, rating: int) -> Run:
         """Rate the run from 1 to 5.
@@ -1292,10 +1365,12 @@ class AsyncCosmosStore(_StoreBase):
 
         A stored run that does not fit the model (edited by hand?) is left out, named in
         the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
-        and in a warning on the ``cosmos_mongo`` logger.
+        and in a warning on the ``cosmos_mongo`` logger. A deleted prompt whose enhancements
+        were kept as another prompt's provenance still has those runs as its history.
 
         Raises:
             InvalidInputError: a bad id, ``limit`` or ``offset``.
+            PromptNotFoundError: no prompt has the id and no enhance run names it.
         """
         return await self._run(enh.get_enhancement_history(prompt_id, limit, offset))
 

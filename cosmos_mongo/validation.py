@@ -7,6 +7,7 @@ before any database call, so a rejected call writes nothing.
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Mapping
@@ -37,6 +38,18 @@ RunStatus = Literal[
 MODEL_TYPES: Final = frozenset(get_args(ModelType))
 RUN_STATUSES: Final = frozenset(get_args(RunStatus))
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+
+
+class Unset(enum.Enum):
+    """The default of a keyword that was not given, where None is a value (it clears)."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset.UNSET
 # The predecessor duplicated these into prompt parameters; the enhance run now owns them.
 LEGACY_ENHANCEMENT_KEYS: Final = frozenset(
     {"enhancement_model", "enhanced_at", "last_enhancement_run_id", "parent_prompt_id"}

@@ -465,7 +465,12 @@ def list_runs(
     return listing(Run, documents)
 
 
-def update_run(run_id: object, fields: dict[str, Any]) -> Flow[Run]:
+def given(**fields: object) -> dict[str, object]:
+    """The keywords a caller gave: those not left at :data:`~cosmos_mongo.validation.UNSET`."""
+    return {name: value for name, value in fields.items() if value is not v.UNSET}
+
+
+def update_run(run_id: object, fields: Mapping[str, object]) -> Flow[Run]:
     checked_id = v.check_run_id(run_id)
     if not fields:
         raise InvalidInputError("fields", "give at least one field to change")

@@ -57,3 +57,58 @@ def test_what_a_workflow_reads_is_typed(tmp_path: Path) -> None:
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and "careless_flow.py:6" in errors[0], result.stdout
     assert "None" in errors[0] and "not indexable" in errors[0]
+
+
+# User code with one mistake a line (marked), and correct calls around them. Strict mypy must
+# report each marked line and no other.
+_PLANTED = '''\
+import asyncio
+
+from cosmos_mongo import AsyncCosmosStore, CosmosStore, ModelType, RunStatus
+
+
+def use(store: CosmosStore) -> None:
+    prompt = store.create_prompt("a robot arm", {"video": "in.mp4"})
+    run = store.create_run(prompt.id, {}, model_type="predict", initial_status="running")
+    store.update_run(run.id, status="completed", outputs={"video": "out.mp4"}, rating=5)
+    store.update_run(run.id, error_message=None, log_path=None, metadata=None)
+    store.list_runs(prompt.id, "transfer", "failed", limit=5)
+    wanted: RunStatus = "cancelled"
+    kind: ModelType = "enhance"
+    store.list_runs(model_type=kind, status=wanted)
+    store.update_run(run.id, colour="red")  # MISTAKE
+    store.list_runs(status="finished")  # MISTAKE
+    store.list_runs(model_type="transfr")  # MISTAKE
+    store.create_run(prompt.id, {}, model_type="generate")  # MISTAKE
+    store.create_run(prompt.id, {}, initial_status="queued")  # MISTAKE
+    store.update_run_status(run.id, "done")  # MISTAKE
+    store.update_run(run.id, status="finished")  # MISTAKE
+    store.update_run(run.id, rating="5")  # MISTAKE
+    list(store.iter_runs(status="complete"))  # MISTAKE
+    store.get_prompt(prompt.id).prompt_text  # MISTAKE
+    store.create_prompt(42)  # MISTAKE
+
+
+async def use_async(store: AsyncCosmosStore, run_id: str) -> None:
+    await store.update_run(run_id, status="running")
+    await store.update_run(run_id, colour="red")  # MISTAKE
+    await store.list_runs(status="finished")  # MISTAKE
+
+
+asyncio.run(use_async(AsyncCosmosStore.__new__(AsyncCosmosStore), "rs_0"))
+'''
+
+
+def test_strict_mypy_reports_every_planted_mistake_in_user_code(tmp_path: Path) -> None:
+    """Run statuses and model types are Literals and ``update_run`` takes typed keywords, so
+    a misspelt field or status is a type error, not a surprise at run time."""
+    snippet = tmp_path / "user_code.py"
+    snippet.write_text(_PLANTED)
+    planted = {
+        number for number, line in enumerate(_PLANTED.splitlines(), 1) if "# MISTAKE" in line
+    }
+    result = _run("mypy", "--strict", "--no-incremental", str(snippet))
+    reported = {
+        int(line.split(":")[1]) for line in result.stdout.splitlines() if ": error:" in line
+    }
+    assert reported == planted, result.stdout

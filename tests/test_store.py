@@ -191,10 +191,26 @@ class TestRuns:
         assert (updated.status, updated.error_message) == ("failed", "GPU lost")
         assert store.get_run(run.id) == updated
 
-    def test_update_run_rejects_unknown_fields(self, store: Any) -> None:
+    def test_update_run_refuses_a_field_it_does_not_name_as_any_function_does(
+        self, store: Any
+    ) -> None:
         run = store.create_run(make_prompt(store).id, {})
-        with pytest.raises(InvalidInputError, match="prompt_id"):
+        with pytest.raises(TypeError, match="prompt_id"):
             store.update_run(run.id, prompt_id=new_prompt_id())
+        assert store.get_run(run.id) == run
+
+    def test_update_run_changes_only_the_keywords_given_and_none_clears(
+        self, store: Any
+    ) -> None:
+        run = store.create_run(make_prompt(store).id, {"steps": 3}, metadata={"by": "me"})
+        failed = store.update_run(run.id, status="failed", error_message="GPU lost")
+        assert (failed.execution_config, failed.metadata) == ({"steps": 3}, {"by": "me"})
+        cleared = store.update_run(run.id, error_message=None, metadata=None)
+        assert (cleared.status, cleared.error_message, cleared.metadata) == ("failed", None, {})
+        with pytest.raises(InvalidInputError, match="at least one field"):
+            store.update_run(run.id)
+        with pytest.raises(InvalidInputError, match="status"):
+            store.update_run(run.id, status="finished")
 
     @pytest.mark.parametrize("rating", [1, 5])
     def test_set_run_rating_accepts_one_to_five(self, store: Any, rating: int) -> None:
