@@ -281,6 +281,10 @@ class CosmosStore(_StoreBase):
         to ``COSMOS_MONGO_OPERATION_TIMEOUT_MS`` (30 s), its wait for a primary included, so a
         write retried across an election lands.
 
+        ``AsyncCosmosStore.connect`` is awaited, ``store = await AsyncCosmosStore.connect(...)``,
+        or entered, ``async with AsyncCosmosStore.connect(...) as store:``, which closes the
+        store on exit; ``CosmosStore.connect`` returns the store.
+
         Raises:
             InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
                 database name is not valid.
@@ -868,9 +872,24 @@ class AsyncCosmosStore(_StoreBase):
         ensure_indexes: bool | None = None,
         enhancer: Enhancer | None = None,
     ) -> Opening:
-        """Open a store: ``store = await AsyncCosmosStore.connect(...)``, or
-        ``async with AsyncCosmosStore.connect(...) as store:``, which closes it on exit.
-        Otherwise as :meth:`CosmosStore.connect`.
+        """Open a store on ``uri``, else ``COSMOS_MONGO_URI``, else the embedded default.
+
+        ``database`` defaults to the settings' (``COSMOS_MONGO_DATABASE``, else ``cosmos``).
+
+        The embedded default lives in ``COSMOS_MONGO_DATA_DIR`` (default: the platform's user
+        data directory). Missing indexes are created unless ``ensure_indexes=False`` (default:
+        ``COSMOS_MONGO_ENSURE_INDEXES``, on) or the settings are read-only
+        (``COSMOS_MONGO_READ_ONLY``): then nothing is written, every write raises
+        ``ReadOnlyError``, and a missing embedded database reads as empty and is not created.
+
+        On a server, ``connect`` pings it once and waits at most ``COSMOS_MONGO_TIMEOUT_MS``
+        (``Settings.timeout_ms``, 5 s) for the answer. Each operation afterwards may take up
+        to ``COSMOS_MONGO_OPERATION_TIMEOUT_MS`` (30 s), its wait for a primary included, so a
+        write retried across an election lands.
+
+        ``AsyncCosmosStore.connect`` is awaited, ``store = await AsyncCosmosStore.connect(...)``,
+        or entered, ``async with AsyncCosmosStore.connect(...) as store:``, which closes the
+        store on exit; ``CosmosStore.connect`` returns the store.
 
         Raises:
             InvalidInputError: ``uri`` is not a mongodb:// or mongodb+srv:// string, or the
