@@ -227,11 +227,14 @@ def _print_table(title: str, layouts: Sequence[Sequence[_Column]], rows: Sequenc
     console.print(table)
 
 
-def _prompt_table(prompts: Sequence[Prompt], title: str) -> None:
+def _prompt_table(prompts: Sequence[Prompt], title: str, all_enhanced: bool = False) -> None:
+    flag = (
+        [] if all_enhanced else [_Column("enhanced", lambda p: "yes" if p.enhanced else "", drop=3)]
+    )
     columns = [
         _Column("id", lambda p: p.id),
         _Column("name", lambda p: p.name or "", flexible=10, drop=1),
-        _Column("enhanced", lambda p: "yes" if p.enhanced else "", drop=3),
+        *flag,
         _Column("created (UTC)", lambda p: _time(p.created_at), drop=4),
         _Column("text", lambda p: _short(p.prompt_text), flexible=14, drop=2),
     ]
@@ -658,7 +661,10 @@ def original(state: _Context, prompt_id: str, as_json: bool) -> None:
 def enhanced(state: _Context, limit: int, offset: int, as_json: bool) -> None:
     """List enhanced prompts, newest first."""
     prompts = state.store().list_enhanced_prompts(limit, offset)
-    _emit(prompts) if as_json else _prompt_table(prompts, f"{len(prompts)} enhanced prompt(s)")
+    if as_json:
+        _emit(prompts)
+    else:
+        _prompt_table(prompts, f"{len(prompts)} enhanced prompt(s)", all_enhanced=True)
     _warn_skipped(prompts.skipped)
 
 
@@ -1250,7 +1256,9 @@ def demo(ctx: click.Context, as_json: bool) -> None:
     _print_before_after(
         name, text, first.enhancement_model, first.enhanced_prompt_id, first.enhanced_text
     )
-    _prompt_table(store.list_enhanced_prompts(limit=10), "Enhanced prompts (newest first)")
+    _prompt_table(
+        store.list_enhanced_prompts(limit=10), "Enhanced prompts (newest first)", all_enhanced=True
+    )
     click.echo(f"\nLineage of {seeded[0].id}:")
     console.print(_lineage_tree(store.get_lineage(seeded[0].id)))
     click.echo("\nVerification:")
