@@ -23,14 +23,22 @@ from mcp_server import build_server
 SHORTEN_AT = 90
 
 
-async def examples() -> list[tuple[str, dict[str, Any], Any]]:
-    """(tool, arguments, structuredContent) for one call of every tool, on a fresh store."""
+def fresh_server() -> Any:
+    """The server the reference is made on: an empty in-memory store, the offline enhancer."""
     client: Any = mongomock.MongoClient(tz_aware=True)
     store = AsyncCosmosStore(
         AsyncMongoMockClient(mock_mongo_client=client)["cosmos"], enhancer=TemplateEnhancer()
     )
+    return build_server(store=store)
+
+
+async def examples() -> list[tuple[str, dict[str, Any], Any]]:
+    """(tool, arguments, structuredContent) for one call of every tool, on a fresh store.
+
+    Only tools are called, and every id an argument names comes from an earlier answer, so
+    a client can replay the reference as it stands (tests/test_docs.py does)."""
     done: list[tuple[str, dict[str, Any], Any]] = []
-    async with Client(build_server(store=store)) as session:
+    async with Client(fresh_server()) as session:
 
         async def call(tool: str, **arguments: Any) -> Any:
             result = await session.call_tool(tool, arguments)
@@ -55,10 +63,9 @@ async def examples() -> list[tuple[str, dict[str, Any], Any]]:
         await call("get_original_prompt", enhanced_prompt_id=child)
         await call("get_enhancement_history", prompt_id=pid, limit=5)
         await call("get_lineage", prompt_id=child)
-        transfer = await store.create_run(pid, {"num_steps": 35}, model_type="transfer")
-        await call("list_runs", prompt_id=pid, model_type="transfer")
-        await call("get_run", run_id=transfer.id)
-        await call("rate_run", run_id=transfer.id, rating=4)
+        await call("list_runs", prompt_id=pid, model_type="enhance")
+        await call("get_run", run_id=enhanced["run_id"])
+        await call("rate_run", run_id=enhanced["run_id"], rating=4)
         in_place = await call(
             "enhance_prompt",
             prompt_id=child,
