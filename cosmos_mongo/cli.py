@@ -143,8 +143,17 @@ def _emit(value: BaseModel | Sequence[BaseModel] | None) -> None:
         click.echo(json.dumps([item.model_dump(mode="json") for item in value], indent=2))
 
 
+_KEY_VALUE_HELP = (
+    'VALUE is JSON if it parses as JSON (7, true, [1,2], {"a":1}); a VALUE starting with '
+    '[, { or " must be valid JSON; any other is a string. Repeatable.'
+)
+
+
 def _key_values(pairs: Iterable[str], option: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (7, true, [1,2]) is taken as such."""
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (7, true, [1,2]) is taken as such.
+
+    A VALUE that starts as JSON (``[``, ``{``, ``"``) but does not parse is a usage error:
+    storing ``[1, 2`` as a string would hide the typo."""
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -152,9 +161,22 @@ def _key_values(pairs: Iterable[str], option: str) -> dict[str, Any]:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
         try:
             result[key] = json.loads(raw)
-        except ValueError:
+        except ValueError as exc:
+            if raw.lstrip().startswith(("[", "{", '"')):
+                raise click.BadParameter(
+                    f"{key}'s value {raw!r} is not valid JSON ({exc}); quote a string that "
+                    f"starts with [, {{ or \" as JSON: {key}='{json.dumps(raw)}'",
+                    param_hint=option,
+                ) from exc
             result[key] = raw
     return result
+
+
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty or blank text is refused: a prompt named "" reads as unnamed everywhere."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty")
+    return value
 
 
 def _short(text: str, width: int = 70) -> str:
@@ -399,16 +421,24 @@ def init(state: _Context, reconcile: bool, apply: bool, text_search: bool, as_js
 
 @cli.group()
 def prompt() -> None:
-    """Create, show, list, search and delete prompts."""
+    """Create, show, update, list, search and delete prompts."""
 
 
 @prompt.command("create")
 @click.argument("text")
-@click.option("--name", help="A short name for the prompt.")
+@click.option("--name", callback=_not_empty, help="A short name for the prompt.")
 @click.option("--video", help="Path or URL of the input video.")
 @click.option("--negative-prompt", help="What the generation should avoid.")
-@click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE", help="Another input.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A parameter.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Another input. {_KEY_VALUE_HELP}",
+)
+@click.option(
+    "--param", "params", multiple=True, metavar="KEY=VALUE", help=f"A parameter. {_KEY_VALUE_HELP}"
+)
 @_json_option
 @click.pass_obj
 def prompt_create(
@@ -444,6 +474,46 @@ def prompt_create(
 def prompt_show(state: _Context, prompt_id: str, as_json: bool) -> None:
     """Show one prompt."""
     _show(state.store().get_prompt(prompt_id), f"prompt {prompt_id!r}", as_json)
+
+
+@prompt.command("update")
+@click.argument("prompt_id")
+@click.option("--text", "prompt_text", callback=_not_empty, help="The new text.")
+@click.option("--name", callback=_not_empty, help="A new short name.")
+@click.option("--negative-prompt", help="What the generation should avoid.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"A parameter to set (the others stay). {_KEY_VALUE_HELP}",
+)
+@_json_option
+@click.pass_obj
+def prompt_update(
+    state: _Context,
+    prompt_id: str,
+    prompt_text: str | None,
+    name: str | None,
+    negative_prompt: str | None,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Replace a prompt's text and/or set some of its parameters."""
+    parameters = _key_values(params, "--param")
+    if name is not None:
+        parameters["name"] = name
+    if negative_prompt is not None:
+        parameters["negative_prompt"] = negative_prompt
+    if prompt_text is None and not parameters:
+        raise click.UsageError("give what to change: --text, --name, --negative-prompt or --param")
+    updated = state.store().update_prompt(
+        prompt_id, prompt_text=prompt_text, parameters=parameters or None
+    )
+    if as_json:
+        _emit(updated)
+    else:
+        click.echo(f"Updated {updated.id}")
 
 
 @prompt.command("list")
@@ -532,7 +602,126 @@ def prompt_delete(state: _Context, prompt_id: str, yes: bool, force: bool, as_js
 
 @cli.group()
 def run() -> None:
-    """List and show runs."""
+    """Create, update, list and show runs."""
+
+
+@run.command("create")
+@click.argument("prompt_id")
+@click.option(
+    "--model-type",
+    type=click.Choice(sorted(MODEL_TYPES)),
+    default="transfer",
+    show_default=True,
+    help="The Cosmos model the run uses.",
+)
+@click.option(
+    "--status",
+    type=click.Choice(sorted(RUN_STATUSES)),
+    default="pending",
+    show_default=True,
+    help="The run's first status.",
+)
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"An execution setting (seed, steps, ...). {_KEY_VALUE_HELP}",
+)
+@click.option(
+    "--metadata", "metadata", multiple=True, metavar="KEY=VALUE", help=f"A note. {_KEY_VALUE_HELP}"
+)
+@_json_option
+@click.pass_obj
+def run_create(
+    state: _Context,
+    prompt_id: str,
+    model_type: ModelType,
+    status: RunStatus,
+    configs: tuple[str, ...],
+    metadata: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Record a run of the prompt PROMPT_ID."""
+    created = state.store().create_run(
+        prompt_id,
+        _key_values(configs, "--config"),
+        model_type=model_type,
+        metadata=_key_values(metadata, "--metadata"),
+        initial_status=status,
+    )
+    if as_json:
+        _emit(created)
+    else:
+        click.echo(f"Created {created.id}")
+
+
+@run.command("update")
+@click.argument("run_id")
+@click.option("--status", type=click.Choice(sorted(RUN_STATUSES)), help="The new status.")
+@click.option("--rating", type=click.IntRange(1, 5), help="A rating from 1 to 5.")
+@click.option(
+    "--output",
+    "outputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"An output to set (the others stay). {_KEY_VALUE_HELP}",
+)
+@click.option(
+    "--metadata",
+    "metadata",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"A note to set (the others stay). {_KEY_VALUE_HELP}",
+)
+@click.option("--error-message", help="Why the run failed.")
+@click.option("--log-path", help="Where the run's log is.")
+@_json_option
+@click.pass_obj
+def run_update(
+    state: _Context,
+    run_id: str,
+    status: RunStatus | None,
+    rating: int | None,
+    outputs: tuple[str, ...],
+    metadata: tuple[str, ...],
+    error_message: str | None,
+    log_path: str | None,
+    as_json: bool,
+) -> None:
+    """Set a run's status, rating, outputs, metadata, error message or log path."""
+    fields: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("status", status),
+            ("rating", rating),
+            ("error_message", error_message),
+            ("log_path", log_path),
+        )
+        if value is not None
+    }
+    store = state.store()
+    added = {"outputs": _key_values(outputs, "--output")}
+    added["metadata"] = _key_values(metadata, "--metadata")
+    if any(added.values()):
+        # Merged into what the run has: one --output must not drop the others.
+        current = store.get_run(run_id)
+        if current is None:
+            raise click.ClickException(f"run {run_id!r} not found")
+        for name, values in added.items():
+            if values:
+                fields[name] = {**getattr(current, name), **values}
+    if not fields:
+        raise click.UsageError(
+            "give what to change: --status, --rating, --output, --metadata, --error-message "
+            "or --log-path"
+        )
+    updated = store.update_run(run_id, **fields)
+    if as_json:
+        _emit(updated)
+    else:
+        rating_shown = "" if updated.rating is None else f", rating {updated.rating}"
+        click.echo(f"Updated {updated.id}: {updated.status}{rating_shown}")
 
 
 @run.command("list")
@@ -765,6 +954,10 @@ def _lineage_tree(lineage: Lineage) -> Tree:
 @click.pass_obj
 def lineage(state: _Context, prompt_id: str, output: str, as_json: bool) -> None:
     """Draw where a prompt came from and what came of it."""
+    if as_json and output != "json":
+        source = click.get_current_context().get_parameter_source("output")
+        if source is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--json prints JSON; it does not go with --format {output}")
     found = state.store().get_lineage(prompt_id)
     _warn_skipped(found.skipped)
     if as_json or output == "json":
@@ -1185,6 +1378,21 @@ DEMO_EDIT = (
 )
 
 
+# Every demo prompt carries this parameter (enhancing copies it): how the demo finds its own
+# prompts to replace when it runs again, and leaves a user's alone.
+DEMO_MARK = ("seeded_by", "cosmos-mongo demo")
+
+
+def _remove_earlier_demo(store: CosmosStore) -> int:
+    """Delete the prompts (and with them the runs) an earlier demo seeded; how many."""
+    key, value = DEMO_MARK
+    earlier = [p.id for p in store.iter_prompts() if p.parameters.get(key) == value]
+    # Newest first: prompts enhanced from another go before it, so no run outlives its prompt.
+    for prompt_id in earlier:
+        store.delete_prompt(prompt_id, force=True)
+    return len(earlier)
+
+
 def _edited(text: str) -> str:
     old, new = DEMO_EDIT
     # Another enhancer words it otherwise: the edit then comes as a sentence of its own.
@@ -1220,14 +1428,21 @@ def demo(ctx: click.Context, as_json: bool) -> None:
     if source in (None, click.core.ParameterSource.DEFAULT):
         state.database = "cosmos_demo"
     store = state.store()
+    removed = _remove_earlier_demo(store)
     if not as_json:
         click.echo(f"Demo on {state.where()}")
+        if removed:
+            click.echo(f"(replaced the {removed} prompt(s) an earlier demo seeded)")
         model = store.enhancer.model
         # The offline template is the default only while no model is configured: say how.
         offline = " (offline; COSMOS_MONGO_ENHANCER_BASE_URL names a model)"
         click.echo(f"Enhancer: {model}{offline if model == 'template-v1' else ''}\n")
     seeded = [
-        store.create_prompt(text, inputs, {"name": name, "negative_prompt": "blurry, distorted"})
+        store.create_prompt(
+            text,
+            inputs,
+            {"name": name, "negative_prompt": "blurry, distorted", DEMO_MARK[0]: DEMO_MARK[1]},
+        )
         for name, text, inputs in DEMO_PROMPTS
     ]
     first = store.enhance_prompt(seeded[0].id)
