@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 from pathlib import Path
 
 import click
@@ -99,6 +100,62 @@ def test_the_mcp_tool_reference_replays_through_the_tools_alone() -> None:
                 assert len(documented_ids) == len(real_ids), f"{tool} answers other documents"
                 for documented, real in zip(documented_ids, real_ids, strict=True):
                     assert replayed.setdefault(documented, real) == real, (tool, documented)
+
+    asyncio.run(replay())
+
+
+def _inspector_tool_calls() -> list[tuple[list[str], str]]:
+    """(the words of each ``tools/call`` in MCP.md's Inspector session, its comment lines)."""
+    section = (REPO / "docs" / "MCP.md").read_text().split("## Try it with the MCP Inspector")[1]
+    script = section.split("```bash\n", 1)[1].split("\n```", 1)[0].replace("\\\n", " ")
+    calls: list[tuple[list[str], str]] = []
+    for line in script.splitlines():
+        if line.startswith("$MCP --method tools/call"):
+            calls.append((shlex.split(line), ""))
+        elif line.startswith("#") and calls:
+            calls[-1] = (calls[-1][0], calls[-1][1] + line)
+        elif line.strip():
+            calls.append(([], ""))  # another command: its comments are not a tool's answer
+    return [(words, comment) for words, comment in calls if words]
+
+
+def _inspector_value(text: str) -> object:
+    """A ``--tool-arg`` value as the Inspector CLI sends it for this server's schemas."""
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text) if text.isdigit() else text
+
+
+def test_the_inspector_session_in_mcp_md_shows_what_the_tools_answer() -> None:
+    """Each ``"field": value`` a comment shows under a tool call is in the answer of that call,
+    replayed on an empty server (ids aside: they differ from run to run)."""
+    from mcp import Client
+
+    from scripts.mcp_reference import fresh_server
+
+    calls = _inspector_tool_calls()
+    assert len(calls) >= 5, calls
+
+    async def replay() -> None:
+        shown_id = ""
+        async with Client(fresh_server()) as session:
+            for words, comment in calls:
+                tool = words[words.index("--tool-name") + 1]
+                arguments: dict[str, object] = {}
+                for index, word in enumerate(words):
+                    if word == "--tool-arg":
+                        name, _, value = words[index + 1].partition("=")
+                        arguments[name] = _inspector_value(value.replace("$P", shown_id))
+                result = await session.call_tool(tool, arguments)
+                answer = result.structured_content or {}
+                shown_id = shown_id or str(answer.get("id", ""))
+                for field, value in re.findall(
+                    r'"(\w+)": (true|false|null|-?\d+|"[^"]*")', comment
+                ):
+                    if field == "isError":
+                        assert result.is_error is json.loads(value), (tool, result.content)
+                    elif field != "id":
+                        assert answer.get(field) == json.loads(value), (tool, field, answer)
 
     asyncio.run(replay())
 
