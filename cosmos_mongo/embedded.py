@@ -1767,14 +1767,29 @@ class EmbeddedEngine:
 
     def backup(self, destination: Path) -> Path:
         """A consistent copy of the file through SQLite's online backup, safe while other
-        processes hold and write the store. Refuses to overwrite an existing file."""
+        processes hold and write the store. Refuses to overwrite an existing file.
+
+        Raises InvalidInputError when the destination exists or its directory does not (or
+        cannot be written), StorageError naming the destination when it cannot be created,
+        and StorageError naming the store when the store cannot be read."""
         target = Path(destination)
         if target.is_dir():
             target = target / self.path.name
         if target.exists():
             raise InvalidInputError("destination", f"{target} exists; choose a new file")
-        with self._lock, self._sqlite_errors():
+        if not target.parent.is_dir():
+            raise InvalidInputError(
+                "destination", f"{target}: the directory {target.parent} does not exist"
+            )
+        if not os.access(target.parent, os.W_OK | os.X_OK):
+            raise InvalidInputError(
+                "destination", f"{target}: the directory {target.parent} is not writable"
+            )
+        try:
             copy = sqlite3.connect(target)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot create the backup {target}: {exc}") from exc
+        with self._lock, self._sqlite_errors():
             try:
                 self._conn.backup(copy)
             finally:
@@ -1834,10 +1849,21 @@ def _grouped_by_lead(
     return grouped
 
 
-def _duplicate(collection: str, index: str, key: Any) -> DuplicateKeyError:
+def _held_at(document: Mapping[str, Any], path: str) -> Any:
+    """The value at ``path`` as a server's ``keyValue`` shows it (None when absent)."""
+    value = _path_value(document, path)
+    return None if value is _MISSING else value
+
+
+def _duplicate(
+    collection: str, index: str, key: Any, key_value: Mapping[str, Any] | None = None
+) -> DuplicateKeyError:
+    """A server's duplicate-key error; ``key_value`` is its ``keyValue`` (the taken key)."""
+    details = {} if key_value is None else {"keyValue": dict(key_value)}
     return DuplicateKeyError(
         f"E11000 duplicate key error collection: {collection} index: {index} dup key: {key!r}",
         11000,
+        details,
     )
 
 
@@ -1894,7 +1920,9 @@ class _Writer(_Reader):
                     row,
                 ).rowcount
                 if not inserted:
-                    raise _duplicate(self.collection, "_id_", _decode_key(key))
+                    raise _duplicate(
+                        self.collection, "_id_", _decode_key(key), {"_id": _decode_key(key)}
+                    )
         gone: list[tuple[int, bytes, int]] = []
         added: list[tuple[int, bytes, int]] = []
         old_fields = _FieldKeys(old.document) if old is not None else None
@@ -1942,7 +1970,12 @@ class _Writer(_Reader):
             ).fetchall()
             for other in self.fetch_arrivals(self.collection, [a for (a,) in others]):
                 if index.covers(other.document):
-                    raise _duplicate(self.collection, index.name, _key_label(stored.key))
+                    raise _duplicate(
+                        self.collection,
+                        index.name,
+                        _key_label(stored.key),
+                        {path: _held_at(stored.document, path) for path, _ in index.fields},
+                    )
 
     def _unordered(self, index: _IndexSpec) -> None:
         self.conn.execute("UPDATE built_indexes SET ordered = 0 WHERE ix = ?", (index.ix,))
@@ -2326,7 +2359,7 @@ class EmbeddedCollection:
             for upserted in scratch.find({}):  # an upsert that matched nothing inserted one
                 key = _encode_key(upserted["_id"])
                 if writer.fetch(self.name, [key]):
-                    raise _duplicate(self.name, "_id_", upserted["_id"])
+                    raise _duplicate(self.name, "_id_", upserted["_id"], {"_id": upserted["_id"]})
                 writer.put(None, upserted, key)
                 written.append((None, upserted))
         return outcome, written

@@ -366,32 +366,44 @@ def revert_enhancement(run_id: object) -> Flow[Prompt]:
     if run is None:
         raise RunNotFoundError(checked_id)
     outputs, config = run.get("outputs") or {}, run.get("execution_config") or {}
+    prompt_id = outputs.get("enhanced_prompt_id")
+    involved = prompt_id if isinstance(prompt_id, str) else run.get("prompt_id")
+
+    def refusal(message: str, reason: str) -> ConflictError:
+        shown = involved if isinstance(involved, str) else None
+        return ConflictError(message, prompt_id=shown, run_ids=[checked_id], reason=reason)
+
     if run.get("model_type") != q.ENHANCE:
-        raise ConflictError(
-            f"run {checked_id} is a {run.get('model_type')} run, not an enhancement"
+        raise refusal(
+            f"run {checked_id} is a {run.get('model_type')} run, not an enhancement",
+            "not_enhancement",
         )
     if run.get("status") != "completed":
-        raise ConflictError(
-            f"run {checked_id} is {run.get('status')}; only a completed enhancement can be reverted"
+        raise refusal(
+            f"run {checked_id} is {run.get('status')}; only a completed enhancement can be "
+            "reverted",
+            "not_completed",
         )
-    prompt_id = outputs.get("enhanced_prompt_id")
     if prompt_id != outputs.get("original_prompt_id"):
-        raise ConflictError(
+        raise refusal(
             f"run {checked_id} created {prompt_id} as a new prompt and left the original "
-            f"{outputs.get('original_prompt_id')} unchanged; delete {prompt_id} instead"
+            f"{outputs.get('original_prompt_id')} unchanged; delete {prompt_id} instead",
+            "created_new",
         )
     original_text = config.get("original_prompt_text")
     if not isinstance(original_text, str) or not original_text:
-        raise ConflictError(
-            f"run {checked_id} did not record the text it replaced; nothing to restore"
+        raise refusal(
+            f"run {checked_id} did not record the text it replaced; nothing to restore",
+            "no_original_text",
         )
     prompt = yield from FindOne(q.PROMPTS, q.by_id(str(prompt_id)))
     if prompt is None:
         raise PromptNotFoundError(str(prompt_id))
     if prompt["prompt_text"] != outputs.get("enhanced_text"):
-        raise ConflictError(
+        raise refusal(
             f"prompt {prompt_id} changed after run {checked_id}; reverting would discard that "
-            "change (revert later enhancements first)"
+            "change (revert later enhancements first)",
+            "text_changed",
         )
     yield from UpdateOne(
         q.RUNS,
@@ -416,7 +428,10 @@ def _finish_revert(run: Mapping[str, Any]) -> Flow[Prompt]:
             q.RUNS, q.by_id(run["_id"]), {"$unset": {"outputs.revert_pending": ""}}
         )
         raise ConflictError(
-            f"prompt {outputs['enhanced_prompt_id']} changed while reverting; nothing restored"
+            f"prompt {outputs['enhanced_prompt_id']} changed while reverting; nothing restored",
+            prompt_id=outputs["enhanced_prompt_id"],
+            run_ids=[run["_id"]],
+            reason="text_changed",
         )
     yield from UpdateOne(
         q.RUNS,
@@ -482,13 +497,24 @@ def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[Listi
 def get_enhancement_history(
     prompt_id: object, limit: object = 100, offset: object = 0
 ) -> Flow[Listing[Run]]:
+    """The prompt's enhance runs. An empty first page asks whether the prompt exists: an
+    unknown id is PromptNotFoundError, not an empty history. A deleted prompt whose kept
+    provenance runs (``q.kept_provenance_filter``) still name it answers with those runs."""
+    checked_id = v.check_prompt_id(prompt_id)
+    skip = v.check_offset(offset)
     documents = yield from Find(
         q.RUNS,
-        q.history_filter(v.check_prompt_id(prompt_id)),
+        q.history_filter(checked_id),
         sort=q.NEWEST_FIRST,
-        skip=v.check_offset(offset),
+        skip=skip,
         limit=v.check_limit(limit),
     )
+    if (
+        not documents
+        and skip == 0
+        and (yield from FindOne(q.PROMPTS, q.by_id(checked_id), _ID_ONLY)) is None
+    ):
+        raise PromptNotFoundError(checked_id)
     return listing(Run, documents)
 
 

@@ -412,7 +412,7 @@ def translate(exc: _DriverError, step: Operation[Any] | None = None) -> CosmosMo
     during = "" if step is None else f" ({step.method} on {step.collection})"
     translated: CosmosMongoError
     if isinstance(exc, DuplicateKeyError):
-        translated = ConflictError("a document with that key already exists", reason="duplicate")
+        translated = _duplicate_key(exc, step)
     elif _too_large(exc) and not writes:
         translated = StorageError(
             f"the answer{during} is larger than the 16 MB MongoDB sends as one document: ask "
@@ -461,6 +461,35 @@ def translate(exc: _DriverError, step: Operation[Any] | None = None) -> CosmosMo
         translated = StorageError(f"database operation failed: {type(exc).__name__}: {exc}")
     translated.__cause__ = exc
     return translated
+
+
+def _duplicate_key(exc: DuplicateKeyError, step: Operation[Any] | None) -> ConflictError:
+    """The refusal naming the collection and the key that is taken (the key's own values only:
+    the rest of the document may be long or private)."""
+    key = (exc.details or {}).get("keyValue")
+    if not isinstance(key, Mapping) and isinstance(step, InsertOne) and "_id" in step.document:
+        # mongomock names no key; _id is the one unique index the library inserts under.
+        key = {"_id": step.document["_id"]}
+    where = "" if step is None else f" in {step.collection}"
+    named = (
+        ""
+        if not isinstance(key, Mapping)
+        else ": " + ", ".join(f"{name} {_short_repr(value)}" for name, value in key.items())
+    )
+    document_id = key.get("_id") if isinstance(key, Mapping) and len(key) == 1 else None
+    document_id = document_id if isinstance(document_id, str) else None
+    collection = None if step is None else step.collection
+    return ConflictError(
+        f"a document with that key already exists{where}{named}",
+        prompt_id=document_id if collection == "prompts" else None,
+        run_ids=[document_id] if collection == "runs" and document_id is not None else [],
+        reason="duplicate",
+    )
+
+
+def _short_repr(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 _CHECK_FIRST: Final = (

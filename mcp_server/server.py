@@ -408,8 +408,6 @@ async def get_enhancement_history(
     found = await state.call(
         lambda store: store.get_enhancement_history(prompt_id, allowed, offset)
     )
-    if not found and offset == 0:
-        await _existing_prompt(state, prompt_id)
     return state.answer(_run_page(state, found, offset, limit, allowed))
 
 
