@@ -28,6 +28,7 @@ from cosmos_mongo import validation as v
 from cosmos_mongo.enhancers import (
     MAX_ENHANCED_WORDS,
     clean_enhanced_text,
+    fenced_code_language,
     tidy_model_text,
     without_credentials,
     word_count,
@@ -117,6 +118,8 @@ def _usable(reply: Generated, model: str) -> tuple[str, str | None]:
         return "", f"enhancer {model} failed: {type(reply.error).__name__}: {detail}"
     if not isinstance(reply.text, str):
         return "", f"enhancer {model} returned no text"
+    if (language := fenced_code_language(reply.text)) is not None:
+        return "", f"enhancer {model} returned a {language or 'code'} code block, not a prompt"
     text = tidy_model_text(reply.text)
     if not text:
         return "", f"enhancer {model} returned empty text"

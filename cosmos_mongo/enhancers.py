@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -76,9 +79,57 @@ _LABEL_LINE = re.compile(rf"^\s*#*\s*(?:\*\*)?\s*{_LABEL}\s*:?\s*(?:\*\*)?\s*:?\
 _MARKDOWN = re.compile(r"(```[a-z]*|\*\*|__|`|^#{1,6}\s+|^\s*(?:[-*+]|\d+[.)])\s+)", re.MULTILINE)
 
 
+# A fenced block: its fence, its info string's first word (the language), its body.
+_FENCE = re.compile(
+    r"^[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*(?P<language>[^\s`]*)[^\n]*\n"
+    r"(?P<body>.*?)^[ \t]*(?P=fence)[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
+# Fenced text that is still prose (a model quoting its answer); any other language is code.
+_PROSE_LANGUAGES: Final = frozenset({"", "text", "txt", "plain", "plaintext", "markdown", "md"})
+# A markdown heading line (ATX: "# Title"): a title, never part of the prompt.
+_HEADING_LINE = re.compile(r"^[ \t]{0,3}#{1,6}(?:[ \t][^\n]*)?$", re.MULTILINE)
+# A chatty first line that only announces the answer: "Sure! Here's an enhanced version:".
+_ANNOUNCEMENT = re.compile(
+    r"\A\s*(?:(?:sure|certainly|of course|okay|ok|absolutely|great)\b[^\n]{0,20}?)?"
+    r"(?:here(?:'s|\s+is)|below\s+is|this\s+is|the\s+following\s+is)\b[^\n]{0,80}?"
+    r"\b(?:prompt|caption|description|version|rewrite)\b[^\n]{0,40}:[ \t]*\n(?=\s*\S)",
+    re.IGNORECASE,
+)
+
+
+def fenced_code_language(text: str) -> str | None:
+    """The language of the code an answer holds instead of prose (``python`` for an answer
+    whose fenced blocks are all code), or None when it holds prose."""
+    blocks = list(_FENCE.finditer(text))
+    languages = [block["language"].lower() for block in blocks]
+    if blocks and not any(language in _PROSE_LANGUAGES for language in languages):
+        return languages[0]
+    return None
+
+
+def _unwrapped(text: str) -> str:
+    """The prompt inside a model's packaging: the longest prose block when the answer is
+    fenced (what surrounds it is commentary), without heading lines and an announcing first
+    line. Text that is only a heading keeps its words."""
+    prose = [
+        block["body"]
+        for block in _FENCE.finditer(text)
+        if block["language"].lower() in _PROSE_LANGUAGES and block["body"].strip()
+    ]
+    if prose:
+        text = max(prose, key=len)
+    for pattern in (_ANNOUNCEMENT, _HEADING_LINE):
+        stripped = pattern.sub("", text)
+        if stripped.strip():
+            text = stripped
+    return text
+
+
 def clean_enhanced_text(text: str) -> str:
-    """One plain paragraph: no ``Caption:``-style prefix, no markdown, no surrounding quotes."""
-    cleaned = _LABEL_LINE.sub("", text)
+    """One plain paragraph: no ``Caption:``-style prefix, no markdown heading, fence or
+    announcing first line, no surrounding quotes."""
+    cleaned = _LABEL_LINE.sub("", _unwrapped(text))
     previous = None
     while previous != cleaned:
         previous = cleaned
@@ -523,6 +574,36 @@ def first_frame(path: str, max_side: int = 1024) -> tuple[bytes, str] | None:
 _URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/@\s]+@")
 
 
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """How long a ``Retry-After`` header asks to wait (seconds, or an HTTP date measured from
+    the answer's ``Date``, else from now); None without a readable one."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+            sent = response.headers.get("Date")
+            now = parsedate_to_datetime(sent) if sent else datetime.now(UTC)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None or now.tzinfo is None:
+            return None
+        seconds = (when - now).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _same_words(answer: str, prompt_text: str) -> bool:
+    """Whether an answer only repeats the prompt (case, spacing, quotes, end mark aside)."""
+
+    def words(text: str) -> str:
+        return " ".join(clean_enhanced_text(text).casefold().split()).rstrip(" .!?")
+
+    return words(answer) == words(prompt_text)
+
+
 def without_credentials(text: str) -> str:
     """Any ``scheme://user:password@`` in ``text`` with the credentials replaced by ``***``."""
     return _URL_CREDENTIALS.sub("***@", text)
@@ -533,7 +614,10 @@ class OpenAICompatibleEnhancer:
 
     ``api_key`` is sent as a bearer token and never logged or shown in ``repr``. Connection
     errors, timeouts and 408/409/429/5xx answers are retried ``max_retries`` times with
-    exponential back-off. With ``vision`` (default: guessed from the model name) and a readable
+    exponential back-off, or after the wait a ``Retry-After`` header asks for (an answer asking
+    for longer than ``timeout`` fails at once). ``sleep`` and ``async_sleep`` do the waiting
+    (tests pass recorders). An answer that only repeats the prompt, or that is code instead of
+    prose, is refused. With ``vision`` (default: guessed from the model name) and a readable
     ``inputs["video"]``, the first frame goes along as an image.
 
     Raises :class:`~cosmos_mongo.errors.EnhancementError` when no usable answer arrives.
@@ -553,6 +637,8 @@ class OpenAICompatibleEnhancer:
         temperature: float = TEMPERATURE,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise InvalidInputError("base_url", "must start with http:// or https://")
@@ -569,6 +655,8 @@ class OpenAICompatibleEnhancer:
         self.temperature = temperature
         self._transport = transport
         self._async_transport = async_transport
+        self._sleep = sleep
+        self._async_sleep = async_sleep
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleEnhancer(base_url={self.shown_url!r}, model={self.model!r})"
@@ -620,7 +708,7 @@ class OpenAICompatibleEnhancer:
             return {}
         return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
 
-    def _answer(self, response: httpx.Response) -> str:
+    def _answer(self, response: httpx.Response, prompt_text: str) -> str:
         if response.status_code != 200:
             raise EnhancementError(
                 self._redacted(
@@ -634,23 +722,47 @@ class OpenAICompatibleEnhancer:
             raise EnhancementError(f"{self.model} returned an unreadable answer") from exc
         if not isinstance(text, str) or not text.strip():
             raise EnhancementError(f"{self.model} returned an empty answer")
-        return tidy_model_text(text)
+        if (language := fenced_code_language(text)) is not None:
+            raise EnhancementError(
+                f"{self.model} answered with a {language or 'code'} code block instead of a "
+                "prompt in prose"
+            )
+        tidied = tidy_model_text(text)
+        if _same_words(tidied, prompt_text):
+            raise EnhancementError(
+                f"{self.model} returned the prompt unchanged instead of an enhanced prompt"
+            )
+        return tidied
 
-    def _settle(self, attempt: int, outcome: httpx.Response | httpx.HTTPError) -> str | None:
-        """The answer, or None to try again; raises once retries are spent or pointless."""
+    def _settle(
+        self, attempt: int, outcome: httpx.Response | httpx.HTTPError, prompt_text: str
+    ) -> str | float:
+        """The answer, or how many seconds to wait before trying again; raises once retries
+        are spent or pointless."""
         retry = attempt < self.max_retries
         if isinstance(outcome, httpx.HTTPError):
             if retry:
                 self._log_retry(attempt, type(outcome).__name__)
-                return None
+                return float(self.retry_backoff * 2**attempt)
             detail = f"{type(outcome).__name__}: {outcome}"
             raise EnhancementError(
                 self._redacted(f"{self.model} at {self.base_url}: {detail}")
             ) from outcome
         if retry and outcome.status_code in _RETRY_STATUSES:
-            self._log_retry(attempt, f"HTTP {outcome.status_code}")
-            return None
-        return self._answer(outcome)
+            asked = retry_after_seconds(outcome)
+            if asked is not None and asked > self.timeout:
+                raise EnhancementError(
+                    self._redacted(
+                        f"{self.model} at {self.base_url} answered HTTP {outcome.status_code} "
+                        f"and asks to wait {asked:g} s (Retry-After) before trying again, longer "
+                        f"than the enhancer timeout ({self.timeout:g} s); try again later"
+                    )
+                )
+            wait = float(self.retry_backoff * 2**attempt) if asked is None else asked
+            asking = "" if asked is None else f", Retry-After {asked:g} s"
+            self._log_retry(attempt, f"HTTP {outcome.status_code}{asking}")
+            return wait
+        return self._answer(outcome, prompt_text)
 
     def _log_retry(self, attempt: int, why: str) -> None:
         log.info(
@@ -672,9 +784,10 @@ class OpenAICompatibleEnhancer:
                     outcome = client.post(url, json=body, headers=self._headers())
                 except httpx.HTTPError as exc:
                     outcome = exc
-                if (text := self._settle(attempt, outcome)) is not None:
-                    return text
-                time.sleep(self.retry_backoff * 2**attempt)
+                settled = self._settle(attempt, outcome, prompt_text)
+                if isinstance(settled, str):
+                    return settled
+                self._sleep(settled)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
@@ -688,9 +801,10 @@ class OpenAICompatibleEnhancer:
                     outcome = await client.post(url, json=body, headers=self._headers())
                 except httpx.HTTPError as exc:
                     outcome = exc
-                if (text := self._settle(attempt, outcome)) is not None:
-                    return text
-                await asyncio.sleep(self.retry_backoff * 2**attempt)
+                settled = self._settle(attempt, outcome, prompt_text)
+                if isinstance(settled, str):
+                    return settled
+                await self._async_sleep(settled)
         raise AssertionError("unreachable")  # pragma: no cover
 
 

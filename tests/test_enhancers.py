@@ -376,7 +376,7 @@ def test_unreadable_inputs_give_no_frame(tmp_path: Path) -> None:
 
 
 def test_a_vision_model_gets_the_first_frame(chat: ChatServer, video: Path) -> None:
-    chat.replies = [(200, "A red scene.")]
+    chat.replies = [(200, "A red scene in bright light.")]
     OpenAICompatibleEnhancer(chat.url, "pixtral-12b", retry_backoff=0).enhance(
         "A red scene", {"video": str(video)}
     )
