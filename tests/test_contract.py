@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
 import mongomock
@@ -94,6 +96,29 @@ READS = {
     "get_enhancement_history": lambda s, p, r: s.get_enhancement_history(p),
     "get_lineage": lambda s, p, r: s.get_lineage(p),
 }
+
+
+def _round_trips_paragraph() -> str:
+    api = (Path(__file__).parent.parent / "docs" / "API.md").read_text()
+    return " ".join(api.split("Each read helper is one database round trip", 1)[1].split())
+
+
+def test_api_md_names_as_one_round_trip_exactly_the_reads_counted_here() -> None:
+    paragraph = _round_trips_paragraph()
+    named = set(re.findall(r"`(\w+)`", paragraph.split("The `iter_*` methods", 1)[0]))
+    assert named == set(READS)
+
+
+def test_verify_makes_the_round_trips_api_md_states() -> None:
+    counts = {}
+    for quick in (True, False):
+        database = mongomock.MongoClient(tz_aware=True)["cosmos"]
+        seeded(database)
+        counting = CountingDatabase(database)
+        CosmosStore(counting).verify(quick=quick)
+        counts[quick] = len(counting.calls)
+    stated = f"`verify(quick=True)` makes {counts[True]} round trips and the full `verify()` "
+    assert stated + f"{counts[False]}," in _round_trips_paragraph(), counts
 
 
 @pytest.mark.parametrize("read", sorted(READS))

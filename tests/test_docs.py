@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from cosmos_mongo import CosmosStore
 from cosmos_mongo.cli import cli
@@ -43,6 +44,13 @@ def test_every_cli_command_is_in_the_readme(command: str) -> None:
     prefix = f"cosmos-mongo {group} " if group else "cosmos-mongo "
     pattern = rf"^{prefix}.*\b{leaf}\b"
     assert re.search(pattern, README, re.MULTILINE), command
+
+
+def test_readme_says_how_long_the_test_command_takes() -> None:
+    after = README.split(".venv/bin/python -m pytest\n```", 1)[1]
+    first = " ".join(after.strip().split("\n\n", 1)[0].split())
+    assert first.startswith("The tests take about 8 minutes on two cores, more on the first run")
+    assert "installs mongosh" in first
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
@@ -158,6 +166,25 @@ def test_the_inspector_session_in_mcp_md_shows_what_the_tools_answer() -> None:
                         assert answer.get(field) == json.loads(value), (tool, field, answer)
 
     asyncio.run(replay())
+
+
+def test_readme_gives_errors_and_usage_errors_their_real_shape_and_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COSMOS_MONGO_URI", raising=False)
+    monkeypatch.setenv("COSMOS_MONGO_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    failed = runner.invoke(cli, ["prompt", "show", "ps_00000000"])
+    assert failed.exit_code == 1 and failed.stderr.startswith("Error: "), failed.output
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    misused = runner.invoke(cli, ["run", "list", "--status", "finished"])
+    lines = misused.stderr.splitlines()
+    assert misused.exit_code == 2 and len(lines) == 4, misused.stderr
+    assert lines[0].startswith("Usage: ") and lines[1].startswith("Try '") and not lines[2]
+    assert lines[3].startswith("Error: ")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "An error is one line on stderr (`Error: ...`) with exit code 1." in readme
+    assert "a blank line and the `Error:` line, with exit code 2." in readme
 
 
 def test_every_class_api_md_names_imports_from_cosmos_mongo() -> None:
