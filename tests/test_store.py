@@ -199,9 +199,7 @@ class TestRuns:
             store.update_run(run.id, prompt_id=new_prompt_id())
         assert store.get_run(run.id) == run
 
-    def test_update_run_changes_only_the_keywords_given_and_none_clears(
-        self, store: Any
-    ) -> None:
+    def test_update_run_changes_only_the_keywords_given_and_none_clears(self, store: Any) -> None:
         run = store.create_run(make_prompt(store).id, {"steps": 3}, metadata={"by": "me"})
         failed = store.update_run(run.id, status="failed", error_message="GPU lost")
         assert (failed.execution_config, failed.metadata) == ({"steps": 3}, {"by": "me"})
