@@ -1197,16 +1197,33 @@ def _batches(documents: Iterable[dict[str, Any]], size: int) -> Iterable[list[di
 
 @contextlib.contextmanager
 def _progress(command: str) -> Iterator[Callable[[str, int, int | None], None]]:
-    """Progress of a long command on stderr: a rich bar on a terminal, otherwise (piped, in
-    CI) one plain line per batch, so logs show that it moves."""
+    """Progress of a long command on stderr: a rich bar on a terminal; otherwise (piped, in
+    CI) a few plain lines, however many batches: each stage's first report, the one that
+    passes half its total, and its last (the final count of a stage without a total is
+    printed when the command ends)."""
     terminal = Console(stderr=True)
     if not terminal.is_terminal:
+        printed: dict[str, int] = {}  # per stage: 1 started, 2 half, 3 done
+        pending: dict[str, str] = {}  # per stage: the count not printed yet
 
         def line(stage: str, done: int, total: int | None) -> None:
             counted = f"{done:,}" if total is None else f"{done:,}/{total:,}"
-            click.echo(f"{command}: {stage} {counted}", err=True)
+            if total is None or done >= total:
+                reached = 3 if total is not None else 1
+            else:
+                reached = 2 if 2 * done >= total else 1
+            if reached > printed.get(stage, 0):
+                printed[stage] = reached
+                pending.pop(stage, None)
+                click.echo(f"{command}: {stage} {counted}", err=True)
+            else:
+                pending[stage] = counted
 
-        yield line
+        try:
+            yield line
+        finally:
+            for stage, counted in pending.items():
+                click.echo(f"{command}: {stage} {counted}", err=True)
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -1226,6 +1243,12 @@ def _progress(command: str) -> Iterator[Callable[[str, int, int | None], None]]:
         yield advance
 
 
+def _stored(store: CosmosStore, collection: str) -> int:
+    """How many documents ``collection`` holds, for a progress bar's total: from the
+    collection's metadata on a server, one count on the embedded default."""
+    return int(store.db[collection].estimated_document_count())
+
+
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @_json_option
@@ -1242,13 +1265,13 @@ def export(state: _Context, directory: Path, as_json: bool) -> None:
     counts = {}
     with _progress("export") as say:
         for name, path in targets.items():
-            written = 0
+            written, total = 0, _stored(store, name)
             with path.open("x", encoding="utf-8") as file:
                 for batch in _batches(store.iter_documents(name), 500):
                     for document in batch:
                         file.write(json_util.dumps(document, json_options=_EXTENDED_JSON) + "\n")
                     written += len(batch)
-                    say(name, written, None)
+                    say(name, written, total)
             counts[name] = written
     if as_json:
         click.echo(json.dumps({"directory": str(directory), **counts}, indent=2))
@@ -1329,12 +1352,13 @@ def copy(
     ):
         for name in COLLECTIONS:
             totals = {"inserted": 0, "identical": 0, "differing": 0}
+            total = _stored(source, name)
             for batch in _batches(source.iter_documents(name), 500):
                 inserted, identical, differing = target.put_documents(name, batch)
                 totals["inserted"] += inserted
                 totals["identical"] += identical
                 totals["differing"] += differing
-                say(name, sum(totals.values()), None)
+                say(name, sum(totals.values()), total)
             outcome[name] = totals
         report = target.verify()
     if as_json:

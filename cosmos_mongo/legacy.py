@@ -25,7 +25,7 @@ from cosmos_mongo.models import (
     new_run_id,
     utc_now,
 )
-from cosmos_mongo.ops import Find, Flow, InsertOne, Progress, UpdateOne, reported
+from cosmos_mongo.ops import Aggregate, Find, Flow, InsertOne, Progress, UpdateOne, reported
 from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS, check_run_id
 
 log = logging.getLogger(__name__)
@@ -406,6 +406,11 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
     stripped: list[str] = []
     examined = 0
     after: Any = None
+    # A total for the progress bar: one count on the partial index of enhanced prompts.
+    counted = yield from Aggregate(
+        q.PROMPTS, ({"$match": q.legacy_prompts_filter()}, {"$count": "legacy"})
+    )
+    total = int(counted[0]["legacy"]) if counted else 0
     # In batches by _id: one $in per batch stays far below 16 MB however many prompts there are.
     while True:
         page = q.legacy_prompts_filter()
@@ -416,7 +421,8 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
             break
         after, examined = batch[-1]["_id"], examined + len(batch)
         log.info("migrate: %d legacy prompt(s) examined", examined)
-        yield from reported(progress, "legacy prompts", examined, None)
+        # Written meanwhile by another process, there may be more than counted.
+        yield from reported(progress, "legacy prompts", examined, max(total, examined))
         producing = yield from Find(
             q.RUNS,
             {

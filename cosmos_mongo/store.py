@@ -826,7 +826,7 @@ class CosmosStore(_StoreBase):
 
         Idempotent: a second run changes nothing. Every helper answers the same before and
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
-        ``progress("legacy prompts", examined, None)`` is called after each batch.
+        ``progress("legacy prompts", examined, total)`` is called after each batch.
 
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
@@ -1449,7 +1449,7 @@ class AsyncCosmosStore(_StoreBase):
 
         Idempotent: a second run changes nothing. Every helper answers the same before and
         after, except that legacy prompts without a run gain one (and so a ``run_id``).
-        ``progress("legacy prompts", examined, None)`` is called after each batch.
+        ``progress("legacy prompts", examined, total)`` is called after each batch.
 
         Raises:
             InvalidInputError: ``dry_run`` is not a boolean.
