@@ -61,7 +61,7 @@ def test_what_a_workflow_reads_is_typed(tmp_path: Path) -> None:
 
 # User code with one mistake a line (marked), and correct calls around them. Strict mypy must
 # report each marked line and no other.
-_PLANTED = '''\
+_PLANTED = """\
 import asyncio
 
 from cosmos_mongo import AsyncCosmosStore, CosmosStore, ModelType, RunStatus
@@ -96,7 +96,7 @@ async def use_async(store: AsyncCosmosStore, run_id: str) -> None:
 
 
 asyncio.run(use_async(AsyncCosmosStore.__new__(AsyncCosmosStore), "rs_0"))
-'''
+"""
 
 
 def test_strict_mypy_reports_every_planted_mistake_in_user_code(tmp_path: Path) -> None:
