@@ -457,10 +457,14 @@ class CosmosStore(_StoreBase):
         self, collection: Literal["prompts", "runs"], documents: list[dict[str, Any]]
     ) -> tuple[int, int, int]:
         """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
-        ``(inserted, identical, differing)``: copying again inserts nothing.
+        ``(inserted, identical, differing)``: copying again inserts nothing. Every document is
+        checked against the collection's model (:class:`Prompt` or :class:`Run`) before
+        anything is written; one bad document refuses the whole batch.
 
         Raises:
-            InvalidInputError: another collection.
+            InvalidInputError: another collection; or a document that is not a dict, lacks
+                ``_id``, breaks the model (named by its ``_id`` with the rule it breaks) or
+                repeats an ``_id`` of the batch. Nothing of the batch is then written.
             StorageError: the database failed.
         """
         return self._run(wf.put_documents(collection, documents))
@@ -1078,10 +1082,14 @@ class AsyncCosmosStore(_StoreBase):
         self, collection: Literal["prompts", "runs"], documents: list[dict[str, Any]]
     ) -> tuple[int, int, int]:
         """Insert the documents whose ids ``collection`` lacks; never overwrite one. Returns
-        ``(inserted, identical, differing)``: copying again inserts nothing.
+        ``(inserted, identical, differing)``: copying again inserts nothing. Every document is
+        checked against the collection's model (:class:`Prompt` or :class:`Run`) before
+        anything is written; one bad document refuses the whole batch.
 
         Raises:
-            InvalidInputError: another collection.
+            InvalidInputError: another collection; or a document that is not a dict, lacks
+                ``_id``, breaks the model (named by its ``_id`` with the rule it breaks) or
+                repeats an ``_id`` of the batch. Nothing of the batch is then written.
             StorageError: the database failed.
         """
         return await self._run(wf.put_documents(collection, documents))

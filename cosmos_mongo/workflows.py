@@ -30,6 +30,7 @@ from cosmos_mongo.models import (
     Model,
     Prompt,
     Run,
+    document_problems,
     listing,
     model_of,
     new_prompt_id,
@@ -244,10 +245,12 @@ def documents_page(
 
 def put_documents(collection: object, documents: list[Document]) -> Flow[tuple[int, int, int]]:
     """Insert the documents whose ids are new; count the identical and the differing ones
-    (never overwritten). Returns (inserted, identical, differing)."""
+    (never overwritten). Returns (inserted, identical, differing). Every document is checked
+    against its model first: one that breaks it refuses the whole batch, unwritten."""
     if collection not in (q.PROMPTS, q.RUNS):
         raise InvalidInputError("collection", "must be 'prompts' or 'runs'")
     name = str(collection)
+    _check_documents(Prompt if name == q.PROMPTS else Run, documents)
     ids = [document["_id"] for document in documents]
     stored = yield from Find(name, {"_id": {"$in": ids}})
     by_id = {document["_id"]: document for document in stored}
@@ -256,6 +259,50 @@ def put_documents(collection: object, documents: list[Document]) -> Flow[tuple[i
     if new:
         yield from InsertMany(name, new)
     return len(new), identical, len(by_id) - identical
+
+
+def _check_documents(model: type[Model], documents: object) -> None:
+    """Refuse the batch unless every document fits ``model``, has an ``_id`` of its own and
+    no two share one: the first that does not is named, with the rule it breaks.
+
+    Raises:
+        InvalidInputError: on ``documents``, naming the document and the rule.
+    """
+    if not isinstance(documents, list):
+        raise InvalidInputError("documents", f"must be a list of documents, not {_kind(documents)}")
+    unwritten = f"none of the {len(documents)} documents of this batch was written"
+    seen: set[str] = set()
+    for position, document in enumerate(documents):
+        if not isinstance(document, dict):
+            raise InvalidInputError(
+                "documents",
+                f"item {position} must be a document (a dict), not {_kind(document)}; {unwritten}",
+            )
+        if "_id" not in document:
+            raise InvalidInputError(
+                "documents", f"item {position} has no '_id' (every document needs one); {unwritten}"
+            )
+        # Checked as stored: without an "id" key, which the model would read instead of _id.
+        checked = {key: value for key, value in document.items() if key != "id"}
+        if problems := document_problems(model, checked):
+            shown = repr(document["_id"])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise InvalidInputError(
+                "documents",
+                f"{model.collection} document {shown} (item {position}) breaks the contract: "
+                f"{'; '.join(problems)}; {unwritten}",
+            )
+        identifier: str = document["_id"]  # a string: the model has just checked it
+        if identifier in seen:
+            raise InvalidInputError(
+                "documents",
+                f"_id {identifier!r} appears twice in the batch (item {position}); {unwritten}",
+            )
+        seen.add(identifier)
+
+
+def _kind(value: object) -> str:
+    return "None" if value is None else type(value).__name__
 
 
 def search_prompts(

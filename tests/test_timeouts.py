@@ -31,6 +31,7 @@ from pymongo.errors import (
 from cosmos_mongo import AsyncCosmosStore, CosmosStore, InvalidInputError, StorageError
 from cosmos_mongo import queries as q
 from cosmos_mongo.config import Settings
+from cosmos_mongo.models import utc_now
 from mcp_server.results import storage_message
 from tests.mcp.test_transports import RawStdio, environment
 from tests.test_contract import CountingDatabase
@@ -226,7 +227,7 @@ def test_a_batch_with_a_write_concern_error_says_the_same(database: Any) -> None
         "nInserted": 1,
     }
     store, _ = failing(database, "insert_many", BulkWriteError(details))
-    document = {"_id": "ps_" + "1" * 32, "prompt_text": "p", "created_at": None}
+    document = q.prompt_document("ps_" + "1" * 32, "p", {}, {}, utc_now())
     with pytest.raises(StorageError) as caught:
         store.put_documents("prompts", [document])
     assert caught.value.reason == "write_concern" and caught.value.may_have_written
