@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import heapq
 import itertools
 import math
@@ -195,6 +196,33 @@ def _create_if_missing(path: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
     _check_header(path)
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's contents to disk (a directory: the names in it)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Give ``source``'s file the name ``target`` too, atomically, never replacing a file
+    there; a file system without hard links gets a rename after a check.
+
+    Raises:
+        FileExistsError: ``target`` exists.
+        OSError: neither works.
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.rename(source, target)
 
 
 def _check_header(path: Path) -> None:
@@ -1769,15 +1797,26 @@ class EmbeddedEngine:
         """A consistent copy of the file through SQLite's online backup, safe while other
         processes hold and write the store. Refuses to overwrite an existing file.
 
+        The copy is written to a hidden temporary file beside the target (mode 0600 from its
+        first byte, ``.NAME.*.partial``: never taken for a store), flushed to disk, then
+        linked into place and the directory flushed: a killed backup leaves no target at
+        all, or a complete one. A temporary left by a killed backup is not in the way of the
+        next one (it may be deleted).
+
         Raises InvalidInputError when the destination exists or its directory does not (or
-        cannot be written), StorageError naming the destination when it cannot be created,
-        and StorageError naming the store when the store cannot be read."""
+        cannot be written), and StorageError naming the destination when the copy cannot be
+        written or the store cannot be read."""
         target = Path(destination)
-        if target.is_dir():
-            target = target / self.path.name
-        if target.exists():
+        try:
+            if target.is_dir():
+                target = target / self.path.name
+            exists = target.exists()
+            directory = target.parent.is_dir()
+        except OSError as exc:  # a name too long for the file system, say
+            raise InvalidInputError("destination", f"{target}: {exc.strerror or exc}") from exc
+        if exists:
             raise InvalidInputError("destination", f"{target} exists; choose a new file")
-        if not target.parent.is_dir():
+        if not directory:
             raise InvalidInputError(
                 "destination", f"{target}: the directory {target.parent} does not exist"
             )
@@ -1785,17 +1824,38 @@ class EmbeddedEngine:
             raise InvalidInputError(
                 "destination", f"{target}: the directory {target.parent} is not writable"
             )
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}.partial")
         try:
-            copy = sqlite3.connect(target)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot create the backup {target}: {exc}") from exc
-        with self._lock, self._sqlite_errors():
             try:
-                self._conn.backup(copy)
+                os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                copy = sqlite3.connect(partial)
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageError(f"cannot create the backup {target}: {exc}") from exc
+            try:
+                # No journal beside the copy: it is not a store until it is linked into place.
+                copy.execute("PRAGMA journal_mode=OFF")
+                with self._lock:
+                    self._conn.backup(copy)
+            except sqlite3.Error as exc:
+                raise StorageError(
+                    f"cannot write the backup {target} (from the embedded database "
+                    f"{self.path}): {exc}"
+                ) from exc
             finally:
                 copy.close()
-        with contextlib.suppress(OSError):
-            target.chmod(0o600)
+            try:
+                _fsync_path(partial)
+                _publish(partial, target)
+                _fsync_path(target.parent)
+            except FileExistsError as exc:
+                raise InvalidInputError(
+                    "destination", f"{target} exists; choose a new file"
+                ) from exc
+            except OSError as exc:
+                raise StorageError(f"cannot write the backup {target}: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                partial.unlink()
         return target
 
     def compact(self) -> tuple[int, int]:
