@@ -842,6 +842,7 @@ def repair(
     legacy data (the steps that read every run)."""
     before = utc_now() - check_stale_after(stale_after)
     only_interrupted = v.check_flag(quick, "quick")
+    v.check_progress(progress)
     done = _Repairs()
     stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before))
     for count, run in enumerate(stale, 1):

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -194,10 +195,17 @@ def convert_run(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # a name too long for the file system, a loop of links...
+        raise InvalidInputError("path", f"cannot be read: {exc.strerror or exc}") from exc
+    if not found:
         raise InvalidInputError("path", f"no such file: {path}")
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        # Quoted: a "?" or "#" in the path is part of the name, not of the URI's query.
+        connection = sqlite3.connect(
+            f"file:{quote(str(path))}?mode=ro", uri=True, check_same_thread=False
+        )
         connection.row_factory = sqlite3.Row
         tables = {
             row[0]
@@ -236,6 +244,7 @@ def import_sqlite(
         raise InvalidInputError("batch_size", "must be a whole number from 1 to 10000")
     if not isinstance(dry_run, bool):
         raise InvalidInputError("dry_run", "must be true or false")
+    v.check_progress(progress)
     # Every read of the file is a Blocking step: the async twin makes it on a worker thread.
     connection: sqlite3.Connection = yield from Blocking(partial(_open, source))
     report = ImportReport(source=str(source), dry_run=dry_run)

@@ -26,7 +26,7 @@ from cosmos_mongo.models import (
     utc_now,
 )
 from cosmos_mongo.ops import Aggregate, Find, Flow, InsertOne, Progress, UpdateOne, reported
-from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS, check_run_id
+from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS, check_progress, check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -398,10 +398,12 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
     is listed in ``prompts_left``; the others go on. Completed enhance runs missing
     ``enhancement_model`` or ``enhanced_at`` are backfilled from their own fallbacks.
 
-    Raises ``InvalidInputError`` if ``dry_run`` is not a bool.
+    Raises ``InvalidInputError`` if ``dry_run`` is not a bool or ``progress`` is neither None
+    nor callable.
     """
     if not isinstance(dry_run, bool):
         raise InvalidInputError("dry_run", "must be true or false")
+    check_progress(progress)
     tally = _Tally(utc_now(), dry_run)
     stripped: list[str] = []
     examined = 0

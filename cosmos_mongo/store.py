@@ -820,8 +820,8 @@ class CosmosStore(_StoreBase):
         as each stage advances.
 
         Raises:
-            InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
-                not a boolean.
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta, ``quick``
+                not a boolean, or ``progress`` neither None nor callable.
         """
         return self._run(enh.repair(stale_after, progress, quick))
 
@@ -833,7 +833,8 @@ class CosmosStore(_StoreBase):
         ``progress("legacy prompts", examined, total)`` is called after each batch.
 
         Raises:
-            InvalidInputError: ``dry_run`` is not a boolean.
+            InvalidInputError: ``dry_run`` is not a boolean, or ``progress`` neither None nor
+                callable.
         """
         return self._run(legacy.migrate(dry_run, progress))
 
@@ -853,7 +854,8 @@ class CosmosStore(_StoreBase):
         each batch. ``job_queue`` rows are counted, not imported.
 
         Raises:
-            InvalidInputError: ``path`` is not a predecessor database, or a bad option.
+            InvalidInputError: ``path`` is not a predecessor database or cannot be read (a
+                name too long, say), or a bad option (``progress`` not callable, say).
             StorageError: the target database failed.
         """
         return self._run(importer.import_sqlite(path, batch_size, dry_run, progress))
@@ -1445,8 +1447,8 @@ class AsyncCosmosStore(_StoreBase):
         as each stage advances.
 
         Raises:
-            InvalidInputError: ``stale_after`` is not a non-negative timedelta, or ``quick``
-                not a boolean.
+            InvalidInputError: ``stale_after`` is not a non-negative timedelta, ``quick``
+                not a boolean, or ``progress`` neither None nor callable.
         """
         return await self._run(enh.repair(stale_after, progress, quick))
 
@@ -1460,7 +1462,8 @@ class AsyncCosmosStore(_StoreBase):
         ``progress("legacy prompts", examined, total)`` is called after each batch.
 
         Raises:
-            InvalidInputError: ``dry_run`` is not a boolean.
+            InvalidInputError: ``dry_run`` is not a boolean, or ``progress`` neither None nor
+                callable.
         """
         return await self._run(legacy.migrate(dry_run, progress))
 
@@ -1480,7 +1483,8 @@ class AsyncCosmosStore(_StoreBase):
         each batch. ``job_queue`` rows are counted, not imported.
 
         Raises:
-            InvalidInputError: ``path`` is not a predecessor database, or a bad option.
+            InvalidInputError: ``path`` is not a predecessor database or cannot be read (a
+                name too long, say), or a bad option (``progress`` not callable, say).
             StorageError: the target database failed.
         """
         return await self._run(importer.import_sqlite(path, batch_size, dry_run, progress))

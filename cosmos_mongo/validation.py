@@ -203,6 +203,20 @@ def check_document_size(document: Mapping[str, Any], field: str) -> None:
         )
 
 
+def check_progress(value: object, field: str = "progress") -> None:
+    """Refuse a ``progress`` argument that is neither None nor callable.
+
+    Raises:
+        InvalidInputError: on ``field``.
+    """
+    if value is not None and not callable(value):
+        raise InvalidInputError(
+            field,
+            "must be a function called as progress(stage, done, total), or None; "
+            f"got {type(value).__name__}",
+        )
+
+
 def check_flag(value: object, field: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidInputError(field, f"must be true or false, got {value!r}")
