@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from cosmos_mongo.errors import PromptNotFoundError
 from cosmos_mongo.models import new_prompt_id
 from tests.conftest import Backend
 from tests.integration.legacy_data import T0, insert_legacy, rid
@@ -96,7 +99,8 @@ def test_get_enhancement_history(store: Any) -> None:
         data["created"].run_id
     ]
     assert all(run.model_type == "enhance" for run in history)
-    assert store.get_enhancement_history(new_prompt_id()) == []
+    with pytest.raises(PromptNotFoundError):  # no prompt has it and no run names it
+        store.get_enhancement_history(new_prompt_id())
 
 
 def test_queries_work_with_old_structure(backend: Backend) -> None:
