@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_serializer
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cosmos_mongo.redaction import redact_url
 
 APP_NAME = "cosmos-mongo"
 
@@ -62,7 +65,10 @@ class Settings(BaseSettings):
         description="Which enhancer rewrites prompts; auto = openai if a base URL is set.",
     )
     enhancer_base_url: str | None = Field(
-        default=None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."
+        default=None,
+        description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1. Shown (repr, "
+        "model_dump, logs, errors) without its user:password@ or secret query values "
+        "(?key=..., &token=...).",
     )
     enhancer_model: str | None = Field(default=None, description="Model name at that endpoint.")
     enhancer_api_key: SecretStr | None = Field(
@@ -78,6 +84,16 @@ class Settings(BaseSettings):
     enhancement_timeout: float = Field(
         default=180.0, gt=0, description="Seconds one enhancement may take before it is failed."
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            shown = redact_url(value) if name == "enhancer_base_url" and value else value
+            yield name, shown
+
+    @field_serializer("enhancer_base_url")
+    def _shown_base_url(self, value: str | None) -> str | None:
+        """``model_dump`` shows the URL without its credentials; the attribute keeps them."""
+        return None if value is None else redact_url(value)
 
     def location(self, uri: str | None = None) -> str:
         """Where the data lives, for messages: the hosts of ``uri`` (else the configured one),

@@ -28,13 +28,21 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr
 
 from cosmos_mongo.config import Settings
 from cosmos_mongo.errors import EnhancementError, InvalidInputError
+from cosmos_mongo.redaction import (
+    known_secrets,
+    redact_http_logs,
+    redact_text,
+    redact_url,
+    scrub,
+    url_secrets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -571,9 +579,6 @@ def first_frame(path: str, max_side: int = 1024) -> tuple[bytes, str] | None:
     return (result.stdout, "image/jpeg") if result.returncode == 0 and result.stdout else None
 
 
-_URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/@\s]+@")
-
-
 def retry_after_seconds(response: httpx.Response) -> float | None:
     """How long a ``Retry-After`` header asks to wait (seconds, or an HTTP date measured from
     the answer's ``Date``, else from now); None without a readable one."""
@@ -605,14 +610,19 @@ def _same_words(answer: str, prompt_text: str) -> bool:
 
 
 def without_credentials(text: str) -> str:
-    """Any ``scheme://user:password@`` in ``text`` with the credentials replaced by ``***``."""
-    return _URL_CREDENTIALS.sub("***@", text)
+    """Any ``scheme://user:password@`` in ``text`` with the credentials replaced by ``***``,
+    and the values of secret-looking query parameters (``?key=``, ``&token=``...) too."""
+    return redact_text(text)
 
 
 class OpenAICompatibleEnhancer:
     """Chat completions at ``{base_url}/chat/completions``: vLLM, NVIDIA NIM, Ollama, OpenAI.
 
-    ``api_key`` is sent as a bearer token and never logged or shown in ``repr``. Connection
+    ``api_key`` is sent as a bearer token and never logged or shown in ``repr``; a
+    ``user:password@`` in ``base_url`` is sent as a Basic ``Authorization`` header, never in
+    the request URL, and query parameters (``?key=...``) go on every request. Neither these
+    credentials nor their echo (base64 of ``user:password``, the key) appear in an error's
+    text, a log line (httpx's included) or ``repr``. Connection
     errors, timeouts and 408/409/429/5xx answers are retried ``max_retries`` times with
     exponential back-off, or after the wait a ``Retry-After`` header asks for (an answer asking
     for longer than ``timeout`` fails at once). ``sleep`` and ``async_sleep`` do the waiting
@@ -643,9 +653,22 @@ class OpenAICompatibleEnhancer:
         if not base_url.startswith(("http://", "https://")):
             raise InvalidInputError("base_url", "must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
-        self.shown_url = without_credentials(self.base_url)  # for messages, logs and repr
+        self.shown_url = redact_url(self.base_url)  # for messages, logs and repr
         self.model = model
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
+        parts = urlsplit(self.base_url)
+        host = parts.netloc.rpartition("@")[2]
+        endpoint = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+        query = f"?{parts.query}" if parts.query else ""
+        self._endpoint = f"{endpoint}/chat/completions{query}"  # no userinfo in it
+        self._auth: httpx.BasicAuth | None = None
+        if parts.username is not None or parts.password is not None:
+            self._auth = httpx.BasicAuth(
+                unquote(parts.username or ""), unquote(parts.password or "")
+            )
+        key = [] if self._api_key is None else [self._api_key.get_secret_value()]
+        self._secrets = known_secrets([*url_secrets(self.base_url), *key])
+        redact_http_logs(self._secrets)
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
@@ -662,15 +685,9 @@ class OpenAICompatibleEnhancer:
         return f"OpenAICompatibleEnhancer(base_url={self.shown_url!r}, model={self.model!r})"
 
     def _redacted(self, text: str) -> str:
-        """``text`` without the URL's credentials or any echo of the API key."""
-        text = text.replace(self.base_url, self.shown_url)
-        secrets = [urlsplit(self.base_url).password or "", urlsplit(self.base_url).username or ""]
-        if self._api_key is not None:
-            secrets.append(self._api_key.get_secret_value())
-        for secret in secrets:
-            if len(secret) >= 4:  # a 1-3 character "secret" would blank out ordinary words
-                text = text.replace(secret, "***")
-        return without_credentials(text)
+        """``text`` without the URL's credentials, its secret query values or any echo of
+        them or of the API key (base64 of ``user:password`` included)."""
+        return scrub(text.replace(self.base_url, self.shown_url), self._secrets)
 
     def with_model(self, model: str) -> OpenAICompatibleEnhancer:
         """The same endpoint and settings, asking for another model."""
@@ -710,10 +727,11 @@ class OpenAICompatibleEnhancer:
 
     def _answer(self, response: httpx.Response, prompt_text: str) -> str:
         if response.status_code != 200:
+            # Scrubbed before it is cut, so no part of an echoed secret is left at the cut.
+            body = self._redacted(response.text)[:200]
             raise EnhancementError(
                 self._redacted(
-                    f"{self.model} at {self.base_url} answered HTTP {response.status_code}: "
-                    f"{response.text[:200]}"
+                    f"{self.model} at {self.base_url} answered HTTP {response.status_code}: {body}"
                 )
             )
         try:
@@ -776,8 +794,10 @@ class OpenAICompatibleEnhancer:
 
     def enhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
         body = self.request_body(prompt_text, inputs)
-        url = f"{self.base_url}/chat/completions"
-        with httpx.Client(timeout=self.timeout, transport=self._transport) as client:
+        url = self._endpoint
+        with httpx.Client(
+            timeout=self.timeout, transport=self._transport, auth=self._auth
+        ) as client:
             for attempt in range(self.max_retries + 1):
                 outcome: httpx.Response | httpx.HTTPError
                 try:
@@ -792,9 +812,11 @@ class OpenAICompatibleEnhancer:
 
     async def aenhance(self, prompt_text: str, inputs: Mapping[str, Any]) -> str:
         body = await asyncio.to_thread(self.request_body, prompt_text, inputs)
-        url = f"{self.base_url}/chat/completions"
+        url = self._endpoint
         transport = self._async_transport
-        async with httpx.AsyncClient(timeout=self.timeout, transport=transport) as client:
+        async with httpx.AsyncClient(
+            timeout=self.timeout, transport=transport, auth=self._auth
+        ) as client:
             for attempt in range(self.max_retries + 1):
                 outcome: httpx.Response | httpx.HTTPError
                 try:
