@@ -37,6 +37,7 @@ from rich.tree import Tree
 from cosmos_mongo.config import Settings, mongodb_hosts
 from cosmos_mongo.enhancers import without_credentials, word_count
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError, PromptNotFoundError
+from cosmos_mongo.files import create_private, private_directory
 from cosmos_mongo.models import (
     Lineage,
     LineageEdge,
@@ -1255,18 +1256,19 @@ def _stored(store: CosmosStore, collection: str) -> int:
 @click.pass_obj
 def export(state: _Context, directory: Path, as_json: bool) -> None:
     """Write every prompt and run to DIRECTORY as MongoDB Extended JSON, one file per
-    collection and one document per line (mongoimport reads them as they are)."""
+    collection and one document per line (mongoimport reads them as they are). The files are
+    0600 and any directory it creates 0700: they hold every prompt and run."""
     targets = {name: directory / f"{name}.json" for name in COLLECTIONS}
     taken = [str(path) for path in targets.values() if path.exists()]
     if taken:
         raise InvalidInputError("directory", f"already holds {', '.join(taken)}; nothing written")
-    directory.mkdir(parents=True, exist_ok=True)
+    private_directory(directory)
     store = state.store()
     counts = {}
     with _progress("export") as say:
         for name, path in targets.items():
             written, total = 0, _stored(store, name)
-            with path.open("x", encoding="utf-8") as file:
+            with create_private(path) as file:
                 for batch in _batches(store.iter_documents(name), 500):
                     for document in batch:
                         file.write(json_util.dumps(document, json_options=_EXTENDED_JSON) + "\n")

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import quote
 
 import bson
 import bson.errors
@@ -62,6 +63,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
 from cosmos_mongo.errors import InvalidInputError, ReadOnlyError, StorageError
+from cosmos_mongo.files import private_directory
 from cosmos_mongo.validation import MAX_DOCUMENT_BYTES
 
 # mongomock's own type hints claim pymongo's classes; the engine treats it as untyped.
@@ -178,7 +180,7 @@ def _create_if_missing(path: Path) -> None:
     The new file is built aside and linked into place, so a second process starting at the
     same moment never sees a half-made (0-byte) file.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_directory(path.parent)
     if not path.exists():
         staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
         try:
@@ -196,6 +198,17 @@ def _create_if_missing(path: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
     _check_header(path)
+
+
+def _nothing_can_write(path: Path) -> bool:
+    """Whether the file ``path`` is on a read-only mount, or in a directory this process
+    cannot write (where SQLite could make no -wal or -shm file to coordinate with writers)."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        pass
+    return not os.access(path.parent, os.W_OK | os.X_OK)
 
 
 def _fsync_path(path: Path) -> None:
@@ -1502,7 +1515,7 @@ class EmbeddedEngine:
                 self._conn = self._connect_read_only(path)
             else:
                 _create_if_missing(path)
-                self._conn = self._connect(f"file:{path}?mode=rw")
+                self._conn = self._connect(f"file:{quote(str(path))}?mode=rw")
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._upgrade()
@@ -1528,14 +1541,40 @@ class EmbeddedEngine:
 
     def _connect_read_only(self, path: Path) -> sqlite3.Connection:
         """The file opened read-only; a missing one reads as an empty store and is not made.
-        A file of the first format (no indexes on disk yet) is read by scanning."""
+        A file of the first format (no indexes on disk yet) is read by scanning.
+
+        Where nothing can write (a read-only mount, or a directory this process cannot write,
+        so no -wal/-shm can be made beside the file), it is opened ``immutable``: SQLite then
+        takes no locks and creates no file. A non-empty -wal there holds commits that an
+        immutable open would not see: it is read normally if SQLite can, else refused.
+
+        Raises:
+            StorageError: such a -wal cannot be read.
+        """
         if not path.exists():
             connection = self._connect("file::memory:")
             self._conn = connection
             self._upgrade()
             return connection
         _check_header(path)
-        return self._connect(f"file:{path}?mode=ro")
+        name = quote(str(path))
+        if not _nothing_can_write(path):
+            return self._connect(f"file:{name}?mode=ro")
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            connection = self._connect(f"file:{name}?mode=ro")
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                connection.close()
+                raise StorageError(
+                    f"the embedded database {path} cannot be read where it is: its {wal.name} "
+                    f"holds commits not yet in the file, and {path.parent} cannot be written "
+                    "(read-only media?); copy the directory to writable storage and open it "
+                    "there"
+                ) from exc
+            return connection
+        return self._connect(f"file:{name}?mode=ro&immutable=1")
 
     def _format(self) -> int:
         try:
