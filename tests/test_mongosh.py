@@ -55,6 +55,9 @@ from tests.helpers.mongosh import (
 from tests.helpers.plans import plan_stages
 from tests.wire_server import SORT_STAGE_GAP, WireServer, stand_in_gap
 
+# One worker runs every mongosh test, so a fresh clone installs mongosh once (pytest-xdist).
+pytestmark = pytest.mark.xdist_group("mongosh")
+
 REPO = Path(__file__).parent.parent
 GUIDE = REPO / "docs" / "MONGOSH.md"
 BLOCK = re.compile(r"^```(?:javascript|js)\n(.*?)^```", re.S | re.M)
