@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections.abc import Sequence
 from typing import Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -81,7 +82,7 @@ def url_secrets(url: str) -> list[str]:
     return known_secrets(found)
 
 
-def known_secrets(candidates: list[str]) -> list[str]:
+def known_secrets(candidates: Sequence[str]) -> list[str]:
     """The distinct candidates long enough to scrub, longest first (so a secret that holds
     another is replaced whole)."""
     return sorted({c for c in candidates if len(c) >= _MIN_SECRET}, key=len, reverse=True)
@@ -115,7 +116,7 @@ _FILTER: Final = RedactingFilter()
 _FILTERED_LOGGERS: Final = ("httpx", "httpcore")
 
 
-def redact_http_logs(secrets: list[str] = []) -> None:  # noqa: B006 - never mutated
+def redact_http_logs(secrets: Sequence[str] = ()) -> None:
     """Install (once) the filter that keeps URL credentials, secret query values and the given
     ``secrets`` out of httpx's and httpcore's log records."""
     _FILTER.secrets = known_secrets([*_FILTER.secrets, *secrets])
