@@ -62,6 +62,7 @@ from cosmos_mongo.models import (
 )
 from cosmos_mongo.ops import (
     Aggregate,
+    Cancelled,
     DamagedDocuments,
     DeleteMany,
     DeleteOne,
@@ -162,6 +163,13 @@ def enhance_prompt(
         yield from InsertOne(q.RUNS, document)
         run_recorded = True
         return (yield from _produce(run_id, prompt, target, model, supplied, guarded))
+    except Cancelled:
+        # The caller is gone (a client cancelled or timed out): settle the run as repair
+        # would, now rather than when it is stale, and let the cancellation go on.
+        run = yield from FindOne(q.RUNS, q.running_run(run_id))
+        if run is not None:
+            yield from _settle(run, _CANCELLED)
+        raise
     except StorageError as exc:
         if type(exc) is not StorageError:
             raise  # ReadOnlyError, InvalidDocumentError: their class says what happened
@@ -956,21 +964,30 @@ def _settle_revert(run: Mapping[str, Any]) -> Flow[str | None]:
     return "the prompt changed since the revert began; the revert was abandoned"
 
 
-def _settle(run: Mapping[str, Any]) -> Flow[bool]:
-    """Finish an interrupted enhancement if its text was recorded; else mark it failed."""
+_REPAIRED: Final = ("interrupted", "rolled back by repair")
+_CANCELLED: Final = ("the enhancement call was cancelled", "the run was marked failed")
+
+
+def _settle(run: Mapping[str, Any], why: tuple[str, str] = _REPAIRED) -> Flow[bool]:
+    """Finish an interrupted enhancement if its text was recorded; else mark it failed.
+
+    ``why`` names the interruption and what became of the run, for its ``error_message``:
+    repair's by default; :data:`_CANCELLED` for a call cancelled while it ran. Only a run
+    still ``running`` is written."""
+    interrupted, settled = why
     config, outputs = run.get("execution_config") or {}, run.get("outputs") or {}
     text, target = outputs.get("enhanced_text"), config.get("target_prompt_id")
     original = yield from FindOne(q.PROMPTS, q.by_id(run["prompt_id"]))
     expected = config.get("original_prompt_text")
     problem = None
     if not isinstance(text, str) or not isinstance(target, str):
-        problem = "interrupted before the enhanced text was recorded"
+        problem = f"{interrupted} before the enhanced text was recorded"
     elif original is None:
-        problem = "interrupted, and the original prompt no longer exists"
+        problem = f"{interrupted}, and the original prompt no longer exists"
     elif target == original["_id"] and original["prompt_text"] not in (text, expected):
-        problem = "interrupted, and the prompt's text has changed since"
+        problem = f"{interrupted}, and the prompt's text has changed since"
     if problem is not None or original is None or not isinstance(text, str):
-        message = f"{problem}; rolled back by repair"
+        message = f"{problem}; {settled}"
         yield from UpdateOne(q.RUNS, q.running_run(run["_id"]), q.fail_run(message, utc_now()))
         return False
     if target == original["_id"] and original["prompt_text"] == text:

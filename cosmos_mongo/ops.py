@@ -13,6 +13,7 @@ Driver errors are translated here, at the one boundary, into :mod:`cosmos_mongo.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -618,53 +619,140 @@ async def run_async(database: Any, flow: Flow[T], services: Services | None = No
 
 
 async def _drive_async(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
-    async def call(step: Operation[Any]) -> Any:
+    driver = _AsyncDriver(database, flow, services, extra)
+    return await driver.drive(lambda: next(flow))
+
+
+class _AsyncDriver(Generic[T]):
+    """Carries out one flow's steps on an async database. A cancelled caller settles the
+    flow's work first (see :class:`Cancelled`), then the cancellation goes on."""
+
+    def __init__(self, database: Any, flow: Flow[T], services: Services, extra: Document) -> None:
+        self.database, self.flow, self.services, self.extra = database, flow, services, extra
+        self.grouping = _grouping(database)
+        # Whether the flow waits at a yield for its step's result (so a cancellation may be
+        # thrown into it), rather than being run by a worker thread or being finished.
+        self.waiting = False
+        self.settling = False
+
+    async def call(self, step: Operation[Any]) -> Any:
         args, kwargs = step.arguments()
         started = time.perf_counter()
-        raw = getattr(database[step.collection], step.method)(*args, **kwargs, **extra)
+        collection = self.database[step.collection]
+        raw = getattr(collection, step.method)(*args, **kwargs, **self.extra)
         if inspect.isawaitable(raw):  # pymongo async awaits aggregate(); Motor does not
             raw = await raw
         result = step.finish(await raw.to_list(None) if step.returns_cursor else raw)
         _log_operation(step, started)
         return result
 
-    async def execute(step: Step) -> Any:
+    async def execute(self, step: Step) -> Any:
         if isinstance(step, Generate):
-            return _log_generated(services, await _generate_async(services, step))
+            return _log_generated(self.services, await _generate_async(self.services, step))
         if isinstance(step, DamagedDocuments):
+            database = self.database
             return [] if _damaged_probe(database) is None else await database.damaged_documents()
         if isinstance(step, Blocking):
             return await asyncio.to_thread(step.call)
         if isinstance(step, Report):  # the caller's callback, on the caller's own thread
             return step.call()
-        _refuse_writes(services, step)
+        _refuse_writes(self.services, step)
         try:
-            return await call(step)
+            return await self.call(step)
         except AutoReconnect as exc:
             if not _send_again(step, exc):
                 raise
-            return await call(step)
+            return await self.call(step)
 
-    grouping = _grouping(database)
-    try:
-        step = next(flow)
-        while True:
-            if grouping is not None and isinstance(step, Operation) and step.writes:
-                # The embedded default: the writes and the reads between them run on one
-                # worker thread, in one transaction (a cancelled caller lets them finish).
-                outcome = await asyncio.to_thread(_database_steps, grouping, flow, services, step)
-                if isinstance(outcome, _Finished):
-                    return outcome.value  # type: ignore[no-any-return]
-                step = outcome
-                continue
+    async def unit(self, step: Operation[Any]) -> Step | _Finished:
+        """The embedded default: the writes and the reads between them run on one worker
+        thread, in one transaction. A cancelled caller waits for them (bounded), so that it
+        can settle from the step they stopped at."""
+        self.waiting = False
+        unit = asyncio.ensure_future(
+            asyncio.to_thread(_database_steps, self.grouping, self.flow, self.services, step)
+        )
+        try:
+            return await asyncio.shield(unit)
+        except asyncio.CancelledError:
+            await _wait_out(unit, SETTLE_SECONDS)
+            stopped = unit.done() and not unit.cancelled() and unit.exception() is None
+            self.waiting = stopped and not isinstance(unit.result(), _Finished)
+            raise
+
+    async def drive(self, start: Callable[[], Step]) -> T:
+        flow = self.flow
+        try:
+            self.waiting = False
+            step = start()
+            while True:
+                self.waiting = True
+                if self.grouping is not None and isinstance(step, Operation) and step.writes:
+                    outcome = await self.unit(step)
+                    if isinstance(outcome, _Finished):
+                        self.waiting = False
+                        return outcome.value  # type: ignore[no-any-return]
+                    step = outcome
+                    continue
+                try:
+                    result = await self.execute(step)
+                except _DRIVER_ERRORS as exc:
+                    self.waiting = False
+                    step = flow.throw(translate(exc, _operation(step)))
+                else:
+                    self.waiting = False
+                    step = flow.send(result)
+        except StopIteration as stop:
+            self.waiting = False
+            return stop.value  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            if self.waiting and not self.settling:
+                await self.settle_cancelled()
+            raise
+
+    async def settle_cancelled(self) -> None:
+        """Throw :class:`Cancelled` into the flow and carry out the writes it answers with,
+        in a task of their own so that the cancellation cannot cut them short, for at most
+        ``SETTLE_SECONDS``."""
+        self.settling = True
+
+        async def settle() -> None:
             try:
-                result = await execute(step)
-            except _DRIVER_ERRORS as exc:
-                step = flow.throw(translate(exc, _operation(step)))
-            else:
-                step = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+                await self.drive(lambda: self.flow.throw(Cancelled("the call was cancelled")))
+            except Cancelled:
+                pass
+            except CosmosMongoError as exc:
+                log.warning("settling a cancelled workflow failed: %s", exc)
+            except Exception:
+                log.exception("settling a cancelled workflow failed")
+
+        await _wait_out(asyncio.ensure_future(settle()), SETTLE_SECONDS)
+
+
+SETTLE_SECONDS: Final = 10.0
+"""How long a cancelled async workflow may take to settle its work (mark its run failed)."""
+
+
+class Cancelled(Exception):
+    """Thrown into a workflow at the step it waits for when its async caller is cancelled
+    (a client cancelled the call or timed out). The workflow may yield the writes that settle
+    its work (they run shielded from the cancellation and bounded by ``SETTLE_SECONDS``), then
+    re-raises it; the caller's cancellation goes on regardless."""
+
+
+async def _wait_out(task: asyncio.Future[Any], seconds: float) -> None:
+    """Wait for ``task`` for at most ``seconds``, through repeated cancellation of the waiter
+    (anyio cancels a cancelled scope's task again at every await); then cancel what is left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            task.cancel()
+            log.warning("a cancelled workflow did not settle within %g s", seconds)
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task}, timeout=remaining)
 
 
 def _operation(step: Step) -> Operation[Any] | None:
