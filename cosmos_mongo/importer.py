@@ -297,7 +297,7 @@ def _import_prompts(
         )
         imported.update(document["_id"] for document in fresh)
         done += len(rows)
-        log.info("import-sqlite: prompts %d/%d", done, total)
+        log.debug("import-sqlite: prompts %d/%d", done, total)
         yield from reported(progress, "prompts", done, total)
     return imported
 
@@ -337,7 +337,7 @@ def _import_runs(
                 report.note("runs", document["_id"], "invalid", reason)
         yield from _store_new(q.RUNS, with_prompt, report.runs, report, dry_run)
         done += len(rows)
-        log.info("import-sqlite: runs %d/%d", done, total)
+        log.debug("import-sqlite: runs %d/%d", done, total)
         yield from reported(progress, "runs", done, total)
 
 

@@ -422,7 +422,7 @@ def migrate(dry_run: bool = True, progress: Progress | None = None) -> Flow[Migr
         if not batch:
             break
         after, examined = batch[-1]["_id"], examined + len(batch)
-        log.info("migrate: %d legacy prompt(s) examined", examined)
+        log.debug("migrate: %d legacy prompt(s) examined", examined)
         # Written meanwhile by another process, there may be more than counted.
         yield from reported(progress, "legacy prompts", examined, max(total, examined))
         producing = yield from Find(

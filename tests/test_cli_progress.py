@@ -98,3 +98,10 @@ def test_migrate_reports_the_count_of_legacy_prompts_as_its_total(backend: Backe
     )
     assert reports and {total for _, _, total in reports} == {4}
     assert reports[-1] == ("legacy prompts", 4, 4)
+
+
+def test_a_piped_verbose_import_adds_no_line_a_batch(invoke: Any, tmp_path: Path) -> None:
+    source = sample(tmp_path / "cosmos.db", prompts=60)
+    result = invoke("-v", "import-sqlite", str(source), "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert len(result.stderr.splitlines()) <= 8, result.stderr

@@ -158,7 +158,7 @@ def test_each_database_operation_logs_one_debug_line(mock_store: CosmosStore, ca
     assert "A robot arm" not in caplog.text  # names and times, never values
 
 
-def test_enhancer_calls_retries_and_batches_log_at_info(
+def test_enhancer_calls_and_retries_log_at_info_and_batches_at_debug(
     mock_store: CosmosStore, caplog: Any, tmp_path: Path
 ) -> None:
     import logging
@@ -166,7 +166,7 @@ def test_enhancer_calls_retries_and_batches_log_at_info(
     from tests.predecessor_db import sample
     from tests.test_faults import DroppingDatabase
 
-    caplog.set_level(logging.INFO, logger="cosmos_mongo")
+    caplog.set_level(logging.DEBUG, logger="cosmos_mongo")
     prompt = mock_store.create_prompt("A robot arm stacks blocks", {}, {})
     mock_store.enhance_prompt(prompt.id)
     CosmosStore(DroppingDatabase(mock_store.db, drop_on={1})).get_prompt(prompt.id)
@@ -174,7 +174,9 @@ def test_enhancer_calls_retries_and_batches_log_at_info(
     messages = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
     assert any(m.startswith("enhancer template-v1 answered in") for m in messages)
     assert any("connection dropped (AutoReconnect); sending it again" in m for m in messages)
-    assert any(m.startswith("import-sqlite: prompts 2/") for m in messages)
+    batches = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert not any(m.startswith("import-sqlite:") for m in messages)  # -v: a few lines piped
+    assert any(m.startswith("import-sqlite: prompts 2/") for m in batches)
 
 
 def test_cli_verbose_flags_turn_the_logger_on(tmp_path: Path) -> None:
