@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -41,6 +41,9 @@ Item = TypeVar("Item", bound=BaseModel)
 FREE_FORM_KEYS = frozenset({"inputs", "parameters", "outputs", "execution_config", "metadata"})
 # Bytes an answer's text copy adds around the JSON: the untrusted-data wrapper.
 WRAPPER_BYTES = 400
+# Bytes of the JSON-RPC reply, the CallToolResult keys and its _meta (server info) around
+# an answer's two copies.
+ENVELOPE_BYTES = 500
 
 
 class Page(BaseModel):
@@ -113,38 +116,59 @@ def page(
     noun: str,
     skipped: Sequence[SkippedDocument] = (),
 ) -> tuple[list[Item], dict[str, object]]:
-    """Cut ``items`` (fetched with ``limit=min(requested, allowed)``) to the byte cap.
+    """Cut ``items`` (fetched with ``limit=min(requested, allowed)``) so that the answer,
+    measured as :func:`answer_size` measures it (the bytes the client receives), fits
+    ``max_bytes``: a page that would not fit gets shorter, with ``next_offset`` for the rest.
     ``skipped`` are the documents of the same read that the library left out.
 
     Returns the items kept and the :class:`Page` fields describing the cut.
     """
-    budget = data_budget(max_bytes)
-    kept: list[Item] = []
-    size = 0
-    for item in items:
-        size += len(item.model_dump_json()) + 1
-        if kept and size > budget:
+    dumped = [item.model_dump(mode="json") for item in items]
+    kept = 0
+    size = answer_size({"items": []})
+    for data in dumped:
+        size += answer_size(data) - answer_size(None) + 2  # its two copies, with commas
+        if kept and size > max_bytes:
             break
-        kept.append(item)
+        kept += 1
+    facts = _page_facts(kept, len(items), offset, requested, allowed, max_bytes, noun, skipped)
+    # The facts (the note names offsets and skipped ids) take room too: measure it all.
+    while kept > 1 and answer_size({"items": dumped[:kept], **facts}) > max_bytes:
+        kept -= 1
+        facts = _page_facts(kept, len(items), offset, requested, allowed, max_bytes, noun, skipped)
+    return list(items[:kept]), facts
+
+
+def _page_facts(
+    kept: int,
+    fetched: int,
+    offset: int,
+    requested: int,
+    allowed: int,
+    max_bytes: int,
+    noun: str,
+    skipped: Sequence[SkippedDocument],
+) -> dict[str, object]:
+    """The :class:`Page` fields for a page of ``kept`` of the ``fetched`` items."""
     capped: Literal["count", "bytes"] | None = None
     note = None
-    read = len(items) + len(skipped)  # the offsets count every document read
-    if len(kept) < len(items):
+    read = fetched + len(skipped)  # the offsets count every document read
+    if kept < fetched:
         # A left-out document before the cut is then read (and named) again: never is an
         # item passed over.
-        next_offset: int | None = offset + len(kept)
+        next_offset: int | None = offset + kept
     else:
         next_offset = offset + read if read and read >= min(requested, allowed) else None
-    if len(kept) < len(items):
+    if kept < fetched:
         capped = "bytes"
         note = (
-            f"Returned {len(kept)} {noun}: the answer reached its {max_bytes:,}-byte cap. "
+            f"Returned {_count(kept, noun)}: the answer reached its {max_bytes:,}-byte cap. "
             f"Call again with offset={next_offset} for the rest."
         )
     elif requested > allowed and read == allowed:
         capped = "count"
         note = (
-            f"Returned {len(kept)} {noun}, the most one answer holds (you asked for "
+            f"Returned {_count(kept, noun)}, the most one answer holds (you asked for "
             f"{requested}). Call again with offset={next_offset} for more."
         )
     if skipped:
@@ -154,8 +178,8 @@ def page(
             "fixed or deleted (e.g. in mongosh); verify_enhancements lists every such document."
         )
         note = left_out if note is None else f"{note} {left_out}"
-    return kept, {
-        "returned": len(kept),
+    return {
+        "returned": kept,
         "offset": offset,
         "next_offset": next_offset,
         "capped": capped,
@@ -164,17 +188,37 @@ def page(
     }
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 prompt``, ``2 prompts`` (``noun`` is the plural)."""
+    return f"{number} {noun[:-1] if number == 1 and noun.endswith('s') else noun}"
+
+
 def data_budget(max_bytes: int) -> int:
     """Bytes the structured data may take: an answer carries it twice (structured and text)."""
     return (max_bytes - WRAPPER_BYTES) // 2
 
 
+def compact_json(value: Any) -> str:
+    """``value`` as the client receives it: JSON without spaces, non-ASCII as is."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def json_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False).encode())
+    """Bytes of ``value``'s compact JSON (:func:`compact_json`)."""
+    return len(compact_json(value).encode())
 
 
-def fit(data: Any, max_bytes: int) -> Any:
-    """``data`` with long values cut until its JSON takes at most ``max_bytes``.
+def answer_size(data: Any) -> int:
+    """Bytes an :func:`answer` holding ``data`` takes on the wire: the structured copy, plus the
+    text copy as a JSON string (its quotes and backslashes escaped), plus its wrapper."""
+    text = compact_json(data)
+    wrapped = json.dumps(untrusted(text), ensure_ascii=False)
+    return len(text.encode()) + len(wrapped.encode()) + ENVELOPE_BYTES
+
+
+def fit(data: Any, max_bytes: int, size: Callable[[Any], int] = json_size) -> Any:
+    """``data`` with long values cut until ``size(data)`` (its compact JSON's bytes unless
+    told) is at most ``max_bytes``.
 
     Long strings keep their start; a large free-form value is replaced whole. Each cut leaves
     a marker saying how much is missing and how to read it (``read_document``).
@@ -182,12 +226,12 @@ def fit(data: Any, max_bytes: int) -> Any:
     Raises:
         ToolError: even with every long value cut, the data is too large (too many items).
     """
-    if json_size(data) <= max_bytes:
+    if size(data) <= max_bytes:
         return data
     limit = max_bytes // 4
     while limit >= 64:
         cut = _cut(data, limit, None, free=False)
-        if json_size(cut) <= max_bytes:
+        if size(cut) <= max_bytes:
             return cut
         limit //= 2
     raise ToolError(
@@ -232,9 +276,9 @@ def _marker(missing: int, unit: str, document_id: str | None) -> str:
 
 def answer(model: BaseModel, max_bytes: int) -> CallToolResult:
     """Structured content cut to fit the cap; the text copy wrapped as untrusted stored data."""
-    data = fit(model.model_dump(mode="json"), data_budget(max_bytes))
+    data = fit(model.model_dump(mode="json"), max_bytes, answer_size)
     return CallToolResult(
-        content=[TextContent(type="text", text=untrusted(json.dumps(data, ensure_ascii=False)))],
+        content=[TextContent(type="text", text=untrusted(compact_json(data)))],
         structured_content=data,
     )
 
