@@ -52,7 +52,13 @@ from cosmos_mongo.config import Settings
 from cosmos_mongo.enhancers import INSTRUCTIONS, MAX_TOKENS, TEMPERATURE, tidy_model_text
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError, StorageError
 from cosmos_mongo.models import DeletionResult, Listing, Prompt, Run, VerificationReport
-from cosmos_mongo.validation import MAX_PROMPT_TEXT_CHARS, ModelType, RunStatus
+from cosmos_mongo.validation import (
+    MAX_PROMPT_TEXT_CHARS,
+    ModelType,
+    RunStatus,
+    check_prompt_id,
+    check_run_id,
+)
 from mcp_server.protocol import CosmosMCPServer
 from mcp_server.results import (
     DetailsAnswer,
@@ -70,7 +76,9 @@ from mcp_server.results import (
     library,
     page,
     storage_message,
+    tool_error,
     untrusted,
+    untrusted_mermaid,
 )
 from mcp_server.settings import ServerSettings
 
@@ -453,6 +461,10 @@ async def list_runs(
     found = await state.call(
         lambda store: store.list_runs(prompt_id, model_type, status, allowed, offset)
     )
+    if prompt_id is not None and not found and not found.skipped and offset == 0:
+        # No runs: say so for a prompt that exists, "not found" for one that does not (the
+        # runs a deleted prompt's enhancements left as provenance still list).
+        await _existing_prompt(state, prompt_id)
     return state.answer(_run_page(state, found, offset, limit, allowed))
 
 
@@ -473,6 +485,11 @@ async def read_document(
 
     Use only when an answer says a value was cut; follow `next_offset` for the rest."""
     state = _state(ctx)
+    check = check_run_id if document_id.startswith("rs_") else check_prompt_id
+    try:
+        check(document_id, "document_id")  # errors name this tool's argument
+    except InvalidInputError as exc:
+        raise tool_error(exc, state.location) from exc
     found: Prompt | Run | None
     if document_id.startswith("rs_"):
         found = await state.call(lambda store: store.get_run(document_id))
@@ -582,7 +599,13 @@ async def _client_rewrite(
         ModelPreferences(hints=[ModelHint(name=enhancement_model)]) if enhancement_model else None
     )
     sample = Sample(
-        [SamplingMessage(role="user", content=TextContent(type="text", text=prompt.prompt_text))],
+        [
+            SamplingMessage(
+                role="user",
+                # The same on every round (2026-07-28 retries compare it): a stable tag.
+                content=TextContent(type="text", text=untrusted(prompt.prompt_text, stable=True)),
+            )
+        ],
         max_tokens=MAX_TOKENS,
         system_prompt=INSTRUCTIONS,
         temperature=TEMPERATURE,
@@ -882,7 +905,8 @@ def _register_resources(server: CosmosMCPServer[AppState]) -> None:
             lineage = await (await state.store()).get_lineage(prompt_id)
         except (CosmosMongoError, ToolError) as exc:
             raise ResourceNotFoundError(f"prompt {prompt_id!r}: {exc}") from exc
-        return _capped_diagram(lineage.to_mermaid(), data_budget(state.settings.max_bytes))
+        diagram = _capped_diagram(lineage.to_mermaid(), data_budget(state.settings.max_bytes) - 400)
+        return untrusted_mermaid(diagram)
 
 
 def _capped_diagram(diagram: str, max_bytes: int) -> str:

@@ -493,7 +493,9 @@ async def test_lineage_comes_as_escaped_mermaid_from_tool_resource_and_cli(
         tool = await call(session, "get_lineage", prompt_id=child.enhanced_prompt_id)
         resource = await session.read_resource(f"cosmos://lineage/{child.enhanced_prompt_id}")
     diagram = tool["mermaid"]
-    assert resource.contents[0].text == diagram
+    first, *inside, last = resource.contents[0].text.splitlines()  # marked untrusted
+    assert first.startswith("%% <untrusted-user-data-") and last.startswith("%% </untrusted")
+    assert "\n".join(inside) == diagram.rstrip("\n")
     lines = diagram.splitlines()
     assert all(MERMAID_LINE.fullmatch(line) for line in lines), diagram
     assert sum("-->" in line for line in lines) == 2  # the edge and the in-place self-loop

@@ -178,7 +178,7 @@ async def test_errors_are_actionable(harness: Harness) -> None:
         refused = await error(
             session, "enhance_prompt", prompt_id=prompt.id, create_new=False, confirm=True
         )
-        assert "force_overwrite=True" in refused and "create_new=True" in refused
+        assert "force_overwrite: true" in refused and "create_new: true" in refused
         schema_error = await error(session, "rate_run", run_id="rs_" + "1" * 32, rating=9)
         assert "rating" in schema_error and "less than or equal to 5" in schema_error
         assert "valid integer" in await error(
@@ -287,7 +287,7 @@ async def test_client_sampling_writes_the_rewrite_when_the_client_offers_it(
             session, "enhance_prompt", prompt_id=prompt.id, enhanced_text="Written by the agent."
         )
         assert agent["path"] == "agent" and len(seen) == 1  # agent text needs no sampling
-    assert seen[0].messages[0].content.text == "A robot arm stacks blocks"
+    assert "\nA robot arm stacks blocks\n</untrusted-user-data-" in seen[0].messages[0].content.text
     assert "250 words" in seen[0].system_prompt
     assert seen[0].model_preferences.hints[0].name == "llama"
 
