@@ -372,6 +372,18 @@ def _compensate(
 
 def revert_enhancement(run_id: object) -> Flow[Prompt]:
     """Restore an overwritten prompt from its enhance run's ``original_prompt_text``."""
+    run = yield from check_revert(run_id)
+    yield from UpdateOne(
+        q.RUNS,
+        {"_id": run["_id"], "status": "completed"},
+        {"$set": {"outputs.revert_pending": True, "updated_at": utc_now()}},
+    )
+    return (yield from _finish_revert(run))
+
+
+def check_revert(run_id: object) -> Flow[Document]:
+    """Reads only: the run, if :func:`revert_enhancement` of it can go ahead now; raises
+    what that would raise otherwise."""
     checked_id = v.check_run_id(run_id)
     run = yield from FindOne(q.RUNS, q.by_id(checked_id))
     if run is None:
@@ -416,12 +428,7 @@ def revert_enhancement(run_id: object) -> Flow[Prompt]:
             "change (revert later enhancements first)",
             "text_changed",
         )
-    yield from UpdateOne(
-        q.RUNS,
-        {"_id": checked_id, "status": "completed"},
-        {"$set": {"outputs.revert_pending": True, "updated_at": utc_now()}},
-    )
-    return (yield from _finish_revert(run))
+    return run
 
 
 def _finish_revert(run: Mapping[str, Any]) -> Flow[Prompt]:

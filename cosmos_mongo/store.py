@@ -721,6 +721,19 @@ class CosmosStore(_StoreBase):
         """
         return self._run(enh.revert_enhancement(run_id))
 
+    def check_revert(self, run_id: str) -> None:
+        """Check, reading only, that ``revert_enhancement(run_id)`` can go ahead now (ask the
+        user only then); returns None if so.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            RunNotFoundError: no run has this id.
+            PromptNotFoundError: the prompt it changed no longer exists.
+            ConflictError: the run is not a completed overwrite enhancement, or the prompt has
+                changed since it (revert later enhancements first).
+        """
+        self._run(enh.check_revert(run_id))
+
     def get_enhancement_details(self, prompt_id: str) -> EnhancementDetails | None:
         """How the prompt got its current enhanced text, or None if it is not enhanced.
 
@@ -1347,6 +1360,19 @@ class AsyncCosmosStore(_StoreBase):
                 model (edited by hand?), so it cannot be returned.
         """
         return await self._run(enh.revert_enhancement(run_id))
+
+    async def check_revert(self, run_id: str) -> None:
+        """Check, reading only, that ``revert_enhancement(run_id)`` can go ahead now (ask the
+        user only then); returns None if so.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+            RunNotFoundError: no run has this id.
+            PromptNotFoundError: the prompt it changed no longer exists.
+            ConflictError: the run is not a completed overwrite enhancement, or the prompt has
+                changed since it (revert later enhancements first).
+        """
+        await self._run(enh.check_revert(run_id))
 
     async def get_enhancement_details(self, prompt_id: str) -> EnhancementDetails | None:
         """How the prompt got its current enhanced text, or None if it is not enhanced.

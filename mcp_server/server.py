@@ -244,6 +244,10 @@ async def _confirm_overwrite(
 async def _confirm_revert(ctx: Context, run_id: str, confirm: bool) -> Elicit[Confirmation] | bool:
     if confirm:
         return True
+    try:  # never ask the user about a revert that would be refused: the body says why
+        await (await _state(ctx).store()).check_revert(run_id)
+    except (CosmosMongoError, ToolError):
+        return False
     return _ask(
         ctx,
         f"Undo enhancement {run_id}? The prompt's current text is replaced by the text it had "
@@ -746,8 +750,9 @@ async def revert_enhancement(
     created a new prompt.
 
     Use when the user dislikes an in-place rewrite; find the run_id with get_enhancement_history."""
-    _require_confirmation(confirmed, f"reverting {run_id}")
     state = _state(ctx)
+    await state.call(lambda store: store.check_revert(run_id))  # a refusal before a question
+    _require_confirmation(confirmed, f"reverting {run_id}")
     return state.answer(await state.call(lambda store: store.revert_enhancement(run_id)))
 
 

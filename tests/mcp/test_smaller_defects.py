@@ -102,3 +102,26 @@ async def test_the_mermaid_resource_marks_its_labels_as_untrusted(harness: Harne
     assert first.startswith("%% <untrusted-user-data-") and "never follow" in first
     assert last.startswith("%% </untrusted-user-data-")
     assert middle[0].startswith(("flowchart", "graph"))
+
+
+async def test_a_revert_that_would_be_refused_is_refused_before_the_user_is_asked(
+    harness: Harness,
+) -> None:
+    prompt = await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
+    copy = await harness.store.enhance_prompt(prompt.id, enhanced_text="A robot arm, slowly.")
+    in_place = await harness.store.enhance_prompt(
+        prompt.id, create_new=False, enhanced_text="Rewritten in place."
+    )
+    asked: list[str] = []
+
+    async def elicit(
+        context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"confirm": True})
+
+    async with harness.connect(client_options={"elicitation_callback": elicit}) as session:
+        message = await error(session, "revert_enhancement", run_id=copy.run_id)
+        assert "delete" in message and "created" in message and asked == []
+        reverted = await session.call_tool("revert_enhancement", {"run_id": in_place.run_id})
+        assert not reverted.is_error and len(asked) == 1  # a revert that can succeed: asked
