@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from cosmos_mongo.config import Settings
 from mcp_server.server import TOOLS, Operation, build_server
@@ -49,6 +51,22 @@ def check_http(settings: ServerSettings) -> str | None:
             "the names clients use (e.g. mcp.example.com:*) for DNS-rebinding protection"
         )
     return None
+
+
+_PREFIXES = {"ServerSettings": "COSMOS_MCP_", "Settings": "COSMOS_MONGO_"}
+
+
+def settings_problem(exc: ValidationError | SettingsError) -> str:
+    """One line naming the bad environment variable and its rule (never its value: it may be
+    a token or a connection string)."""
+    if isinstance(exc, SettingsError):
+        return f"bad setting: {str(exc).splitlines()[0]}"
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"{_PREFIXES.get(exc.title, '')}{field.upper()}" if field else exc.title
+        problems.append(f"{name}: {error['msg'][:1].lower()}{error['msg'][1:]}")
+    return "bad setting " + "; ".join(problems)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,15 +116,23 @@ def main(
         "port": port,
         "read_only": read_only,
     }
-    settings = ServerSettings.model_validate({k: v for k, v in overrides.items() if v is not None})
+    library: dict[str, Any] = {"uri": uri, "database": database, "data_dir": data_dir}
+    if skip_indexes:
+        library["ensure_indexes"] = False
+    try:
+        settings = ServerSettings.model_validate(
+            {k: v for k, v in overrides.items() if v is not None}
+        )
+        library_settings = Settings.model_validate(
+            {k: v for k, v in library.items() if v is not None}
+        )
+    except (ValidationError, SettingsError) as exc:
+        click.echo(f"cosmos-mongo-mcp: {settings_problem(exc)}", err=True)
+        sys.exit(2)
     if disabled:
         settings = settings.model_copy(
             update={"disabled_tools": [*settings.disabled_tools, *disabled]}
         )
-    library: dict[str, Any] = {"uri": uri, "database": database, "data_dir": data_dir}
-    if skip_indexes:
-        library["ensure_indexes"] = False
-    library_settings = Settings.model_validate({k: v for k, v in library.items() if v is not None})
     # Logs go to stderr: on stdio, stdout carries the protocol.
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING)
     server = build_server(settings, library_settings=library_settings)
