@@ -209,6 +209,14 @@ def check_arguments(tool: Tool, arguments: dict[str, Any]) -> None:
         raise ToolError(f"Error executing tool {tool.name}: {invalid_argument(exc)}") from exc
 
 
+# The id patterns of the tool schemas, in the library's words.
+_ID_RULES = {
+    r"^ps_[0-9a-f]{8,64}$": "'ps_' followed by 8 to 64 lowercase hex characters",
+    r"^rs_[0-9a-f]{8,64}$": "'rs_' followed by 8 to 64 lowercase hex characters",
+    r"^(ps|rs)_[0-9a-f]{8,64}$": "'ps_' or 'rs_' followed by 8 to 64 lowercase hex characters",
+}
+
+
 def invalid_argument(exc: ValidationError) -> str:
     """The first schema error as "Invalid argument `field`: rule (got value)."."""
     error = exc.errors()[0]
@@ -216,6 +224,9 @@ def invalid_argument(exc: ValidationError) -> str:
     if error["type"] == "missing":
         return f"Invalid argument `{field}`: it is required."
     rule = error["msg"][:1].lower() + error["msg"][1:]
+    pattern = (error.get("ctx") or {}).get("pattern")
+    if error["type"] == "string_pattern_mismatch" and pattern in _ID_RULES:
+        rule = f"it must be {_ID_RULES[pattern]}"
     shown = json.dumps(error.get("input"), ensure_ascii=True, default=str)
     if len(shown) > 60:
         shown = shown[:57] + "..."

@@ -170,12 +170,16 @@ def _state(ctx: Context) -> AppState:
 
 # -- argument types: the library's names, described for a model reader ----------------------
 
+# The library's id rule (cosmos_mongo.validation.check_id), published so a client can check.
+PROMPT_ID_PATTERN = r"^ps_[0-9a-f]{8,64}$"
+RUN_ID_PATTERN = r"^rs_[0-9a-f]{8,64}$"
 PromptId = Annotated[
     str,
     Field(
         description="A prompt id: 'ps_' and lowercase hex characters, as returned by "
         "list_prompts, search_prompts or create_prompt.",
         max_length=67,
+        pattern=PROMPT_ID_PATTERN,
     ),
 ]
 RunId = Annotated[
@@ -184,6 +188,7 @@ RunId = Annotated[
         description="A run id: 'rs_' and lowercase hex characters, as returned by "
         "list_runs, get_enhancement_history or enhance_prompt.",
         max_length=67,
+        pattern=RUN_ID_PATTERN,
     ),
 ]
 # strict: a JSON true is not the number 1, "5" is not 5 (lax coercion would hide bad calls).
@@ -393,7 +398,12 @@ async def get_enhancement_details(
 async def get_original_prompt(
     ctx: Context,
     enhanced_prompt_id: Annotated[
-        str, Field(description="The id of an enhanced prompt (ps_...).", max_length=67)
+        str,
+        Field(
+            description="The id of an enhanced prompt (ps_...).",
+            max_length=67,
+            pattern=PROMPT_ID_PATTERN,
+        ),
     ],
 ) -> Annotated[CallToolResult, OriginalAnswer]:
     """Get the prompt an enhanced prompt was created from (create_new enhancements only;
@@ -450,7 +460,12 @@ async def get_run(ctx: Context, run_id: RunId) -> Annotated[CallToolResult, Run]
 async def list_runs(
     ctx: Context,
     prompt_id: Annotated[
-        str | None, Field(description="Only runs of this prompt (ps_...).", max_length=67)
+        str | None,
+        Field(
+            description="Only runs of this prompt (ps_...).",
+            max_length=67,
+            pattern=PROMPT_ID_PATTERN,
+        ),
     ] = None,
     model_type: Annotated[ModelType | None, Field(description="Only runs of this type.")] = None,
     status: Annotated[RunStatus | None, Field(description="Only runs in this status.")] = None,
@@ -476,7 +491,11 @@ async def read_document(
     ctx: Context,
     document_id: Annotated[
         str,
-        Field(description="A prompt id (ps_...) or run id (rs_...).", max_length=67),
+        Field(
+            description="A prompt id (ps_...) or run id (rs_...).",
+            max_length=67,
+            pattern=r"^(ps|rs)_[0-9a-f]{8,64}$",
+        ),
     ],
     offset: Offset = 0,
     max_chars: Annotated[

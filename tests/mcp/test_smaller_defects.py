@@ -3,6 +3,7 @@ stored text as untrusted, and speaks JSON."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -125,3 +126,25 @@ async def test_a_revert_that_would_be_refused_is_refused_before_the_user_is_aske
         assert "delete" in message and "created" in message and asked == []
         reverted = await session.call_tool("revert_enhancement", {"run_id": in_place.run_id})
         assert not reverted.is_error and len(asked) == 1  # a revert that can succeed: asked
+
+
+async def test_every_id_argument_publishes_the_id_pattern(harness: Harness) -> None:
+    prompt = await harness.store.create_prompt("A robot arm", {}, {})
+    run = await harness.store.create_run(prompt.id, {})
+    ids = {"prompt_id", "run_id", "enhanced_prompt_id", "document_id"}
+    async with harness.connect() as session:
+        tools = (await session.list_tools()).tools
+        seen = 0
+        for tool in tools:
+            for name, schema in tool.input_schema["properties"].items():
+                if name not in ids:
+                    continue
+                seen += 1
+                options = schema.get("anyOf", [schema])
+                pattern = next(option["pattern"] for option in options if "pattern" in option)
+                good = run.id if name == "run_id" else prompt.id
+                assert re.fullmatch(pattern.strip("^$"), good), (tool.name, name)
+                assert not re.fullmatch(pattern.strip("^$"), good[:3] + "$where"), tool.name
+        assert seen >= 10
+        message = await error(session, "get_prompt", prompt_id="ps_nothex")
+    assert "it must be 'ps_' followed by 8 to 64 lowercase hex characters" in message
