@@ -38,7 +38,9 @@ class HangingEnhancer:
 async def async_store(kind: str, tmp_path: Path, enhancer: Any) -> AsyncIterator[AsyncCosmosStore]:
     if kind == "mongomock-motor":
         client: Any = mongomock.MongoClient(tz_aware=True)
-        yield AsyncCosmosStore(AsyncMongoMockClient(mock_mongo_client=client)["c"], enhancer=enhancer)
+        yield AsyncCosmosStore(
+            AsyncMongoMockClient(mock_mongo_client=client)["c"], enhancer=enhancer
+        )
         return
     database = open_embedded(tmp_path / "data")
     try:
