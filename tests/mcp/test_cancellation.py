@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from mcp import Client, types
+from mcp import Client, MCPError, types
 from mcp.client.context import ClientRequestContext
 
 from cosmos_mongo.enhancers import OpenAICompatibleEnhancer
@@ -114,4 +114,32 @@ async def test_a_cancelled_call_whose_sampling_hangs_leaves_no_run_running(
         await cancel_once(
             asked, lambda: session.call_tool("enhance_prompt", {"prompt_id": prompt.id})
         )
+        await assert_settled_and_deletable(session, harness, prompt.id)
+
+
+async def test_a_json_rpc_request_timeout_sends_cancelled_and_the_run_is_marked_failed(
+    harness: Harness,
+) -> None:
+    """2025-11-25 over JSON-RPC: the client's read timeout sends notifications/cancelled."""
+    asked = anyio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")
+
+    transport = httpx.MockTransport(hang)
+    enhancer = OpenAICompatibleEnhancer(
+        "http://chat.test/v1", "llama-3.1-8b", transport=transport, async_transport=transport
+    )
+    prompt = await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
+    options = {"mode": "legacy", "read_timeout_seconds": 1}
+    async with harness.connect(enhancer=enhancer, client_options=options) as session:
+        with pytest.raises(MCPError, match="timed out"):
+            await session.call_tool("enhance_prompt", {"prompt_id": prompt.id})
+        assert asked.is_set()
+        with anyio.fail_after(10):  # the server settles once the notification arrives
+            await anyio.wait_all_tasks_blocked()
+        runs = await harness.store.list_runs(prompt.id)
+        assert [run.status for run in runs] == ["failed"]
         await assert_settled_and_deletable(session, harness, prompt.id)
