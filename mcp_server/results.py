@@ -218,6 +218,13 @@ def answer_size(data: Any) -> int:
     return len(text.encode()) + len(wrapped.encode()) + ENVELOPE_BYTES
 
 
+def indented_size(data: Any) -> int:
+    """Bytes ``data`` takes as the indented JSON a resource or prompt message holds, sent as a
+    JSON string (its quotes, backslashes and newlines escaped)."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    return len(json.dumps(text, ensure_ascii=False).encode())
+
+
 def fit(data: Any, max_bytes: int, size: Callable[[Any], int] = json_size) -> Any:
     """``data`` with long values cut until ``size(data)`` (its compact JSON's bytes unless
     told) is at most ``max_bytes``.

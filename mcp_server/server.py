@@ -61,6 +61,8 @@ from cosmos_mongo.validation import (
 )
 from mcp_server.protocol import CosmosMCPServer
 from mcp_server.results import (
+    ENVELOPE_BYTES,
+    WRAPPER_BYTES,
     DetailsAnswer,
     DocumentText,
     EnhanceAnswer,
@@ -72,6 +74,7 @@ from mcp_server.results import (
     data_budget,
     document_text,
     fit,
+    indented_size,
     json_size,
     library,
     page,
@@ -886,7 +889,8 @@ def _register_resources(server: CosmosMCPServer[AppState]) -> None:
             raise ResourceNotFoundError(f"{kind} {document_id!r}: {exc}") from exc
         if found is None:
             raise ResourceNotFoundError(f"no {kind} has the id {document_id!r}")
-        data = fit(found.model_dump(mode="json"), data_budget(state.settings.max_bytes))
+        budget = state.settings.max_bytes - WRAPPER_BYTES - ENVELOPE_BYTES
+        data = fit(found.model_dump(mode="json"), budget, indented_size)
         return untrusted(json.dumps(data, ensure_ascii=False, indent=2))
 
     @server.resource(
@@ -996,7 +1000,12 @@ def _register_prompt(server: CosmosMCPServer[AppState], can_store: bool) -> None
                 "parameters": prompt.parameters,
                 "id": prompt.id,
             },
-            data_budget(state.settings.max_bytes) - len(GUIDANCE) - len(STORE_IT) - 200,
+            state.settings.max_bytes
+            - WRAPPER_BYTES
+            - ENVELOPE_BYTES
+            - len(json.dumps(GUIDANCE + STORE_IT))
+            - 200,
+            indented_size,
         )
         del stored["id"]  # named only so a cut can say which document to read
         ending = STORE_IT.format(prompt_id=prompt.id) if can_store else SHOW_IT

@@ -54,3 +54,21 @@ async def test_the_note_of_a_page_of_one_says_prompt_in_the_singular(harness: Ha
     page = result.structured_content
     assert page is not None and page["returned"] == 1 and page["capped"] == "bytes"
     assert page["note"].startswith("Returned 1 prompt: the answer reached")
+
+
+def nested(value: object, depth: int) -> object:
+    return value if depth == 0 else {"k": nested(value, depth - 1)}
+
+
+async def test_the_prompt_resource_stays_under_the_cap_with_deeply_indented_values(
+    harness: Harness,
+) -> None:
+    # 1 KB of compact JSON, over 10 KB as the indented JSON string the resource sends.
+    deep = nested([1] * 240, 6)
+    prompt = await harness.store.create_prompt("A robot arm", {"deep": deep}, {"deep": deep})
+    cap = 10_000
+    async with harness.connect(max_bytes=cap) as session:
+        resource = await session.read_resource(f"cosmos://prompts/{prompt.id}")
+    assert len(resource.model_dump_json(by_alias=True).encode()) <= cap
+    text = resource.contents[0].text
+    assert "[cut by cosmos-mongo" in text
