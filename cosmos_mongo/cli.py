@@ -341,7 +341,7 @@ def _details(model: BaseModel) -> None:
     "-v",
     "--verbose",
     count=True,
-    help="Log to stderr: -v retries and enhancer calls; -vv also each batch and database operation.",
+    help="Log to stderr: -v retries and enhancer calls; -vv also batches and database operations.",
 )
 @click.version_option(package_name="cosmos-mongo")
 @click.pass_context
