@@ -135,7 +135,10 @@ def page(
         kept += 1
     facts = _page_facts(kept, len(items), offset, requested, allowed, max_bytes, noun, skipped)
     # The facts (the note names offsets and skipped ids) take room too: measure it all.
-    while kept > 1 and answer_size({"items": dumped[:kept], **facts}) > max_bytes:
+    left_out = [each.model_dump(mode="json") for each in skipped]
+    while (
+        kept > 1 and answer_size({"items": dumped[:kept], **facts, "skipped": left_out}) > max_bytes
+    ):
         kept -= 1
         facts = _page_facts(kept, len(items), offset, requested, allowed, max_bytes, noun, skipped)
     return list(items[:kept]), facts
