@@ -49,7 +49,7 @@ def test_every_cli_command_is_in_the_readme(command: str) -> None:
 def test_readme_says_how_long_the_test_command_takes() -> None:
     after = README.split(".venv/bin/python -m pytest\n```", 1)[1]
     first = " ".join(after.strip().split("\n\n", 1)[0].split())
-    assert first.startswith("The tests take about 8 minutes on two cores, more on the first run")
+    assert first.startswith("The tests take about 6 minutes on two cores")
     assert "installs mongosh" in first
 
 
