@@ -5,8 +5,9 @@
 For each N it writes a predecessor SQLite file of N prompts and N runs, then runs the CLI as a
 user would, each command a fresh process on the embedded default: `import-sqlite` of that file
 into an empty store, `export` of the store to a directory, and `copy --to-data-dir` of the
-store into a second, empty embedded store (which ends with `verify` on the target), then
-`verify` of that target alone (a new process: the check copy ends with, and a start-up). Prints a
+store into a second, empty embedded store (which checks every document as it writes it and
+ends with a count and the quick `verify` of the target), then the full `verify` of that target
+alone (a new process: what a user runs to check the copy's data in full). Prints a
 Markdown table of wall times and each command's seconds per 1,000 documents, which stays level
 when a command grows linearly.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 from tests.predecessor_db import add_prompt, add_run, create, pid, rid
 
 COMMANDS = ("import-sqlite", "export", "copy")
-CHECK = "verify"  # of the copy's target: what copy ends with
+CHECK = "verify"  # the full checks of the copy's target, run on their own
 
 # The CLI as its console script runs it.
 _CLI = "import sys; from cosmos_mongo.cli import main; sys.argv[0] = 'cosmos-mongo'; main()"

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import click
 from bson import json_util
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -34,7 +35,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.tree import Tree
 
-from cosmos_mongo.config import Settings, mongodb_hosts
+from cosmos_mongo.config import Settings, mongodb_hosts, settings_problem
 from cosmos_mongo.enhancers import without_credentials, word_count
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError, PromptNotFoundError
 from cosmos_mongo.files import create_private, private_directory
@@ -98,10 +99,21 @@ class _Group(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except Exception as exc:
+            if _bad_settings(exc):
+                # A usage error, as a bad option is: exit 2, the variable named, no value.
+                click.echo(f"Error: {settings_problem(exc)}", err=True)
+                raise SystemExit(2) from exc
             if os.environ.get("COSMOS_MONGO_DEBUG"):
                 raise
             message = f"unexpected error ({type(exc).__name__}): {exc}"
             raise click.ClickException(_printable(message)) from exc
+
+
+def _bad_settings(exc: Exception) -> TypeGuard[ValidationError | SettingsError]:
+    """Whether reading the ``COSMOS_MONGO_*`` environment failed (not a model elsewhere)."""
+    if isinstance(exc, ValidationError):
+        return exc.title == Settings.__name__
+    return isinstance(exc, SettingsError)
 
 
 def _printable(message: str) -> str:
@@ -1259,22 +1271,31 @@ def export(state: _Context, directory: Path, as_json: bool) -> None:
     collection and one document per line (mongoimport reads them as they are). The files are
     0600 and any directory it creates 0700: they hold every prompt and run."""
     targets = {name: directory / f"{name}.json" for name in COLLECTIONS}
-    taken = [str(path) for path in targets.values() if path.exists()]
-    if taken:
-        raise InvalidInputError("directory", f"already holds {', '.join(taken)}; nothing written")
-    private_directory(directory)
     store = state.store()
     counts = {}
-    with _progress("export") as say:
-        for name, path in targets.items():
-            written, total = 0, _stored(store, name)
-            with create_private(path) as file:
-                for batch in _batches(store.iter_documents(name), 500):
-                    for document in batch:
-                        file.write(json_util.dumps(document, json_options=_EXTENDED_JSON) + "\n")
-                    written += len(batch)
-                    say(name, written, total)
-            counts[name] = written
+    try:
+        taken = [str(path) for path in targets.values() if path.exists()]
+        if taken:
+            raise InvalidInputError(
+                "directory", f"already holds {', '.join(taken)}; nothing written"
+            )
+        private_directory(directory)
+        with _progress("export") as say:
+            for name, path in targets.items():
+                written, total = 0, _stored(store, name)
+                with create_private(path) as file:
+                    for batch in _batches(store.iter_documents(name), 500):
+                        for document in batch:
+                            line = json_util.dumps(document, json_options=_EXTENDED_JSON)
+                            file.write(line + "\n")
+                        written += len(batch)
+                        say(name, written, total)
+                counts[name] = written
+    except OSError as exc:  # a name too long, a full disk, no permission...
+        done = f"; {', '.join(counts)} written before it stopped" if counts else ""
+        raise click.ClickException(
+            f"cannot write the export to {_shortened_path(directory)}: {exc.strerror or exc}{done}"
+        ) from exc
     if as_json:
         click.echo(json.dumps({"directory": str(directory), **counts}, indent=2))
     else:
@@ -1282,6 +1303,15 @@ def export(state: _Context, directory: Path, as_json: bool) -> None:
             f"Exported {counts['prompts']:,} prompt(s) and {counts['runs']:,} run(s) from "
             f"{state.where()} to {directory}"
         )
+
+
+def _shortened_path(path: Path, limit: int = 120) -> str:
+    """``path`` for one line of an error: its middle elided when it is longer than ``limit``."""
+    shown = str(path)
+    if len(shown) <= limit:
+        return shown
+    half = (limit - 1) // 2
+    return f"{shown[:half]}\u2026{shown[-half:]}"
 
 
 _EXTENDED_JSON = json_util.JSONOptions(
@@ -1324,7 +1354,10 @@ def copy(
 ) -> None:
     """Copy every prompt and run from the store the command points at (--uri, else
     COSMOS_MONGO_URI, else the embedded default) to another store, ids kept. Safe to run
-    again: documents already there are left alone. Ends with verify on the target."""
+    again: documents already there are left alone. Every document is checked against the
+    data model as it is written; the copy ends by counting the target, and with verify on
+    it: the quick checks when it started empty (it then holds exactly what was checked), the
+    full ones when it already held documents."""
     if to_uri is not None and to_data_dir is not None:
         raise click.UsageError(
             "--to URI (a server) and --to-data-dir DIR (an embedded database) name two "
@@ -1352,6 +1385,7 @@ def copy(
         CosmosStore.connect(target_uri, settings=target_settings) as target,
         _progress("copy") as say,
     ):
+        started_empty = all(_counted(target, name) == 0 for name in COLLECTIONS)
         for name in COLLECTIONS:
             totals = {"inserted": 0, "identical": 0, "differing": 0}
             total = _stored(source, name)
@@ -1362,9 +1396,13 @@ def copy(
                 totals["differing"] += differing
                 say(name, sum(totals.values()), total)
             outcome[name] = totals
-        report = target.verify()
+        missing = _missing_after_copy(target, outcome)
+        # A target that started empty holds only documents checked on the way in, so the
+        # full checks would read them all again to learn what the source already knew.
+        report = target.verify(quick=started_empty)
     if as_json:
-        click.echo(json.dumps({**outcome, "verify_ok": report.ok}, indent=2))
+        summary = {"verify_ok": report.ok, "verify": "quick" if report.quick else "full"}
+        click.echo(json.dumps({**outcome, "missing": missing, **summary}, indent=2))
     else:
         for collection, totals in outcome.items():
             click.echo(
@@ -1372,10 +1410,35 @@ def copy(
                 f"{totals['identical']:,} already there, "
                 f"{totals['differing']:,} differ (left as they are)"
             )
+        for collection, count in missing.items():
+            console.print(
+                f"[red]FAIL[/red] {collection} copied but missing from the target: {count:,} "
+                "(did another process delete them?)"
+            )
         click.echo(f"Verification of {target_settings.location(target_uri)}:")
         _print_verification(report)
-    if not report.ok:
+        if report.quick:
+            click.echo(
+                "every copied document was checked against the data model as it was written; "
+                "`cosmos-mongo verify` on the target runs the full checks"
+            )
+    if missing or not report.ok:
         raise SystemExit(1)
+
+
+def _counted(store: CosmosStore, collection: str) -> int:
+    """How many documents ``collection`` holds, counted (not the server's estimate)."""
+    return int(store.db[collection].count_documents({}))
+
+
+def _missing_after_copy(target: CosmosStore, outcome: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Per collection, how many fewer documents the target holds than the copy wrote or found
+    there (none, unless something deleted them meanwhile)."""
+    missing = {}
+    for name, totals in outcome.items():
+        if (held := _counted(target, name)) < (expected := sum(totals.values())):
+            missing[name] = expected - held
+    return missing
 
 
 DEMO_PROMPTS = (

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_serializer
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_serializer
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from cosmos_mongo.redaction import redact_url
 
@@ -110,3 +110,20 @@ def mongodb_hosts(uri: str) -> str:
     rest = uri.split("://", 1)[-1]
     hosts = rest.split("/", 1)[0].split("?", 1)[0]
     return hosts.rsplit("@", 1)[-1] or "an unnamed host"
+
+
+def settings_problem(
+    exc: ValidationError | SettingsError, prefixes: Mapping[str, str] | None = None
+) -> str:
+    """One line naming each bad environment variable and its rule (never its value: it may be
+    a token or a connection string). ``prefixes`` maps a settings class's name to its
+    variables' prefix (default: this module's ``Settings`` and ``COSMOS_MONGO_``)."""
+    if isinstance(exc, SettingsError):
+        return f"bad setting: {str(exc).splitlines()[0]}"
+    known = {"Settings": "COSMOS_MONGO_"} if prefixes is None else prefixes
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"{known.get(exc.title, '')}{field.upper()}" if field else exc.title
+        problems.append(f"{name}: {error['msg'][:1].lower()}{error['msg'][1:]}")
+    return "bad setting " + "; ".join(problems)

@@ -15,7 +15,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from cosmos_mongo.config import Settings
+from cosmos_mongo.config import Settings, settings_problem
 from mcp_server.server import TOOLS, Operation, build_server
 from mcp_server.settings import ServerSettings
 
@@ -54,19 +54,6 @@ def check_http(settings: ServerSettings) -> str | None:
 
 
 _PREFIXES = {"ServerSettings": "COSMOS_MCP_", "Settings": "COSMOS_MONGO_"}
-
-
-def settings_problem(exc: ValidationError | SettingsError) -> str:
-    """One line naming the bad environment variable and its rule (never its value: it may be
-    a token or a connection string)."""
-    if isinstance(exc, SettingsError):
-        return f"bad setting: {str(exc).splitlines()[0]}"
-    problems = []
-    for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else ""
-        name = f"{_PREFIXES.get(exc.title, '')}{field.upper()}" if field else exc.title
-        problems.append(f"{name}: {error['msg'][:1].lower()}{error['msg'][1:]}")
-    return "bad setting " + "; ".join(problems)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -127,7 +114,7 @@ def main(
             {k: v for k, v in library.items() if v is not None}
         )
     except (ValidationError, SettingsError) as exc:
-        click.echo(f"cosmos-mongo-mcp: {settings_problem(exc)}", err=True)
+        click.echo(f"cosmos-mongo-mcp: {settings_problem(exc, _PREFIXES)}", err=True)
         sys.exit(2)
     if disabled:
         settings = settings.model_copy(

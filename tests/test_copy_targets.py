@@ -152,3 +152,49 @@ def test_to_with_to_data_dir_is_refused_before_anything_is_opened(
     refused = _run("copy", "--to", "mongodb://nowhere.invalid", "--to-data-dir", str(tmp_path))
     assert refused.exit_code == 2
     assert "--to URI (a server) and --to-data-dir DIR" in refused.output
+
+
+def test_a_copy_into_an_empty_store_ends_with_the_quick_checks_and_a_count(
+    embedded: Path, tmp_path: Path
+) -> None:
+    copied = _run("copy", "--to-data-dir", str(tmp_path / "empty"), "--json")
+    assert copied.exit_code == 0, copied.output
+    answer = json.loads(copied.stdout)
+    assert (answer["verify"], answer["verify_ok"], answer["missing"]) == ("quick", True, {})
+    told = _run("copy", "--to-data-dir", str(tmp_path / "other"))
+    assert "`cosmos-mongo verify` on the target runs the full checks" in told.stdout
+
+
+def test_a_copy_into_a_store_that_held_documents_runs_the_full_checks_and_fails_on_them(
+    embedded: Path, tmp_path: Path
+) -> None:
+    with _embedded(tmp_path / "held", "cosmos") as target:
+        kept = target.create_prompt("A drone flies over farmland", {}, {})
+        run = target.create_run(kept.id, {"num_steps": 35})
+        # A run whose prompt is gone: what only the full checks find.
+        target.db["prompts"].delete_one({"_id": kept.id})
+    copied = _run("copy", "--to-data-dir", str(tmp_path / "held"), "--json")
+    answer = json.loads(copied.stdout)
+    assert copied.exit_code == 1
+    assert (answer["verify"], answer["verify_ok"]) == ("full", False)
+    with _embedded(tmp_path / "held", "cosmos") as target:
+        assert run.id in " ".join(target.verify().orphan_runs)
+
+
+def test_documents_deleted_from_the_target_during_a_copy_fail_it_by_name(
+    embedded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = CosmosStore.put_documents
+
+    def then_deleted(
+        store: CosmosStore, collection: Any, documents: list[dict[str, Any]]
+    ) -> tuple[int, int, int]:
+        counts = written(store, collection, documents)
+        if collection == "runs":  # another process deletes one as it lands
+            store.db["runs"].delete_one({"_id": documents[0]["_id"]})
+        return counts
+
+    monkeypatch.setattr(CosmosStore, "put_documents", then_deleted)
+    copied = _run("copy", "--to-data-dir", str(tmp_path / "target"))
+    assert copied.exit_code == 1
+    assert "runs copied but missing from the target: 1" in copied.stdout

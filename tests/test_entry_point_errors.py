@@ -56,3 +56,39 @@ def test_open_embedded_with_a_path_too_long_is_a_storage_error_naming_it(tmp_pat
 
     with pytest.raises(StorageError, match="cannot open the embedded database"):
         open_embedded(tmp_path / ("x" * 5000))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("COSMOS_MONGO_TIMEOUT_MS", "soon"), ("COSMOS_MONGO_READ_ONLY", "perhaps")],
+)
+def test_the_cli_names_a_bad_environment_variable_in_one_line_with_exit_status_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    from click.testing import CliRunner
+
+    from cosmos_mongo.cli import cli
+
+    monkeypatch.delenv("COSMOS_MONGO_URI", raising=False)
+    monkeypatch.setenv("COSMOS_MONGO_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(cli, ["prompt", "list"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: bad setting {variable}: ")
+    assert len(result.stderr.splitlines()) == 1 and value not in result.stderr
+
+
+def test_export_to_a_path_too_long_for_the_file_system_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from cosmos_mongo.cli import cli
+
+    monkeypatch.delenv("COSMOS_MONGO_URI", raising=False)
+    monkeypatch.setenv("COSMOS_MONGO_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / ("x" * 5000))])
+    assert result.exit_code == 1
+    assert "cannot write the export to " in result.stderr
+    assert result.stderr.rstrip().endswith("File name too long")
+    assert len(result.stderr.splitlines()) == 1 and len(result.stderr) < 300
