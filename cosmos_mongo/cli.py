@@ -52,9 +52,17 @@ from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES, ModelT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-if not console.is_terminal:  # piped: rich would assume 80 columns and cut cells to fit them
-    console = Console(width=4096)
+
+def _output_console() -> Console:
+    """Rich's console for stdout. Piped, rich would assume 80 columns and cut cells to fit
+    them, so rows are left whole, unless ``COLUMNS`` names a width (which rich then keeps)."""
+    chosen = Console()
+    if chosen.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return chosen
+    return Console(width=4096)
+
+
+console = _output_console()
 
 
 @dataclass
