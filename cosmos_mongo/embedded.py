@@ -1812,6 +1812,18 @@ class EmbeddedEngine:
     def _sqlite_errors(self) -> _SQLiteErrors:
         return self._errors
 
+    def change_stamp(self) -> tuple[int, int]:
+        """A value that changes whenever a write commits: SQLite's ``data_version`` (moved by
+        other connections' commits, other processes' included) and this connection's own
+        commit count (which ``data_version`` does not see). Reads no page: cheap to poll.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        with self._lock, self._sqlite_errors():
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            return int(version), self.stats.write_transactions
+
     # -- maintenance ---------------------------------------------------------------------------
 
     def damaged_documents(self) -> list[str]:
@@ -2613,6 +2625,11 @@ class EmbeddedDatabase:
     def damaged_documents(self) -> list[str]:
         """Stored rows that failed their checksum or decoding; they are not served."""
         return self.engine.damaged_documents()
+
+    def change_stamp(self) -> tuple[int, int]:
+        """Changes whenever a write commits, here or in another process (see
+        :meth:`EmbeddedEngine.change_stamp`)."""
+        return self.engine.change_stamp()
 
     def unit_of_work(self) -> contextlib.AbstractContextManager[None]:
         """One durable transaction for the writes made inside (see

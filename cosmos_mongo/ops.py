@@ -286,6 +286,13 @@ class DamagedDocuments(Yielded[list[str]]):
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeStamp(Yielded[Any]):
+    """Ask the database for a value that changes whenever any write commits, in this process
+    or another: the embedded default's (see ``EmbeddedDatabase.change_stamp``). Other
+    databases have none and answer None; a watcher then compares the documents themselves."""
+
+
+@dataclass(frozen=True, slots=True)
 class Blocking(Yielded[R]):
     """A blocking call that is not a database operation (the importer reading its SQLite
     file): made directly by the sync driver, on a worker thread by the async one, so it never
@@ -302,7 +309,7 @@ class Report(Yielded[None]):
     call: Callable[[], None]
 
 
-Step = Operation[Any] | Generate | DamagedDocuments | Blocking[Any] | Report
+Step = Operation[Any] | Generate | DamagedDocuments | ChangeStamp | Blocking[Any] | Report
 
 
 def _damaged_probe(database: Any) -> Any:
@@ -313,6 +320,11 @@ def _damaged_probe(database: Any) -> Any:
 # A long workflow (repair, migrate) commits every so many steps, so that it never holds the
 # store's write lock for long: other processes' writers wait for it at most that long.
 _UNIT_STEPS: Final = 16
+
+
+def _stamp_probe(database: Any) -> Any:
+    # Looked up on the class: pymongo's Database turns unknown attributes into collections.
+    return getattr(type(database), "change_stamp", None)
 
 
 def _grouping(database: Any) -> Any:
@@ -576,6 +588,8 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
             return _log_generated(services, _generate_sync(services, step))
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else database.damaged_documents()
+        if isinstance(step, ChangeStamp):
+            return None if _stamp_probe(database) is None else database.change_stamp()
         return step.call()  # Blocking, Report
 
     grouping = _grouping(database)
@@ -652,6 +666,12 @@ class _AsyncDriver(Generic[T]):
         if isinstance(step, DamagedDocuments):
             database = self.database
             return [] if _damaged_probe(database) is None else await database.damaged_documents()
+        if isinstance(step, ChangeStamp):
+            # The embedded default's async adapter names its synchronous database.
+            grouping = self.grouping
+            if grouping is None or _stamp_probe(grouping) is None:
+                return None
+            return await asyncio.to_thread(grouping.change_stamp)
         if isinstance(step, Blocking):
             return await asyncio.to_thread(step.call)
         if isinstance(step, Report):  # the caller's callback, on the caller's own thread

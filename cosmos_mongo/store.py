@@ -20,7 +20,7 @@ from typing import Any, Final, Literal, Self, TypeVar
 from urllib.parse import parse_qs, unquote_plus
 
 from cosmos_mongo import enhancement as enh
-from cosmos_mongo import importer, legacy
+from cosmos_mongo import importer, legacy, watching
 from cosmos_mongo import validation as v
 from cosmos_mongo import workflows as wf
 from cosmos_mongo.config import Settings, mongodb_hosts
@@ -53,6 +53,7 @@ from cosmos_mongo.ops import (
     unreachable_host,
 )
 from cosmos_mongo.validation import UNSET, ModelType, RunStatus, Unset
+from cosmos_mongo.watching import ChangeWatch, Watched
 
 T = TypeVar("T")
 
@@ -672,6 +673,17 @@ class CosmosStore(_StoreBase):
             RunNotFoundError: no run has this id.
         """
         return self._run(wf.delete_run(run_id))
+
+    def poll_changes(self, watch: ChangeWatch) -> list[Watched]:
+        """The followed prompts and runs that changed (created, rewritten or deleted) since
+        the previous call with this ``watch``; the first look at a document reports nothing.
+        On the embedded default a look reads nothing unless some write committed (in any
+        process) since the last one; on a server it reads the followed documents.
+
+        Raises:
+            StorageError: the database could not be read.
+        """
+        return self._run(watching.poll(watch))
 
     def enhance_prompt(
         self,
@@ -1312,6 +1324,17 @@ class AsyncCosmosStore(_StoreBase):
             RunNotFoundError: no run has this id.
         """
         return await self._run(wf.delete_run(run_id))
+
+    async def poll_changes(self, watch: ChangeWatch) -> list[Watched]:
+        """The followed prompts and runs that changed (created, rewritten or deleted) since
+        the previous call with this ``watch``; the first look at a document reports nothing.
+        On the embedded default a look reads nothing unless some write committed (in any
+        process) since the last one; on a server it reads the followed documents.
+
+        Raises:
+            StorageError: the database could not be read.
+        """
+        return await self._run(watching.poll(watch))
 
     async def enhance_prompt(
         self,

@@ -32,6 +32,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.stdio import stdio_server
+from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp.types import (
@@ -49,6 +50,8 @@ from mcp.types import (
 from mcp_types.version import is_version_at_least
 from pydantic import ValidationError
 
+from mcp_server.subscriptions import ResourceWatcher
+
 StateT = TypeVar("StateT")
 LEVELS: Final[tuple[LoggingLevel, ...]] = get_args(LoggingLevel)
 # Until a 2025-11-25 client sets a level, it hears only about failures.
@@ -64,7 +67,10 @@ class CosmosMCPServer(MCPServer[StateT], Generic[StateT]):
     def __init__(self, *args: Any, tools: list[Tool], **kwargs: Any) -> None:
         for tool in tools:
             tool.parameters["additionalProperties"] = False
-        super().__init__(*args, tools=tools, **kwargs)
+        bus = InMemorySubscriptionBus()
+        super().__init__(*args, tools=tools, subscriptions=bus, **kwargs)
+        # Follows the documents that subscriptions/listen streams name, publishing their updates.
+        self.middleware.append(ResourceWatcher(bus))
         self.cosmos_tools = {tool.name: tool for tool in tools}
         # Per connection; weak, so a closed connection's level goes with it.
         self._levels: weakref.WeakKeyDictionary[object, LoggingLevel] = weakref.WeakKeyDictionary()
