@@ -399,6 +399,14 @@ class EnhancementDetails(BaseModel):
         return None if value is None else as_utc(value)
 
 
+# Room kept per node drawn, for its "+K more" node and edge (and for the closing lines).
+_MERMAID_RESERVE = 80
+# Most children of one prompt a diagram draws, and its most characters: Mermaid's default
+# maxTextSize is 50,000, and a few hundred siblings render as an unreadable sliver.
+MERMAID_MAX_CHILDREN = 20
+MERMAID_MAX_CHARS = 30_000
+
+
 class LineageEdge(BaseModel):
     """A create_new enhancement: ``parent_id`` was enhanced into the new prompt ``child_id``."""
 
@@ -450,36 +458,119 @@ class Lineage(BaseModel):
     def children_of(self, prompt_id: str) -> list[LineageEdge]:
         return [edge for edge in self.descendants if edge.parent_id == prompt_id]
 
-    def to_mermaid(self) -> str:
+    def to_mermaid(
+        self, *, max_children: int = MERMAID_MAX_CHILDREN, max_chars: int = MERMAID_MAX_CHARS
+    ) -> str:
         """The tree as a Mermaid ``flowchart``: a node per prompt (id and the start of its
         text), an edge per completed enhancement labelled with its model and run id, and a
         self-loop per completed in-place rewrite. Stored text is escaped, so it cannot break
-        out of a label."""
+        out of a label.
+
+        Bounded so that it renders: at most ``max_children`` children of one prompt are drawn
+        and the diagram keeps within ``max_chars`` characters (Mermaid refuses 50,000 by
+        default). The prompts left out are counted in a ``+K more`` node under the nearest
+        prompt drawn; in-place rewrites left out, in a closing comment."""
+        return _MermaidDrawing(self, max_children, max_chars).draw()
+
+
+class _MermaidDrawing:
+    """One :meth:`Lineage.to_mermaid` drawing: nodes placed breadth first within a budget."""
+
+    def __init__(self, lineage: Lineage, max_children: int, max_chars: int) -> None:
+        self.lineage = lineage
+        self.max_children = max_children
+        self.max_chars = max_chars
+        self.unreadable = {
+            each.id for each in lineage.skipped if each.collection == Prompt.collection
+        }
+        self.node: dict[str, str] = {}
+        self.node_lines: list[str] = []
+        self.edge_lines: list[str] = []
+        # Room for the first line, the style line and a comment on left-out rewrites.
+        self.used = 3 * _MERMAID_RESERVE
+
+    def take(self, lines: list[str]) -> bool:
+        """Count ``lines`` and a node's reserve (its "+K more" node and edge) against the
+        budget, if they fit."""
+        cost = sum(len(line) + 1 for line in lines) + _MERMAID_RESERVE
+        if self.used + cost > self.max_chars:
+            return False
+        self.used += cost
+        return True
+
+    def node_line(self, prompt_id: str, name: str) -> str:
+        found = self.lineage.prompts.get(prompt_id)
+        text = "(deleted)" if found is None else _shortened(found.prompt_text, 48)
+        if found is None and prompt_id in self.unreadable:
+            text = "(does not fit the data model)"
+        return f'    {name}["{_mermaid_text(prompt_id)}<br/>{_mermaid_text(text)}"]'
+
+    def edge_line(self, edge: LineageEdge, child: str) -> str:
+        label = "legacy parent link" if edge.run is None else _edge_label(edge.run)
+        return f'    {self.node[edge.parent_id]} -->|"{label}"| {child}'
+
+    def draw(self) -> str:
+        lineage = self.lineage
+        for prompt_id in dict.fromkeys([lineage.root_id, lineage.prompt_id]):
+            self.node[prompt_id] = f"n{len(self.node)}"
+            self.node_lines.append(self.node_line(prompt_id, self.node[prompt_id]))
+            self.take([self.node_lines[-1]])  # drawn whatever the budget
+        more = self.place_edges()
+        lines = ["flowchart TD", *self.node_lines, *self.edge_lines]
+        for number, (keeper, count) in enumerate(more.items()):
+            lines.append(f'    m{number}["+{count} more"]')
+            lines.append(f"    {self.node[keeper]} -.-> m{number}")
+        loops_left_out = 0
+        for run in lineage.in_place:
+            if run.status == "completed" and run.prompt_id in self.node:
+                loop = self.node[run.prompt_id]
+                line = f'    {loop} -->|"in place: {_edge_label(run)}"| {loop}'
+                if self.used + len(line) + 1 > self.max_chars:
+                    loops_left_out += 1
+                    continue
+                lines.append(line)
+                self.used += len(line) + 1
+        lines.append(f"    style {self.node[lineage.prompt_id]} stroke-width:3px")
+        if loops_left_out:
+            lines.append(f"%% {loops_left_out} more in-place rewrites not drawn")
+        return "\n".join(lines) + "\n"
+
+    def place_edges(self) -> dict[str, int]:
+        """Draw each completed edge whose prompt fits; returns, per drawn prompt, how many
+        prompts under it were left out."""
+        lineage = self.lineage
         edges = [
             edge
-            for edge in [*reversed(self.ancestors), *self.descendants]
+            for edge in [*reversed(lineage.ancestors), *lineage.descendants]
             if edge.run is None or edge.run.status == "completed"
         ]
-        order = [self.root_id, self.prompt_id]
-        order += [i for edge in edges for i in (edge.parent_id, edge.child_id)]
-        node = {prompt_id: f"n{n}" for n, prompt_id in enumerate(dict.fromkeys(order))}
-        lines = ["flowchart TD"]
-        unreadable = {each.id for each in self.skipped if each.collection == Prompt.collection}
-        for prompt_id, name in node.items():
-            found = self.prompts.get(prompt_id)
-            text = "(deleted)" if found is None else _shortened(found.prompt_text, 48)
-            if found is None and prompt_id in unreadable:
-                text = "(does not fit the data model)"
-            lines.append(f'    {name}["{_mermaid_text(prompt_id)}<br/>{_mermaid_text(text)}"]')
+        drawn_children: dict[str, int] = {}
+        more: dict[str, int] = {}
+        kept_by: dict[str, str] = {}  # a left-out prompt -> the drawn one counting it
         for edge in edges:
-            label = "legacy parent link" if edge.run is None else _edge_label(edge.run)
-            lines.append(f'    {node[edge.parent_id]} -->|"{label}"| {node[edge.child_id]}')
-        for run in self.in_place:
-            if run.status == "completed" and run.prompt_id in node:
-                loop = node[run.prompt_id]
-                lines.append(f'    {loop} -->|"in place: {_edge_label(run)}"| {loop}')
-        lines.append(f"    style {node[self.prompt_id]} stroke-width:3px")
-        return "\n".join(lines) + "\n"
+            parent, child = edge.parent_id, edge.child_id
+            if child in self.node or child in kept_by:  # the asked prompt, or a cycle
+                if child in self.node and parent in self.node:
+                    line = self.edge_line(edge, self.node[child])
+                    if self.used + len(line) + 1 <= self.max_chars:
+                        self.edge_lines.append(line)
+                        self.used += len(line) + 1
+                continue
+            keeper = parent if parent in self.node else kept_by.get(parent)
+            if keeper is None:
+                continue
+            if parent in self.node and drawn_children.get(parent, 0) < self.max_children:
+                name = f"n{len(self.node)}"
+                lines = [self.node_line(child, name), self.edge_line(edge, name)]
+                if self.take(lines):
+                    self.node[child] = name
+                    self.node_lines.append(lines[0])
+                    self.edge_lines.append(lines[1])
+                    drawn_children[parent] = drawn_children.get(parent, 0) + 1
+                    continue
+            more[keeper] = more.get(keeper, 0) + 1
+            kept_by[child] = keeper
+        return more
 
 
 _MERMAID_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,_-")

@@ -30,6 +30,7 @@ from cosmos_mongo.models import (
     EnhancementDetails,
     EnhancementResult,
     Lineage,
+    LineageEdge,
     Prompt,
     Run,
     SkippedDocument,
@@ -96,8 +97,22 @@ class EnhanceAnswer(EnhancementResult):
 
 class LineageAnswer(Lineage):
     mermaid: str = Field(
-        description="The tree as a Mermaid flowchart, ready to paste into a chat or Markdown."
+        description="The whole tree as a Mermaid flowchart, ready to paste into a chat or "
+        "Markdown: at most 20 children of a prompt are drawn, the rest counted in a `+K more` "
+        "node."
     )
+    descendants_total: int = Field(
+        description="How many descendants the tree has; `descendants` holds those from "
+        "`offset` on (breadth first), and `prompts` the prompts those edges name."
+    )
+    offset: int = Field(description="Index of the first descendant in this answer.")
+    next_offset: int | None = Field(
+        description="Pass as `offset` for the next descendants; null when there are no more."
+    )
+    capped: Literal["count", "bytes"] | None = Field(
+        description="Which cap cut this answer short: the item count or the byte size."
+    )
+    note: str | None = Field(description="What was capped and how to get the rest.")
 
 
 class DocumentText(BaseModel):
@@ -190,6 +205,77 @@ def _page_facts(
         "capped": capped,
         "note": note,
         "skipped": list(skipped),
+    }
+
+
+def lineage_page(
+    lineage: Lineage, *, offset: int, requested: int, allowed: int, max_bytes: int
+) -> LineageAnswer:
+    """``lineage`` with the descendants from ``offset`` on, as many as ``min(requested,
+    allowed)`` and the ``max_bytes`` cap allow, and only the prompts and in-place rewrites
+    that the edges shown name. The ancestors are always shown."""
+    window = lineage.descendants[offset : offset + allowed]
+    mermaid = lineage.to_mermaid()
+    kept = len(window)
+    while True:
+        shown = _lineage_slice(lineage, window[:kept])
+        facts = _lineage_facts(lineage, offset, kept, len(window), requested, allowed, max_bytes)
+        answer = LineageAnswer(**dict(shown), mermaid=mermaid, **facts)  # type: ignore[arg-type]
+        size = answer_size(answer.model_dump(mode="json"))
+        if size <= max_bytes or kept <= 1:
+            return answer
+        kept = min(kept - 1, kept * max_bytes // size)
+
+
+def _lineage_slice(lineage: Lineage, descendants: list[LineageEdge]) -> Lineage:
+    named = {lineage.prompt_id, lineage.root_id} | {
+        prompt_id
+        for edge in [*lineage.ancestors, *descendants]
+        for prompt_id in (edge.parent_id, edge.child_id)
+    }
+    return lineage.model_copy(
+        update={
+            "descendants": descendants,
+            "prompts": {k: v for k, v in lineage.prompts.items() if k in named},
+            "in_place": [run for run in lineage.in_place if run.prompt_id in named],
+            "missing_prompt_ids": [i for i in lineage.missing_prompt_ids if i in named],
+        }
+    )
+
+
+def _lineage_facts(
+    lineage: Lineage,
+    offset: int,
+    kept: int,
+    fetched: int,
+    requested: int,
+    allowed: int,
+    max_bytes: int,
+) -> dict[str, object]:
+    total = len(lineage.descendants)
+    following = offset + kept
+    next_offset = following if following < total else None
+    capped: Literal["count", "bytes"] | None = None
+    note = None
+    if kept < fetched:
+        capped = "bytes"
+        note = (
+            f"Returned {_count(kept, 'descendants')} of {total}: the answer reached its "
+            f"{max_bytes:,}-byte cap. Call get_lineage with offset={next_offset} for the rest."
+        )
+    elif next_offset is not None:
+        if requested > allowed and fetched == allowed:
+            capped = "count"
+        note = (
+            f"Returned {_count(kept, 'descendants')} of {total}. Call get_lineage with "
+            f"offset={next_offset} for more."
+        )
+    return {
+        "descendants_total": total,
+        "offset": offset,
+        "next_offset": next_offset,
+        "capped": capped,
+        "note": note,
     }
 
 

@@ -77,6 +77,7 @@ from mcp_server.results import (
     indented_size,
     json_size,
     library,
+    lineage_page,
     page,
     storage_message,
     tool_error,
@@ -437,16 +438,46 @@ async def get_enhancement_history(
 
 
 async def get_lineage(
-    ctx: Context, prompt_id: PromptId
+    ctx: Context,
+    prompt_id: PromptId,
+    limit: Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=1,
+            le=1000,
+            description="How many descendants to return at most (answers cap it); the "
+            "ancestors always come whole.",
+        ),
+    ] = 100,
+    offset: Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=0,
+            le=2**31 - 1,
+            description="How many descendants to skip: pass the previous answer's next_offset.",
+        ),
+    ] = 0,
 ) -> Annotated[CallToolResult, LineageAnswer]:
     """Get where a prompt came from and what came of it: ancestors up to the root, descendants
-    down the tree, each edge with its enhancement run, plus in-place rewrites. `mermaid` holds
-    the tree as a Mermaid flowchart: paste it into the chat to show it.
+    down the tree (breadth first, a page at a time), each edge with its enhancement run, plus
+    in-place rewrites. `mermaid` holds the tree as a Mermaid flowchart: paste it into the chat
+    to show it.
 
-    Use when asked about a prompt's family: "what was this derived from", "what variants exist"."""
+    Use when asked about a prompt's family: "what was this derived from", "what variants
+    exist"; follow `next_offset` for more descendants."""
     state = _state(ctx)
     lineage = await state.call(lambda store: store.get_lineage(prompt_id))
-    return state.answer(LineageAnswer(**dict(lineage), mermaid=lineage.to_mermaid()))
+    return state.answer(
+        lineage_page(
+            lineage,
+            offset=offset,
+            requested=limit,
+            allowed=state.allowed(limit),
+            max_bytes=state.settings.max_bytes,
+        )
+    )
 
 
 async def get_run(ctx: Context, run_id: RunId) -> Annotated[CallToolResult, Run]:
@@ -890,7 +921,10 @@ def _register_resources(server: CosmosMCPServer[AppState]) -> None:
         if found is None:
             raise ResourceNotFoundError(f"no {kind} has the id {document_id!r}")
         budget = state.settings.max_bytes - WRAPPER_BYTES - ENVELOPE_BYTES
-        data = fit(found.model_dump(mode="json"), budget, indented_size)
+        try:
+            data = fit(found.model_dump(mode="json"), budget, indented_size)
+        except ToolError as exc:  # expected for a huge document: an answer, not a traceback
+            raise MCPError(code=INVALID_PARAMS, message=f"{kind} {document_id!r}: {exc}") from exc
         return untrusted(json.dumps(data, ensure_ascii=False, indent=2))
 
     @server.resource(
@@ -915,11 +949,20 @@ def _register_resources(server: CosmosMCPServer[AppState]) -> None:
         "cosmos://prompts/{prompt_id}/lineage",
         name="lineage",
         mime_type="text/plain",
-        description="A prompt's ancestors, descendants and in-place rewrites as JSON."
-        + RESOURCE_NOTE,
+        description="A prompt's ancestors, its first 100 descendants and in-place rewrites as "
+        "JSON (get_lineage pages through the rest)." + RESOURCE_NOTE,
     )
     async def lineage_resource(prompt_id: str, ctx: Context) -> str:
-        return await read(ctx, "prompt", AsyncCosmosStore.get_lineage, prompt_id)
+        # A bounded page, as get_lineage answers it: the tool pages through the rest.
+        max_bytes = _state(ctx).settings.max_bytes
+
+        async def first_page(store: AsyncCosmosStore, document_id: str) -> LineageAnswer:
+            lineage = await store.get_lineage(document_id)
+            return lineage_page(
+                lineage, offset=0, requested=100, allowed=100, max_bytes=max_bytes // 2
+            )
+
+        return await read(ctx, "prompt", first_page, prompt_id)
 
     @server.resource(
         "cosmos://lineage/{prompt_id}",

@@ -120,7 +120,7 @@ def valid_arguments(tool: str, prompt_id: str, run_id: str) -> dict[str, Any]:
         "get_enhancement_details": {"prompt_id": prompt_id},
         "get_original_prompt": {"enhanced_prompt_id": prompt_id},
         "get_enhancement_history": {"prompt_id": prompt_id, "limit": 5, "offset": 0},
-        "get_lineage": {"prompt_id": prompt_id},
+        "get_lineage": {"prompt_id": prompt_id, "limit": 5, "offset": 0},
         "get_run": {"run_id": run_id},
         "list_runs": {
             "prompt_id": prompt_id,
