@@ -1559,7 +1559,7 @@ class EmbeddedEngine:
         _check_header(path)
         name = quote(str(path))
         if not _nothing_can_write(path):
-            return self._connect(f"file:{name}?mode=ro")
+            return self._connect_query_only(name)
         wal = path.with_name(path.name + "-wal")
         if wal.exists() and wal.stat().st_size > 0:
             connection = self._connect(f"file:{name}?mode=ro")
@@ -1575,6 +1575,16 @@ class EmbeddedEngine:
                 ) from exc
             return connection
         return self._connect(f"file:{name}?mode=ro&immutable=1")
+
+    def _connect_query_only(self, name: str) -> sqlite3.Connection:
+        """A read-only open where files can be made: opened for writing with every write
+        refused (``query_only``). While open it shares the -wal and -shm with writers, as any
+        reader must to see their commits; unlike a ``mode=ro`` reader, which cannot remove
+        them, the last connection to close removes both, so read-only use leaves the directory
+        as it found it. SQLite opens a file this process may not write read-only instead."""
+        connection = self._connect(f"file:{name}?mode=rw")
+        connection.execute("PRAGMA query_only=1")
+        return connection
 
     def _format(self) -> int:
         try:

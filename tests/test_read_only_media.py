@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cosmos_mongo import CosmosStore, StorageError
+from cosmos_mongo import CosmosStore, ReadOnlyError, StorageError
 from cosmos_mongo.config import Settings
 from cosmos_mongo.embedded import open_embedded
 
@@ -177,3 +177,40 @@ def test_a_read_only_store_whose_path_holds_uri_characters_opens(tmp_path: Path)
     assert not (tmp_path / "a").exists()
     with pytest.raises(StorageError):
         open_embedded(tmp_path / ("x" * 5000), read_only=True).close()
+
+
+def test_read_only_mode_on_a_writable_dir_sees_writes_and_leaves_no_wal_or_shm(
+    tmp_path: Path,
+) -> None:
+    ids = _store(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cosmos.sqlite3"]
+    with CosmosStore.connect(settings=Settings(data_dir=tmp_path, read_only=True)) as reader:
+        assert {p.id for p in reader.list_prompts(limit=100)} == ids
+        with open_embedded(tmp_path) as writer:  # another process writing meanwhile
+            latest = CosmosStore(writer).create_prompt("Written while read", {}, {})
+        assert reader.get_prompt(latest.id) == latest  # seen at once, not a stale snapshot
+        with pytest.raises(ReadOnlyError):
+            reader.create_prompt("Refused", {}, {})
+    # A mode=ro reader cannot remove the -wal and -shm it made; this one, closing last, did.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cosmos.sqlite3"]
+
+
+def test_the_read_only_mcp_server_leaves_no_wal_or_shm(tmp_path: Path) -> None:
+    import anyio
+    from mcp import Client
+
+    from mcp_server import ServerSettings, build_server
+
+    ids = _store(tmp_path)
+
+    async def browse() -> set[str]:
+        server = build_server(
+            ServerSettings(read_only=True), library_settings=Settings(data_dir=tmp_path)
+        )
+        async with Client(server) as session:
+            answer = await session.call_tool("list_prompts", {})
+            assert answer.structured_content is not None
+            return {p["id"] for p in answer.structured_content["prompts"]}
+
+    assert anyio.run(browse) == ids
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cosmos.sqlite3"]
