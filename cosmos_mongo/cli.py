@@ -49,6 +49,8 @@ from cosmos_mongo.models import (
 )
 from cosmos_mongo.store import CosmosStore
 from cosmos_mongo.validation import MAX_LIMIT, MODEL_TYPES, RUN_STATUSES, ModelType, RunStatus
+from cosmos_mongo.wire.server import DEFAULT_PORT, ServeOptions
+from cosmos_mongo.wire.server import serve as serve_wire
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -1158,6 +1160,90 @@ def compact(state: _Context, as_json: bool) -> None:
         click.echo(json.dumps({"bytes_before": before, "bytes_after": after}))
     else:
         click.echo(f"Compacted {state.where()}: {before:,} bytes -> {after:,} bytes")
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Loopback address to listen on (127.0.0.1 or ::1); any other is refused.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="TCP port; 0 takes a free one.",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Listen on this Unix socket (mode 0600) instead of TCP.",
+)
+@click.option(
+    "--writable",
+    is_flag=True,
+    help="Allow writes (insert, update, delete, findAndModify, createIndexes).",
+)
+@click.option(
+    "--cursor-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds an idle cursor stays open.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Connections served at once; more are closed.",
+)
+@_json_option
+@click.pass_obj
+def serve(
+    state: _Context,
+    host: str,
+    port: int,
+    socket_path: Path | None,
+    writable: bool,
+    cursor_timeout: float,
+    max_connections: int,
+    as_json: bool,
+) -> None:
+    """Serve the embedded databases over the MongoDB wire protocol, for mongosh, Compass or
+    any driver, until Ctrl-C. Read-only unless --writable; this machine only."""
+    if state.uri:
+        raise click.UsageError(
+            "serve serves the embedded default; --uri (COSMOS_MONGO_URI) is a MongoDB server "
+            "already: connect mongosh to it directly"
+        )
+    settings = state.settings()
+    if writable and settings.read_only:
+        raise click.UsageError("--writable and COSMOS_MONGO_READ_ONLY contradict each other")
+    options = ServeOptions(
+        data_dir=settings.data_dir,
+        database=state.database,
+        host=host,
+        port=port,
+        socket_path=socket_path,
+        writable=writable,
+        max_connections=max_connections,
+        cursor_timeout=cursor_timeout,
+    )
+
+    def announce(uri: str) -> None:
+        if as_json:  # one line, once listening: a script reads the URI from it
+            shown = {"uri": uri, "data_dir": str(settings.data_dir), "writable": writable}
+            click.echo(json.dumps(shown))
+            return
+        mode = "read-write" if writable else "read-only (--writable allows writes)"
+        click.echo(f"Serving {settings.data_dir}, {mode}. Connect with:\n{uri}")
+        click.echo(f'  mongosh "{uri}"\nCtrl-C stops.')
+
+    serve_wire(options, announce)
 
 
 @cli.command("import-sqlite")

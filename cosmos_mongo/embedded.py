@@ -2366,6 +2366,45 @@ class EmbeddedCollection:
 
         return self._engine.read(indexes)
 
+    def explain(self, filter: Mapping[str, Any] | None = None, sort: Any = None) -> dict[str, Any]:
+        """The winning plan of ``find(filter, sort=sort)`` as the engine's planner chooses it,
+        in the shape of a server's ``queryPlanner.winningPlan``: an ``IXSCAN`` naming the
+        index (under a ``FETCH``), an ``OR`` of them for an ``$or``, ``IDHACK`` for a look-up
+        by ``_id``, or a ``COLLSCAN``; a ``SORT`` on top when the index order does not give
+        the sort. Reads no document.
+
+        Raises:
+            OperationFailure: the filter is malformed (as :meth:`find` raises).
+        """
+        query, order = _patched(filter or {}), _sort_spec(sort)
+        filtering.filter_applies(query, {})  # checked on no document, as find does
+        if _id_values(query) is not None:
+            return {"stage": "IDHACK"}
+        plan = self._engine.read(lambda reader: reader.plan(self.name, _terms(query), order))
+        patterns = {
+            row["name"]: {str(name): direction for name, direction in row["keys"]}
+            for row in self._engine.index_rows(self.name)
+        }
+
+        def scan(plan: _Plan) -> dict[str, Any]:
+            if plan.union:
+                return {"stage": "OR", "inputStages": [scan(branch) for branch in plan.union]}
+            name = "_id_" if plan.index is None else plan.index.name
+            index = {
+                "stage": "IXSCAN",
+                "indexName": name,
+                "keyPattern": patterns.get(name, {"_id": 1}),
+                "isUnique": plan.index is None or plan.index.unique,
+                "isPartial": plan.index is not None and plan.index.partial is not None,
+                "direction": "backward" if plan.walk < 0 else "forward",
+            }
+            return {"stage": "FETCH", "inputStage": index}
+
+        winning = {"stage": "COLLSCAN", "direction": "forward"} if plan is None else scan(plan)
+        if order and (plan is None or not plan.walk):
+            winning = {"stage": "SORT", "sortPattern": dict(order), "inputStage": winning}
+        return winning
+
     def index_information(self) -> dict[str, Any]:
         return {
             entry["name"]: {
@@ -2628,6 +2667,27 @@ class EmbeddedDatabase:
         if name not in self._collections:
             self._collections[name] = EmbeddedCollection(self.engine, name)
         return self._collections[name]
+
+    def list_collection_names(self) -> list[str]:
+        """The collections holding a document or a declared index, sorted by name."""
+
+        def names(reader: _Reader) -> list[str]:
+            held, last = {str(row["collection"]) for row in self.engine._catalog_rows}, ""
+            # One look-up per collection in the primary key, not a scan of every row.
+            while (
+                found := reader.conn.execute(
+                    "SELECT min(collection) FROM documents WHERE collection > ?", (last,)
+                ).fetchone()[0]
+            ) is not None:
+                last = str(found)
+                if reader.conn.execute(
+                    "SELECT 1 FROM documents WHERE collection = ? AND body IS NOT NULL LIMIT 1",
+                    (last,),
+                ).fetchone():
+                    held.add(last)
+            return sorted(held - {_INDEX_CATALOG})
+
+        return self.engine.read(names)
 
     def close(self) -> None:
         self.engine.close()
