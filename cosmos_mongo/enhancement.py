@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -75,6 +75,7 @@ from cosmos_mongo.ops import (
     Generated,
     InsertOne,
     Progress,
+    Report,
     UpdateMany,
     UpdateOne,
     reported,
@@ -140,8 +141,10 @@ def enhance_prompt(
     enhanced_text: object = None,
     *,
     model: str,
+    on_run: Callable[[str], None] | None = None,
 ) -> Flow[EnhancementResult]:
-    """Enhance a prompt; ``model`` is the name the store resolved (enhancer or text's author)."""
+    """Enhance a prompt; ``model`` is the name the store resolved (enhancer or text's author).
+    ``on_run(run_id)`` is called once the run is durably recorded."""
     checked_id = v.check_prompt_id(prompt_id)
     new = v.check_flag(create_new, "create_new")
     force = v.check_flag(force_overwrite, "force_overwrite")
@@ -162,6 +165,8 @@ def enhance_prompt(
             yield from legacy.absorb_legacy_keys(prompt)
         yield from InsertOne(q.RUNS, document)
         run_recorded = True
+        if on_run is not None:
+            yield from Report(lambda: on_run(run_id))
         return (yield from _produce(run_id, prompt, target, model, supplied, guarded))
     except Cancelled:
         # The caller is gone (a client cancelled or timed out): settle the run as repair
@@ -973,6 +978,25 @@ def _settle_revert(run: Mapping[str, Any]) -> Flow[str | None]:
 
 _REPAIRED: Final = ("interrupted", "rolled back by repair")
 _CANCELLED: Final = ("the enhancement call was cancelled", "the run was marked failed")
+_TASK_CANCELLED: Final = ("the enhancement task was cancelled", "the run was marked failed")
+
+
+def cancel_enhancement(run_id: object) -> Flow[Run | None]:
+    """Settle a running enhance run now, as repair would settle it when stale: finished if its
+    text was recorded, else marked failed ("the enhancement task was cancelled ..."). Only a
+    run still ``running`` is written; returns the run as it is afterwards (None if none)."""
+    checked_id = v.check_run_id(run_id)
+    run = yield from FindOne(q.RUNS, q.running_run(checked_id))
+    if run is not None and run.get("model_type") == q.ENHANCE:
+        yield from _settle(run, _TASK_CANCELLED)
+    document = yield from FindOne(q.RUNS, q.by_id(checked_id))
+    return None if document is None else model_of(Run, document)
+
+
+def was_cancelled(run: Run) -> bool:
+    """Whether an enhance run failed because its call or its task was cancelled."""
+    reasons = (_CANCELLED[0], _TASK_CANCELLED[0])
+    return run.status == "failed" and (run.error_message or "").startswith(reasons)
 
 
 def _settle(run: Mapping[str, Any], why: tuple[str, str] = _REPAIRED) -> Flow[bool]:

@@ -20,6 +20,8 @@ from cosmos_mongo.validation import LEGACY_ENHANCEMENT_KEYS as LEGACY_KEYS
 
 PROMPTS: Final = "prompts"
 RUNS: Final = "runs"
+# Per-store secrets (the MCP server's task-id key): one document each, made on first use.
+SECRETS: Final = "secrets"
 
 # `_id` breaks ties within a millisecond: new ids are time-ordered, so the order is total,
 # stable for skip paging, and newest first even for two writes in the same millisecond.

@@ -685,6 +685,30 @@ class CosmosStore(_StoreBase):
         """
         return self._run(watching.poll(watch))
 
+    def cancel_enhancement(self, run_id: str) -> Run | None:
+        """Settle a running enhance run now, as ``repair`` settles a stale one: finished if its
+        text was already recorded, else marked ``failed`` ("the enhancement task was cancelled
+        ..."). Whoever is still enhancing it then finds the run settled and writes nothing
+        more. Other runs, and runs no longer running, are left as they are. Returns the run as
+        it is afterwards, or None if no run has this id.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+        """
+        return self._run(enh.cancel_enhancement(run_id))
+
+    def secret(self, name: str) -> bytes:
+        """The store's secret called ``name`` (an identifier): 32 random bytes kept in the
+        ``secrets`` collection, made on first use, the same for every process sharing the
+        store. The MCP server keys its task ids with one.
+
+        Raises:
+            InvalidInputError: ``name`` is not an identifier.
+            StorageError: the secret could not be made (a read-only store that has none) or
+                read.
+        """
+        return self._run(wf.secret(name))
+
     def enhance_prompt(
         self,
         prompt_id: str,
@@ -693,6 +717,7 @@ class CosmosStore(_StoreBase):
         enhancement_model: str | None = None,
         force_overwrite: bool = False,
         enhanced_text: str | None = None,
+        on_run: Callable[[str], None] | None = None,
     ) -> EnhancementResult:
         """Rewrite the prompt into a detailed Cosmos prompt and record it on an enhance run.
 
@@ -701,7 +726,9 @@ class CosmosStore(_StoreBase):
         overwrites the text in place. The text comes from ``enhanced_text`` when given (its
         author is ``enhancement_model``, default ``"agent"``), else from the enhancer
         (``enhancement_model`` may ask it for another model). The enhance run holds every
-        detail; the prompt gains only ``parameters.enhanced``.
+        detail; the prompt gains only ``parameters.enhanced``. ``on_run(run_id)`` is called
+        as soon as the run is durably recorded (before the enhancer is asked), so a caller can
+        follow the run while it works.
 
         Raises:
             InvalidInputError: a bad id, flag, model name or ``enhanced_text``.
@@ -713,7 +740,12 @@ class CosmosStore(_StoreBase):
         """
         enhancer = self._enhancer_for(enhancement_model, enhanced_text)
         flow = enh.enhance_prompt(
-            prompt_id, create_new, force_overwrite, enhanced_text, model=enhancer.model
+            prompt_id,
+            create_new,
+            force_overwrite,
+            enhanced_text,
+            model=enhancer.model,
+            on_run=on_run,
         )
         return self._run(flow, enhancer)
 
@@ -1336,6 +1368,30 @@ class AsyncCosmosStore(_StoreBase):
         """
         return await self._run(watching.poll(watch))
 
+    async def cancel_enhancement(self, run_id: str) -> Run | None:
+        """Settle a running enhance run now, as ``repair`` settles a stale one: finished if its
+        text was already recorded, else marked ``failed`` ("the enhancement task was cancelled
+        ..."). Whoever is still enhancing it then finds the run settled and writes nothing
+        more. Other runs, and runs no longer running, are left as they are. Returns the run as
+        it is afterwards, or None if no run has this id.
+
+        Raises:
+            InvalidInputError: ``run_id`` is not an ``rs_`` id.
+        """
+        return await self._run(enh.cancel_enhancement(run_id))
+
+    async def secret(self, name: str) -> bytes:
+        """The store's secret called ``name`` (an identifier): 32 random bytes kept in the
+        ``secrets`` collection, made on first use, the same for every process sharing the
+        store. The MCP server keys its task ids with one.
+
+        Raises:
+            InvalidInputError: ``name`` is not an identifier.
+            StorageError: the secret could not be made (a read-only store that has none) or
+                read.
+        """
+        return await self._run(wf.secret(name))
+
     async def enhance_prompt(
         self,
         prompt_id: str,
@@ -1344,6 +1400,7 @@ class AsyncCosmosStore(_StoreBase):
         enhancement_model: str | None = None,
         force_overwrite: bool = False,
         enhanced_text: str | None = None,
+        on_run: Callable[[str], None] | None = None,
     ) -> EnhancementResult:
         """Rewrite the prompt into a detailed Cosmos prompt and record it on an enhance run.
 
@@ -1352,7 +1409,9 @@ class AsyncCosmosStore(_StoreBase):
         overwrites the text in place. The text comes from ``enhanced_text`` when given (its
         author is ``enhancement_model``, default ``"agent"``), else from the enhancer
         (``enhancement_model`` may ask it for another model). The enhance run holds every
-        detail; the prompt gains only ``parameters.enhanced``.
+        detail; the prompt gains only ``parameters.enhanced``. ``on_run(run_id)`` is called
+        as soon as the run is durably recorded (before the enhancer is asked), so a caller can
+        follow the run while it works.
 
         Raises:
             InvalidInputError: a bad id, flag, model name or ``enhanced_text``.
@@ -1364,7 +1423,12 @@ class AsyncCosmosStore(_StoreBase):
         """
         enhancer = self._enhancer_for(enhancement_model, enhanced_text)
         flow = enh.enhance_prompt(
-            prompt_id, create_new, force_overwrite, enhanced_text, model=enhancer.model
+            prompt_id,
+            create_new,
+            force_overwrite,
+            enhanced_text,
+            model=enhancer.model,
+            on_run=on_run,
         )
         return await self._run(flow, enhancer)
 

@@ -8,6 +8,8 @@ reaches the database.
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -538,3 +540,19 @@ def delete_run(run_id: object) -> Flow[None]:
     checked_id = v.check_run_id(run_id)
     if not (yield from DeleteOne(q.RUNS, q.by_id(checked_id))):
         raise RunNotFoundError(checked_id)
+
+
+def secret(name: object) -> Flow[bytes]:
+    """The store's secret called ``name``: 32 random bytes, made by whoever asks first (a
+    concurrent maker's is kept), then the same for every process sharing the store."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidInputError("name", f"must be an identifier, got {name!r}")
+    found = yield from FindOne(q.SECRETS, q.by_id(name))
+    if found is None:
+        made = {"_id": name, "value": secrets.token_hex(32), "created_at": utc_now()}
+        with contextlib.suppress(ConflictError):  # another process made it first: use theirs
+            yield from InsertOne(q.SECRETS, made)
+        found = yield from FindOne(q.SECRETS, q.by_id(name))
+    if found is None or not isinstance(found.get("value"), str):
+        raise StorageError(f"the store's secret {name!r} could not be made or read")
+    return bytes.fromhex(found["value"])

@@ -51,6 +51,7 @@ from mcp_types.version import is_version_at_least
 from pydantic import ValidationError
 
 from mcp_server.subscriptions import ResourceWatcher
+from mcp_server.tasks import TASK_TOOLS, TaskService, TasksExtension
 
 StateT = TypeVar("StateT")
 LEVELS: Final[tuple[LoggingLevel, ...]] = get_args(LoggingLevel)
@@ -68,9 +69,18 @@ class CosmosMCPServer(MCPServer[StateT], Generic[StateT]):
         for tool in tools:
             tool.parameters["additionalProperties"] = False
         bus = InMemorySubscriptionBus()
+        # Enhancements become tasks for clients that ask (mcp_server.tasks); a server that
+        # cannot enhance (read-only) offers none.
+        self.tasks = TaskService() if TASK_TOOLS & {tool.name for tool in tools} else None
+        if self.tasks is not None:
+            kwargs["extensions"] = [*kwargs.get("extensions", ()), TasksExtension(self.tasks)]
+            if kwargs.get("lifespan") is not None:
+                kwargs["lifespan"] = self.tasks.settling(kwargs["lifespan"])
         super().__init__(*args, tools=tools, subscriptions=bus, **kwargs)
         # Follows the documents that subscriptions/listen streams name, publishing their updates.
         self.middleware.append(ResourceWatcher(bus))
+        if self.tasks is not None:
+            self.middleware.append(self.tasks)
         self.cosmos_tools = {tool.name: tool for tool in tools}
         # Per connection; weak, so a closed connection's level goes with it.
         self._levels: weakref.WeakKeyDictionary[object, LoggingLevel] = weakref.WeakKeyDictionary()

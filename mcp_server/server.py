@@ -85,6 +85,7 @@ from mcp_server.results import (
     untrusted_mermaid,
 )
 from mcp_server.settings import ServerSettings
+from mcp_server.tasks import run_announcer
 
 NAME = "cosmos-mongo"
 INDEX_RETRY_SECONDS = 30.0
@@ -758,29 +759,35 @@ async def enhance_prompt(
             enhancement_model=model,
             force_overwrite=force_overwrite,
             enhanced_text=text,
+            on_run=run_announcer(path),  # a task-augmented call answers once the run exists
         )
 
+    total = 1.0
     if path == "server-enhancer":
-        label = enhancement_model or (await state.store()).enhancer.model
-        async with _progress(
-            ctx, f"{label} is rewriting the prompt", state.settings.progress_interval
-        ):
+        store = await state.store()
+        label, total = enhancement_model or store.enhancer.model, store.enhancement_timeout
+        message = f"{label} is rewriting the prompt"
+        async with _progress(ctx, message, state.settings.progress_interval, total):
             result = await state.call(enhance)
     else:
         result = await state.call(enhance)
-    await ctx.report_progress(1, 1, "enhancement stored")
+    await ctx.report_progress(total, total, "enhancement stored")
     return state.answer(EnhanceAnswer(**result.model_dump(exclude={"created_new"}), path=path))
 
 
 @contextlib.asynccontextmanager
-async def _progress(ctx: Context, message: str, interval: float) -> AsyncIterator[None]:
-    """Report progress every ``interval`` seconds while the body runs (a model is working)."""
+async def _progress(
+    ctx: Context, message: str, interval: float, total: float
+) -> AsyncIterator[None]:
+    """Report progress every ``interval`` seconds while the body runs (a model is working):
+    the seconds spent, out of the ``total`` the enhancement may take at most."""
 
     async def tick() -> None:
-        beat = 0
+        started = time.monotonic()
         while True:
-            await ctx.report_progress(beat, None, message)
-            beat += 1
+            spent = min(time.monotonic() - started, total)
+            stage = f"{message} (stage 1 of 2, {spent:.0f} s of at most {total:g} s)"
+            await ctx.report_progress(spent, total, stage)
             await asyncio.sleep(interval)
 
     ticker = asyncio.create_task(tick())
