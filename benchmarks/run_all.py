@@ -22,7 +22,7 @@ from typing import Any
 
 import mongomock
 
-from benchmarks import bench_mcp, bench_store, bench_transfer, cold_start, load_test
+from benchmarks import bench_mcp, bench_serve, bench_store, bench_transfer, cold_start, load_test
 from cosmos_mongo import CosmosStore
 from tests.test_contract import READS, CountingDatabase, seeded
 
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     transfer_table, transfer_notes = bench_transfer.transfer(sizes)
     transfer_sizes = " ".join(str(size) for size in sizes)
     load = asyncio.run(load_test.run_load(clients=8, seconds=5 if args.quick else 20))
+    serve_table = bench_serve.with_secantus(sizes[:2], repeat)
     server = (
         real_server(os.environ["MONGODB_URI"], sizes, repeat)
         if os.environ.get("MONGODB_URI")
@@ -383,6 +384,17 @@ documents stay level when a command grows linearly
 does: each page reads its own documents. `copy` writes through the same inserts as the
 import; where the import reads and converts the predecessor's JSON text, `copy` decodes every
 document of the source, then verifies the target, which reads every document again.
+
+## Through `cosmos-mongo serve`
+
+The same store calls made three ways: by the library on the embedded default, through pymongo
+to `cosmos-mongo serve` over the same file, and through pymongo to the SecantusDB wire server
+of the real-server tests (the data set of the first table; `python -m benchmarks.bench_serve`
+measures this table alone). The wire, pymongo and a thread hand-off cost about a millisecond
+a call; the engine's partial index keeps the enhanced listing flat in N where the SecantusDB
+server's grows.
+
+{serve_table}
 
 ## Load
 

@@ -421,6 +421,19 @@ def test_an_idle_cursor_times_out_and_get_more_says_cursor_not_found(data_dir: P
             connected.close()
 
 
+def test_the_serve_benchmark_times_each_call_through_the_library_and_serve() -> None:
+    from benchmarks.bench_serve import serve_table
+
+    header, _, *rows = serve_table([30], repeat=3, secantus_uri=None).splitlines()
+    assert header.startswith("| N prompts | call | library median ms | serve median ms |")
+    assert [row.split(" | ")[1] for row in rows] == [
+        "`get_prompt (find_one by _id)`",
+        "`list_enhanced_prompts(100)`",
+    ]
+    for row in rows:
+        assert all(float(cell) > 0 for cell in row.strip(" |").split(" | ")[2:])
+
+
 # -- the real mongosh --------------------------------------------------------------------------
 
 
