@@ -276,33 +276,117 @@ class _CheckedLines:
 
 
 def undecodable(line: str) -> mcp_types.JSONRPCError | None:
-    """The JSON-RPC error answering ``line``, or None if it is a message the SDK can read."""
+    """The JSON-RPC error answering ``line``, or None if it is a message the SDK can read.
+
+    A request whose id is neither a string nor an integer (an object, a boolean, a fraction,
+    null) reads to the SDK as a notification, which nobody answers: it is an invalid request,
+    answered with id null as JSON-RPC 2.0 says when the id cannot be used."""
     try:
-        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except ValidationError as exc:
         first = exc.errors()[0]
         parse_error = first["type"] == "json_invalid"
         reason = first["msg"]
         if "hex escape" in reason or "surrogate" in reason:
             reason += " (a lone surrogate, \\ud800-\\udfff, is not valid Unicode)"
+        given = _top_level_id(line)
         return mcp_types.JSONRPCError(
             jsonrpc="2.0",
-            id=_request_id(line),
+            id=given if _usable_id(given) else None,  # type: ignore[arg-type]
             error=mcp_types.ErrorData(
                 code=mcp_types.PARSE_ERROR if parse_error else mcp_types.INVALID_REQUEST,
                 message=f"{'Parse error' if parse_error else 'Invalid request'}: {reason}",
             ),
         )
+    if isinstance(message, mcp_types.JSONRPCNotification):
+        given = _top_level_id(line)
+        if given is not _ABSENT:
+            shown = json.dumps(given)[:40] if not isinstance(given, _Unreadable) else "(unread)"
+            return mcp_types.JSONRPCError(
+                jsonrpc="2.0",
+                id=None,
+                error=mcp_types.ErrorData(
+                    code=mcp_types.INVALID_REQUEST,
+                    message=f"Invalid request: id must be a string or an integer (got {shown})",
+                ),
+            )
     return None
 
 
-def _request_id(line: str) -> str | int | None:
-    """The id of a request the SDK could not read, if Python's parser can find it."""
+class _Unreadable:
+    """An id member whose value could not be read (nested too deep, say)."""
+
+
+_ABSENT: Final = object()
+_SPACE: Final = " \t\r\n"
+_DECODER: Final = json.JSONDecoder()
+
+
+def _usable_id(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _top_level_id(line: str) -> object:
+    """The value of the ``"id"`` member of the JSON object ``line``, ``_ABSENT`` if it has
+    none (or is not an object). Found by scanning the top level only: other members are
+    skipped by counting brackets, so nesting at any depth (which Python's parser and the SDK's
+    refuse) does not hide an id before or after it."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return _ABSENT
+    position = 1
     try:
-        message = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    request_id = message.get("id") if isinstance(message, dict) else None
-    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
-        return None
-    return request_id
+        while True:
+            position = _skip_space(text, position)
+            if text[position] != '"':
+                return _ABSENT
+            key, position = _DECODER.raw_decode(text, position)
+            position = _skip_space(text, position)
+            if text[position] != ":":
+                return _ABSENT
+            position = _skip_space(text, position + 1)
+            if key == "id":
+                try:
+                    return _DECODER.raw_decode(text, position)[0]
+                except (ValueError, RecursionError):
+                    return _Unreadable()
+            position = _skip_space(text, _skip_value(text, position))
+            if text[position] != ",":
+                return _ABSENT
+            position += 1
+    except (IndexError, ValueError):
+        return _ABSENT
+
+
+def _skip_space(text: str, position: int) -> int:
+    while text[position] in _SPACE:
+        position += 1
+    return position
+
+
+def _skip_value(text: str, position: int) -> int:
+    """The position just after the JSON value starting at ``position``, without recursion.
+
+    Raises:
+        ValueError: an unterminated string.
+        IndexError: the text ends inside the value.
+    """
+    depth = 0
+    while True:
+        char = text[position]
+        if char == '"':
+            position = _DECODER.raw_decode(text, position)[1]
+        elif char in "[{":
+            depth += 1
+            position += 1
+        elif char in "]}":
+            depth -= 1
+            position += 1
+        elif depth == 0 and char in ",":
+            return position
+        else:
+            position += 1
+        if depth == 0 and char in '"]}':
+            return position
+        if depth < 0:
+            raise ValueError("unbalanced")

@@ -190,11 +190,11 @@ class RawStdio:
         self.process.stdin.write((raw.encode() if isinstance(raw, str) else raw) + b"\n")
         self.process.stdin.flush()
 
-    def request(self, raw: str | bytes) -> dict[str, object]:
+    def request(self, raw: str | bytes, timeout: float = TIMEOUT) -> dict[str, object]:
         """Send one line and return the answer, skipping notifications (log messages)."""
         self.send(raw)
         while True:
-            line = self.lines.get(timeout=TIMEOUT)
+            line = self.lines.get(timeout=timeout)
             assert line is not None, "the server exited"
             answer: dict[str, object] = json.loads(line)
             if "id" in answer:
@@ -258,8 +258,47 @@ def test_stdio_answers_undecodable_requests_with_json_rpc_errors(tmp_path: Path)
         stderr = server.stop()
     assert surrogate["id"] == 7 and surrogate["error"]["code"] == -32700  # type: ignore[index]
     assert "lone surrogate" in surrogate["error"]["message"]  # type: ignore[index]
-    assert deep["id"] is None and deep["error"]["code"] == -32700  # type: ignore[index]
+    assert deep["id"] == 8 and deep["error"]["code"] == -32700  # type: ignore[index]
     assert not_jsonrpc["id"] == 9 and not_jsonrpc["error"]["code"] == -32600  # type: ignore[index]
+    assert alive == {"jsonrpc": "2.0", "id": 10, "result": {}}
+    assert "Traceback" not in stderr
+
+
+def test_stdio_answers_deep_nesting_with_its_id_and_unusable_ids_as_invalid_requests(
+    tmp_path: Path,
+) -> None:
+    server = RawStdio(env=environment(tmp_path))
+    nested = "[" * 2000 + "]" * 2000
+    try:
+        server.initialize()
+        # Each answer within 5 s, naming the id wherever it stands, deep nesting around it.
+        deep = [
+            server.request(line, timeout=5.0)
+            for line in (
+                '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + nested + "}}",
+                '{"jsonrpc":"2.0","method":"ping","params":{"x":' + nested + '},"id":"late"}',
+                '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"create_prompt",'
+                '"arguments":{"prompt_text":"x","parameters":{"a":'
+                + '{"b":' * 2000
+                + "1"
+                + "}" * 2000
+                + "}}}}",
+            )
+        ]
+        unusable = {
+            given: server.request(
+                '{"jsonrpc":"2.0","id":' + given + ',"method":"ping"}', timeout=5.0
+            )
+            for given in ('{"a":1}', "true", "false", "1.5", "null")
+        }
+        alive = server.request('{"jsonrpc":"2.0","id":10,"method":"ping"}', timeout=5.0)
+    finally:
+        stderr = server.stop()
+    assert [answer["id"] for answer in deep] == [1, "late", 3]
+    assert all(answer["error"]["code"] == -32700 for answer in deep)  # type: ignore[index]
+    for given, answer in unusable.items():
+        assert answer["id"] is None and answer["error"]["code"] == -32600, given  # type: ignore[index]
+        assert "id must be a string or an integer" in answer["error"]["message"]  # type: ignore[index]
     assert alive == {"jsonrpc": "2.0", "id": 10, "result": {}}
     assert "Traceback" not in stderr
 
