@@ -46,6 +46,8 @@ from mcp.types import (
     InputRequiredResult,
     LoggingLevel,
     SetLevelRequestParams,
+    SubscribeRequestParams,
+    UnsubscribeRequestParams,
 )
 from mcp_types.version import is_version_at_least
 from pydantic import ValidationError
@@ -76,9 +78,13 @@ class CosmosMCPServer(MCPServer[StateT], Generic[StateT]):
             kwargs["extensions"] = [*kwargs.get("extensions", ()), TasksExtension(self.tasks)]
             if kwargs.get("lifespan") is not None:
                 kwargs["lifespan"] = self.tasks.settling(kwargs["lifespan"])
+        # Follows the documents that subscriptions/listen streams (2026-07-28) and
+        # resources/subscribe (2025-11-25) name, announcing their updates.
+        watcher = ResourceWatcher(bus, _connection)
+        if kwargs.get("lifespan") is not None:
+            kwargs["lifespan"] = watcher.closing(kwargs["lifespan"])
         super().__init__(*args, tools=tools, subscriptions=bus, **kwargs)
-        # Follows the documents that subscriptions/listen streams name, publishing their updates.
-        self.middleware.append(ResourceWatcher(bus))
+        self.middleware.append(watcher)
         if self.tasks is not None:
             self.middleware.append(self.tasks)
         self.cosmos_tools = {tool.name: tool for tool in tools}
@@ -86,6 +92,12 @@ class CosmosMCPServer(MCPServer[StateT], Generic[StateT]):
         self._levels: weakref.WeakKeyDictionary[object, LoggingLevel] = weakref.WeakKeyDictionary()
         lowlevel = self._lowlevel_server
         lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
+        lowlevel.add_request_handler(
+            "resources/subscribe", SubscribeRequestParams, watcher.subscribe
+        )
+        lowlevel.add_request_handler(
+            "resources/unsubscribe", UnsubscribeRequestParams, watcher.unsubscribe
+        )
 
     # -- arguments -------------------------------------------------------------------------
 

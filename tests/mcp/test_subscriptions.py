@@ -11,7 +11,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, types
+from mcp.client.session import IncomingMessage
 from mcp.client.subscriptions import ResourceUpdated, Subscription
 
 from cosmos_mongo import AsyncCosmosStore
@@ -105,3 +106,42 @@ async def test_a_malformed_id_in_a_subscription_does_not_stop_the_others(
             async with session.listen(resource_subscriptions=[bad, good]) as subscription:
                 await store.update_prompt(prompt.id, prompt_text="A robot arm stacks cubes")
                 assert await next_update(subscription) == good
+
+
+# resources/subscribe is how 2025-11-25 clients follow a resource; the SDK marks it deprecated.
+@pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
+async def test_a_legacy_subscription_announces_another_processs_change_until_unsubscribed(
+    tmp_path: Path,
+) -> None:
+    updates: list[str] = []
+    arrived = anyio.Event()
+
+    async def on_message(message: IncomingMessage) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(message.params.uri)
+            arrived.set()
+
+    async with embedded_store(tmp_path) as store:
+        prompt = await store.create_prompt("A robot arm stacks blocks", {}, {})
+        run = await store.create_run(prompt.id, {}, initial_status="running")
+        server = build_server(ServerSettings(), store=store)
+        async with Client(server, mode="legacy", message_handler=on_message) as session:
+            uri = f"cosmos://runs/{run.id}"
+            assert session.server_capabilities is not None
+            resources = session.server_capabilities.resources
+            assert resources is not None and resources.subscribe
+            await session.session.subscribe_resource(uri)
+            await session.session.subscribe_resource(uri)  # twice is once
+            await in_another_process(tmp_path, f"store.update_run_status({run.id!r}, 'completed')")
+            with anyio.fail_after(20):
+                await arrived.wait()
+            assert updates == [uri]
+            await session.session.unsubscribe_resource(uri)
+            arrived = anyio.Event()
+            await in_another_process(tmp_path, f"store.set_run_rating({run.id!r}, 5)")
+            followed = await session.session.subscribe_resource(f"cosmos://prompts/{prompt.id}")
+            assert followed is not None
+            await store.update_prompt(prompt.id, prompt_text="A robot arm stacks cubes")
+            with anyio.fail_after(20):
+                await arrived.wait()
+            assert updates == [uri, f"cosmos://prompts/{prompt.id}"]  # not the unfollowed run
