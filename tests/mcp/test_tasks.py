@@ -16,20 +16,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import httpx2
 import mcp_types
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
+from mcp.client.streamable_http import streamable_http_client
 from pydantic import ConfigDict
 
 from cosmos_mongo import CosmosStore
 from cosmos_mongo.embedded import open_embedded
 from mcp_server.tasks import EXTENSION_ID, TaskIds
+from tests.mcp import test_transports
 from tests.mcp.conftest import Harness
 from tests.mcp.test_transports import RawStdio, environment
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 DEADLINE = 60.0
+http_server = test_transports.http_server  # the server over HTTP, with the token s3cret-token
 
 
 class CreatedTask(mcp_types.Result):
@@ -225,6 +229,26 @@ async def test_a_task_id_that_was_not_issued_is_not_found(tmp_path: Path) -> Non
             with pytest.raises(MCPError) as refused:
                 await get(session, task_id)
             assert refused.value.error.code == mcp_types.INVALID_PARAMS
+
+
+async def test_a_task_made_over_http_is_bound_to_the_callers_token(
+    http_server: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"  # the HTTP server's store
+    data_dir.mkdir(exist_ok=True)
+    prompt_id = stored_prompt(data_dir)
+    authorized = httpx2.AsyncClient(
+        headers={"Authorization": "Bearer s3cret-token"}, timeout=DEADLINE
+    )
+    transport = streamable_http_client(f"{http_server}/mcp", http_client=authorized)
+    async with authorized, Client(transport, extensions=[TasksClient()]) as session:
+        handle = await create(session, prompt_id)
+        assert (await until_not_working(session, handle.task_id))["status"] == "completed"
+    # Over stdio there is no token: the same id, on the same store, is not this caller's.
+    async with modern_server(environment(data_dir)) as stdio:
+        with pytest.raises(MCPError) as refused:
+            await get(stdio, handle.task_id)
+        assert refused.value.error.code == mcp_types.INVALID_PARAMS
 
 
 # -- 2025-11-25: task-augmented requests ----------------------------------------------------------
