@@ -1200,8 +1200,11 @@ def build_server(
         auth = {
             "token_verifier": _BearerToken(settings.token.get_secret_value()),
             "auth": AuthSettings(
+                # The SDK requires an issuer; it is never advertised: no OAuth authorization
+                # server exists here (a static token), so no protected-resource metadata
+                # (RFC 9728) names one that would answer 404.
                 issuer_url=AnyHttpUrl(base),
-                resource_server_url=AnyHttpUrl(f"{base}/mcp"),
+                resource_server_url=None,
                 required_scopes=[],
                 # A shared static token carries no audience to check against this resource.
                 validate_token_resource=False,

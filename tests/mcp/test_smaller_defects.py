@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 from mcp import types
 from mcp.client.context import ClientRequestContext
 
+from mcp_server import ServerSettings, build_server
 from tests.mcp.conftest import Harness
 
 pytestmark = pytest.mark.anyio
@@ -148,3 +150,22 @@ async def test_every_id_argument_publishes_the_id_pattern(harness: Harness) -> N
         assert seen >= 10
         message = await error(session, "get_prompt", prompt_id="ps_nothex")
     assert "it must be 'ps_' followed by 8 to 64 lowercase hex characters" in message
+
+
+async def test_the_http_auth_metadata_names_no_authorization_server_that_answers_404() -> None:
+    app = build_server(ServerSettings(token="s3cret-token")).streamable_http_app()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+        refused = await client.post("/mcp", json={})
+        assert refused.status_code == 401
+        advertised = re.findall(r'resource_metadata="([^"]+)"', refused.headers["www-authenticate"])
+        for url in [*advertised, "/.well-known/oauth-protected-resource/mcp"]:
+            metadata = await client.get(url)
+            if url not in advertised and metadata.status_code == 404:
+                continue  # nothing advertised, nothing to follow
+            assert metadata.status_code == 200, url
+            for issuer in metadata.json()["authorization_servers"]:
+                server = await client.get(
+                    f"{issuer.rstrip('/')}/.well-known/oauth-authorization-server"
+                )
+                assert server.status_code == 200, issuer
