@@ -216,8 +216,9 @@ Confirm = Annotated[
     bool,
     Field(
         strict=True,
-        description="true once the user has agreed to this change. Without it the server asks "
-        "the user itself when the client can (MCP elicitation), and refuses otherwise.",
+        description="true once the user has agreed to this change, for clients that cannot "
+        "ask the user: a client that can (MCP elicitation) has the server ask the user "
+        "whatever this says. Without it, a client that cannot ask is refused.",
     ),
 ]
 JsonObject = dict[str, Any]
@@ -230,30 +231,31 @@ class Confirmation(BaseModel):
     confirm: bool = Field(description="Go ahead with the change.")
 
 
-def _ask(ctx: Context, question: str) -> Elicit[Confirmation] | bool:
-    """Ask the user through the client, or answer False (not confirmed) if it cannot ask."""
+def _ask(ctx: Context, question: str, confirm: bool) -> Elicit[Confirmation] | bool:
+    """Ask the user through the client whenever it can ask, whatever ``confirm`` says: a
+    model, or stored text prompt-injecting one, can pass ``confirm: true``. Only a client that
+    cannot ask has ``confirm`` stand for the user's agreement (False: not confirmed)."""
     capabilities = ctx.client_capabilities
     elicitation = capabilities.elicitation if capabilities is not None else None
     if elicitation is None or (elicitation.form is None and elicitation.url is not None):
-        return False
+        return confirm
     return Elicit(question, Confirmation)
 
 
 async def _confirm_overwrite(
     ctx: Context, prompt_id: str, create_new: bool, confirm: bool
 ) -> Elicit[Confirmation] | bool:
-    if create_new or confirm:
+    if create_new:
         return True
     return _ask(
         ctx,
         f"Rewrite prompt {prompt_id} in place? Its text is replaced by the enhanced text "
         "(revert_enhancement can restore it).",
+        confirm,
     )
 
 
 async def _confirm_revert(ctx: Context, run_id: str, confirm: bool) -> Elicit[Confirmation] | bool:
-    if confirm:
-        return True
     try:  # never ask the user about a revert that would be refused: the body says why
         await (await _state(ctx).store()).check_revert(run_id)
     except (CosmosMongoError, ToolError):
@@ -262,23 +264,24 @@ async def _confirm_revert(ctx: Context, run_id: str, confirm: bool) -> Elicit[Co
         ctx,
         f"Undo enhancement {run_id}? The prompt's current text is replaced by the text it had "
         "before that enhancement.",
+        confirm,
     )
 
 
 async def _confirm_delete(
     ctx: Context, prompt_id: str, confirm: bool
 ) -> Elicit[Confirmation] | bool:
-    if confirm:
-        return True
     return _ask(
         ctx,
         f"Delete prompt {prompt_id} and its runs? This cannot be undone (enhance runs that "
         "produced other prompts are kept).",
+        confirm,
     )
 
 
 def _require_confirmation(outcome: Any, action: str) -> None:
-    """Fail closed: go on only on an explicit yes, from the user or from ``confirm: true``.
+    """Fail closed: go on only on an explicit yes, from the user, or from ``confirm: true`` where
+    the client cannot ask.
 
     Raises:
         ToolError: nobody confirmed.
