@@ -287,9 +287,100 @@ class DamagedDocuments(Yielded[list[str]]):
 
 @dataclass(frozen=True, slots=True)
 class ChangeStamp(Yielded[Any]):
-    """Ask the database for a value that changes whenever any write commits, in this process
-    or another: the embedded default's (see ``EmbeddedDatabase.change_stamp``). Other
-    databases have none and answer None; a watcher then compares the documents themselves."""
+    """Ask the database for a value that changes whenever a write commits, in this process or
+    another: the embedded default's (see ``EmbeddedDatabase.change_stamp``), or on a server
+    whose topology has change streams (a replica set or sharded cluster) the count of changes
+    to ``collections`` that ``feed``'s stream has reported. Otherwise None: a watcher then
+    compares the documents themselves. ``close`` ends ``feed``'s stream instead."""
+
+    feed: ChangeFeed | None = None
+    collections: tuple[str, ...] = ()
+    close: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class ChangeFeed:
+    """A server's change stream, kept open between a watcher's looks; the driver fills it."""
+
+    stream: Any = None
+    changes: int = 0
+    unavailable: bool = False  # the server has none (a standalone, a mock): compare documents
+
+
+# The stream's server-side wait per look: a look must stay cheap.
+_FEED_AWAIT_MS: Final = 10
+
+
+def _feed_pipeline(step: ChangeStamp) -> list[Document]:
+    match = {"ns.coll": {"$in": list(step.collections)}}
+    return [{"$match": match}, {"$project": {"documentKey": 1, "operationType": 1}}]
+
+
+def _feed_stamp_sync(database: Any, step: ChangeStamp) -> Any:
+    """The change count of ``step.feed``'s stream (opened on first use), or None."""
+    feed = step.feed
+    if feed is None or feed.unavailable:
+        return None
+    if step.close:
+        if feed.stream is not None:
+            feed.stream, stream = None, feed.stream
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                stream.close()
+        return None
+    try:
+        if feed.stream is None:
+            if getattr(type(database), "watch", None) is None:
+                feed.unavailable = True
+                return None
+            feed.stream = database.watch(_feed_pipeline(step), max_await_time_ms=_FEED_AWAIT_MS)
+        while feed.stream.try_next() is not None:
+            feed.changes += 1
+    except OperationFailure as exc:
+        return _feed_failed(feed, exc)
+    except _DRIVER_ERRORS as exc:  # a dropped stream: read the documents, reopen next time
+        log.info("change stream interrupted: %s", _first_line(exc))
+        feed.stream = None
+        return None
+    return ("changes", feed.changes)
+
+
+async def _feed_stamp_async(database: Any, step: ChangeStamp) -> Any:
+    """:func:`_feed_stamp_sync` on an async database (pymongo async or Motor)."""
+    feed = step.feed
+    if feed is None or feed.unavailable:
+        return None
+    if step.close:
+        if feed.stream is not None:
+            feed.stream, stream = None, feed.stream
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                closed = stream.close()
+                if inspect.isawaitable(closed):
+                    await closed
+        return None
+    try:
+        if feed.stream is None:
+            if getattr(type(database), "watch", None) is None:
+                feed.unavailable = True
+                return None
+            opened = database.watch(_feed_pipeline(step), max_await_time_ms=_FEED_AWAIT_MS)
+            feed.stream = await opened if inspect.isawaitable(opened) else opened
+        while (await feed.stream.try_next()) is not None:
+            feed.changes += 1
+    except OperationFailure as exc:
+        return _feed_failed(feed, exc)
+    except _DRIVER_ERRORS as exc:
+        log.info("change stream interrupted: %s", _first_line(exc))
+        feed.stream = None
+        return None
+    return ("changes", feed.changes)
+
+
+def _feed_failed(feed: ChangeFeed, exc: OperationFailure) -> None:
+    if feed.stream is None:  # refused at once: this topology has no change streams
+        feed.unavailable = True
+    else:  # the stream failed later (its resume point is gone): reopen next time
+        log.info("change stream ended: %s", _first_line(exc))
+        feed.stream = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,7 +680,9 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
         if isinstance(step, DamagedDocuments):
             return [] if _damaged_probe(database) is None else database.damaged_documents()
         if isinstance(step, ChangeStamp):
-            return None if _stamp_probe(database) is None else database.change_stamp()
+            if _stamp_probe(database) is None:
+                return _feed_stamp_sync(database, step)
+            return database.change_stamp()
         return step.call()  # Blocking, Report
 
     grouping = _grouping(database)
@@ -670,7 +763,7 @@ class _AsyncDriver(Generic[T]):
             # The embedded default's async adapter names its synchronous database.
             grouping = self.grouping
             if grouping is None or _stamp_probe(grouping) is None:
-                return None
+                return await _feed_stamp_async(self.database, step)
             return await asyncio.to_thread(grouping.change_stamp)
         if isinstance(step, Blocking):
             return await asyncio.to_thread(step.call)

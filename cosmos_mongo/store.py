@@ -678,12 +678,26 @@ class CosmosStore(_StoreBase):
         """The followed prompts and runs that changed (created, rewritten or deleted) since
         the previous call with this ``watch``; the first look at a document reports nothing.
         On the embedded default a look reads nothing unless some write committed (in any
-        process) since the last one; on a server it reads the followed documents.
+        process) since the last one; on a server whose topology has change streams (a replica
+        set or sharded cluster) the watch keeps one open and a look reads nothing unless it
+        reported a change to prompts or runs (call :meth:`stop_watching` when done); on any
+        other server, or while a stream is being reopened, a look reads the followed
+        documents.
 
         Raises:
             StorageError: the database could not be read.
         """
         return self._run(watching.poll(watch))
+
+    def stop_watching(self, watch: ChangeWatch) -> None:
+        """Close the change stream ``watch`` holds on a server (nothing else holds one); a
+        later :meth:`poll_changes` opens it again. A stream that fails to close is left to the
+        driver.
+
+        Raises:
+            StorageError: the server could not be reached to start the call.
+        """
+        self._run(watching.stop(watch))
 
     def cancel_enhancement(self, run_id: str) -> Run | None:
         """Settle a running enhance run now, as ``repair`` settles a stale one: finished if its
@@ -1361,12 +1375,26 @@ class AsyncCosmosStore(_StoreBase):
         """The followed prompts and runs that changed (created, rewritten or deleted) since
         the previous call with this ``watch``; the first look at a document reports nothing.
         On the embedded default a look reads nothing unless some write committed (in any
-        process) since the last one; on a server it reads the followed documents.
+        process) since the last one; on a server whose topology has change streams (a replica
+        set or sharded cluster) the watch keeps one open and a look reads nothing unless it
+        reported a change to prompts or runs (call :meth:`stop_watching` when done); on any
+        other server, or while a stream is being reopened, a look reads the followed
+        documents.
 
         Raises:
             StorageError: the database could not be read.
         """
         return await self._run(watching.poll(watch))
+
+    async def stop_watching(self, watch: ChangeWatch) -> None:
+        """Close the change stream ``watch`` holds on a server (nothing else holds one); a
+        later :meth:`poll_changes` opens it again. A stream that fails to close is left to the
+        driver.
+
+        Raises:
+            StorageError: the server could not be reached to start the call.
+        """
+        await self._run(watching.stop(watch))
 
     async def cancel_enhancement(self, run_id: str) -> Run | None:
         """Settle a running enhance run now, as ``repair`` settles a stale one: finished if its

@@ -5,9 +5,10 @@ database's change stamp at the last look. :func:`poll` is one look, a workflow b
 drive (``store.poll_changes(watch)``): it asks the database for its change stamp and, when
 nothing has committed since the last look, reads nothing. The embedded default has such a
 stamp (SQLite's ``data_version`` and the connection's own commit count), so another
-process's write is seen at the next look for the price of one pragma. Other databases have
-none: each look then reads the watched documents (one ``find`` per collection) and compares
-them with what it saw before.
+process's write is seen at the next look for the price of one pragma. On a server whose
+topology has change streams, the watch keeps one open over prompts and runs, and its count of
+reported changes is the stamp. Other databases have none: each look then reads the watched
+documents (one ``find`` per collection) and compares them with what it saw before.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Final, Literal
 
 from cosmos_mongo import queries as q
 from cosmos_mongo import validation as v
-from cosmos_mongo.ops import ChangeStamp, Document, Find, Flow
+from cosmos_mongo.ops import ChangeFeed, ChangeStamp, Document, Find, Flow
 
 Kind = Literal["prompt", "run"]
 Watched = tuple[Kind, str]
@@ -36,6 +37,7 @@ class ChangeWatch:
     _seen: dict[Watched, Document | None] = field(default_factory=dict)
     _unread: set[Watched] = field(default_factory=set)
     _stamp: Any = _UNSEEN
+    _feed: ChangeFeed = field(default_factory=ChangeFeed)
 
     def add(self, kind: Kind, document_id: str) -> None:
         """Follow a document; the next look records it as it is then (no change reported).
@@ -79,7 +81,7 @@ class ChangeWatch:
 
 def poll(watch: ChangeWatch) -> Flow[list[Watched]]:
     """One look: the followed documents that changed since the previous look."""
-    stamp = yield from ChangeStamp()
+    stamp = yield from ChangeStamp(watch._feed, tuple(_COLLECTIONS.values()))
     if not watch.needs_reading(stamp):
         return []
     found: dict[Watched, Document | None] = {}
@@ -91,3 +93,8 @@ def poll(watch: ChangeWatch) -> Flow[list[Watched]]:
         by_id = {str(document["_id"]): document for document in documents}
         found.update({(kind, document_id): by_id.get(document_id) for document_id in ids})
     return watch.settle(stamp, found)
+
+
+def stop(watch: ChangeWatch) -> Flow[None]:
+    """Close the watch's change stream, if a server opened one; a later look reopens it."""
+    yield from ChangeStamp(watch._feed, close=True)

@@ -183,9 +183,15 @@ class ResourceWatcher:
                 watching.task.cancel()
 
     async def _keep_looking(self, watching: _Watching) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self._look(watching)
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                await self._look(watching)
+        finally:
+            # Nobody follows any more: close a server's change stream (best effort; the
+            # store may be closing too).
+            with contextlib.suppress(Exception):
+                await (await watching.holder.store()).stop_watching(watching.watch)
 
     async def _look(self, watching: _Watching) -> None:
         """One look at the store; announce each changed document to its followers."""
