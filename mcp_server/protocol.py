@@ -73,7 +73,11 @@ class CosmosMCPServer(MCPServer[StateT], Generic[StateT]):
         bus = InMemorySubscriptionBus()
         # Enhancements become tasks for clients that ask (mcp_server.tasks); a server that
         # cannot enhance (read-only) offers none.
-        self.tasks = TaskService() if TASK_TOOLS & {tool.name for tool in tools} else None
+        self.tasks = (
+            TaskService(lambda: self._lowlevel_server.server_info_stamp)
+            if TASK_TOOLS & {tool.name for tool in tools}
+            else None
+        )
         if self.tasks is not None:
             kwargs["extensions"] = [*kwargs.get("extensions", ()), TasksExtension(self.tasks)]
             if kwargs.get("lifespan") is not None:

@@ -46,7 +46,11 @@ from mcp.types import (
     RequestParams,
     TextContent,
 )
-from mcp_types import CLIENT_CAPABILITIES_META_KEY, MISSING_REQUIRED_CLIENT_CAPABILITY
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
+    SERVER_INFO_META_KEY,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
@@ -147,7 +151,10 @@ class TaskService:
     """The task engine: the middleware for ``tools/call``, the task methods, and the
     enhancements still working in this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_info: Callable[[], dict[str, Any]] | None = None) -> None:
+        # The serverInfo stamp 2026-07-28 results carry; the runner adds it to every result
+        # but one a middleware answers itself, as this one answers a task handle.
+        self._server_info = server_info
         self._keys: dict[int, TaskIds] = {}
         self._working: dict[str, asyncio.Task[Any]] = {}
 
@@ -241,7 +248,8 @@ class TaskService:
             return work.result() if work.done() else await work
         task = self._task(ctx, run, task_id)
         if _modern(ctx):
-            return {"resultType": "task", **task}
+            meta = {} if self._server_info is None else {SERVER_INFO_META_KEY: self._server_info()}
+            return {"resultType": "task", **task, "_meta": meta}
         return {"task": task}
 
     def _finished(self, run_id: str, work: asyncio.Task[Any]) -> None:

@@ -180,6 +180,7 @@ async def test_a_modern_enhancement_task_is_created_polled_read_by_another_proce
     async with modern_server(env) as first:
         handle = await create(first, prompt_id)
         assert handle.status in ("working", "completed")
+        assert handle.meta is not None and "io.modelcontextprotocol/serverInfo" in handle.meta
         [run] = stored_runs(tmp_path, prompt_id)
         assert handle.task_id.startswith(run.id + ".")  # the task is the run
         done = await until_not_working(first, handle.task_id)
