@@ -348,14 +348,18 @@ def status_timestamps(status: str, now: datetime) -> Document:
 
 
 def prompt_update(
-    now: datetime, prompt_text: str | None = None, parameters: dict[str, Any] | None = None
+    now: datetime,
+    prompt_text: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Document:
-    """Set the text and merge the given parameter keys; other parameters stay as they are."""
+    """Set the text and merge the given parameter and input keys; other keys stay as they are."""
     changes: Document = {"updated_at": now}
     if prompt_text is not None:
         changes["prompt_text"] = prompt_text
-    for key, value in (parameters or {}).items():
-        changes[f"parameters.{key}"] = value
+    for name, given in (("parameters", parameters), ("inputs", inputs)):
+        for key, value in (given or {}).items():
+            changes[f"{name}.{key}"] = value
     return {"$set": changes}
 
 

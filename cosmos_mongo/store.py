@@ -519,16 +519,18 @@ class CosmosStore(_StoreBase):
         *,
         prompt_text: str | None = None,
         parameters: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> Prompt:
-        """Replace the text and/or merge ``parameters`` into the prompt's; returns the result.
+        """Replace the text and/or merge ``parameters`` and ``inputs`` into the prompt's, key
+        by key (other keys stay); returns the result.
 
         Raises:
-            InvalidInputError: a bad id, text or parameters, or nothing to change.
+            InvalidInputError: a bad id, text, parameters or inputs, or nothing to change.
             PromptNotFoundError: no prompt has this id.
             InvalidDocumentError: the change was stored, but the prompt does not fit the
                 model (edited by hand?), so it cannot be returned.
         """
-        return self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
+        return self._run(wf.update_prompt(prompt_id, prompt_text, parameters, inputs))
 
     def preview_prompt_deletion(self, prompt_id: str) -> DeletionPreview:
         """What :meth:`delete_prompt` would do: the runs it removes, the enhance runs it keeps
@@ -1216,16 +1218,18 @@ class AsyncCosmosStore(_StoreBase):
         *,
         prompt_text: str | None = None,
         parameters: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> Prompt:
-        """Replace the text and/or merge ``parameters`` into the prompt's; returns the result.
+        """Replace the text and/or merge ``parameters`` and ``inputs`` into the prompt's, key
+        by key (other keys stay); returns the result.
 
         Raises:
-            InvalidInputError: a bad id, text or parameters, or nothing to change.
+            InvalidInputError: a bad id, text, parameters or inputs, or nothing to change.
             PromptNotFoundError: no prompt has this id.
             InvalidDocumentError: the change was stored, but the prompt does not fit the
                 model (edited by hand?), so it cannot be returned.
         """
-        return await self._run(wf.update_prompt(prompt_id, prompt_text, parameters))
+        return await self._run(wf.update_prompt(prompt_id, prompt_text, parameters, inputs))
 
     async def preview_prompt_deletion(self, prompt_id: str) -> DeletionPreview:
         """What :meth:`delete_prompt` would do: the runs it removes, the enhance runs it keeps

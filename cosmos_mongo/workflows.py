@@ -357,15 +357,16 @@ def suggest_ids(kind: object, prefix: object, limit: object = 20) -> Flow[list[s
 
 
 def update_prompt(
-    prompt_id: object, prompt_text: object = None, parameters: object = None
+    prompt_id: object, prompt_text: object = None, parameters: object = None, inputs: object = None
 ) -> Flow[Prompt]:
     checked_id = v.check_prompt_id(prompt_id)
     text = None if prompt_text is None else v.check_text(prompt_text, "prompt_text")
     params = None if parameters is None else v.check_parameters(parameters)
-    if text is None and not params:
-        raise InvalidInputError("prompt_text", "give prompt_text or parameters to change")
-    update = q.prompt_update(utc_now(), text, params)
-    v.check_document_size(update, "parameters")
+    files = None if inputs is None else v.check_document_fields(inputs, "inputs")
+    if text is None and not params and not files:
+        raise InvalidInputError("prompt_text", "give prompt_text, parameters or inputs to change")
+    update = q.prompt_update(utc_now(), text, params, files)
+    v.check_document_size(update, "inputs" if files else "parameters")
     document = yield from FindOneAndUpdate(q.PROMPTS, q.by_id(checked_id), update)
     if document is None:
         raise PromptNotFoundError(checked_id)

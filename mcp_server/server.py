@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -51,11 +52,20 @@ from cosmos_mongo import AsyncCosmosStore
 from cosmos_mongo.config import Settings
 from cosmos_mongo.enhancers import INSTRUCTIONS, MAX_TOKENS, TEMPERATURE, tidy_model_text
 from cosmos_mongo.errors import CosmosMongoError, InvalidInputError, StorageError
-from cosmos_mongo.models import DeletionResult, Listing, Prompt, Run, VerificationReport
+from cosmos_mongo.models import (
+    DeletionResult,
+    Listing,
+    Prompt,
+    RepairReport,
+    Run,
+    VerificationReport,
+)
 from cosmos_mongo.validation import (
     MAX_PROMPT_TEXT_CHARS,
+    UNSET,
     ModelType,
     RunStatus,
+    Unset,
     check_prompt_id,
     check_run_id,
 )
@@ -618,16 +628,25 @@ async def create_prompt(
 
     Use when the user wants to save a prompt for later runs or enhancement."""
     state = _state(ctx)
+    _check_input_sizes(state, inputs=inputs, parameters=parameters)
+    created = await state.call(lambda store: store.create_prompt(prompt_text, inputs, parameters))
+    return state.answer(created)
+
+
+def _check_input_sizes(state: AppState, **values: Any) -> None:
+    """Refuse a free-form argument over ``max_input_bytes`` of JSON, naming it.
+
+    Raises:
+        ToolError: one is too large.
+    """
     most = state.settings.max_input_bytes
-    for name, value in (("inputs", inputs), ("parameters", parameters)):
+    for name, value in values.items():
         size = json_size(value)
         if size > most:
             raise ToolError(
                 f"Invalid argument `{name}`: it must take at most {most:,} bytes as JSON "
                 f"(got {size:,}). Store large data elsewhere and put its path here."
             )
-    created = await state.call(lambda store: store.create_prompt(prompt_text, inputs, parameters))
-    return state.answer(created)
 
 
 _NOT_SAMPLED = "cosmos-mongo:not-sampled"
@@ -861,6 +880,237 @@ async def rate_run(
     return state.answer(await state.call(lambda store: store.set_run_rating(run_id, rating)))
 
 
+# -- the rest of the job: runs of other models, prompt edits, repair ---------------------------
+
+RecordedModel = Literal["transfer", "upscale", "predict", "reason"]
+_FREE_FORM = "Free-form JSON; at most the server's input cap (100,000 bytes by default)."
+
+
+async def create_run(
+    ctx: Context,
+    prompt_id: PromptId,
+    model_type: Annotated[
+        RecordedModel,
+        Field(
+            description="What runs the prompt: transfer (default), upscale, predict or reason. "
+            "Enhancements are recorded by enhance_prompt."
+        ),
+    ] = "transfer",
+    execution_config: Annotated[
+        JsonObject | None,
+        Field(description='How it runs, e.g. {"num_gpus": 8, "guidance": 7}. ' + _FREE_FORM),
+    ] = None,
+    metadata: Annotated[
+        JsonObject | None,
+        Field(description='Anything else to keep, e.g. {"job": "slurm-4411"}. ' + _FREE_FORM),
+    ] = None,
+    status: Annotated[
+        RunStatus,
+        Field(description="The status it starts in (default pending)."),
+    ] = "pending",
+) -> Annotated[CallToolResult, Run]:
+    """Record a run of a prompt: a transfer, upscale, predict or reason job. Returns it with
+    its new id; move it through its statuses and attach its outputs with update_run.
+
+    Use when a video generation job for a stored prompt is started or planned."""
+    state = _state(ctx)
+    _check_input_sizes(state, execution_config=execution_config, metadata=metadata)
+    return state.answer(
+        await state.call(
+            lambda store: store.create_run(
+                prompt_id,
+                execution_config,
+                model_type=model_type,
+                metadata=metadata,
+                initial_status=status,
+            )
+        )
+    )
+
+
+async def update_run(
+    ctx: Context,
+    run_id: RunId,
+    status: Annotated[
+        RunStatus | None,
+        Field(
+            description="The new status; running stamps started_at, completed, failed and "
+            "cancelled stamp completed_at."
+        ),
+    ] = None,
+    outputs: Annotated[
+        JsonObject | None,
+        Field(
+            description='What it produced, e.g. {"video": "outputs/robot_0.mp4"}; replaces '
+            "the run's outputs whole (send every key to keep). " + _FREE_FORM
+        ),
+    ] = None,
+    log_path: Annotated[
+        str | None,
+        Field(description="Where its log is, e.g. outputs/robot_0.log.", max_length=4096),
+    ] = None,
+    error_message: Annotated[
+        str | None, Field(description="Why it failed.", max_length=10_000)
+    ] = None,
+    metadata: Annotated[
+        JsonObject | None,
+        Field(description="Replaces the run's metadata whole. " + _FREE_FORM),
+    ] = None,
+) -> Annotated[CallToolResult, Run]:
+    """Move a transfer, upscale, predict or reason run through its statuses and attach its
+    outputs (video paths), log path or error; only the fields given change. Enhance runs
+    are settled by enhance_prompt, revert_enhancement and repair_store, not here.
+
+    Use as a job you recorded with create_run starts, finishes or fails."""
+    state = _state(ctx)
+    if all(value is None for value in (status, outputs, log_path, error_message, metadata)):
+        raise ToolError(
+            "Invalid argument `status`: give at least one of status, outputs, log_path, "
+            "error_message or metadata to change. Nothing was changed."
+        )
+    _check_input_sizes(state, outputs=outputs, metadata=metadata)
+    found = await state.call(lambda store: store.get_run(run_id))
+    if found is None:
+        raise ToolError(f"No run has the id {run_id!r}. Find ids with list_runs.")
+    if found.model_type == "enhance":
+        raise ToolError(
+            f"{run_id} is an enhance run: its prompt's text and lineage depend on it, so only "
+            "enhance_prompt, revert_enhancement and repair_store change it. Nothing was changed."
+        )
+
+    def unset(value: T | None) -> T | Unset:  # an argument not given leaves its field alone
+        return UNSET if value is None else value
+
+    return state.answer(
+        await state.call(
+            lambda store: store.update_run(
+                run_id,
+                status=unset(status),
+                outputs=unset(outputs),
+                log_path=unset(log_path),
+                error_message=unset(error_message),
+                metadata=unset(metadata),
+            )
+        )
+    )
+
+
+async def _confirm_prompt_edit(
+    ctx: Context,
+    prompt_id: str,
+    prompt_text: str | None,
+    parameters: JsonObject | None,
+    inputs: JsonObject | None,
+    confirm: bool,
+) -> Elicit[Confirmation] | bool:
+    changes = [] if prompt_text is None else ["its text is replaced"]
+    for name, keys in (("parameters", parameters), ("inputs", inputs)):
+        if keys:
+            shown = ", ".join(sorted(keys)[:10]) + (", ..." if len(keys) > 10 else "")
+            changes.append(f"{name} set: {shown}")
+    if not changes:
+        return True  # nothing would change: the library says so, and nobody is asked
+    return _ask(ctx, f"Edit prompt {prompt_id}? {'; '.join(changes)} (other keys stay).", confirm)
+
+
+async def update_prompt(
+    ctx: Context,
+    prompt_id: PromptId,
+    confirmed: Annotated[ElicitationResult[Confirmation], Resolve(_confirm_prompt_edit)],
+    prompt_text: Annotated[
+        str | None,
+        Field(
+            description="The new text; replaces the old (asks the user first).",
+            min_length=1,
+            max_length=MAX_PROMPT_TEXT_CHARS,
+        ),
+    ] = None,
+    parameters: Annotated[
+        JsonObject | None,
+        Field(
+            description='Parameters to set, key by key, e.g. {"guidance": 8}; other keys stay. '
+            + _FREE_FORM
+        ),
+    ] = None,
+    inputs: Annotated[
+        JsonObject | None,
+        Field(
+            description='Input files to set, key by key, e.g. {"depth": "inputs/d.mp4"}; other '
+            "keys stay. " + _FREE_FORM
+        ),
+    ] = None,
+    confirm: Confirm = False,
+) -> Annotated[CallToolResult, Prompt]:
+    """Edit a prompt in place: replace its text and/or set parameters and input files key by
+    key (asks the user first). To keep the old text, create_prompt a new prompt instead.
+
+    Use when the user wants to change a stored prompt's settings, inputs or wording."""
+    state = _state(ctx)
+    _check_input_sizes(state, parameters=parameters, inputs=inputs)
+    if prompt_text is not None or parameters or inputs:
+        _require_confirmation(confirmed, f"editing {prompt_id}")
+    return state.answer(
+        await state.call(
+            lambda store: store.update_prompt(
+                prompt_id, prompt_text=prompt_text, parameters=parameters, inputs=inputs
+            )
+        )
+    )
+
+
+async def _confirm_repair(
+    ctx: Context, quick: bool, stale_after_minutes: int, confirm: bool
+) -> Elicit[Confirmation] | bool:
+    more = (
+        ""
+        if quick
+        else " Runs whose prompt is gone are deleted, enhanced flags corrected and legacy data "
+        "migrated."
+    )
+    return _ask(
+        ctx,
+        f"Repair the store? Enhancements, reverts and deletions interrupted more than "
+        f"{stale_after_minutes} minutes ago are finished or rolled back.{more}",
+        confirm,
+    )
+
+
+async def repair_store(
+    ctx: Context,
+    confirmed: Annotated[ElicitationResult[Confirmation], Resolve(_confirm_repair)],
+    quick: Annotated[
+        bool,
+        Field(
+            strict=True,
+            description="true (default): only settle interrupted work, fast at any size; "
+            "false: also remove runs whose prompt is gone, fix flags and migrate legacy data.",
+        ),
+    ] = True,
+    stale_after_minutes: Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=0,
+            le=525_600,
+            description="Settle only work interrupted longer ago than this (default 10). 0 "
+            "also settles work that may still be running in another process.",
+        ),
+    ] = 10,
+    confirm: Confirm = False,
+) -> Annotated[CallToolResult, RepairReport]:
+    """Repair stuck work: finish or roll back enhancements, reverts and deletions that were
+    interrupted (a crash, a cancelled call), as verify_enhancements reports them (asks the
+    user first). The answer lists each run and prompt it settled.
+
+    Use when verify_enhancements is not ok, or a run stays running after its job is gone."""
+    _require_confirmation(confirmed, "the repair")
+    state = _state(ctx)
+    stale_after = timedelta(minutes=stale_after_minutes)
+    return state.answer(
+        await state.call(lambda store: store.repair(stale_after=stale_after, quick=quick))
+    )
+
+
 TOOLS: dict[str, tuple[Operation, Callable[..., Any]]] = {
     "get_prompt": (Operation.READ, get_prompt),
     "list_prompts": (Operation.READ, list_prompts),
@@ -879,8 +1129,15 @@ TOOLS: dict[str, tuple[Operation, Callable[..., Any]]] = {
     "revert_enhancement": (Operation.UPDATE, revert_enhancement),
     "delete_prompt": (Operation.DELETE, delete_prompt),
     "rate_run": (Operation.SET, rate_run),
+    "create_run": (Operation.CREATE, create_run),
+    "update_run": (Operation.SET, update_run),
+    "update_prompt": (Operation.SET, update_prompt),
+    # It may delete runs whose prompt is gone: disabling "delete" disables it too.
+    "repair_store": (Operation.DELETE, repair_store),
 }
-CONFIRMED_TOOLS = frozenset({"enhance_prompt", "revert_enhancement", "delete_prompt"})
+CONFIRMED_TOOLS = frozenset(
+    {"enhance_prompt", "revert_enhancement", "delete_prompt", "update_prompt", "repair_store"}
+)
 
 
 def _prompt_page(
@@ -1110,6 +1367,12 @@ def agent_instructions(tools: set[str]) -> str:
         )
     else:
         parts.append("This server does not store enhancements (it is read-only).")
+    job = [t for t in ("create_run", "update_run", "update_prompt", "repair_store") if t in tools]
+    if job:
+        parts.append(
+            f"For the rest of the job ({', '.join(job)}): record transfer or upscale jobs and "
+            "their outputs as runs, edit prompts, and settle interrupted work."
+        )
     if tools & CONFIRMED_TOOLS:
         parts.append(
             "Tools that replace or delete data ask the user to confirm; if the client cannot "

@@ -66,6 +66,23 @@ async def examples() -> list[tuple[str, dict[str, Any], Any]]:
         await call("list_runs", prompt_id=pid, model_type="enhance")
         await call("get_run", run_id=enhanced["run_id"])
         await call("rate_run", run_id=enhanced["run_id"], rating=4)
+        job = await call(
+            "create_run", prompt_id=pid, model_type="upscale", execution_config={"num_gpus": 8}
+        )
+        await call(
+            "update_run",
+            run_id=job["id"],
+            status="completed",
+            outputs={"video": "outputs/robot_4k.mp4"},
+            log_path="outputs/robot_4k.log",
+        )
+        await call(
+            "update_prompt",
+            prompt_id=pid,
+            parameters={"guidance": 8},
+            inputs={"depth": "inputs/robot_depth.mp4"},
+            confirm=True,
+        )
         in_place = await call(
             "enhance_prompt",
             prompt_id=child,
@@ -77,6 +94,7 @@ async def examples() -> list[tuple[str, dict[str, Any], Any]]:
         await call("revert_enhancement", run_id=in_place["run_id"], confirm=True)
         await call("read_document", document_id=pid, max_chars=120)
         await call("verify_enhancements")
+        await call("repair_store", confirm=True)
         scratch = await call("create_prompt", prompt_text="A scratch prompt to delete")
         await call("delete_prompt", prompt_id=scratch["id"], confirm=True)
     return done

@@ -79,11 +79,13 @@ BAD: dict[str, st.SearchStrategy[Any]] = {
             "limit": [0, -1, 10**7],
             "offset": [-1, -(10**9)],
             "rating": [0, 6, -1, 10**9],
+            "minutes": [-1, 10**7],
         }.items()
     },
     "bool": st.one_of(flag_text, st.integers(), operators, st.lists(st.booleans(), max_size=1)),
     "model": st.one_of(not_a_string, st.just(""), st.just("m" * 300)),
     "choice": st.one_of(not_a_string, st.sampled_from(["", "dream", "ENHANCE", "done"])),
+    "long": st.one_of(not_a_string, st.just("x" * 20_000)),
 }
 KIND = {
     "prompt_id": "id",
@@ -108,6 +110,13 @@ KIND = {
     "enhancement_model": "model",
     "model_type": "choice",
     "status": "choice",
+    "execution_config": "mapping",
+    "metadata": "mapping",
+    "outputs": "mapping",
+    "log_path": "long",
+    "error_message": "long",
+    "quick": "bool",
+    "stale_after_minutes": "minutes",
 }
 
 
@@ -147,6 +156,29 @@ def valid_arguments(tool: str, prompt_id: str, run_id: str) -> dict[str, Any]:
         "revert_enhancement": {"run_id": run_id, "confirm": True},
         "delete_prompt": {"prompt_id": prompt_id, "force": False, "confirm": True},
         "rate_run": {"run_id": run_id, "rating": 3},
+        "create_run": {
+            "prompt_id": prompt_id,
+            "model_type": "upscale",
+            "execution_config": {"gpus": 8},
+            "metadata": {"job": "j1"},
+            "status": "pending",
+        },
+        "update_run": {
+            "run_id": run_id,
+            "status": "running",
+            "outputs": {"video": "v.mp4"},
+            "log_path": "run.log",
+            "error_message": "none yet",
+            "metadata": {"job": "j1"},
+        },
+        "update_prompt": {
+            "prompt_id": prompt_id,
+            "prompt_text": "Edited",
+            "parameters": {"guidance": 8},
+            "inputs": {"depth": "d.mp4"},
+            "confirm": True,
+        },
+        "repair_store": {"quick": True, "stale_after_minutes": 10, "confirm": True},
     }
     return base[tool]
 

@@ -218,7 +218,9 @@ async def test_read_only_mode_unregisters_write_tools(harness: Harness) -> None:
 async def test_tools_can_be_disabled_by_name_or_operation(harness: Harness) -> None:
     async with harness.connect(disabled_tools=["enhance_prompt", "set"]) as session:
         names = {tool.name for tool in (await session.list_tools()).tools}
-    assert names == set(TOOLS) - {"enhance_prompt", "rate_run"}
+    set_tools = {name for name, (op, _) in TOOLS.items() if op is Operation.SET}
+    assert "rate_run" in set_tools
+    assert names == set(TOOLS) - {"enhance_prompt"} - set_tools
 
 
 async def test_results_are_capped_by_count_and_say_how_to_page(harness: Harness) -> None:
