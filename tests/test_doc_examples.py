@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.wire_server import TEXT_INDEX_GAP, WireServer, stand_in_gap
+from tests.wire_server import (
+    SERVE_TEXT_GAP,
+    TEXT_INDEX_GAP,
+    WireServer,
+    serve_gap,
+    stand_in_gap,
+)
 
 REPO = Path(__file__).parent.parent
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -83,6 +89,7 @@ def test_the_server_examples_run_on_a_server(
 
     if "create_text_index" in source:
         stand_in_gap(request, wire_server, TEXT_INDEX_GAP)
+        serve_gap(request, wire_server, SERVE_TEXT_GAP)
     uri = wire_server.uri
     scratch = f"cosmos_doc_{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("COSMOS_MONGO_DATABASE", scratch)

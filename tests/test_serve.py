@@ -341,6 +341,11 @@ def test_a_writable_server_inserts_updates_deletes_and_indexes(data_dir: Path) -
             assert list(notes.find()) == [{"_id": 1, "n": 11}]
             with pytest.raises(OperationFailure, match=r"E11000|duplicate"):
                 notes.insert_one({"_id": 1})
+            notes.drop()
+            assert "notes" not in connected[DATABASE].list_collection_names()
+            connected.drop_database(DATABASE)  # every document and index, the file kept
+            assert connected[DATABASE].list_collection_names() == []
+            assert (data_dir / f"{DATABASE}.sqlite3").exists()
         finally:
             connected.close()
 

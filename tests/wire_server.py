@@ -8,6 +8,10 @@ with its test commands on (``configureFailPoint``), and stopped when the session
 SecantusDB speaks the wire protocol but is not mongod. Where it departs from the MongoDB
 manual, a test marks the gap with :func:`stand_in_gap`: a strict xfail on the stand-in only,
 so the same test must pass on mongod.
+
+``MONGODB_URI`` may also point at ``cosmos-mongo serve --writable`` (its buildInfo says so):
+the suite then runs over the wire on the embedded engine, and :func:`serve_gap` marks what
+the engine does not have, the same way (docs/DEVELOPMENT.md shows the command).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class WireServer:
     stand_in: bool  # SecantusDB rather than mongod
     process: subprocess.Popen[bytes] | None = None
     directory: Path | None = None
+    serve: bool = False  # cosmos-mongo serve over the embedded engine rather than mongod
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -121,21 +126,26 @@ def start_secantus() -> WireServer:
     raise RuntimeError(f"SecantusDB did not answer within {_START_TIMEOUT:g} s")
 
 
-def is_stand_in(uri: str) -> bool:
-    """Whether the server at ``uri`` is SecantusDB (its buildInfo says so), not mongod."""
+def _build_info(uri: str) -> dict[str, Any]:
     from pymongo import MongoClient
 
     client: Any = MongoClient(uri, serverSelectionTimeoutMS=10_000)
     try:
-        return "secantusVersion" in client.admin.command("buildInfo")
+        return dict(client.admin.command("buildInfo"))
     finally:
         client.close()
+
+
+def is_stand_in(uri: str) -> bool:
+    """Whether the server at ``uri`` is SecantusDB (its buildInfo says so), not mongod."""
+    return "secantusVersion" in _build_info(uri)
 
 
 def open_wire_server() -> WireServer:
     uri = os.environ.get("MONGODB_URI")
     if uri:
-        return WireServer(uri, is_stand_in(uri))
+        info = _build_info(uri)
+        return WireServer(uri, "secantusVersion" in info, serve="cosmosMongoVersion" in info)
     return start_secantus()
 
 
@@ -163,3 +173,18 @@ def stand_in_gap(request: pytest.FixtureRequest, server: WireServer, gap: str) -
     stand-in departs from the MongoDB manual. On mongod the test must pass."""
     if server.stand_in:
         request.applymarker(pytest.mark.xfail(reason=f"SecantusDB: {gap}", strict=True))
+
+
+# What the embedded engine does not have, seen through `cosmos-mongo serve`.
+SERVE_TEXT_GAP = "no text indexes: the embedded engine does not implement $text"
+SERVE_ROOTED_OR_GAP = (
+    "a rooted $or reads each branch's index, then sorts in memory (a SORT stage) where mongod "
+    "merges the branches in index order"
+)
+
+
+def serve_gap(request: pytest.FixtureRequest, server: WireServer, gap: str) -> None:
+    """Mark the running test a strict xfail when the server is ``cosmos-mongo serve``:
+    ``gap`` names what the embedded engine does not have. On mongod the test must pass."""
+    if server.serve:
+        request.applymarker(pytest.mark.xfail(reason=f"cosmos-mongo serve: {gap}", strict=True))

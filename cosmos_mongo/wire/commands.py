@@ -234,6 +234,9 @@ class Commands:
             "createIndexes": self._create_indexes,
             "dropIndexes": self._drop_indexes,
             "deleteIndexes": self._drop_indexes,
+            "drop": self._drop,
+            "dropDatabase": self._drop_database,
+            "create": self._create,
         }
 
     # -- dispatch --------------------------------------------------------------------------
@@ -843,6 +846,40 @@ class Commands:
                 raise CommandError("cannot drop _id index", 72)
             collection.drop_index(index)
         return {"nIndexesWas": len(indexes)}
+
+    def _drop(self, database: str, command: dict[str, Any], _client: Client) -> dict[str, Any]:
+        collection = self._collection(database, command, "drop")
+        if collection is None or not collection.list_indexes():
+            raise CommandError(f"ns not found {database}.{command['drop']}", 26)
+        indexes = _emptied(collection)
+        return {"ns": f"{database}.{command['drop']}", "nIndexesWas": indexes}
+
+    def _drop_database(
+        self, database: str, _command: dict[str, Any], _client: Client
+    ) -> dict[str, Any]:
+        """Every document and index of the database deleted, as writes other processes see
+        at once; the file stays (deleting it under a process that has it open would lose
+        that process's later writes)."""
+        opened = self.data.database(database)
+        if opened is not None:
+            for name in opened.list_collection_names():
+                _emptied(opened[name])
+        return {"dropped": database}
+
+    def _create(self, database: str, command: dict[str, Any], _client: Client) -> dict[str, Any]:
+        # The engine keeps no empty collection: it exists from its first document or index.
+        self._collection(database, command, "create", create=True)
+        return {}
+
+
+def _emptied(collection: EmbeddedCollection) -> int:
+    """Delete a collection's documents and indexes; how many indexes it had."""
+    indexes = collection.list_indexes()
+    for index in indexes:
+        if index["name"] != "_id_":
+            collection.drop_index(index["name"])
+    collection.delete_many({})
+    return len(indexes)
 
 
 def _write_error(index: int, exc: Exception) -> dict[str, Any]:

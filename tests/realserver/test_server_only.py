@@ -19,9 +19,12 @@ from tests.helpers.plans import plan_stages
 from tests.wire_server import (
     MULTI_FIELD_GAP,
     ROOTED_OR_GAP,
+    SERVE_ROOTED_OR_GAP,
+    SERVE_TEXT_GAP,
     SORT_STAGE_GAP,
     TEXT_INDEX_GAP,
     WireServer,
+    serve_gap,
     stand_in_gap,
 )
 
@@ -189,6 +192,7 @@ def test_the_history_merges_its_branches_indexes_with_no_sort_stage(
     # db.c.insertMany([{a: 1, t: 1}, {b: 1, t: 2}])
     # db.c.find({$or: [{a: 1}, {b: 1}]}).sort({t: -1}).explain()  // COLLSCAN, not SORT_MERGE
     stand_in_gap(request, wire_server, ROOTED_OR_GAP)
+    serve_gap(request, wire_server, SERVE_ROOTED_OR_GAP)
     store, _ = server
     original_id, _child_id = _enhanced_twice(store, 60)
     history = store.db["runs"].find(q.history_filter(original_id)).sort(list(q.NEWEST_FIRST))
@@ -320,6 +324,7 @@ def test_word_search_is_served_by_the_text_index(
     # db.c.createIndex({t: "text"})  // code 67 CannotCreateIndex on the stand-in
     # db.c.find({$text: {$search: "robot"}})  // mongod: the document; the stand-in: an error
     stand_in_gap(request, wire_server, TEXT_INDEX_GAP)
+    serve_gap(request, wire_server, SERVE_TEXT_GAP)
     store, _ = server
     store.create_text_index()
     robot = store.create_prompt("A robot arm stacks blocks", {}, {})
