@@ -1243,7 +1243,14 @@ def serve(
         click.echo(f"Serving {settings.data_dir}, {mode}. Connect with:\n{uri}")
         click.echo(f'  mongosh "{uri}"\nCtrl-C stops.')
 
-    serve_wire(options, announce)
+    try:
+        serve_wire(options, announce)
+    except OSError as exc:  # the address is taken, or the socket's directory is missing
+        where = socket_path or f"{host}:{port}"
+        raise click.ClickException(
+            f"cannot listen on {where}: {exc.strerror or exc} (is another server there? "
+            "--port 0 takes a free port)"
+        ) from exc
 
 
 @cli.command("import-sqlite")

@@ -30,6 +30,8 @@ from cosmos_mongo.wire.protocol import (
     HEADER,
     MAX_MESSAGE_BYTES,
     OP_MSG,
+    OP_QUERY,
+    OP_REPLY,
     FrameError,
     MessageError,
     parse_header,
@@ -72,16 +74,40 @@ COMPASS_HANDSHAKE: list[tuple[str, dict[str, Any]]] = [
     (DATABASE, {"count": "prompts", "query": {}}),
     (DATABASE, {"find": "prompts", "filter": {}, "limit": 20}),
 ]
-# What mongosh 2 runs on starting (recorded with `cosmos-mongo -vv serve`), besides the
-# handshake; atlasVersion is mongod's CommandNotFound too, which mongosh expects off Atlas.
-MONGOSH_STARTUP = [
+# What mongosh 2.12 ran in an interactive session (`show dbs`, `use cosmos`, `show
+# collections`, `db.prompts.find().limit(1)`, `exit`), recorded with `cosmos-mongo -vv serve`,
+# after its OP_QUERY handshake. atlasVersion is left out: mongod answers it CommandNotFound too,
+# which mongosh expects off Atlas (see the test below).
+MONGOSH_SESSION: list[tuple[str, dict[str, Any]]] = [
     ("admin", {"buildInfo": 1}),
-    ("admin", {"getParameter": 1}),
+    (
+        "admin",
+        {
+            "aggregate": "atlascli",
+            "pipeline": [
+                {"$match": {"managedClusterType": "atlasCliLocalDevCluster"}},
+                {"$group": {"_id": 1, "n": {"$sum": 1}}},
+            ],
+            "cursor": {},
+        },
+    ),
+    ("admin", {"getParameter": "foo"}),
     ("admin", {"getParameter": 1, "featureCompatibilityVersion": 1}),
-    ("admin", {"getCmdLineOpts": 1}),
-    ("admin", {"getLog": "startupWarnings"}),
-    ("admin", {"whatsmyuri": 1}),
     ("admin", {"ping": 1}),
+    ("admin", {"getLog": "startupWarnings"}),
+    (DATABASE, {"hello": 1}),
+    ("admin", {"listDatabases": 1}),
+    (
+        DATABASE,
+        {
+            "listCollections": 1,
+            "filter": {},
+            "cursor": {},
+            "nameOnly": True,
+            "authorizedCollections": False,
+        },
+    ),
+    (DATABASE, {"find": "prompts", "filter": {}, "limit": 1}),
     ("admin", {"endSessions": []}),
 ]
 
@@ -229,6 +255,19 @@ def test_serve_refuses_a_mongodb_uri(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "serves the embedded default" in result.output
 
 
+def test_a_taken_port_is_one_line_saying_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(
+            cli, ["--data-dir", str(tmp_path), "serve", "--port", port], catch_exceptions=False
+        )
+    assert result.exit_code == 1
+    assert f"Error: cannot listen on 127.0.0.1:{port}:" in result.output
+    assert "--port 0" in result.output
+
+
 def test_a_unix_socket_is_made_with_mode_0600(data_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "cosmos.sock"
     with running(_options(data_dir, socket_path=path)) as server:
@@ -246,7 +285,7 @@ def test_a_unix_socket_is_made_with_mode_0600(data_dir: Path, tmp_path: Path) ->
 
 
 def test_compass_handshake_commands_are_each_answered(client: Any) -> None:
-    for database, command in COMPASS_HANDSHAKE + MONGOSH_STARTUP:
+    for database, command in COMPASS_HANDSHAKE + MONGOSH_SESSION:
         reply = client[database].command(command)
         assert reply["ok"] == 1.0, (command, reply)
     info = client.admin.command("connectionStatus", showPrivileges=True)
@@ -255,6 +294,20 @@ def test_compass_handshake_commands_are_each_answered(client: Any) -> None:
     assert names == [{"name": DATABASE}]
     stats = client[DATABASE].command("dbStats")
     assert (stats["collections"], stats["objects"]) == (2, 5)  # 4 prompts, 1 run
+
+
+def test_the_legacy_op_query_handshake_is_answered_with_an_op_reply(server: WireServer) -> None:
+    query = bson.encode({"ismaster": 1, "helloOk": True, "compression": ["none"]})
+    body = struct.pack("<i", 0) + b"admin.$cmd\x00" + struct.pack("<ii", 0, -1) + query
+    with _raw(server) as sock:
+        sock.sendall(HEADER.pack(HEADER.size + len(body), 5, 0, OP_QUERY) + body)
+        length, _, response_to, op_code = HEADER.unpack(_read(sock, HEADER.size))
+        reply = _read(sock, length - HEADER.size)
+    flags, cursor_id, start, returned = struct.unpack("<iqii", reply[:20])
+    assert (response_to, op_code, flags, cursor_id, start, returned) == (5, OP_REPLY, 0, 0, 0, 1)
+    answer = bson.decode(reply[20:])
+    assert answer["ismaster"] is True and answer["helloOk"] is True and answer["ok"] == 1.0
+    assert answer["maxWireVersion"] >= 17 and "compression" not in answer  # none offered
 
 
 def test_an_unknown_command_is_command_not_found_and_the_connection_goes_on(client: Any) -> None:
