@@ -66,10 +66,6 @@ COMPASS_HANDSHAKE: list[tuple[str, dict[str, Any]]] = [
     (DATABASE, {"dbStats": 1}),
     (DATABASE, {"listCollections": 1, "nameOnly": True, "authorizedCollections": True}),
     (DATABASE, {"listCollections": 1, "filter": {}, "cursor": {}}),
-    (
-        DATABASE,
-        {"aggregate": "prompts", "pipeline": [{"$collStats": {"storageStats": {}}}], "cursor": {}},
-    ),
     (DATABASE, {"listIndexes": "prompts", "cursor": {}}),
     (DATABASE, {"count": "prompts", "query": {}}),
     (DATABASE, {"find": "prompts", "filter": {}, "limit": 20}),
@@ -282,6 +278,40 @@ def test_a_unix_socket_is_made_with_mode_0600(data_dir: Path, tmp_path: Path) ->
 
 
 # -- connecting and browsing -----------------------------------------------------------------------
+
+
+# The collection and index tabs' pipelines (its data-service: collectionStats, and indexes'
+# _indexStats and _indexSizes), shortened to what they read.
+COMPASS_COLLECTION_STATS = [
+    {"$collStats": {"storageStats": {}}},
+    {
+        "$group": {
+            "_id": None,
+            "count": {"$sum": "$storageStats.count"},
+            "size": {"$sum": {"$toDouble": "$storageStats.size"}},
+            "nindexes": {"$max": "$storageStats.nindexes"},
+        }
+    },
+]
+COMPASS_INDEX_STATS = [
+    {"$indexStats": {}},
+    {"$project": {"name": 1, "usageHost": "$host", "usageCount": "$accesses.ops"}},
+]
+COMPASS_INDEX_SIZES = [
+    {"$collStats": {"storageStats": {}}},
+    {"$project": {"indexSizes": {"$objectToArray": "$storageStats.indexSizes"}}},
+    {"$unwind": "$indexSizes"},
+    {"$group": {"_id": "$indexSizes.k", "size": {"$sum": {"$toDouble": "$indexSizes.v"}}}},
+]
+
+
+def test_compass_collection_and_index_tabs_get_their_figures(client: Any) -> None:
+    prompts = client[DATABASE].prompts
+    indexes = {index["name"] for index in prompts.list_indexes()}
+    (stats,) = prompts.aggregate(COMPASS_COLLECTION_STATS)
+    assert (stats["count"], stats["nindexes"]) == (4, len(indexes))
+    assert {row["name"] for row in prompts.aggregate(COMPASS_INDEX_STATS)} == indexes
+    assert {row["_id"] for row in prompts.aggregate(COMPASS_INDEX_SIZES)} == indexes
 
 
 def test_compass_handshake_commands_are_each_answered(client: Any) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bson.int64 import Int64
+from mongomock import aggregate as _aggregate_module
 from mongomock import filtering as _filtering
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -41,6 +42,7 @@ from cosmos_mongo.wire.protocol import MAX_BSON_BYTES, MAX_MESSAGE_BYTES
 log = logging.getLogger("cosmos_mongo.wire")
 # mongomock's matching, as the engine's (it has no type hints).
 _filter_applies: Callable[[Mapping[str, Any], Any], bool] = _filtering.filter_applies
+_aggregation: Any = _aggregate_module
 
 # What the server says it is: mongod 7.0's wire version, so current drivers, mongosh 2 and
 # Compass connect; buildInfo says which product answers.
@@ -524,8 +526,9 @@ class Commands:
                 9,
             )
         namespace = f"{database}.{command['aggregate']}"
-        if pipeline and "$collStats" in pipeline[0]:
-            documents = [self._coll_stats_stage(database, command["aggregate"], pipeline[0])]
+        first = next(iter(pipeline[0]), None) if pipeline else None
+        if first in ("$collStats", "$indexStats"):
+            documents = self._diagnostics(database, command["aggregate"], pipeline)
         else:
             collection = self._collection(database, command, "aggregate")
             documents = [] if collection is None else collection.aggregate(pipeline)
@@ -600,18 +603,44 @@ class Commands:
             "scaleFactor": 1,
         }
 
-    def _coll_stats_stage(
-        self, database: str, name: str, stage: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """What ``$collStats`` (Compass's collection tab) gives: the count it asks for."""
+    def _diagnostics(self, database: str, name: str, pipeline: list[Any]) -> list[Any]:
+        """A pipeline that starts with ``$collStats`` or ``$indexStats`` (Compass's collection
+        and index tabs): the server's own figures, then the rest of the pipeline."""
         stats = self._coll_stats(database, {"collStats": name}, Client(0))
-        return {
-            "ns": stats["ns"],
-            "host": self.address,
-            "localTime": datetime.now(UTC),
-            "storageStats": {k: v for k, v in stats.items() if k != "ns"},
-            "count": stats["count"],
-        }
+        if "$collStats" in pipeline[0]:
+            count = stats["count"]
+            storage = {
+                **{k: v for k, v in stats.items() if k != "ns"},
+                "capped": False,
+                "avgObjSize": 0,
+                "freeStorageSize": 0,
+            }
+            documents: list[Any] = [
+                {
+                    "ns": stats["ns"],
+                    "host": self.address,
+                    "localTime": datetime.now(UTC),
+                    "storageStats": storage,
+                    "count": count,
+                }
+            ]
+        else:
+            collection = self._collection(database, {"aggregate": name}, "aggregate")
+            since = datetime.now(UTC)
+            documents = [
+                {
+                    "name": index["name"],
+                    "key": index["key"],
+                    "host": self.address,
+                    "accesses": {"ops": Int64(0), "since": since},  # not counted
+                    "spec": index,
+                }
+                for index in ([] if collection is None else collection.list_indexes())
+            ]
+        # The rest runs over these few documents; mongomock has no $toDouble, which Compass
+        # applies to the figures (numbers already), so it becomes an addition of 0.0.
+        rest = [_without_to_double(stage) for stage in pipeline[1:]]
+        return list(_aggregation.process_pipeline(documents, None, rest, None))
 
     # -- explain ---------------------------------------------------------------------------
 
@@ -880,6 +909,16 @@ def _emptied(collection: EmbeddedCollection) -> int:
             collection.drop_index(index["name"])
     collection.delete_many({})
     return len(indexes)
+
+
+def _without_to_double(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if set(value) == {"$toDouble"}:
+            return {"$add": [_without_to_double(value["$toDouble"]), 0.0]}
+        return {key: _without_to_double(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_to_double(item) for item in value]
+    return value
 
 
 def _write_error(index: int, exc: Exception) -> dict[str, Any]:
