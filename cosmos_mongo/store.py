@@ -13,7 +13,7 @@ import inspect
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
@@ -390,6 +390,42 @@ class CosmosStore(_StoreBase):
                 ``enhanced`` that is not a boolean or None.
         """
         return self._run(wf.list_prompts(limit, offset, enhanced))
+
+    def prompts_page(
+        self,
+        after: tuple[datetime | None, Any] | None = None,
+        limit: int = 50,
+        *,
+        enhanced: bool | None = None,
+    ) -> wf.Page[Prompt]:
+        """One page of :meth:`iter_prompts`: at most ``limit`` prompts, newest first, after
+        ``after`` (the previous page's ``after``; None for the first page). The page's
+        ``items`` is a :class:`~cosmos_mongo.models.Listing` (its ``skipped`` names stored
+        prompts that do not fit the model); its ``after`` is None after the last page. A
+        prompt inserted between two pages never shifts the next one, as an offset would.
+
+        Raises:
+            InvalidInputError: ``limit`` outside 1-1000, a bad ``enhanced``, or an ``after``
+                that is not a previous page's.
+        """
+        return self._run(wf.prompts_page(after, limit, enhanced))
+
+    def runs_page(
+        self,
+        after: tuple[datetime | None, Any] | None = None,
+        limit: int = 50,
+        prompt_id: str | None = None,
+        model_type: ModelType | None = None,
+        status: RunStatus | None = None,
+    ) -> wf.Page[Run]:
+        """One page of :meth:`iter_runs`: at most ``limit`` runs (of a prompt, type or
+        status, if given), newest first, after ``after``, as :meth:`prompts_page` pages.
+
+        Raises:
+            InvalidInputError: a bad filter value, ``limit`` outside 1-1000, or an ``after``
+                that is not a previous page's.
+        """
+        return self._run(wf.runs_page(after, limit, prompt_id, model_type, status))
 
     def iter_prompts(
         self, *, enhanced: bool | None = None, batch_size: int = 500
@@ -1086,6 +1122,42 @@ class AsyncCosmosStore(_StoreBase):
                 ``enhanced`` that is not a boolean or None.
         """
         return await self._run(wf.list_prompts(limit, offset, enhanced))
+
+    async def prompts_page(
+        self,
+        after: tuple[datetime | None, Any] | None = None,
+        limit: int = 50,
+        *,
+        enhanced: bool | None = None,
+    ) -> wf.Page[Prompt]:
+        """One page of :meth:`iter_prompts`: at most ``limit`` prompts, newest first, after
+        ``after`` (the previous page's ``after``; None for the first page). The page's
+        ``items`` is a :class:`~cosmos_mongo.models.Listing` (its ``skipped`` names stored
+        prompts that do not fit the model); its ``after`` is None after the last page. A
+        prompt inserted between two pages never shifts the next one, as an offset would.
+
+        Raises:
+            InvalidInputError: ``limit`` outside 1-1000, a bad ``enhanced``, or an ``after``
+                that is not a previous page's.
+        """
+        return await self._run(wf.prompts_page(after, limit, enhanced))
+
+    async def runs_page(
+        self,
+        after: tuple[datetime | None, Any] | None = None,
+        limit: int = 50,
+        prompt_id: str | None = None,
+        model_type: ModelType | None = None,
+        status: RunStatus | None = None,
+    ) -> wf.Page[Run]:
+        """One page of :meth:`iter_runs`: at most ``limit`` runs (of a prompt, type or
+        status, if given), newest first, after ``after``, as :meth:`prompts_page` pages.
+
+        Raises:
+            InvalidInputError: a bad filter value, ``limit`` outside 1-1000, or an ``after``
+                that is not a previous page's.
+        """
+        return await self._run(wf.runs_page(after, limit, prompt_id, model_type, status))
 
     async def iter_prompts(
         self, *, enhanced: bool | None = None, batch_size: int = 500

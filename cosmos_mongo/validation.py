@@ -11,6 +11,7 @@ import enum
 import math
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final, Literal, get_args
 
 import bson
@@ -261,6 +262,24 @@ def check_limit(value: object, field: str = "limit") -> int:
 
 
 MAX_OFFSET: Final = 2**31 - 1
+
+
+def check_position(value: object, field: str = "after") -> tuple[Any, Any] | None:
+    """A keyset position: None, or a previous page's ``after``, ``(created_at, _id)``: a
+    datetime (None for a document stored without one) and a scalar id. A document, list or
+    other container is refused in either place, so a position cannot carry a query operator
+    into the filter."""
+    if value is None:
+        return None
+    if isinstance(value, tuple | list) and len(value) == 2:
+        created_at, document_id = value
+        if (created_at is None or isinstance(created_at, datetime)) and not isinstance(
+            document_id, Mapping | list | tuple | set
+        ):
+            return created_at, document_id
+    raise InvalidInputError(
+        field, f"must be None or a previous page's after, (created_at, id), got {value!r}"
+    )
 
 
 def check_offset(value: object, field: str = "offset") -> int:

@@ -172,16 +172,14 @@ def _page(model: type[Model], documents: list[Document], limit: int) -> Page[Mod
     return Page(listing(model, documents), after)
 
 
-def prompts_page(
-    after: tuple[Any, Any] | None, limit: object, enhanced: object = None
-) -> Flow[Page[Prompt]]:
+def prompts_page(after: object, limit: object, enhanced: object = None) -> Flow[Page[Prompt]]:
     """The prompts after ``after`` (a ``(created_at, id)`` position), newest first."""
     if enhanced is not None and not isinstance(enhanced, bool):
         raise InvalidInputError("enhanced", "must be true, false or null")
     checked_limit = v.check_limit(limit)
     documents = yield from Find(
         q.PROMPTS,
-        q.older_than(q.prompts_filter(enhanced), after),
+        q.older_than(q.prompts_filter(enhanced), v.check_position(after)),
         sort=q.NEWEST_FIRST,
         limit=checked_limit,
     )
@@ -197,7 +195,7 @@ def _checked_runs_filter(prompt_id: object, model_type: object, status: object) 
 
 
 def runs_page(
-    after: tuple[Any, Any] | None,
+    after: object,
     limit: object,
     prompt_id: object = None,
     model_type: object = None,
@@ -207,7 +205,10 @@ def runs_page(
     run_filter = _checked_runs_filter(prompt_id, model_type, status)
     checked_limit = v.check_limit(limit)
     documents = yield from Find(
-        q.RUNS, q.older_than(run_filter, after), sort=q.NEWEST_FIRST, limit=checked_limit
+        q.RUNS,
+        q.older_than(run_filter, v.check_position(after)),
+        sort=q.NEWEST_FIRST,
+        limit=checked_limit,
     )
     return _page(Run, documents, checked_limit)
 

@@ -5,11 +5,13 @@ Also the one place where library errors become :class:`ToolError` messages a mod
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -55,7 +57,14 @@ class Page(BaseModel):
     returned: int = Field(description="How many items this answer holds.")
     offset: int = Field(description="Offset this page started at.")
     next_offset: int | None = Field(
-        description="Pass as `offset` to get the next page; null when there is no more."
+        description="Pass as `offset` to get the next page; null when there is no more, and "
+        "on pages asked for by `cursor`."
+    )
+    next_cursor: str | None = Field(
+        default=None,
+        description="Pass as `cursor` to get the next page: it resumes after this page's last "
+        "item, so items added meanwhile shift nothing; null when there is no more (and from "
+        "tools that page by offset only).",
     )
     capped: Literal["count", "bytes"] | None = Field(
         description="Which cap cut this answer short: the item count or the byte size."
@@ -282,6 +291,51 @@ def _lineage_facts(
 def _count(number: int, noun: str) -> str:
     """``1 prompt``, ``2 prompts`` (``noun`` is the plural)."""
     return f"{number} {noun[:-1] if number == 1 and noun.endswith('s') else noun}"
+
+
+# Room a page keeps for its next_cursor, which page() does not measure.
+CURSOR_BYTES = 400
+
+
+def encode_cursor(scope: str, position: tuple[Any, Any]) -> str | None:
+    """An opaque cursor resuming a listing (``scope``: the tool and its filters) after the
+    keyset ``position`` ``(created_at, id)``; None for a position it cannot carry."""
+    created_at, document_id = position
+    if not isinstance(created_at, datetime) or not _cursor_id(document_id):
+        return None
+    raw = compact_json([_scope_tag(scope), created_at.isoformat(), document_id])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(scope: str, cursor: str) -> tuple[datetime, str | int]:
+    """The keyset position a cursor of :func:`encode_cursor` carries.
+
+    Raises:
+        ToolError: it is not such a cursor, or it belongs to another listing.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        tag, created_at, document_id = json.loads(raw)
+        position = (datetime.fromisoformat(created_at), document_id)
+    except (ValueError, TypeError):
+        raise ToolError(
+            "Invalid argument `cursor`: it is not a cursor this server gave; pass the "
+            "`next_cursor` of a previous answer, or leave it out for the first page."
+        ) from None
+    if tag != _scope_tag(scope) or not _cursor_id(document_id):
+        raise ToolError(
+            "Invalid argument `cursor`: it continues another listing (another tool or other "
+            "filters); pass the same filters as the call that gave it."
+        )
+    return position
+
+
+def _cursor_id(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _scope_tag(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:12]
 
 
 def data_budget(max_bytes: int) -> int:

@@ -71,6 +71,7 @@ from cosmos_mongo.validation import (
 )
 from mcp_server.protocol import CosmosMCPServer
 from mcp_server.results import (
+    CURSOR_BYTES,
     ENVELOPE_BYTES,
     WRAPPER_BYTES,
     DetailsAnswer,
@@ -82,7 +83,9 @@ from mcp_server.results import (
     RunPage,
     answer,
     data_budget,
+    decode_cursor,
     document_text,
+    encode_cursor,
     fit,
     indented_size,
     json_size,
@@ -100,6 +103,7 @@ from mcp_server.tasks import run_announcer
 NAME = "cosmos-mongo"
 INDEX_RETRY_SECONDS = 30.0
 T = TypeVar("T")
+Item = TypeVar("Item", Prompt, Run)
 log = logging.getLogger("mcp_server")
 
 
@@ -222,6 +226,14 @@ Offset = Annotated[
         description="How many items to skip: pass the previous answer's next_offset.",
     ),
 ]
+Cursor = Annotated[
+    str | None,
+    Field(
+        description="Where to go on: the previous answer's next_cursor (leave offset at 0). "
+        "Unlike offset, items added between pages shift nothing.",
+        max_length=400,
+    ),
+]
 Confirm = Annotated[
     bool,
     Field(
@@ -342,15 +354,94 @@ async def list_prompts(
         # schema type (the MCP Inspector CLI) send true/false, not the strings.
         WithJsonSchema({"type": "boolean", "description": _ENHANCED_FLAG}),
     ] = None,
+    cursor: Cursor = None,
 ) -> Annotated[CallToolResult, PromptPage]:
     """List prompts, newest first, a page at a time.
 
-    Use to browse what is stored; follow `next_offset` for more. To find prompts by words,
-    use search_prompts instead."""
+    Use to browse what is stored; follow `next_cursor` (or `next_offset`) for more. To find
+    prompts by words, use search_prompts instead."""
+    return await _prompts_by_keyset(
+        ctx, f"list_prompts:{enhanced}", enhanced, cursor, offset, limit
+    )
+
+
+async def _prompts_by_keyset(
+    ctx: Context, scope: str, enhanced: bool | None, cursor: str | None, offset: int, limit: int
+) -> CallToolResult:
+    """A page of prompts by cursor (keyset), or by offset when one is given."""
     state = _state(ctx)
     allowed = state.allowed(limit)
-    found = await state.call(lambda store: store.list_prompts(allowed, offset, enhanced=enhanced))
-    return state.answer(_prompt_page(state, found, offset, limit, allowed))
+    after, tail = _resume(scope, cursor, offset), None
+    if offset:
+        found = await state.call(
+            lambda store: store.list_prompts(allowed, offset, enhanced=enhanced)
+        )
+    else:
+        keyset = await state.call(
+            lambda store: store.prompts_page(after, allowed, enhanced=enhanced)
+        )
+        found, tail = keyset.items, keyset.after
+    kept, facts = _keyset_facts(
+        state, scope, cursor, found, tail, offset, limit, allowed, "prompts"
+    )
+    return state.answer(PromptPage(prompts=kept, **facts))  # type: ignore[arg-type]
+
+
+def _resume(scope: str, cursor: str | None, offset: int) -> tuple[Any, Any] | None:
+    """The position a cursor resumes from (None: the start).
+
+    Raises:
+        ToolError: both a cursor and an offset, or a cursor this listing did not give.
+    """
+    if cursor is None:
+        return None
+    if offset:
+        raise ToolError(
+            "Invalid argument `cursor`: give a cursor or an offset, not both (a cursor already "
+            "says where to go on)."
+        )
+    return decode_cursor(scope, cursor)
+
+
+def _keyset_facts(
+    state: AppState,
+    scope: str,
+    cursor: str | None,
+    found: Listing[Item],
+    tail: tuple[Any, Any] | None,
+    offset: int,
+    requested: int,
+    allowed: int,
+    noun: str,
+) -> tuple[list[Item], dict[str, object]]:
+    """Cut the page to the caps, and add where the next one starts as a cursor: after the
+    last item kept, or, when the page came whole from a keyset read, after the last document
+    read (a left-out one included)."""
+    kept, facts = page(
+        found,
+        offset=offset,
+        requested=requested,
+        allowed=allowed,
+        max_bytes=state.settings.max_bytes - CURSOR_BYTES,
+        noun=noun,
+        skipped=found.skipped,
+    )
+    following = facts["next_offset"]
+    position: tuple[Any, Any] | None = None
+    if following is not None:
+        whole = len(kept) == len(found) and not offset
+        last = kept[-1] if kept else None
+        if whole and tail is not None:
+            position = tail
+        elif last is not None:
+            position = (last.created_at, last.id)
+    next_cursor = None if position is None else encode_cursor(scope, position)
+    facts["next_cursor"] = next_cursor
+    if cursor is not None:  # offsets count from the cursor's position, not the start
+        facts["next_offset"] = None
+        if isinstance(facts["note"], str) and next_cursor is not None:
+            facts["note"] = facts["note"].replace(f"offset={following}", f'cursor="{next_cursor}"')
+    return kept, facts
 
 
 async def search_prompts(
@@ -387,16 +478,13 @@ async def search_prompts(
 
 
 async def list_enhanced_prompts(
-    ctx: Context, limit: Limit = 20, offset: Offset = 0
+    ctx: Context, limit: Limit = 20, offset: Offset = 0, cursor: Cursor = None
 ) -> Annotated[CallToolResult, PromptPage]:
     """List prompts that were enhanced (rewritten into detailed prompts), newest first.
 
     Use to review recent enhancements; get_enhancement_details explains each one. Follow
-    `next_offset` for more."""
-    state = _state(ctx)
-    allowed = state.allowed(limit)
-    found = await state.call(lambda store: store.list_enhanced_prompts(allowed, offset))
-    return state.answer(_prompt_page(state, found, offset, limit, allowed))
+    `next_cursor` (or `next_offset`) for more."""
+    return await _prompts_by_keyset(ctx, "list_prompts:True", True, cursor, offset, limit)
 
 
 async def get_enhancement_details(
@@ -519,20 +607,31 @@ async def list_runs(
     status: Annotated[RunStatus | None, Field(description="Only runs in this status.")] = None,
     limit: Limit = 20,
     offset: Offset = 0,
+    cursor: Cursor = None,
 ) -> Annotated[CallToolResult, RunPage]:
     """List runs (executions of prompts), newest first, optionally of one prompt, type or status.
 
-    Use to see what ran, what failed, or to find a run to rate; follow `next_offset` for more."""
+    Use to see what ran, what failed, or to find a run to rate; follow `next_cursor` (or
+    `next_offset`) for more."""
     state = _state(ctx)
     allowed = state.allowed(limit)
-    found = await state.call(
-        lambda store: store.list_runs(prompt_id, model_type, status, allowed, offset)
-    )
-    if prompt_id is not None and not found and not found.skipped and offset == 0:
+    scope = f"list_runs:{prompt_id}:{model_type}:{status}"
+    after, tail = _resume(scope, cursor, offset), None
+    if offset:
+        found = await state.call(
+            lambda store: store.list_runs(prompt_id, model_type, status, allowed, offset)
+        )
+    else:
+        keyset = await state.call(
+            lambda store: store.runs_page(after, allowed, prompt_id, model_type, status)
+        )
+        found, tail = keyset.items, keyset.after
+    if prompt_id is not None and not found and not found.skipped and offset == 0 and not cursor:
         # No runs: say so for a prompt that exists, "not found" for one that does not (the
         # runs a deleted prompt's enhancements left as provenance still list).
         await _existing_prompt(state, prompt_id)
-    return state.answer(_run_page(state, found, offset, limit, allowed))
+    kept, facts = _keyset_facts(state, scope, cursor, found, tail, offset, limit, allowed, "runs")
+    return state.answer(RunPage(runs=kept, **facts))  # type: ignore[arg-type]
 
 
 async def read_document(

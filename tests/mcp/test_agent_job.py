@@ -5,6 +5,8 @@ match names."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.mcp.conftest import Harness
@@ -127,3 +129,79 @@ async def test_repair_store_settles_a_stuck_enhancement_once_the_user_agrees(
     assert report["rolled_back"] == [stuck.id] and report["quick"] is True
     assert verified["ok"] and len(yes.asked) == 1 and "Repair" in yes.asked[0]
     assert (await harness.store.get_run(stuck.id)).status == "failed"  # type: ignore[union-attr]
+
+
+# -- cursor paging ---------------------------------------------------------------------------------
+
+CURSOR_TOOLS = ["list_prompts", "list_enhanced_prompts", "list_runs"]
+
+
+async def _add(harness: Harness, tool: str, root: str, count: int) -> None:
+    for i in range(count):
+        if tool == "list_prompts":
+            await harness.store.create_prompt(f"Added prompt {i}", {}, {})
+        elif tool == "list_enhanced_prompts":
+            await harness.store.enhance_prompt(root, enhanced_text=f"Added rewrite {i}.")
+        else:
+            await harness.store.create_run(root, {"i": i})
+
+
+@pytest.mark.parametrize("tool", CURSOR_TOOLS)
+async def test_five_items_added_between_pages_shift_nothing_when_paging_by_cursor(
+    harness: Harness, tool: str
+) -> None:
+    root = await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
+    arguments = {"prompt_id": root.id} if tool == "list_runs" else {}
+    await _add(harness, tool, root.id, 10)
+    async with harness.connect() as session:
+        expected = [item["id"] for item in _items(await call(session, tool, **arguments))]
+        by_cursor = await call(session, tool, limit=4, **arguments)
+        by_offset = await call(session, tool, limit=4, **arguments)
+        await _add(harness, tool, root.id, 5)  # newer than every item listed so far
+        seen = [item["id"] for item in _items(by_cursor)]
+        cursor = by_cursor["next_cursor"]
+        while cursor is not None:
+            answer = await call(session, tool, limit=4, cursor=cursor, **arguments)
+            assert answer["next_offset"] is None
+            seen += [item["id"] for item in _items(answer)]
+            cursor = answer["next_cursor"]
+        shifted = await call(session, tool, limit=4, offset=4, **arguments)
+    assert seen == expected  # each item once, in order, the new ones not slipped in
+    offset_ids = [item["id"] for item in _items(by_offset) + _items(shifted)]
+    assert len(set(offset_ids)) < len(offset_ids)  # what offsets did: items shown twice
+
+
+def _items(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = answer.get("prompts", answer.get("runs"))
+    return items
+
+
+async def test_a_cursor_resumes_after_a_page_the_byte_cap_cut(harness: Harness) -> None:
+    for i in range(12):
+        await harness.store.create_prompt(f"Prompt {i} " + "x" * 3_000, {}, {})
+    expected = [p.id for p in await harness.store.list_prompts(limit=100)]
+    seen: list[str] = []
+    async with harness.connect(max_bytes=20_000) as session:
+        answer = await call(session, "list_prompts", limit=12)
+        assert answer["capped"] == "bytes" and answer["next_cursor"] is not None
+        while True:
+            seen += [item["id"] for item in answer["prompts"]]
+            if answer["next_cursor"] is None:
+                break
+            answer = await call(session, "list_prompts", limit=12, cursor=answer["next_cursor"])
+    assert seen == expected
+
+
+async def test_a_cursor_is_refused_for_another_listing_with_an_offset_or_forged(
+    harness: Harness,
+) -> None:
+    for i in range(3):
+        await harness.store.create_prompt(f"Prompt {i}", {}, {})
+    async with harness.connect() as session:
+        cursor = (await call(session, "list_prompts", limit=1))["next_cursor"]
+        other = await error(session, "list_prompts", enhanced=True, cursor=cursor)
+        both = await error(session, "list_prompts", offset=1, cursor=cursor)
+        forged = await error(session, "list_prompts", cursor="eyIkbmUiOiBudWxsfQ")
+    assert "Invalid argument `cursor`: it continues another listing" in other
+    assert "not both" in both
+    assert "not a cursor this server gave" in forged
