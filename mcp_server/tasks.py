@@ -74,7 +74,7 @@ Path = Literal["agent", "client-sampling", "server-enhancer"]
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 # Set while a task-augmented call runs: the tool hands it to the store as ``on_run``.
-_announce: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar(
+_announce: contextvars.ContextVar[Callable[[str, Path], None] | None] = contextvars.ContextVar(
     "cosmos_mongo_task_announce", default=None
 )
 
@@ -212,9 +212,9 @@ class TaskService:
         """Run the call in the background; answer with its task once its run is recorded, or
         with its plain answer if it ends first (a refusal, an error, or a request for input:
         those come before any run exists)."""
-        announced: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+        announced: asyncio.Future[tuple[str, Path]] = asyncio.get_running_loop().create_future()
 
-        def announce(run_id: str, path: str) -> None:
+        def announce(run_id: str, path: Path) -> None:
             if not announced.done():
                 announced.set_result((run_id, path))
 
@@ -238,7 +238,7 @@ class TaskService:
         work.add_done_callback(lambda done: self._finished(run_id, done))
         store = await self._store(ctx)
         try:
-            task_id = (await self._ids(store)).make(run_id, path, owner())  # type: ignore[arg-type]
+            task_id = (await self._ids(store)).make(run_id, path, owner())
             run = await store.get_run(run_id)
         except CosmosMongoError as exc:
             raise MCPError(
