@@ -1423,7 +1423,8 @@ def _register_prompt(server: CosmosMCPServer[AppState], can_store: bool) -> None
 
 
 async def _complete(state: AppState, ref: Any, value: str) -> list[str]:
-    """Ids for prompt-template and resource-template arguments, newest first."""
+    """Ids for prompt-template and resource-template arguments: those starting with what was
+    typed, then (for prompts) those whose name or text contains it, each newest first."""
     if isinstance(ref, PromptReference):
         kind: Literal["prompt", "run"] | None = (
             "prompt" if ref.name == "enhance_cosmos_prompt" else None
@@ -1435,9 +1436,18 @@ async def _complete(state: AppState, ref: Any, value: str) -> list[str]:
     if kind is None:
         return []
     try:
-        return await (await state.store()).suggest_ids(kind, value, 100)
-    except (CosmosMongoError, ToolError):
-        return []  # a prefix no id has, or no database: nothing to suggest
+        store = await state.store()
+    except ToolError:
+        return []  # no database: nothing to suggest
+    found: list[str] = []
+    with contextlib.suppress(CosmosMongoError):  # a prefix no id has
+        found = await store.suggest_ids(kind, value, 100)
+    if kind == "prompt" and value.strip() and len(found) < 100:
+        # "robot" names no id, yet the user means the robot prompts.
+        with contextlib.suppress(CosmosMongoError):
+            named = await store.search_prompts(value, 100)
+            found += [prompt.id for prompt in named if prompt.id not in found]
+    return found[:100]
 
 
 def agent_instructions(tools: set[str]) -> str:

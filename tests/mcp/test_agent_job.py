@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mcp import types
 
 from tests.mcp.conftest import Harness
 from tests.mcp.test_agent_interface import answering, harmful_calls
@@ -205,3 +206,23 @@ async def test_a_cursor_is_refused_for_another_listing_with_an_offset_or_forged(
     assert "Invalid argument `cursor`: it continues another listing" in other
     assert "not both" in both
     assert "not a cursor this server gave" in forged
+
+
+# -- completions -----------------------------------------------------------------------------------
+
+
+async def test_completions_match_names_and_text_not_only_id_prefixes(harness: Harness) -> None:
+    named = await harness.store.create_prompt("Arm stacks blocks", {}, {"name": "Robot-arm"})
+    texted = await harness.store.create_prompt("A ROBOT walks a dog", {}, {})
+    await harness.store.create_prompt("Waves roll onto a beach", {}, {"name": "waves"})
+    template = types.PromptReference(name="enhance_cosmos_prompt")
+    async with harness.connect() as session:
+        robot = await session.complete(template, {"name": "prompt_id", "value": "robot"})
+        resource = await session.complete(
+            types.ResourceTemplateReference(uri="cosmos://prompts/{prompt_id}"),
+            {"name": "prompt_id", "value": "robot"},
+        )
+        prefix = await session.complete(template, {"name": "prompt_id", "value": named.id[:-2]})
+    assert robot.completion.values == [texted.id, named.id]  # newest first
+    assert resource.completion.values == [texted.id, named.id]
+    assert prefix.completion.values == [named.id]
