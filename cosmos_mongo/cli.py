@@ -1223,9 +1223,18 @@ def serve(
     settings = state.settings()
     if writable and settings.read_only:
         raise click.UsageError("--writable and COSMOS_MONGO_READ_ONLY contradict each other")
+    database = state.database
+    context = click.get_current_context()
+    source = context.parent.get_parameter_source("database") if context.parent else None
+    if (
+        source in (None, click.core.ParameterSource.DEFAULT)
+        and not (settings.data_dir / f"{database}.sqlite3").exists()
+        and (settings.data_dir / "cosmos_demo.sqlite3").exists()
+    ):
+        database = "cosmos_demo"  # after `cosmos-mongo demo`, point at what it wrote
     options = ServeOptions(
         data_dir=settings.data_dir,
-        database=state.database,
+        database=database,
         host=host,
         port=port,
         socket_path=socket_path,
@@ -1240,6 +1249,8 @@ def serve(
             click.echo(json.dumps(shown))
             return
         mode = "read-write" if writable else "read-only (--writable allows writes)"
+        if database != state.database:
+            mode += f"; {state.database} has no data yet, so this names the demo's database"
         click.echo(f"Serving {settings.data_dir}, {mode}. Connect with:\n{uri}")
         click.echo(f'  mongosh "{uri}"\nCtrl-C stops.')
 

@@ -540,7 +540,7 @@ def test_mongosh_lists_enhanced_prompts_of_the_demo_through_cosmos_mongo_serve(
     )
     assert demo.returncode == 0, demo.stderr
     serving = subprocess.Popen(
-        [*command, "--db", "cosmos_demo", "serve", "--port", "0"],
+        [*command, "serve", "--port", "0"],  # names the demo's database: cosmos has no data
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
