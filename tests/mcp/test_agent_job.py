@@ -25,6 +25,12 @@ async def test_confirm_true_still_asks_a_user_the_client_can_ask(
     harness: Harness, mode: str
 ) -> None:
     calls = await harmful_calls(harness)
+    prompt = await harness.store.create_prompt("Rain on a neon street", {}, {})
+    await harness.store.create_run(prompt.id, {}, model_type="enhance", initial_status="running")
+    calls += [
+        ("update_prompt", {"prompt_id": prompt.id, "parameters": {"seed": 7}}, "Edit"),
+        ("repair_store", {"stale_after_minutes": 0}, "Repair"),
+    ]
     before = harness.snapshot()
     no = answering("decline")
     async with harness.connect(client_options={"elicitation_callback": no, "mode": mode}) as s:
@@ -32,6 +38,8 @@ async def test_confirm_true_still_asks_a_user_the_client_can_ask(
             text = await error(s, tool, **arguments, confirm=True)
             assert "did not confirm" in text and "Nothing was changed" in text
     assert harness.snapshot() == before and len(no.asked) == len(calls)
+    for (_, _, word), question in zip(calls, no.asked, strict=True):
+        assert word in question
 
 
 # -- runs of other models --------------------------------------------------------------------------
