@@ -459,6 +459,27 @@ def test_a_malformed_message_is_answered_with_an_error_on_a_connection_that_goes
         assert _exchange(sock, _frame({"ping": 1, "$db": "admin"}))["ok"] == 1.0
 
 
+def test_random_bytes_in_sound_frames_get_an_error_or_a_closed_connection_never_a_crash(
+    server: WireServer, client: Any
+) -> None:
+    import random
+
+    rng = random.Random(25)
+    for _ in range(60):
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
+        if rng.random() < 0.5:  # a plausible start: flags, a body section, a document size
+            body = struct.pack("<IBi", 0, 0, len(body) + 4) + body
+        op_code = rng.choice([OP_MSG, OP_QUERY])
+        with _raw(server) as sock:
+            sock.sendall(HEADER.pack(HEADER.size + len(body), 1, 0, op_code) + body)
+            try:
+                length, _, response_to, _ = HEADER.unpack(_read(sock, HEADER.size))
+                assert response_to == 1 and length > HEADER.size
+            except ConnectionError:
+                pass  # closed: also an answer
+    assert client.admin.command("ping")["ok"] == 1.0
+
+
 def test_a_client_stalling_mid_message_is_dropped_and_others_are_served(data_dir: Path) -> None:
     with running(_options(data_dir, frame_timeout=0.2)) as server, _raw(server) as stalled:
         frame = _frame({"ping": 1, "$db": "admin"})
