@@ -7,11 +7,13 @@ server listening on a free loopback port over a scratch data dir written by the 
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,16 @@ def _read(sock: socket.socket, size: int) -> bytes:
 
 def _raw(server: WireServer) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def _first_lines(stream: Any, count: int, timeout: float) -> list[str]:
+    """The first ``count`` lines of a child's output, read on a thread so a child that
+    prints nothing fails the test after ``timeout`` instead of hanging it."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(stream.readline()) for _ in range(count)], daemon=True
+    ).start()
+    return [lines.get(timeout=timeout) for _ in range(count)]
 
 
 def _closed_by_server(sock: socket.socket) -> bool:
@@ -569,7 +581,7 @@ def test_mongosh_lists_enhanced_prompts_of_the_demo_through_cosmos_mongo_serve(
     )
     try:
         assert serving.stdout is not None
-        lines = [serving.stdout.readline() for _ in range(2)]
+        lines = _first_lines(serving.stdout, 2, timeout=60.0)
         uri = lines[1].strip()
         assert uri.startswith("mongodb://127.0.0.1:") and "/cosmos_demo?" in uri, lines
         home = tmp_path / "home"
