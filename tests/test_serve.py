@@ -230,6 +230,8 @@ def test_cursors_time_out_when_left_idle_and_are_bounded_in_number() -> None:
         cursors.first_batch("db.c", documents, 2)
     now[0] = 9.0
     assert cursors.next_batch(cursor_id, "db.c", 2) == (documents[2:4], cursor_id)  # in time
+    assert Cursors(1, 10.0).first_batch("db.c", documents, 0)[0] == []  # batchSize 0: none
+    assert len(Cursors(1, 10.0).first_batch("db.c", documents * 30, None)[0]) == 101
     now[0] = 19.5
     with pytest.raises(CursorError, match="not found") as gone:
         cursors.next_batch(cursor_id, "db.c", 2)

@@ -297,7 +297,10 @@ class Commands:
         single_batch: bool = False,
     ) -> dict[str, Any]:
         batch, cursor_id = self.cursors.first_batch(
-            namespace, documents, _count_option(batch_size, "batchSize"), single_batch
+            namespace,
+            documents,
+            None if batch_size is None else _count_option(batch_size, "batchSize"),
+            single_batch,
         )
         return {"cursor": {"id": Int64(cursor_id), "ns": namespace, "firstBatch": batch}}
 

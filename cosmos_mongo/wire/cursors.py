@@ -70,15 +70,21 @@ class Cursors:
         return len(self._open)
 
     def first_batch(
-        self, namespace: str, documents: list[Any], batch_size: int, single_batch: bool = False
+        self,
+        namespace: str,
+        documents: list[Any],
+        batch_size: int | None,
+        single_batch: bool = False,
     ) -> tuple[list[Any], int]:
-        """The first batch of ``documents`` and the id of a cursor holding the rest (0 if none
-        is left or ``single_batch``).
+        """The first batch of ``documents`` (``batch_size`` of them, 101 if None) and the id of
+        a cursor holding the rest (0 if none is left or ``single_batch``).
 
         Raises:
             CursorError: the rest needs a cursor and :attr:`limit` are open.
         """
-        batch = take_batch(documents, 0, batch_size or DEFAULT_BATCH)
+        # None: the server's default; 0: an empty first batch, the cursor only (as mongod).
+        size = DEFAULT_BATCH if batch_size is None else batch_size
+        batch = take_batch(documents, 0, size) if size else []
         if single_batch or len(batch) == len(documents):
             return batch, 0
         self.expire()
