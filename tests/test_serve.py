@@ -438,6 +438,19 @@ def test_a_writable_server_inserts_updates_deletes_and_indexes(data_dir: Path) -
             assert list(notes.find()) == [{"_id": 1, "n": 11}]
             with pytest.raises(OperationFailure, match=r"E11000|duplicate"):
                 notes.insert_one({"_id": 1})
+            replaced = notes.replace_one({"_id": 1}, {"n": 5, "note": "whole"})
+            assert (replaced.matched_count, replaced.modified_count) == (1, 1)
+            assert notes.find_one({"_id": 1}) == {"_id": 1, "n": 5, "note": "whole"}
+            upserted = notes.replace_one({"_id": 9}, {"n": 9}, upsert=True)
+            assert upserted.upserted_id == 9
+            assert notes.find_one_and_replace({"_id": 9}, {"n": 10}, return_document=True) == {
+                "_id": 9,
+                "n": 10,
+            }
+            notes.create_index("note", unique=True)
+            with pytest.raises(OperationFailure, match=r"E11000|duplicate"):
+                notes.replace_one({"_id": 9}, {"note": "whole"})  # _id 1's
+            assert notes.find_one({"_id": 9}) == {"_id": 9, "n": 10}  # put back, whole
             notes.drop()
             assert "notes" not in connected[DATABASE].list_collection_names()
             connected.drop_database(DATABASE)  # every document and index, the file kept

@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
+from bson import ObjectId
 from bson.int64 import Int64
 from mongomock import aggregate as _aggregate_module
 from mongomock import filtering as _filtering
@@ -754,10 +755,20 @@ class Commands:
                         raise CommandError(
                             f"update: {unsupported} is not supported by the embedded engine", 2
                         )
+                query, update = _mapping(spec.get("q"), "q"), spec.get("u")
+                if _is_replacement(update):
+                    if spec.get("multi"):
+                        raise CommandError("multi update is not supported for replacement", 9)
+                    before, after = self._replace(
+                        database, collection, query, update, upsert=bool(spec.get("upsert"))
+                    )
+                    matched += before is not None
+                    modified += before is not None and before != after
+                    if before is None and after is not None:
+                        upserted.append({"index": index, "_id": after["_id"]})
+                    continue
                 change = collection.update_many if spec.get("multi") else collection.update_one
-                result = change(
-                    _mapping(spec.get("q"), "q"), spec.get("u"), upsert=bool(spec.get("upsert"))
-                )
+                result = change(query, update, upsert=bool(spec.get("upsert")))
                 matched += result.matched_count
                 modified += result.modified_count
                 if result.upserted_id is not None:
@@ -818,9 +829,14 @@ class Commands:
             if before is None and not upsert:
                 return {"value": None, "lastErrorObject": {"n": 0, "updatedExisting": False}}
             target = query if before is None else {"_id": before["_id"]}
-            after = collection.find_one_and_update(
-                target, command["update"], upsert=upsert, return_document=ReturnDocument.AFTER
-            )
+            if _is_replacement(command["update"]):
+                _, after = self._replace(
+                    database, collection, target, command["update"], upsert=upsert
+                )
+            else:
+                after = collection.find_one_and_update(
+                    target, command["update"], upsert=upsert, return_document=ReturnDocument.AFTER
+                )
             assert after is not None
             if command.get("new"):
                 shown = collection.find_one({"_id": after["_id"]}, fields) if fields else after
@@ -828,6 +844,53 @@ class Commands:
         if before is None:
             last["upserted"] = after["_id"]
         return {"value": shown, "lastErrorObject": last}
+
+    def _replace(
+        self,
+        database: str,
+        collection: EmbeddedCollection,
+        query: Mapping[str, Any],
+        replacement: Mapping[str, Any],
+        *,
+        upsert: bool,
+    ) -> tuple[Any, Any]:
+        """A replacement update of the first document ``query`` matches: its fields become
+        ``replacement``'s, its ``_id`` kept. The engine updates by operators only, so this is
+        a delete and an insert in one transaction (the document is put back if the insert is
+        refused, say by a unique index). The document before (None if there was none) and
+        after (None if nothing matched and no upsert).
+
+        Raises:
+            CommandError: the replacement changes ``_id`` (66, ImmutableField).
+            DuplicateKeyError: a unique index refuses the new document.
+        """
+        opened = self.data.database(database, create=True)
+        assert opened is not None
+        with opened.unit_of_work():
+            before = collection.find_one(query)
+            if before is None and not upsert:
+                return None, None
+            document = {k: v for k, v in replacement.items() if k != "_id"}
+            if before is not None:
+                if "_id" in replacement and replacement["_id"] != before["_id"]:
+                    raise CommandError(
+                        "After applying the update, the (immutable) field '_id' was found to "
+                        "have been altered",
+                        66,
+                    )
+                document = {"_id": before["_id"], **document}
+                collection.delete_one({"_id": before["_id"]})
+            elif "_id" in replacement:
+                document = {"_id": replacement["_id"], **document}
+            elif isinstance(query.get("_id"), str | int | ObjectId):
+                document = {"_id": query["_id"], **document}  # an upsert keeps the query's _id
+            try:
+                collection.insert_one(document)  # an ObjectId _id if it still has none
+            except Exception:
+                if before is not None:
+                    collection.insert_one(before)  # nothing replaced: put it back
+                raise
+        return before, document
 
     def _create_indexes(
         self, database: str, command: dict[str, Any], _client: Client
@@ -912,6 +975,11 @@ def _emptied(collection: EmbeddedCollection) -> int:
             collection.drop_index(index["name"])
     collection.delete_many({})
     return len(indexes)
+
+
+def _is_replacement(update: Any) -> TypeGuard[Mapping[str, Any]]:
+    """A whole document to put in place of the matched one (no update operators)."""
+    return isinstance(update, Mapping) and not any(str(key).startswith("$") for key in update)
 
 
 def _without_to_double(value: Any) -> Any:
