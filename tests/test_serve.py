@@ -375,6 +375,7 @@ def test_listings_and_reads_answer_as_the_library_reads(client: Any, data_dir: P
         ]
         assert db.prompts.count_documents({"parameters.enhanced": True}) == 1
         assert db.runs.distinct("model_type") == ["enhance"]
+        assert db.prompts.distinct("parameters.name") == ["a", "b", "c", "a_enhanced"]
         pipeline = [{"$group": {"_id": "$model_type", "n": {"$sum": 1}}}]
         assert list(db.runs.aggregate(pipeline)) == [{"_id": "enhance", "n": 1}]
     finally:

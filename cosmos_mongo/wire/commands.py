@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeGuard
 
+import bson
 from bson import ObjectId
 from bson.int64 import Int64
 from mongomock import aggregate as _aggregate_module
@@ -69,13 +70,20 @@ _WRITES: Final = frozenset(
     }
 )
 _CODE_NAMES: Final = {
+    1: "InternalError",
     2: "BadValue",
+    9: "FailedToParse",
+    13: "Unauthorized",
     14: "TypeMismatch",
     20: "IllegalOperation",
+    22: "InvalidBSON",
     26: "NamespaceNotFound",
     27: "IndexNotFound",
     43: "CursorNotFound",
     59: "CommandNotFound",
+    66: "ImmutableField",
+    72: "InvalidOptions",
+    73: "InvalidNamespace",
     85: "IndexOptionsConflict",
     86: "IndexKeySpecsConflict",
     115: "CommandNotSupported",
@@ -559,9 +567,14 @@ class Commands:
             [] if collection is None else collection.find(_mapping(command.get("query"), "query"))
         )
         values: list[Any] = []
+        seen: set[bytes] = set()
         for document in found:
             for value in _values_at(document, key.split(".")):
-                if not any(value == seen and type(value) is type(seen) for seen in values):
+                # Numbers compare by value, as mongod's distinct does (1 and 1.0 are one).
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                encoded = bson.encode({"v": float(value) if number else value})
+                if encoded not in seen:
+                    seen.add(encoded)
                     values.append(value)
         return {"values": values}
 
