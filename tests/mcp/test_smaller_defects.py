@@ -169,3 +169,26 @@ async def test_the_http_auth_metadata_names_no_authorization_server_that_answers
                     f"{issuer.rstrip('/')}/.well-known/oauth-authorization-server"
                 )
                 assert server.status_code == 200, issuer
+
+
+@pytest.mark.parametrize("max_bytes", [10_000, 1_000_000])
+async def test_a_page_that_fits_is_not_marked_capped_by_bytes(
+    harness: Harness, max_bytes: int
+) -> None:
+    root = await harness.store.create_prompt("A robot arm stacks blocks", {}, {"name": "robot"})
+    for i in range(2):
+        await harness.store.enhance_prompt(root.id, enhanced_text=f"Robot rewrite {i}.")
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("list_prompts", {}),
+        ("search_prompts", {"query": "robot"}),
+        ("list_enhanced_prompts", {}),
+        ("get_enhancement_history", {"prompt_id": root.id}),
+        ("list_runs", {"prompt_id": root.id}),
+        ("get_lineage", {"prompt_id": root.id}),
+    ]
+    async with harness.connect(max_bytes=max_bytes) as session:
+        for tool, arguments in calls:
+            answer = await session.call_tool(tool, {**arguments, "limit": 20})
+            assert answer.structured_content is not None, answer.content
+            assert answer.structured_content["capped"] is None, (tool, answer.structured_content)
+            assert answer.structured_content["next_offset"] is None, tool
