@@ -1010,7 +1010,12 @@ def _print_verification(report: VerificationReport) -> None:
         ("every run's prompt exists", report.orphan_runs, "run `repair`", True),
         ("the enhanced flag agrees with the runs", report.flag_mismatches, "run `repair`", False),
         ("no half-finished work", report.half_finished, "run `repair`", True),
-        ("stored documents are intact", report.damaged_documents, "restore from a backup", True),
+        (
+            "the stored bytes are intact",
+            report.damaged_documents,
+            "`backup` first; `rebuild-indexes` for indexes, a backup for documents",
+            True,
+        ),
         (
             "stored documents fit the data model",
             report.invalid_documents,
@@ -1048,7 +1053,8 @@ _QUICK = click.option(
 @_json_option
 @click.pass_obj
 def verify(state: _Context, stale_minutes: float, quick: bool, as_json: bool) -> None:
-    """Check the enhancement data; exit 1 if a check fails."""
+    """Check the enhancement data and the stored bytes; exit 1 if a check fails."""
+    state.ensure_indexes = False  # verify must report damage that creating indexes meets
     report = state.store().verify(stale_after=timedelta(minutes=stale_minutes), quick=quick)
     if as_json:
         _emit(report)
@@ -1132,6 +1138,7 @@ def revert(state: _Context, run_id: str, as_json: bool) -> None:
 def backup(state: _Context, destination: Path, as_json: bool) -> None:
     """Copy the embedded database to DESTINATION (a new file, or a directory), consistently,
     even while other processes use it. On a MongoDB server, use mongodump instead."""
+    state.ensure_indexes = False  # a damaged store is copied as it is, before any fix
     database = state.store().db
     if not hasattr(type(database), "backup"):
         raise InvalidInputError(
@@ -1262,6 +1269,43 @@ def serve(
             f"cannot listen on {where}: {exc.strerror or exc} (is another server there? "
             "--port 0 takes a free port)"
         ) from exc
+
+
+@cli.command("rebuild-indexes")
+@_json_option
+@click.pass_obj
+def rebuild_indexes(state: _Context, as_json: bool) -> None:
+    """Re-derive every index entry of the embedded database from its documents, fixing what
+    differs (safe to run again: a second run changes nothing). Damaged documents are not
+    rebuilt: they come back only from a backup. On a MongoDB server the server keeps its
+    indexes."""
+    state.ensure_indexes = False  # the damage it fixes would stop index creation first
+    database = state.store().db
+    if not hasattr(type(database), "rebuild_indexes"):
+        raise InvalidInputError(
+            "rebuild-indexes", "works on the embedded default; a MongoDB server keeps its indexes"
+        )
+    report = database.rebuild_indexes()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for index in report.indexes:
+        changed = f"{index.removed} entries removed, {index.added} added" + (
+            ", sort use corrected" if index.order_changed else ""
+        )
+        click.echo(f"{index.name}: {index.entries} entries ({changed})")
+    for fixed in report.catalog_fixed:
+        click.echo(f"catalog: {fixed}")
+    if report.stray_entries_removed:
+        click.echo(f"removed {report.stray_entries_removed} entries of indexes that do not exist")
+    click.echo(
+        f"Rebuilt the indexes of {state.where()}: {report.changes} changes"
+        + (" (all was in order)" if not report.changes else "")
+    )
+    for left in report.not_rebuilt:
+        click.echo(f"not rebuilt (restore from a backup): {left}")
+    if report.not_rebuilt:
+        raise SystemExit(1)
 
 
 @cli.command("import-sqlite")

@@ -55,11 +55,12 @@ from bson import ObjectId
 from bson.binary import Binary
 from bson.code import Code
 from bson.codec_options import CodecOptions
+from bson.int64 import Int64
 from mongomock import aggregate as _aggregation
 from mongomock import collection as _mongomock_collection
 from mongomock import filtering as _filtering
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, WriteError
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
 from cosmos_mongo.errors import InvalidInputError, ReadOnlyError, StorageError
@@ -83,7 +84,8 @@ CREATE TABLE IF NOT EXISTS documents (
     body_crc INTEGER,
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
--- body_crc: CRC-32 of body, checked on every read (NULL in rows written before it existed).
+-- body_crc: CRC-32 of the row's identity (collection, key, arrival) and its body, checked on
+-- every read (format 3; before it the body's alone, NULL in rows written before that).
 -- The _id index. A key is the BSON of {_id}: its 5th byte is the type, a string's UTF-8 starts
 -- at the 14th (after its size), an ObjectId's 12 bytes at the 10th; so strings and ObjectIds
 -- sort as in MongoDB. Made of the key alone, SQLite keeps it for every writer, older ones too.
@@ -107,10 +109,16 @@ CREATE TABLE IF NOT EXISTS built_indexes (
     collection TEXT NOT NULL,
     name TEXT NOT NULL,
     ordered INTEGER NOT NULL DEFAULT 1,
+    crc INTEGER,
     UNIQUE (collection, name)
 );
+-- crc: CRC-32 of the row's other columns (format 3), checked whenever the catalog is read.
 """
-_FORMAT: Final = 2  # 1: documents only, loaded whole at open; 2: indexes on disk, arrival
+# 1: documents only, loaded whole at open; 2: indexes on disk, arrival numbers; 3: the
+# checksums cover each row's identity and the rows that say which indexes are built.
+_FORMAT: Final = 3
+_ARRIVAL_FORMAT: Final = 2  # the first format with arrival numbers and indexes on disk
+_IDENTITY_FORMAT: Final = 3  # the first whose checksums cover the identity
 _INDEX_CATALOG: Final = "system.indexes"
 # Set once a file's partial indexes hold only their documents (built so, or trimmed).
 _PARTIAL_ENTRIES_MARK: Final = (
@@ -250,6 +258,49 @@ def _check_header(path: Path) -> None:
         )
 
 
+# SQLite's wal-index header (the start of the -shm file): its version, then mxFrame (the last
+# committed frame of the -wal) at byte 16, and nBackfill (how many of them are already copied
+# into the database file) at byte 96, in the machine's byte order.
+_WAL_INDEX_VERSION: Final = 3007000
+_WAL_INDEX_HEADER: Final = struct.Struct("=I8xB3xI")  # version, isInit, mxFrame
+_WAL_INDEX_BACKFILL: Final = struct.Struct("=I")
+
+
+def _check_no_lost_commits(path: Path) -> None:
+    """Refuse a file whose -wal is gone while its -shm says the -wal held commits not yet
+    copied into the file (someone deleted the -wal after a crash, or under a running
+    process): opening it would silently serve the store as it was before those commits.
+
+    The -shm is read only when no -wal exists: then no connection of this process has the
+    file open (each keeps the -wal), so closing the descriptor drops no lock of SQLite's.
+
+    Raises:
+        StorageError: commits are lost (reason ``"damaged"``); the files were left untouched.
+    """
+    wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+    if wal.exists() or not shm.exists():
+        return
+    try:
+        with shm.open("rb") as file:
+            header = file.read(_WAL_INDEX_BACKFILL.size + 96)
+    except OSError:
+        return  # unreadable: SQLite will say what it thinks of it
+    if len(header) < 100 or header[:48] != header[48:96]:
+        return  # not a wal-index, or one being written: not ours to judge
+    version, initialized, last_frame = _WAL_INDEX_HEADER.unpack_from(header)
+    (copied,) = _WAL_INDEX_BACKFILL.unpack_from(header, 96)
+    if version != _WAL_INDEX_VERSION or not initialized or last_frame <= copied:
+        return
+    raise StorageError(
+        f"the embedded database {path} lost recent commits: its write-ahead log {wal.name} is "
+        f"gone, but {shm.name} records {last_frame - copied} committed page writes that were "
+        "still only in it. Nothing was opened or changed. Put the -wal file back if you can; "
+        f"else restore from a backup, or, to accept the loss and open the file as it is, "
+        f"delete {shm} and run `cosmos-mongo verify`.",
+        reason="damaged",
+    )
+
+
 # -- index keys: bytes whose order is MongoDB's sort order --------------------------------------
 #
 # A value becomes a type byte (MongoDB's order of BSON types) and bytes that compare like the
@@ -271,13 +322,34 @@ _DATE: Final = b"\x50"
 _OTHER: Final = b"\x60"
 _END: Final = b"\x00\x01"
 _MISSING: Final = object()
+_HOLE: Final = object()  # an array's element without the field at the rest of a path
+_ARRAY: Final = b"\x38"  # an array inside an array, in exact keys only
+_EMPTY_ARRAY: Final = b"\x01"  # MongoDB indexes an empty array as undefined
 
 
-def _number_bytes(number: float) -> bytes:
+def _double_bytes(number: float) -> bytes:
     if math.isnan(number):
         return b"\x00" * 8  # NaN sorts below every number, as in MongoDB
-    (bits,) = struct.unpack(">Q", struct.pack(">d", float(number) + 0.0))  # -0.0 == 0.0
+    (bits,) = struct.unpack(">Q", struct.pack(">d", number + 0.0))  # -0.0 == 0.0
     return struct.pack(">Q", bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63)
+
+
+def _number_bytes(number: int | float) -> bytes:
+    """A number's ordered encoding, exact for every double and every 64-bit integer (MongoDB
+    compares an int64 and a double by value, 1 equal to 1.0): an integer past 2**53 that no
+    double holds is the greatest double below it and the distance from there, which is less
+    than 2**11 and comes after it in two bytes, so it sorts between its two doubles."""
+    if isinstance(number, float):
+        return _double_bytes(number)
+    try:
+        below = float(number)
+    except OverflowError:  # no stored integer is this large: a query's, compared by its filter
+        return _double_bytes(math.copysign(math.inf, number))
+    if below == number or abs(number) >= 2**64:
+        return _double_bytes(below)
+    if below > number:
+        below = math.nextafter(below, -math.inf)
+    return _double_bytes(below) + struct.pack(">H", number - int(below))
 
 
 def _datetime_millis(value: datetime) -> int:
@@ -295,8 +367,10 @@ def _scalar_bytes(value: Any) -> bytes | None:
         return _NULL
     if isinstance(value, bool):
         return _BOOLEAN + (b"\x01" if value else b"\x00")
+    if type(value) is float:
+        return _NUMBER + _double_bytes(value)
     if isinstance(value, int | float):
-        return _NUMBER + _number_bytes(float(value))
+        return _NUMBER + _number_bytes(value)
     if isinstance(value, str):
         return _STRING + value.encode("utf-8", "surrogatepass")
     if isinstance(value, datetime):
@@ -326,21 +400,31 @@ def _after(prefix: bytes) -> bytes:
 
 
 def _path_value(document: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path, ``_MISSING`` if absent; a list met midway is returned as
-    the list of what each element holds there (MongoDB's multikey reading)."""
+    """The value at a dotted path, ``_MISSING`` if absent. A part made of digits names an
+    array's element (``arr.0``); a list met midway on another part is returned as the list of
+    what each element holds there (MongoDB's multikey reading), ``_HOLE`` for an element that
+    holds nothing there (MongoDB indexes it as null, and ``{path: null}`` matches it)."""
     if "." not in path:
         return document.get(path, _MISSING)
-    value: Any = document
-    for position, part in enumerate(path.split(".")):
+    return _along(document, path.split("."))
+
+
+def _along(value: Any, parts: Sequence[str]) -> Any:
+    for position, part in enumerate(parts):
         if isinstance(value, list):
-            rest = ".".join(path.split(".")[position:])
+            if part.isdigit() and part.isascii():
+                value = value[int(part)] if int(part) < len(value) else _MISSING
+                if value is _MISSING:
+                    return _MISSING
+                continue
+            rest = parts[position:]
             found: list[Any] = []
             for item in value:
-                inner = _path_value(item, rest) if isinstance(item, Mapping) else _MISSING
+                inner = _along(item, rest) if isinstance(item, Mapping) else _MISSING
                 if isinstance(inner, list):
                     found.extend(inner)  # {a: [{b: [1, 2]}]} holds 1 and 2 at a.b
-                elif inner is not _MISSING:
-                    found.append(inner)
+                else:
+                    found.append(_HOLE if inner is _MISSING else inner)
             return found or _MISSING
         if not isinstance(value, Mapping) or part not in value:
             return _MISSING
@@ -355,13 +439,41 @@ def _field_keys(value: Any) -> tuple[list[bytes], bool]:
     if isinstance(value, list):
         keys: list[bytes] = []
         for item in value:
-            encoded = _scalar_bytes(item)
+            encoded = _NULL if item is _HOLE else _scalar_bytes(item)
             keys.append(encoded if encoded is not None else _OBJECT)
         return (sorted(set(keys)) or [_OBJECT]), False
     encoded = _scalar_bytes(value)
     if encoded is not None:
         return [encoded], True
     return [_OBJECT if isinstance(value, Mapping) else _OTHER], False
+
+
+def _exact_key(value: Any) -> Any:
+    """A value as a unique index compares it, hashable: equal for values MongoDB takes as one
+    key (1 and 1.0, a missing field and null), different for any others, objects and arrays
+    included (their ``_field_keys`` share one byte)."""
+    if value is _HOLE or value is _MISSING:
+        return _NULL
+    encoded = _scalar_bytes(value)
+    if encoded is not None:
+        return encoded
+    if isinstance(value, Mapping):
+        return (_OBJECT, tuple((str(name), _exact_key(item)) for name, item in value.items()))
+    if isinstance(value, list):
+        return (_ARRAY, tuple(_exact_key(item) for item in value))
+    return bson.encode({"": value})  # a rarer type: equal as its BSON is
+
+
+def _exact_keys(index: _IndexSpec, document: Mapping[str, Any]) -> set[tuple[Any, ...]]:
+    """Every key MongoDB would give ``document`` in ``index``, exactly (see ``_exact_key``)."""
+    fields = []
+    for path, _ in index.fields:
+        value = _path_value(document, path)
+        if isinstance(value, list):
+            fields.append({_exact_key(item) for item in value} or {_EMPTY_ARRAY})
+        else:
+            fields.append({_exact_key(value)})
+    return set(itertools.product(*fields))
 
 
 def _equality_keys(value: Any) -> list[bytes] | None:
@@ -373,7 +485,7 @@ def _equality_keys(value: Any) -> list[bytes] | None:
         and isinstance(value, bool | int | float)
         and not (isinstance(value, float) and math.isnan(value))
     ):
-        keys = {_NUMBER + _number_bytes(float(value))}
+        keys = {_NUMBER + _number_bytes(value)}
         if value in (0, 1):
             keys.add(_BOOLEAN + (b"\x01" if value else b"\x00"))
         return sorted(keys)
@@ -466,7 +578,7 @@ class _IndexSpec:
         if not self.holds(document):
             return False
         if self.options.get("sparse"):
-            return any(_path_value(document, path) is not _MISSING for path, _ in self.fields)
+            return any(_present(_path_value(document, path)) for path, _ in self.fields)
         return True
 
 
@@ -514,6 +626,95 @@ class _Terms:
     bounds: dict[str, _Bound] = field(default_factory=dict)
     branches: list[_Terms] | None = None  # a top-level $or whose every branch is read
     conditions: dict[str, list[Any]] = field(default_factory=dict)  # as written, by path
+
+
+_LOGICAL: Final = frozenset({"$and", "$or", "$nor"})
+_TOP_LEVEL: Final = _LOGICAL | {
+    "$expr", "$where", "$text", "$comment", "$jsonSchema", "$alwaysTrue", "$alwaysFalse",
+    "$sampleRate",
+}  # fmt: skip
+_FIELD_OPERATORS: Final = frozenset(
+    {
+        *("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$all", "$size"),
+        *("$exists", "$type", "$not", "$regex", "$options", "$elemMatch", "$mod"),
+        *("$bitsAllSet", "$bitsAnySet", "$bitsAllClear", "$bitsAnyClear"),
+        *("$geoWithin", "$geoIntersects", "$near", "$nearSphere", "$within"),
+        *("$maxDistance", "$minDistance"),
+    }
+)
+
+
+_CHECKED_OPERATORS: Final = frozenset(
+    {"$in", "$nin", "$all", "$not", "$elemMatch", "$size", "$mod"}
+)
+
+
+def _bad_filter(message: str) -> OperationFailure:
+    return OperationFailure(message, 2, {"ok": 0, "errmsg": message, "code": 2})
+
+
+def _check_filter(query: Any) -> None:
+    """Raise as a server does for a malformed filter, whatever the documents: it parses the
+    whole filter first, where mongomock looks at a term only when a document reaches it.
+
+    Raises:
+        OperationFailure: an unknown operator, or an operator given the wrong kind of value.
+    """
+    if type(query) is not dict and not isinstance(query, Mapping):
+        return  # refused elsewhere, as pymongo refuses it
+    for path, condition in query.items():
+        if type(path) is not str or path[:1] != "$":
+            if type(condition) not in _UNPATCHED:  # a plain value is an equality
+                _check_condition(condition)
+        elif path not in _TOP_LEVEL:
+            raise _bad_filter(f"unknown top level operator: {path}")
+        elif path in _LOGICAL:
+            if not (isinstance(condition, list | tuple) and condition):
+                raise _bad_filter("$and/$or/$nor must be a nonempty array")
+            for branch in condition:
+                if type(branch) is not dict and not isinstance(branch, Mapping):
+                    raise _bad_filter("$or/$and/$nor entries need to be full objects")
+                _check_filter(branch)
+
+
+def _check_condition(condition: Any) -> None:
+    """A field's condition: a value to equal, or (its first key an operator) operators."""
+    if type(condition) is not dict and not isinstance(condition, Mapping):
+        return
+    if not condition or str(next(iter(condition)))[:1] != "$":
+        return  # equality with an embedded document
+    for operator, value in condition.items():
+        if operator not in _FIELD_OPERATORS:
+            raise _bad_filter(f"unknown operator: {operator}")
+        if operator in _CHECKED_OPERATORS:
+            _check_operator(operator, value)
+
+
+def _check_operator(operator: str, value: Any) -> None:
+    """The value of one of ``_CHECKED_OPERATORS``, as a server checks it."""
+    if operator in ("$in", "$nin", "$all"):
+        if not isinstance(value, list | tuple):
+            raise _bad_filter(f"{operator} needs an array")
+    elif operator == "$not":
+        if isinstance(value, Mapping):
+            if not value:
+                raise _bad_filter("$not cannot be empty")
+            _check_condition(value)
+        elif not isinstance(value, re.Pattern | bson.Regex):
+            raise _bad_filter("$not needs a regex or a document")
+    elif operator == "$elemMatch":
+        if not isinstance(value, Mapping):
+            raise _bad_filter("$elemMatch needs an Object")
+        first = str(next(iter(value), ""))
+        if first.startswith("$") and first not in _TOP_LEVEL:
+            _check_condition(value)  # conditions on each element
+        else:
+            _check_filter(value)  # a query on each element (a document)
+    elif operator == "$size":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad_filter("$size needs a number")
+    elif not (isinstance(value, list | tuple) and len(value) == 2):  # $mod
+        raise _bad_filter("malformed mod, needs to be an array of a divisor and a remainder")
 
 
 def _terms(query: Mapping[str, Any]) -> _Terms:
@@ -691,6 +892,7 @@ def _narrowed(
 _ID_VALUE: Final = "substr(key, CASE substr(key, 5, 1) WHEN x'02' THEN 14 ELSE 10 END)"
 _ID_INDEX: Final = "FROM documents INDEXED BY documents_id WHERE collection = ?"
 _ORDERED_IDS: Final = frozenset({b"\x02", b"\x07"})  # string, ObjectId
+_NUMERIC_IDS: Final = frozenset({b"\x01", b"\x10", b"\x12"})  # double, int32, int64
 
 
 def _id_kind(value: Any) -> bytes | None:
@@ -785,14 +987,77 @@ class _Damaged(Exception):
         super().__init__(why)
 
 
-def _checked_document(key: bytes, body: bytes, crc: int | None) -> Any:
-    """The decoded row, or ``_Damaged`` if its checksum or its BSON is wrong."""
-    if crc is not None and zlib.crc32(body) != crc:
+def _row_crc(collection: str, key: bytes, arrival: int, body: bytes) -> int:
+    """A row's checksum (format 3): over its identity as well as its body, so a changed key,
+    collection or arrival number fails it as a changed body does. (The key is BSON, which
+    starts with its length, and a collection name holds no zero byte: the parts cannot run
+    into each other.)"""
+    identity = collection.encode("utf-8", "surrogatepass") + b"\x00" + key
+    return zlib.crc32(body, zlib.crc32(identity + arrival.to_bytes(8, "big", signed=True)))
+
+
+def _catalog_crc(ix: int, collection: str, name: str, ordered: int) -> int:
+    """The checksum of a ``built_indexes`` row (format 3)."""
+    return zlib.crc32(f"{ix}\x00{collection}\x00{name}\x00{ordered}".encode("utf-8", "replace"))
+
+
+def _catalog_row_intact(ix: int, collection: str, name: str, ordered: int, crc: int | None) -> bool:
+    """Whether a ``built_indexes`` row passes its checksum. Older versions writing to the file
+    make rows without one, and mark an index unordered without updating it: both are taken
+    (the second stops an index serving sorts, which never gives a wrong answer)."""
+    return crc is None or crc in (
+        _catalog_crc(ix, collection, name, ordered),
+        _catalog_crc(ix, collection, name, 1) if ordered == 0 else -1,
+    )
+
+
+def _checked_document(
+    collection: str,
+    key: bytes,
+    arrival: int | None,
+    body: bytes,
+    crc: int | None,
+    identity: bool,
+) -> Any:
+    """The decoded row, or ``_Damaged`` if its checksum or its BSON is wrong. ``identity``:
+    the file's checksums cover each row's collection, key and arrival number (format 3), and
+    every row has one. A checksum of the body alone is still taken there: an older version
+    writing to the file writes those (a changed byte makes either fail but by chance)."""
+    if identity:
+        if crc is None or (
+            _row_crc(collection, key, arrival or 0, body) != crc and zlib.crc32(body) != crc
+        ):
+            raise _Damaged(
+                _key_label(key),
+                "checksum mismatch: the stored bytes (body, key or arrival number) changed on disk",
+            )
+    elif crc is not None and zlib.crc32(body) != crc:
         raise _Damaged(_key_label(key), "checksum mismatch: the stored bytes changed on disk")
     try:
         return bson.decode(body, _STORED)
     except (bson.errors.BSONError, ValueError) as exc:
         raise _Damaged(_key_label(key), f"not valid BSON ({exc})") from exc
+
+
+def _intact(body: bytes) -> Any:
+    """The document of a row whose checksum has passed."""
+    return bson.decode(body, _STORED)
+
+
+DAMAGE_ADVICE: Final = (
+    "`cosmos-mongo verify` lists all of it; `cosmos-mongo backup` keeps a copy of the file as "
+    "it is; `cosmos-mongo rebuild-indexes` rebuilds damaged indexes from the documents; a "
+    "damaged document comes back only from a backup made before the damage"
+)
+
+
+def _damage_error(path: Path, where: str, why: str) -> StorageError:
+    """The error of an operation that met damage: it served and changed nothing."""
+    return StorageError(
+        f"the embedded database {path} is damaged ({where}: {why}); the operation stopped "
+        f"and changed nothing. {DAMAGE_ADVICE}.",
+        reason="damaged",
+    )
 
 
 @dataclass(slots=True)
@@ -852,60 +1117,88 @@ class _Reader:
 
     # documents by key
     def fetch(self, collection: str, keys: Sequence[bytes]) -> list[_Stored]:
-        """The stored documents with these keys, in the given order; damaged ones skipped."""
+        """The stored documents with these keys, in the given order.
+
+        Raises:
+            StorageError: a row read is damaged, or a key is missing from the file's rows but
+                not from its ``_id`` index (reason ``"damaged"``).
+        """
         found = self._rows(collection, "key", "", keys)
         return [found[key] for key in dict.fromkeys(keys) if key in found]
 
     def fetch_one(self, collection: str, key: bytes) -> list[Any]:
-        """The document with this key, as a list of none or one (skipped if damaged)."""
+        """The document with this key, as a list of none or one.
+
+        Raises:
+            StorageError: as :meth:`fetch`.
+        """
         row = self.conn.execute(
-            "SELECT body, body_crc FROM documents WHERE collection = ? AND key = ? "
-            "AND body IS NOT NULL",
+            f"SELECT collection, key, {self.engine.arrival}, body, body_crc FROM documents "
+            "WHERE collection = ? AND key = ?",
             (collection, key),
         ).fetchone()
-        document = None if row is None else self._decoded(collection, key, *row)
-        return [] if document is None else [document]
+        if row is None:
+            self._confirm_absent(collection, "key", [key])
+            return []
+        self._check_asked(collection, "key", {key}, row[:2])
+        _, _, arrival, body, crc = row
+        return [] if body is None else [self._decoded(collection, key, arrival, body, crc)]
 
     def fetch_ranges(self, collection: str, plan: _Plan) -> list[_Stored]:
-        """The documents a plan's ranges name, read with their entries in one statement;
-        damaged ones skipped."""
+        """The documents a plan's ranges name, read with their entries in one statement.
+
+        Raises:
+            StorageError: an entry names no document, or a row is damaged.
+        """
         assert plan.index is not None
         spans = [(plan.index.ix, start, end) for start, end in plan.ranges]
         return self._stored_once(collection, self._with_entries(collection, spans))
 
     def _with_entries(
         self, collection: str, spans: Sequence[tuple[int, bytes, bytes]], limit: int = -1
-    ) -> list[tuple[bytes, int, bytes, int | None]]:
+    ) -> list[tuple[bytes | None, int, bytes | None, int | None]]:
         """(key, arrival, body, crc) of the documents whose entries lie in any of ``spans``
         (index, start, end), joined in one statement (SQLite's multi-index ``OR``), at most
-        ``limit`` rows (-1: all); a document in two spans comes twice."""
+        ``limit`` rows (-1: all); a document in two spans comes twice. An entry whose
+        document is missing comes with key None (the outer join): a damaged file."""
         if not spans:
             return []
         terms = " OR ".join(["(e.ix = ? AND e.key >= ? AND e.key < ?)"] * len(spans))
-        rows: list[tuple[bytes, int, bytes, int | None]] = self.conn.execute(
-            "SELECT d.key, d.arrival, d.body, d.body_crc FROM entries e CROSS JOIN "
+        rows: list[tuple[bytes | None, int, bytes | None, int | None]] = self.conn.execute(
+            "SELECT d.key, e.arrival, d.body, d.body_crc FROM entries e LEFT JOIN "
             "documents d INDEXED BY documents_arrival "
-            f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) "
-            "AND d.body IS NOT NULL LIMIT ?",
+            f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) LIMIT ?",
             (collection, *itertools.chain.from_iterable(spans), limit),
         ).fetchall()
         return rows
 
     def _stored_once(
-        self, collection: str, rows: Iterable[tuple[bytes, int, bytes, int | None]]
+        self,
+        collection: str,
+        rows: Iterable[tuple[bytes | None, int, bytes | None, int | None]],
     ) -> list[_Stored]:
-        """The decodable documents of ``rows``, each once."""
+        """The documents of ``rows`` (a join of entries and documents), each once.
+
+        Raises:
+            StorageError: an entry names no document, or a row is damaged.
+        """
         found: dict[int, _Stored] = {}
         for key, arrival, body, crc in rows:
-            if arrival not in found:
-                document = self._decoded(collection, key, body, crc)
-                if document is not None:
-                    found[arrival] = _Stored(key, arrival, document)
+            if key is None:
+                self._confirm_absent(collection, "arrival", [arrival])
+            elif body is not None and arrival not in found:
+                document = self._decoded(collection, key, arrival, body, crc)
+                found[arrival] = _Stored(key, arrival, document)
         return list(found.values())
 
     def fetch_arrivals(self, collection: str, arrivals: Sequence[int]) -> list[_Stored]:
         """The stored documents with these arrival numbers (what index entries name), in the
-        given order; damaged ones skipped."""
+        given order.
+
+        Raises:
+            StorageError: an arrival number has no document (index entries name only
+                stored documents: the file is damaged), or a row is damaged.
+        """
         # Named: without statistics SQLite would scan the collection by primary key.
         found = self._rows(collection, "arrival", "INDEXED BY documents_arrival", arrivals)
         by_arrival = {stored.arrival: stored for stored in found.values()}
@@ -914,49 +1207,160 @@ class _Reader:
     def _rows(
         self, collection: str, column: str, index: str, values: Sequence[Any]
     ) -> dict[Any, _Stored]:
-        """The decodable documents whose ``column`` is one of ``values``, by key."""
+        """The documents whose ``column`` is one of ``values``, by key.
+
+        Raises:
+            StorageError: as :meth:`_raw_rows`, or a row is damaged.
+        """
         found: dict[Any, _Stored] = {}
         for key, arrival, body, crc in self._raw_rows(collection, column, index, values):
-            document = self._decoded(collection, key, body, crc)
-            if document is not None:
-                found[key] = _Stored(key, arrival or 0, document)
+            document = self._decoded(collection, key, arrival, body, crc)
+            found[key] = _Stored(key, arrival or 0, document)
         return found
 
     def _raw_rows(
         self, collection: str, column: str, index: str, values: Sequence[Any]
     ) -> Iterator[tuple[bytes, int | None, bytes, int | None]]:
-        """(key, arrival, body, crc) of the rows whose ``column`` is one of ``values``, read
-        ``_BATCH`` values per statement and not decoded."""
+        """(key, arrival, body, crc) of the stored documents whose ``column`` is one of
+        ``values``, read ``_BATCH`` values per statement and not decoded.
+
+        Raises:
+            StorageError: a value with no row is still in the file's other index of it
+                (see :meth:`_confirm_absent`).
+        """
         for start in range(0, len(values), _BATCH):
             batch = list(dict.fromkeys(values[start : start + _BATCH]))
-            yield from self.conn.execute(
-                f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents {index} "
-                f"WHERE collection = ? AND {column} IN ({','.join('?' * len(batch))}) "
-                "AND body IS NOT NULL",
+            rows = self.conn.execute(
+                f"SELECT key, {self.engine.arrival}, body, body_crc, collection, {column} "
+                f"FROM documents {index} "
+                f"WHERE collection = ? AND {column} IN ({','.join('?' * len(batch))})",
                 (collection, *batch),
             ).fetchall()
+            asked = set(batch)
+            for row in rows:
+                self._check_asked(collection, column, asked, row[4:])
+            present = {row[5] for row in rows}
+            self._confirm_absent(collection, column, [v for v in batch if v not in present])
+            yield from (row[:4] for row in rows if row[2] is not None)  # not tombstones
 
-    def _decoded(self, collection: str, key: bytes, body: bytes, crc: int | None) -> Any:
+    def _check_asked(
+        self, collection: str, column: str, asked: set[Any], got: tuple[str, Any]
+    ) -> None:
+        """A row SQLite gives for a look-up is one that was asked for: a b-tree whose order
+        a damaged byte broke can give another.
+
+        Raises:
+            StorageError: it is not (reason ``"damaged"``).
+        """
+        if got[0] != collection or got[1] not in asked:
+            label = _key_label(got[1]) if isinstance(got[1], bytes) else f"{column} {got[1]}"
+            raise _damage_error(
+                self.engine.path,
+                f"{got[0]} {label}",
+                f"a look-up in {collection} by {column} gave this row instead (the order of "
+                "the file's rows is broken)",
+            )
+
+    def _confirm_absent(self, collection: str, column: str, missing: Sequence[Any]) -> None:
+        """Check that rows the file has no row for are truly absent. An arrival number comes
+        from an index entry, which names only stored documents; a key is looked for in the
+        ``_id`` index (an index seek, made only on a miss), which a damaged key or collection
+        in the row itself leaves behind. A damaged byte never makes a document silently
+        absent from these reads.
+
+        Raises:
+            StorageError: the file is damaged (reason ``"damaged"``).
+        """
+        if not missing:
+            return
+        if column == "arrival":
+            raise _damage_error(
+                self.engine.path,
+                f"index entries of {collection}",
+                f"they name arrival number {missing[0]}, which no document there has",
+            )
+        if not self.engine.id_index:
+            return
+        for key in missing:
+            kind = key[4:5]
+            value = key[13:] if kind == b"\x02" else key[9:]
+            held = self.conn.execute(
+                f"SELECT 1 {_ID_INDEX} AND substr(key, 5, 1) = ? AND {_ID_VALUE} = ? LIMIT 1",
+                (collection, kind, value),
+            ).fetchone()
+            if held is not None:
+                raise _damage_error(
+                    self.engine.path,
+                    f"{collection} {_key_label(key)}",
+                    "the _id index holds it but its row is gone (its key or collection bytes "
+                    "changed on disk)",
+                )
+
+    def _decoded(
+        self, collection: str, key: bytes, arrival: int | None, body: bytes, crc: int | None
+    ) -> Any:
+        """The document of a row.
+
+        Raises:
+            StorageError: the row is damaged (reason ``"damaged"``); never served.
+        """
         try:
-            document = _checked_document(key, body, crc)
+            document = _checked_document(
+                collection, key, arrival, body, crc, self.engine.identity_checked
+            )
         except _Damaged as exc:
             self.engine.damaged[(collection, exc.label)] = str(exc)
-            return None  # not served; verify() names it
+            raise _damage_error(self.engine.path, f"{collection} {exc.label}", str(exc)) from None
         self.engine.stats.documents_decoded += 1
         return document
 
     def scan(self, collection: str) -> Iterator[_Stored]:
-        """Every document of the collection, in insertion order."""
+        """Every document of the collection, in insertion order.
+
+        Raises:
+            StorageError: a row is damaged, or (once the scan is over) the file's indexes of
+                the collection's rows name rows the scan did not meet.
+        """
         rows = self.conn.execute(
             f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents "
-            f"{self.engine.by_arrival} WHERE collection = ? AND body IS NOT NULL "
-            f"ORDER BY {self.engine.arrival}",
+            f"{self.engine.by_arrival} WHERE collection = ? ORDER BY {self.engine.arrival}",
             (collection,),
         )
+        met = 0
         for key, arrival, body, crc in rows:
-            document = self._decoded(collection, key, body, crc)
-            if document is not None:
+            met += 1
+            if body is not None:
+                document = self._decoded(collection, key, arrival, body, crc)
                 yield _Stored(key, arrival or 0, document)
+        self._check_all_met(collection, met)
+
+    def _check_all_met(self, collection: str, met: int) -> None:
+        """A scan by arrival meets each row its index names; a row whose key or collection
+        bytes changed is left out by SQLite without a word. Counting both of the file's
+        indexes of the rows (index-only reads) shows it.
+
+        Raises:
+            StorageError: a count differs (reason ``"damaged"``).
+        """
+        if not self.engine.by_arrival:
+            return  # a first-format file read-only: no index to compare with
+        counts = [
+            self.conn.execute(
+                "SELECT count(*) FROM documents INDEXED BY documents_arrival WHERE collection = ?",
+                (collection,),
+            ).fetchone()[0]
+        ]
+        if self.engine.id_index:
+            counts.append(
+                self.conn.execute(f"SELECT count(*) {_ID_INDEX}", (collection,)).fetchone()[0]
+            )
+        if any(count != met for count in counts):
+            raise _damage_error(
+                self.engine.path,
+                collection,
+                f"its indexes count {' and '.join(map(str, counts))} rows, but {met} are "
+                "readable (a row's key, collection or arrival bytes changed on disk)",
+            )
 
     # planning
     def plan(self, collection: str, terms: _Terms, sort: Sequence[tuple[str, int]]) -> _Plan | None:
@@ -1040,24 +1444,34 @@ class _Reader:
             return where, kinds
         return f"{where} AND {_ID_VALUE} >= ? AND {_ID_VALUE} < ?", (*kinds, *plan.ranges[0])
 
-    def by_id(self, collection: str, plan: _Plan, direction: int) -> Generator[_Stored]:
+    def by_id(
+        self, collection: str, plan: _Plan, direction: int, batch: int = _BATCH
+    ) -> Generator[_Stored]:
         """The documents of an _id span plan, in _id order (or reversed) for an ordered kind,
-        read as consumed; damaged ones skipped."""
+        read as consumed.
+
+        Raises:
+            StorageError: a row read is damaged.
+        """
         where, parameters = self._id_where(plan)
         order = "ASC" if direction >= 0 else "DESC"
         ordered = f"ORDER BY {_ID_VALUE} {order}" if plan.id_kind in _ORDERED_IDS else ""
-        rows = self.conn.execute(
-            f"SELECT key, {self.engine.arrival}, body, body_crc {_ID_INDEX} {where} "
-            f"AND body IS NOT NULL {ordered}",
-            (collection, *parameters),
+        # The keys from the index alone, then their rows by key, ``batch`` at a time (each
+        # decoded only when consumed): SQLite would silently drop an index entry whose row's
+        # key bytes changed; a look-up by key notices (_raw_rows).
+        keys = self.conn.execute(
+            f"SELECT key {_ID_INDEX} {where} {ordered}", (collection, *parameters)
         )
         try:
-            for key, arrival, body, crc in rows:
-                document = self._decoded(collection, key, body, crc)
-                if document is not None:
-                    yield _Stored(key, arrival or 0, document)
+            while wanted := [row[0] for row in itertools.islice(keys, batch)]:
+                rows = {row[0]: row for row in self._raw_rows(collection, "key", "", wanted)}
+                for key in wanted:
+                    if key in rows:  # else a tombstone an older version left
+                        _, arrival, body, crc = rows[key]
+                        document = self._decoded(collection, key, arrival, body, crc)
+                        yield _Stored(key, arrival or 0, document)
         finally:
-            rows.close()
+            keys.close()
 
     def _union_plan(self, collection: str, terms: _Terms) -> _Plan | None:
         """The union of an ``$or``'s branch plans, if an index narrows every branch; its
@@ -1191,7 +1605,8 @@ class _Reader:
         limit: int = 0,
     ) -> list[_Stored]:
         """The stored documents matching ``query`` (already datetime-patched), sorted, sliced.
-        A malformed filter raises as mongomock's would, even when no document is read."""
+        A malformed filter raises as a server's would, even when no document is read."""
+        _check_filter(query)
         ids = _id_values(query)
         plan = None if ids is not None else self.plan(collection, _terms(query), sort)
         exact = ids is not None and len(query) == 1  # {_id: string}: the key decides
@@ -1296,7 +1711,7 @@ class _Reader:
         documents match: a page after the last ``_id`` reads that page, not the collection."""
         wanted = skip + limit if limit else 0
         found: list[_Stored] = []
-        walked = self.by_id(collection, plan, plan.walk)
+        walked = self.by_id(collection, plan, plan.walk, min(wanted, _BATCH) if wanted else _BATCH)
         for stored in walked:
             if exact or filtering.filter_applies(query, stored.document):
                 found.append(stored)
@@ -1309,22 +1724,27 @@ class _Reader:
         """The first ``wanted`` documents of a walk whose whole key is the sort (ties in
         insertion order): each range's first ``wanted`` read with their entries in one
         statement (an ordered index holds no arrays, so each document once), and only the
-        winners decoded. None if one was damaged: the general walk reads on past it."""
+        winners decoded. None if one was a tombstone an older version left: the general walk
+        reads on past it.
+
+        Raises:
+            StorageError: an entry names no document, or a row is damaged.
+        """
         assert plan.index is not None
         order = "ASC" if plan.walk > 0 else "DESC"
         read = [
             self.conn.execute(
-                "SELECT e.key, d.key, d.arrival, d.body, d.body_crc FROM entries e "
-                "CROSS JOIN documents d INDEXED BY documents_arrival "
+                "SELECT e.key, d.key, e.arrival, d.body, d.body_crc FROM entries e "
+                "LEFT JOIN documents d INDEXED BY documents_arrival "
                 "ON d.collection = ? AND d.arrival = e.arrival "
-                "WHERE e.ix = ? AND e.key >= ? AND e.key < ? AND d.body IS NOT NULL "
+                "WHERE e.ix = ? AND e.key >= ? AND e.key < ? "
                 f"ORDER BY e.key {order}, e.arrival ASC LIMIT ?",
                 (collection, plan.index.ix, start, end, wanted),
             ).fetchall()
             for start, end in plan.ranges
             if start < end
         ]
-        rows: list[tuple[bytes, bytes, int, bytes, int | None]] = [
+        rows: list[tuple[bytes, bytes | None, int, bytes | None, int | None]] = [
             row for found in read if found for row in found
         ]
         if sum(1 for found in read if found) > 1:  # an $in: prefixes differ, merge after them
@@ -1349,6 +1769,38 @@ def _left_to_decide(query: Mapping[str, Any], union: _Plan) -> Mapping[str, Any]
         if plan.index is None or not isinstance(branch, Mapping) or not plan.decides(branch):
             return query
     return {path: condition for path, condition in query.items() if path != "$or"}
+
+
+# What mongomock raises for an update a document cannot take ($inc on a string: TypeError;
+# $push on a string: AttributeError), and its own WriteError.
+_UPDATE_FAILURES: Final = (TypeError, ValueError, AttributeError, KeyError, IndexError, WriteError)
+
+
+def _update_failed(exc: Exception, document: Mapping[str, Any] | None) -> WriteError:
+    """A server's write error for an update that ``document`` (None: the one an upsert
+    makes) cannot take: mongomock's own WriteError, or its Python error, said plainly."""
+    if isinstance(exc, WriteError):
+        return exc
+    which = "the upserted document" if document is None else f"_id {document.get('_id')!r}"
+    message = f"the update cannot be applied to the document with {which}: {exc}"
+    code = 14 if isinstance(exc, TypeError | AttributeError) else 2  # TypeMismatch, BadValue
+    return WriteError(message, code, {"index": 0, "code": code, "errmsg": message})
+
+
+def _equal_with_nan(first: Any, second: Any) -> bool:
+    """Python's ``==`` on documents, except that NaN equals NaN (as a server's no-op check
+    finds the same bytes)."""
+    if isinstance(first, float) and isinstance(second, float):
+        return first == second or (math.isnan(first) and math.isnan(second))
+    if isinstance(first, Mapping) and isinstance(second, Mapping):
+        return first.keys() == second.keys() and all(
+            _equal_with_nan(value, second[name]) for name, value in first.items()
+        )
+    if isinstance(first, list) and isinstance(second, list):
+        return len(first) == len(second) and all(
+            _equal_with_nan(a, b) for a, b in zip(first, second, strict=True)
+        )
+    return bool(first == second)
 
 
 def _top_level_set(update: Any) -> Mapping[str, Any] | None:
@@ -1470,6 +1922,12 @@ def _patched(query: Any) -> Any:
     return query
 
 
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite (or Python reading its text) found the file's bytes damaged."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "decode to UTF-8" in str(exc)
+
+
 class _SQLiteErrors:
     """The engine's one error boundary: SQLite's errors become ``StorageError`` naming the
     file. (A class, not a generator: every operation enters it.)"""
@@ -1484,7 +1942,59 @@ class _SQLiteErrors:
 
     def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
         if isinstance(exc, sqlite3.Error):
+            if _is_damage(exc):
+                raise _damage_error(self.path, "the file's structure", str(exc)) from exc
             raise StorageError(f"embedded database {self.path}: {exc}") from exc
+
+
+_HASH_MASK: Final = (1 << 64) - 1  # verify sums entry hashes modulo 2**64
+
+
+def _mark_built(
+    conn: sqlite3.Connection, ix: int, collection: str, name: str, ordered: bool
+) -> None:
+    """Set whether a built index serves sorts, with its row's checksum."""
+    conn.execute(
+        "UPDATE built_indexes SET ordered = ?, crc = ? WHERE ix = ?",
+        (int(ordered), _catalog_crc(ix, collection, name, int(ordered)), ix),
+    )
+
+
+@dataclass(frozen=True)
+class IndexRebuilt:
+    """One index as ``rebuild_indexes`` left it: ``name`` is "collection.index",
+    ``entries`` how many it now holds, ``removed`` and ``added`` what changed, and
+    ``order_changed`` whether its use for sorts was put right."""
+
+    name: str
+    entries: int
+    removed: int = 0
+    added: int = 0
+    order_changed: bool = False
+
+
+@dataclass(frozen=True)
+class IndexRebuild:
+    """What ``rebuild_indexes`` did: each index, the catalog rows it removed or made,
+    the entries of indexes that do not exist that it removed, and the damage it cannot
+    rebuild from (damaged documents: restore them from a backup)."""
+
+    indexes: list[IndexRebuilt]
+    catalog_fixed: list[str]
+    stray_entries_removed: int
+    not_rebuilt: list[str]
+
+    @property
+    def changes(self) -> int:
+        """How many entries and catalog rows it wrote or removed (0: all was in order)."""
+        return (
+            sum(i.removed + i.added + i.order_changed for i in self.indexes)
+            + len(self.catalog_fixed)
+            + self.stray_entries_removed
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "changes": self.changes}
 
 
 class EmbeddedEngine:
@@ -1510,7 +2020,9 @@ class EmbeddedEngine:
         self.arrival = "arrival"  # the column giving insertion order (see below)
         self.by_arrival = "INDEXED BY documents_arrival"
         self.id_index = False  # whether the file has the _id index (documents_id)
+        self.identity_checked = False  # whether row checksums cover identity (format 3)
         try:
+            _check_no_lost_commits(path)
             if read_only:
                 self._conn = self._connect_read_only(path)
             else:
@@ -1520,8 +2032,11 @@ class EmbeddedEngine:
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._upgrade()
             # A first-format file opened read-only cannot be upgraded: its rows are read in
-            # the order of their last write, and every query scans.
-            self.arrival = "arrival" if self._format() >= _FORMAT else "seq"
+            # the order of their last write, and every query scans. A second-format one is
+            # read with the checksums it has (of bodies alone).
+            found = self._known_format()
+            self.identity_checked = found >= _IDENTITY_FORMAT
+            self.arrival = "arrival" if found >= _ARRIVAL_FORMAT else "seq"
             self.by_arrival = "INDEXED BY documents_arrival" if self.arrival == "arrival" else ""
             # Made on every write open; a file opened read-only before that is scanned instead.
             self.id_index = (
@@ -1594,42 +2109,125 @@ class EmbeddedEngine:
         return int(row[0]) if row else 0
 
     def _upgrade(self) -> None:
-        """Create the schema, or bring a first-format file up to date once: add the arrival
-        numbers, drop the tombstones of deleted documents, and build every index on disk."""
+        """Create the schema, or bring an older file up to date once, in one transaction: a
+        first-format file gets arrival numbers and its indexes on disk (the tombstones of
+        deleted documents go), and every older file gets checksums over each row's identity
+        (format 3). A file of the current format costs one read of its format number here.
+
+        Raises:
+            StorageError: the file's format is newer than this version knows (or damaged).
+        """
         self._conn.executescript(_SCHEMA)
-        if self._format() >= _FORMAT:
+        if self._known_format() >= _FORMAT:
+            self.identity_checked = True
             self._trim_partial_indexes()
+            self._rekey_indexes()
             return
         with self._upgrading():
-            if self._format() < _FORMAT:  # another process may have upgraded meanwhile
-                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
-                for column in ("body_crc", "arrival"):
-                    if column not in columns:
-                        self._conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER")
-                # Documents by arrival, for index entries; the change log by seq is not needed.
-                self._conn.execute(
-                    "CREATE INDEX IF NOT EXISTS documents_arrival "
-                    "ON documents (collection, arrival)"
-                )
-                self._conn.execute("DROP INDEX IF EXISTS documents_seq")
-                self._conn.execute("DELETE FROM documents WHERE body IS NULL")
-                keys = self._conn.execute(
-                    "SELECT collection, key FROM documents ORDER BY seq, key"
-                ).fetchall()
-                self._conn.executemany(
-                    "UPDATE documents SET arrival = ? WHERE collection = ? AND key = ?",
-                    [(number, c, k) for number, (c, k) in enumerate(keys, 1)],
-                )
-                self._conn.execute("UPDATE meta SET value = ? WHERE name = 'arrival'", (len(keys),))
-                self._conn.execute("DELETE FROM entries")
-                self._conn.execute("DELETE FROM built_indexes")
-                for row in self._catalog_documents():
-                    index = _IndexSpec.from_catalog(row)
-                    if index is not None:
-                        _Writer(self, index.collection, 0).build(index)
+            found = self._known_format()
+            if found < _FORMAT:  # another process may have upgraded meanwhile
+                self._checksum_catalog()  # first: the builds below write checksummed rows
+                if found < _ARRIVAL_FORMAT:
+                    self._number_arrivals()
+                self._checksum_identities()
+                self.identity_checked = True
+                if found < _ARRIVAL_FORMAT:
+                    self._conn.execute("DELETE FROM entries")
+                    self._conn.execute("DELETE FROM built_indexes")
+                    for row in self._catalog_documents():
+                        index = _IndexSpec.from_catalog(row)
+                        if index is not None:
+                            _Writer(self, index.collection, 0).build(index)
+                    self._conn.execute(_PARTIAL_ENTRIES_MARK)  # built just now, as they trim
                 self._conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (_FORMAT,))
-                self._conn.execute(_PARTIAL_ENTRIES_MARK)  # built just now, partial ones trim
                 self._catalog_changed()
+        self.identity_checked = True
+        self._trim_partial_indexes()  # a second-format file may not have had its turn yet
+        self._rekey_indexes()
+
+    def _known_format(self) -> int:
+        """The file's format number.
+
+        Raises:
+            StorageError: one newer than this version knows (a newer version wrote the file,
+                or the number itself is damaged).
+        """
+        found = self._format()
+        if found > _FORMAT:
+            raise StorageError(
+                f"the embedded database {self.path} has format {found}, newer than this "
+                f"version of cosmos-mongo knows ({_FORMAT}); it was left untouched. Upgrade "
+                "cosmos-mongo to open it (or, if no newer version wrote it, the file is "
+                "damaged: restore it from a backup).",
+                reason="damaged",
+            )
+        return found
+
+    def _number_arrivals(self) -> None:
+        """First format to second: the arrival and checksum columns, arrival numbers in the
+        order of the rows' last writes, and no tombstones."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
+        for column in ("body_crc", "arrival"):
+            if column not in columns:
+                self._conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER")
+        # Documents by arrival, for index entries; the change log by seq is not needed.
+        self._conn.execute(
+            "CREATE INDEX IF NOT EXISTS documents_arrival ON documents (collection, arrival)"
+        )
+        self._conn.execute("DROP INDEX IF EXISTS documents_seq")
+        self._conn.execute("DELETE FROM documents WHERE body IS NULL")
+        keys = self._conn.execute(
+            "SELECT collection, key FROM documents ORDER BY seq, key"
+        ).fetchall()
+        self._conn.executemany(
+            "UPDATE documents SET arrival = ? WHERE collection = ? AND key = ?",
+            [(number, c, k) for number, (c, k) in enumerate(keys, 1)],
+        )
+        self._conn.execute("UPDATE meta SET value = ? WHERE name = 'arrival'", (len(keys),))
+
+    def _checksum_identities(self) -> None:
+        """Every row's checksum made over its identity and body (format 3), a batch of rows
+        at a time. A row whose old checksum (of the body alone) fails, or that has none and
+        does not decode, gets one that fails too: damage found before stays damage."""
+        after: tuple[str, bytes] = ("", b"")
+        while True:
+            rows = self._conn.execute(
+                "SELECT collection, key, arrival, body, body_crc FROM documents "
+                "WHERE (collection, key) > (?, ?) AND body IS NOT NULL "
+                "ORDER BY collection, key LIMIT ?",
+                (*after, _BATCH),
+            ).fetchall()
+            if not rows:
+                return
+            changes = []
+            for collection, key, arrival, body, crc in rows:
+                identity = _row_crc(collection, key, arrival or 0, body)
+                if crc is None:
+                    try:
+                        bson.decode(body)
+                        intact = True
+                    except (bson.errors.BSONError, ValueError):
+                        intact = False
+                else:  # body-only, or already over the identity (a format number reset)
+                    intact = crc in (zlib.crc32(body), identity)
+                changes.append((identity if intact else identity ^ 1, collection, key))
+            self._conn.executemany(
+                "UPDATE documents SET body_crc = ? WHERE collection = ? AND key = ?", changes
+            )
+            after = (rows[-1][0], rows[-1][1])
+
+    def _checksum_catalog(self) -> None:
+        """Every ``built_indexes`` row's checksum (format 3)."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(built_indexes)")}
+        if "crc" not in columns:
+            self._conn.execute("ALTER TABLE built_indexes ADD COLUMN crc INTEGER")
+        rows = self._conn.execute(
+            "SELECT ix, collection, name, ordered FROM built_indexes"
+        ).fetchall()
+        self._conn.executemany(
+            "UPDATE built_indexes SET crc = ? WHERE ix = ?",
+            [(_catalog_crc(*row), row[0]) for row in rows],
+        )
 
     def _trim_partial_indexes(self) -> None:
         """Once per file: rebuild each partial index to hold only its documents (versions
@@ -1645,6 +2243,23 @@ class EmbeddedEngine:
                     _unbuild(self._conn, index.collection, index.name)
                     _Writer(self, index.collection, 0).build(index)
                 self._conn.execute(_PARTIAL_ENTRIES_MARK)
+                self._catalog_changed()
+
+    def _rekey_indexes(self) -> None:
+        """Once per file: rebuild every index from its documents with the keys this version
+        derives (before it, a positional path such as ``arr.0`` was indexed as missing, an
+        array element without the field as nothing, and an integer past 2**53 as the nearest
+        double). Duplicates a unique index holds are kept: it held them before."""
+        if self._conn.execute("SELECT 1 FROM meta WHERE name = 'index_keys'").fetchone():
+            return
+        with self._upgrading():
+            if not self._conn.execute("SELECT 1 FROM meta WHERE name = 'index_keys'").fetchone():
+                for row in self._catalog_documents():
+                    index = _IndexSpec.from_catalog(row)
+                    if index is not None:
+                        _unbuild(self._conn, index.collection, index.name)
+                        _Writer(self, index.collection, 0).build(index, refuse_duplicates=False)
+                self._conn.execute("INSERT INTO meta (name, value) VALUES ('index_keys', 2)")
                 self._catalog_changed()
 
     @contextlib.contextmanager
@@ -1666,17 +2281,58 @@ class EmbeddedEngine:
     # -- the catalog of indexes ---------------------------------------------------------------
 
     def _catalog_documents(self) -> list[dict[str, Any]]:
+        """The index catalog's documents.
+
+        Raises:
+            StorageError: one is damaged (reason ``"damaged"``): without it no index of its
+                collection could be kept in step, so nothing is served.
+        """
         rows = self._conn.execute(
-            "SELECT key, body, body_crc FROM documents WHERE collection = ? AND body IS NOT NULL",
+            f"SELECT key, {self.arrival}, body, body_crc FROM documents "
+            "WHERE collection = ? AND body IS NOT NULL",
             (_INDEX_CATALOG,),
         ).fetchall()
         found = []
-        for key, body, crc in rows:
+        for key, arrival, body, crc in rows:
             try:
-                found.append(_checked_document(key, body, crc))
+                found.append(
+                    _checked_document(
+                        _INDEX_CATALOG, key, arrival, body, crc, self.identity_checked
+                    )
+                )
             except _Damaged as exc:
                 self.damaged[(_INDEX_CATALOG, exc.label)] = str(exc)
+                raise _damage_error(
+                    self.path, f"the index catalog's {exc.label}", str(exc)
+                ) from None
         return found
+
+    def _built_indexes(self) -> dict[tuple[str, str], tuple[int, bool]]:
+        """(ix, ordered) of every built index, by (collection, name).
+
+        Raises:
+            StorageError: a row fails its checksum (reason ``"damaged"``).
+        """
+        if self._format() < _ARRIVAL_FORMAT:
+            return {}
+        if not self.identity_checked:  # a second-format file opened read-only: no checksums
+            rows = self._conn.execute("SELECT ix, collection, name, ordered, 0 FROM built_indexes")
+        else:
+            rows = self._conn.execute(
+                "SELECT ix, collection, name, ordered, crc FROM built_indexes"
+            )
+        built = {}
+        for ix, collection, name, ordered, crc in rows:
+            if self.identity_checked and not _catalog_row_intact(
+                ix, collection, name, ordered, crc
+            ):
+                raise _damage_error(
+                    self.path,
+                    f"the row of index number {ix} ({collection}.{name})",
+                    "checksum mismatch: the stored bytes changed on disk",
+                )
+            built[(collection, name)] = (ix, bool(ordered))
+        return built
 
     def _refresh_catalog(self) -> None:
         """Reload the index catalog if any process changed it since this one last looked.
@@ -1688,16 +2344,7 @@ class EmbeddedEngine:
         if changes == self._catalog_version:
             return
         self._catalog_rows = sorted(self._catalog_documents(), key=lambda row: str(row["_id"]))
-        built = (
-            {
-                (c, n): (ix, bool(o))
-                for ix, c, n, o in self._conn.execute(
-                    "SELECT ix, collection, name, ordered FROM built_indexes"
-                )
-            }
-            if self._format() >= _FORMAT
-            else {}
-        )
+        built = self._built_indexes()
         catalog: dict[str, list[tuple[_IndexSpec, bool]]] = {}
         for row in self._catalog_rows:
             index = _IndexSpec.from_catalog(row)
@@ -1836,23 +2483,328 @@ class EmbeddedEngine:
 
     # -- maintenance ---------------------------------------------------------------------------
 
-    def damaged_documents(self) -> list[str]:
-        """Rows that fail their checksum or cannot be decoded, "collection id: why". Reads every
-        row's bytes (checksums only, decoding rows written before checksums existed)."""
+    def damaged_documents(self, *, full: bool = True) -> list[str]:
+        """Everything in the file that fails a check, one line each (a row as "collection
+        id: why"). Reads the whole file in one snapshot (``full=False``: all but the last
+        check, which decodes every document and costs the most):
+
+        * SQLite's own check of the file's structure and of its indexes against the rows
+          (``PRAGMA integrity_check``): a changed key, collection or arrival byte leaves a
+          row and its index entries disagreeing;
+        * every row's checksum (over its identity and body, format 3);
+        * arrival numbers: one document each, none past the counter new ones come from;
+        * the index catalog: its documents and the checksummed rows that say which indexes
+          are built, each with the other;
+        * every index's entries, re-derived from its documents (compared as an
+          order-independent sum, so memory stays flat).
+
+        Raises:
+            StorageError: SQLite failed.
+        """
         with self._lock, self._sqlite_errors():
-            found: dict[tuple[str, str], str] = {}
-            rows = self._conn.execute(
-                "SELECT collection, key, body, body_crc FROM documents WHERE body IS NOT NULL"
-            )
-            for collection, key, body, crc in rows:
-                if crc is not None and zlib.crc32(body) == crc:
-                    continue
+            if self._conn.in_transaction:  # a unit of work's: it already sees one snapshot
+                return self._damage(full)
+            self._conn.execute("BEGIN")
+            try:
+                return self._damage(full)
+            finally:
+                self._conn.execute("COMMIT")
+
+    def _damage(self, full: bool) -> list[str]:
+        found: list[str] = []
+        try:
+            problems = [row[0] for row in self._conn.execute("PRAGMA integrity_check(50)")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            found += [f"file: {problem}" for problem in problems]
+        try:
+            rows, damaged = self._damaged_rows()
+        except sqlite3.DatabaseError as exc:
+            return [*found, f"file: the rows cannot be read ({exc})"]
+        self.damaged = rows
+        found += [f"{c} {label}: {why}" for (c, label), why in sorted(rows.items())]
+        if full and self._format() >= _ARRIVAL_FORMAT:
+            try:
+                found += self._damaged_indexes(damaged)
+            except sqlite3.DatabaseError as exc:
+                found.append(f"file: the indexes cannot be read ({exc})")
+        return found
+
+    def _damaged_rows(self) -> tuple[dict[tuple[str, str], str], set[tuple[str, int]]]:
+        """Rows failing their checksum (or decoding) by (collection, label), and the
+        (collection, arrival) of those; a whole-table pass, not through any index."""
+        found: dict[tuple[str, str], str] = {}
+        damaged: set[tuple[str, int]] = set()
+        seen: set[tuple[str, int]] = set()
+        greatest = 0
+        rows = self._conn.execute(
+            f"SELECT collection, key, {self.arrival}, body, body_crc FROM documents NOT INDEXED "
+            "WHERE body IS NOT NULL"
+        )
+        for collection, key, arrival, body, crc in rows:
+            if self.identity_checked or crc is None or zlib.crc32(body) != crc:
                 try:
-                    _checked_document(key, body, crc)
+                    _checked_document(collection, key, arrival, body, crc, self.identity_checked)
                 except _Damaged as exc:
                     found[(collection, exc.label)] = str(exc)
-            self.damaged = found
-            return [f"{c} {label}: {why}" for (c, label), why in sorted(found.items())]
+                    damaged.add((collection, arrival or 0))
+                    continue
+            if self.arrival == "arrival":
+                if (collection, arrival) in seen or not isinstance(arrival, int):
+                    found[(collection, _key_label(key))] = (
+                        f"its arrival number {arrival} is not its own (another document of "
+                        "the collection has it, or it is missing)"
+                    )
+                    damaged.add((collection, arrival or 0))
+                seen.add((collection, arrival))
+                greatest = max(greatest, arrival if isinstance(arrival, int) else 0)
+        if self.arrival == "arrival":
+            (counter,) = self._conn.execute(
+                "SELECT value FROM meta WHERE name = 'arrival'"
+            ).fetchone() or (0,)
+            if counter < greatest:
+                found[("meta", "arrival")] = (
+                    f"the counter of arrival numbers ({counter}) is behind the greatest one "
+                    f"in use ({greatest}): new documents would reuse numbers"
+                )
+        return found, damaged
+
+    def _damaged_indexes(self, damaged: set[tuple[str, int]]) -> list[str]:
+        """The index catalog's rows against each other, and every index's entries against
+        what its documents give (damaged documents' entries cannot be re-derived: left out)."""
+        found: list[str] = []
+        specs: dict[tuple[str, str], _IndexSpec] = {}
+        for arrival, body in self._conn.execute(
+            "SELECT arrival, body FROM documents WHERE collection = ? AND body IS NOT NULL",
+            (_INDEX_CATALOG,),
+        ).fetchall():
+            if (_INDEX_CATALOG, arrival or 0) in damaged:
+                continue  # named already
+            index = _IndexSpec.from_catalog(_intact(body))
+            if index is not None:
+                specs[(index.collection, index.name)] = index
+        built: dict[int, tuple[str, str, bool]] = {}
+        columns = "ix, collection, name, ordered, " + ("crc" if self.identity_checked else "0")
+        for ix, collection, name, ordered, crc in self._conn.execute(
+            f"SELECT {columns} FROM built_indexes"
+        ).fetchall():
+            label = f"index {collection}.{name} (number {ix})"
+            if self.identity_checked and not _catalog_row_intact(
+                ix, collection, name, ordered, crc
+            ):
+                found.append(f"{label}: its catalog row fails its checksum")
+            elif (collection, name) not in specs:
+                found.append(f"{label}: built, but not in the index catalog")
+            else:
+                built[ix] = (collection, name, bool(ordered))
+        held = {(c, n) for c, n, _ in built.values()}
+        for collection, name in sorted(set(specs) - held):
+            if not any(line.startswith(f"index {collection}.{name} ") for line in found):
+                found.append(f"index {collection}.{name}: in the catalog, but not built")
+        for ix, count in self._conn.execute(
+            "SELECT ix, count(*) FROM entries GROUP BY ix"
+        ).fetchall():
+            if ix not in built and not any(f"(number {ix})" in line for line in found):
+                found.append(f"index number {ix}: {count} entries of an index that is not built")
+        by_collection: dict[str, list[tuple[int, _IndexSpec, bool]]] = {}
+        for ix, (collection, name, ordered) in sorted(built.items()):
+            by_collection.setdefault(collection, []).append(
+                (ix, specs[(collection, name)], ordered)
+            )
+        for collection, indexes in sorted(by_collection.items()):
+            found += self._entries_checked(collection, indexes, damaged)
+        return found
+
+    def _entries_checked(
+        self,
+        collection: str,
+        indexes: list[tuple[int, _IndexSpec, bool]],
+        damaged: set[tuple[str, int]],
+    ) -> list[str]:
+        """The indexes of one collection whose stored entries differ from the documents'
+        (as a count and an order-independent sum of hashes, each side), or that serve sorts
+        although a document's keys have no total order."""
+        expected = {ix: [0, 0] for ix, _, _ in indexes}
+        keeps_order = {ix: True for ix, _, _ in indexes}
+        # NOT INDEXED: the table itself, as an index of it may be what is damaged.
+        rows = self._conn.execute(
+            "SELECT arrival, body FROM documents NOT INDEXED WHERE collection = ? "
+            "AND body IS NOT NULL",
+            (collection,),
+        )
+        while batch := rows.fetchmany(_BATCH):
+            for arrival, body in batch:
+                if (collection, arrival) in damaged:
+                    continue
+                document = _intact(body)
+                fields = _FieldKeys(document)
+                for ix, index, _ in indexes:
+                    if not index.holds(document):
+                        continue
+                    keys, ordered = index.keys_of(document, fields)
+                    keeps_order[ix] = keeps_order[ix] and ordered
+                    tally = expected[ix]
+                    for entry in keys:
+                        tally[0] += 1
+                        tally[1] = (tally[1] + hash((entry, arrival))) & _HASH_MASK
+        found = []
+        left_out = {arrival for c, arrival in damaged if c == collection}
+        for ix, index, ordered in indexes:
+            count = total = 0
+            for entry, arrival in self._conn.execute(
+                "SELECT key, arrival FROM entries WHERE ix = ?", (ix,)
+            ):
+                if arrival in left_out:
+                    continue
+                count += 1
+                total = (total + hash((entry, arrival))) & _HASH_MASK
+            label = f"index {collection}.{index.name}"
+            if [count, total] != expected[ix]:
+                found.append(
+                    f"{label}: its entries differ from what its documents give ({count} "
+                    f"stored, {expected[ix][0]} expected)"
+                )
+            if ordered and not keeps_order[ix]:
+                found.append(f"{label}: marked as serving sorts, but it holds arrays or objects")
+        return found
+
+    def rebuild_indexes(self) -> IndexRebuild:
+        """Re-derive every index entry from the documents, in one durable transaction, and
+        put right the rows that say which indexes are built. Only what differs is written,
+        so a second run changes nothing. A damaged document's entries are kept as they are
+        (nothing can re-derive them), and a damaged catalog document's index is left alone:
+        both are reported in ``not_rebuilt`` (they come back only from a backup).
+
+        Raises:
+            ReadOnlyError: the store is open read-only.
+            StorageError: SQLite failed (nothing was changed).
+        """
+        if self.read_only:
+            raise ReadOnlyError(f"the embedded database {self.path} is open read-only")
+        with self._lock, self._sqlite_errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                report = self._rebuilt()
+                if report.changes:
+                    self._catalog_changed()
+                    self._conn.execute("COMMIT")
+                else:  # all in order: not a byte written
+                    self._conn.execute("ROLLBACK")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                self._catalog_version = None
+                raise
+            self.stats.write_transactions += 1
+            return report
+
+    def _rebuilt(self) -> IndexRebuild:
+        """The rebuild, inside its transaction. The entries are compared with what the
+        documents give; if anything differs, the table is emptied whole and written again
+        (a delete of one entry could miss it in a b-tree whose order a damaged byte broke)."""
+        rows, damaged = self._damaged_rows()
+        not_rebuilt = [f"{c} {label}: {why}" for (c, label), why in sorted(rows.items())]
+        catalog_fixed: list[str] = []
+        # SQLite's own indexes of the tables are derived data too (those of the documents
+        # only while every row is intact): rebuilt where its check finds them wrong.
+        problems = " ".join(row[0] for row in self._conn.execute("PRAGMA integrity_check"))
+        for table, indexes in (
+            ("built_indexes", ("sqlite_autoindex_built_indexes_1",)),
+            ("documents", ("documents_id", "documents_arrival") if not rows else ()),
+        ):
+            if any(f"index {index}" in problems for index in indexes):
+                self._conn.execute(f"REINDEX {table}")
+                catalog_fixed.append(f"SQLite's indexes of {table} rebuilt")
+        specs: list[_IndexSpec] = []
+        for arrival, body in self._conn.execute(
+            "SELECT arrival, body FROM documents WHERE collection = ? AND body IS NOT NULL",
+            (_INDEX_CATALOG,),
+        ).fetchall():
+            if (_INDEX_CATALOG, arrival or 0) not in damaged:
+                index = _IndexSpec.from_catalog(_intact(body))
+                if index is not None:
+                    specs.append(index)
+        kept = {(index.collection, index.name) for index in specs}
+        # A damaged catalog document hides which index it defined: its rows stay.
+        catalog_whole = not any(c == _INDEX_CATALOG for c, _ in damaged)
+        by_name: dict[tuple[str, str], tuple[int, int]] = {}
+        for ix, collection, name, ordered, crc in self._conn.execute(
+            "SELECT ix, collection, name, ordered, crc FROM built_indexes"
+        ).fetchall():
+            intact = _catalog_row_intact(ix, collection, name, ordered, crc)
+            if intact and (collection, name) in kept:
+                by_name[(collection, name)] = (ix, ordered)
+            elif intact and not catalog_whole:
+                by_name[(collection, name)] = (ix, ordered)  # perhaps the damaged one's
+            else:
+                self._conn.execute("DELETE FROM built_indexes WHERE ix = ?", (ix,))
+                catalog_fixed.append(f"{collection}.{name} (number {ix}): row removed")
+        present: dict[int, set[tuple[bytes, int]]] = {}
+        for ix, entry, arrival in self._conn.execute(
+            "SELECT ix, key, arrival FROM entries NOT INDEXED"
+        ):
+            present.setdefault(ix, set()).add((entry, arrival))
+        wanted: dict[int, set[tuple[bytes, int]]] = {}
+        rebuilt: list[IndexRebuilt] = []
+        for index in sorted(specs, key=lambda spec: (spec.collection, spec.name)):
+            held = by_name.get((index.collection, index.name))
+            if held is None:
+                (ix,) = self._conn.execute(
+                    "INSERT INTO built_indexes (collection, name, ordered) VALUES (?, ?, 1) "
+                    "RETURNING ix",
+                    (index.collection, index.name),
+                ).fetchone()
+                stored_order = -1  # always written below
+                catalog_fixed.append(f"{index.collection}.{index.name}: row made (number {ix})")
+            else:
+                ix, stored_order = held
+            expected: set[tuple[bytes, int]] = set()
+            ordered = True
+            for stored in self._all_rows(index.collection, damaged):
+                if index.holds(stored.document):
+                    keys, keeps = index.keys_of(stored.document)
+                    ordered = ordered and keeps
+                    expected.update((entry, stored.arrival) for entry in keys)
+            left_out = {arrival for c, arrival in damaged if c == index.collection}
+            stored_entries = present.get(ix, set())
+            # A damaged document's entries cannot be re-derived: those stored are kept.
+            expected |= {(e, a) for e, a in stored_entries if a in left_out}
+            wanted[ix] = expected
+            if int(ordered) != stored_order:
+                _mark_built(self._conn, ix, index.collection, index.name, ordered)
+            rebuilt.append(
+                IndexRebuilt(
+                    f"{index.collection}.{index.name}",
+                    len(expected),
+                    removed=len(stored_entries - expected),
+                    added=len(expected - stored_entries),
+                    order_changed=stored_order >= 0 and int(ordered) != stored_order,
+                )
+            )
+        for ix, _ in by_name.values():
+            wanted.setdefault(ix, present.get(ix, set()))  # a damaged catalog's: kept as is
+        stray = sum(len(entries) for ix, entries in present.items() if ix not in wanted)
+        if stray or any(present.get(ix, set()) != entries for ix, entries in wanted.items()):
+            self._conn.execute("DELETE FROM entries")  # whole: no b-tree search involved
+            self._conn.executemany(
+                "INSERT INTO entries (ix, key, arrival) VALUES (?, ?, ?)",
+                sorted((ix, e, a) for ix, entries in wanted.items() for e, a in entries),
+            )
+        return IndexRebuild(rebuilt, catalog_fixed, stray, not_rebuilt)
+
+    def _all_rows(self, collection: str, damaged: set[tuple[str, int]]) -> Iterator[_Stored]:
+        """The collection's intact documents, read from the table itself (not through an
+        index that may be damaged), a batch at a time."""
+        rows = self._conn.execute(
+            "SELECT key, arrival, body FROM documents NOT INDEXED WHERE collection = ? "
+            "AND body IS NOT NULL",
+            (collection,),
+        )
+        while batch := rows.fetchmany(_BATCH):
+            for key, arrival, body in batch:
+                if (collection, arrival) not in damaged:
+                    yield _Stored(key, arrival, _intact(body))
 
     def backup(self, destination: Path) -> Path:
         """A consistent copy of the file through SQLite's online backup, safe while other
@@ -1943,7 +2895,12 @@ class EmbeddedEngine:
         return sum(p.stat().st_size for p in paths if p.exists())
 
     def close(self) -> None:
+        """Close the file, first copying what the -wal holds into it (without waiting for
+        other processes' readers): a -wal deleted after a clean close loses nothing."""
         with self._lock:
+            if not self.read_only:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._conn.close()
 
 
@@ -1973,7 +2930,17 @@ def _grouped_by_lead(
 def _held_at(document: Mapping[str, Any], path: str) -> Any:
     """The value at ``path`` as a server's ``keyValue`` shows it (None when absent)."""
     value = _path_value(document, path)
+    if isinstance(value, list):
+        return [None if item is _HOLE else item for item in value]
     return None if value is _MISSING else value
+
+
+def _present(value: Any) -> bool:
+    """Whether a path's value (``_path_value``) is there: not missing, and not only array
+    elements without the field."""
+    if isinstance(value, list):
+        return any(item is not _HOLE for item in value)
+    return value is not _MISSING
 
 
 def _duplicate(
@@ -2023,7 +2990,9 @@ class _Writer(_Reader):
                 (arrival,) = self.conn.execute(
                     "UPDATE meta SET value = value + 1 WHERE name = 'arrival' RETURNING value"
                 ).fetchone()
-            row = (self.collection, key, self.seq, body, zlib.crc32(body), arrival)
+                self._check_arrival_free(arrival)
+            crc = _row_crc(self.collection, key, arrival, body)
+            row = (self.collection, key, self.seq, body, crc, arrival)
             if old is not None:
                 self.conn.execute(
                     "UPDATE documents SET seq = ?, body = ?, body_crc = ? "
@@ -2031,6 +3000,7 @@ class _Writer(_Reader):
                     (*row[2:5], *row[:2]),
                 )
             else:
+                self._refuse_equal_number_id(key)
                 # A live row with this key refuses the insert; a tombstone an older version
                 # left (body NULL) is taken over.
                 inserted = self.conn.execute(
@@ -2083,14 +3053,60 @@ class _Writer(_Reader):
             assert new is not None
             self._check_unique(index, _Stored(key, arrival, dict(new)), after)
 
+    def put_alone(
+        self, old: _Stored, new: Mapping[str, Any], *, body: bytes | None = None
+    ) -> DuplicateKeyError | None:
+        """``put`` as one document of a multi-document write: undone alone if a unique index
+        refuses it, and the refusal returned (a server keeps the documents before it)."""
+        self.conn.execute("SAVEPOINT document")
+        try:
+            self.put(old, new, body=body)
+        except DuplicateKeyError as exc:
+            self.conn.execute("ROLLBACK TO document")
+            self.conn.execute("RELEASE document")
+            return exc
+        self.conn.execute("RELEASE document")
+        return None
+
+    def _refuse_equal_number_id(self, key: bytes) -> None:
+        """Refuse a numeric ``_id`` equal to a stored one of another BSON type: MongoDB's
+        ``_id`` index takes 1, 1.0 and Int64(1) for one value (their keys differ here)."""
+        if key[4:5] not in _NUMERIC_IDS:
+            return
+        value = _decode_key(key)
+        twins: set[bytes] = set()
+        if float(value) == value:
+            twins.add(_encode_key(float(value)))
+        if isinstance(value, int) or value.is_integer():
+            number = int(value)
+            if -(2**63) <= number < 2**63:
+                twins.add(_encode_key(Int64(number)))
+            if -(2**31) <= number < 2**31:
+                twins.add(_encode_key(number))  # BSON's int32
+        twins.discard(key)
+        marks = ",".join("?" * len(twins))
+        if (
+            twins
+            and self.conn.execute(
+                f"SELECT 1 FROM documents WHERE collection = ? AND key IN ({marks}) "
+                "AND body IS NOT NULL LIMIT 1",
+                (self.collection, *sorted(twins)),
+            ).fetchone()
+        ):
+            raise _duplicate(self.collection, "_id_", value, {"_id": value})
+
     def _check_unique(self, index: _IndexSpec, stored: _Stored, entries: set[bytes]) -> None:
         for entry in entries:
             others = self.conn.execute(
                 "SELECT arrival FROM entries WHERE ix = ? AND key = ? AND arrival != ?",
                 (index.ix, entry, stored.arrival),
             ).fetchall()
+            if not others:
+                continue
+            # The entry is a coarse key (objects share one byte): the exact keys decide.
+            own = _exact_keys(index, stored.document)
             for other in self.fetch_arrivals(self.collection, [a for (a,) in others]):
-                if index.covers(other.document):
+                if index.covers(other.document) and own & _exact_keys(index, other.document):
                     raise _duplicate(
                         self.collection,
                         index.name,
@@ -2098,18 +3114,42 @@ class _Writer(_Reader):
                         {path: _held_at(stored.document, path) for path, _ in index.fields},
                     )
 
+    def _check_arrival_free(self, arrival: int) -> None:
+        """A new arrival number must name no document yet (an index seek): a damaged
+        counter would otherwise give two documents one number, and their entries each
+        other's documents.
+
+        Raises:
+            StorageError: it names one (reason ``"damaged"``); nothing is written.
+        """
+        taken = self.conn.execute(
+            "SELECT 1 FROM documents INDEXED BY documents_arrival "
+            "WHERE collection = ? AND arrival = ?",
+            (self.collection, arrival),
+        ).fetchone()
+        if taken is not None:
+            raise _damage_error(
+                self.engine.path,
+                "the counter of arrival numbers",
+                f"it gave {arrival}, which a document of {self.collection} already has",
+            )
+
     def _unordered(self, index: _IndexSpec) -> None:
-        self.conn.execute("UPDATE built_indexes SET ordered = 0 WHERE ix = ?", (index.ix,))
+        _mark_built(self.conn, index.ix, index.collection, index.name, False)
         self.engine._catalog_changed()
 
-    def build(self, index: _IndexSpec) -> None:
-        """Write every document's entries for a new index, checking a unique one."""
+    def build(self, index: _IndexSpec, *, refuse_duplicates: bool = True) -> None:
+        """Write every document's entries for a new index, checking a unique one unless
+        ``refuse_duplicates`` is False (a rebuild of what the file already holds)."""
         (ix,) = self.conn.execute(
             "INSERT INTO built_indexes (collection, name, ordered) VALUES (?, ?, 1) RETURNING ix",
             (index.collection, index.name),
         ).fetchone()
+        _mark_built(self.conn, ix, index.collection, index.name, True)
         ordered = True
-        covered: set[bytes] = set()
+        # entry -> the exact keys of the documents holding it; None once a document of
+        # scalars holds it (its entries are exact: any other document there duplicates it).
+        covered: dict[bytes, list[set[tuple[Any, ...]]] | None] = {}
         for stored in self.scan(index.collection):
             if not index.holds(stored.document):
                 continue
@@ -2119,12 +3159,20 @@ class _Writer(_Reader):
                 "INSERT OR IGNORE INTO entries (ix, key, arrival) VALUES (?, ?, ?)",
                 [(ix, k, stored.arrival) for k in keys],
             )
-            if index.unique and index.covers(stored.document):
-                if covered & keys:
-                    raise _duplicate(index.collection, index.name, _key_label(stored.key))
-                covered |= keys
+            if refuse_duplicates and index.unique and index.covers(stored.document):
+                exact = None if keeps_order else _exact_keys(index, stored.document)
+                for key in keys:
+                    if key in covered:
+                        held = covered[key]
+                        if exact is None or held is None or any(exact & o for o in held):
+                            raise _duplicate(index.collection, index.name, _key_label(stored.key))
+                for key in keys:
+                    if exact is None:
+                        covered[key] = None
+                    elif (held_by := covered.setdefault(key, [])) is not None:
+                        held_by.append(exact)
         if not ordered:
-            self.conn.execute("UPDATE built_indexes SET ordered = 0 WHERE ix = ?", (ix,))
+            _mark_built(self.conn, ix, index.collection, index.name, False)
 
 
 # -- the pymongo-shaped surface ---------------------------------------------------------------
@@ -2148,14 +3196,25 @@ class _LookupCollection:
     def find(self, query: Mapping[str, Any] | None = None) -> list[Any]:
         return [stored.document for stored in self._reader.find(self._name, _patched(query or {}))]
 
-    def rows(self, keys: Sequence[bytes]) -> dict[bytes, tuple[bytes, bytes, int | None]]:
-        """(key, body, crc) of the stored documents with these keys, by key, not decoded."""
-        rows = self._reader._raw_rows(self._name, "key", "", keys)
-        return {key: (key, body, crc) for key, _, body, crc in rows}
+    def rows(
+        self, keys: Sequence[bytes]
+    ) -> dict[bytes, tuple[bytes, int | None, bytes, int | None]]:
+        """(key, arrival, body, crc) of the stored documents with these keys, by key, not
+        decoded.
 
-    def decoded(self, key: bytes, body: bytes, crc: int | None) -> Any:
-        """A fresh decoding of a row of :meth:`rows`; None if it is damaged (not served)."""
-        return self._reader._decoded(self._name, key, body, crc)
+        Raises:
+            StorageError: a missing key is still in the _id index (a damaged file).
+        """
+        rows = self._reader._raw_rows(self._name, "key", "", keys)
+        return {row[0]: row for row in rows}
+
+    def decoded(self, key: bytes, arrival: int | None, body: bytes, crc: int | None) -> Any:
+        """A fresh decoding of a row of :meth:`rows`.
+
+        Raises:
+            StorageError: the row is damaged.
+        """
+        return self._reader._decoded(self._name, key, arrival, body, crc)
 
 
 def _run_pipeline(
@@ -2194,6 +3253,7 @@ def _match(documents: list[Any], spec: Any) -> list[Any]:
     naive datetimes (stored ones are UTC to the millisecond, and the spec is read as a
     query is, ``_patched``), as the engine's find matches."""
     patched = _patched(spec)
+    _check_filter(patched)
     return [document for document in documents if filtering.filter_applies(patched, document)]
 
 
@@ -2333,9 +3393,23 @@ class EmbeddedCollection:
 
         return self._engine.read(aggregate)
 
-    def count_documents(self, filter: Mapping[str, Any], **_: Any) -> int:
-        query = _patched(filter or {})
-        return self._engine.read(lambda reader: len(reader.find(self.name, query)))
+    def count_documents(self, filter: Mapping[str, Any], **options: Any) -> int:
+        """How many documents match, after ``skip`` and at most ``limit`` of them, as
+        pymongo's ``count_documents`` counts them (other options are ignored).
+
+        Raises:
+            OperationFailure: the filter is malformed, ``skip`` is negative or ``limit`` is
+                not a positive number (a server's ``$skip`` and ``$limit`` refuse them).
+        """
+        skip, limit = options.get("skip", 0), options.get("limit")
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise OperationFailure(f"invalid argument to $skip stage: {skip!r}", 15956)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int | float) or not limit >= 1
+        ):
+            raise OperationFailure(f"the limit must be positive: {limit!r}", 15958)
+        query, most = _patched(filter or {}), 0 if limit is None else math.floor(limit)
+        return self._engine.read(lambda reader: len(reader.find(self.name, query, (), skip, most)))
 
     def estimated_document_count(self) -> int:
         def count(reader: _Reader) -> int:
@@ -2500,6 +3574,7 @@ class EmbeddedCollection:
             if done is not None:
                 return done
         # Anything else runs on a scratch collection holding only the matching documents.
+        mongomock_collection.validate_ok_for_update(update)  # what pymongo refuses unsent
         scratch = self._engine._scratch
         scratch.drop()
         if targets:
@@ -2509,11 +3584,22 @@ class EmbeddedCollection:
         else:
             pinned = filter or {}
         method = scratch.update_many if many else scratch.update_one
-        outcome: dict[str, Any] = method(pinned, update, upsert=upsert).raw_result
+        try:
+            outcome: dict[str, Any] = method(pinned, update, upsert=upsert).raw_result
+        except _UPDATE_FAILURES as exc:
+            if len(targets) > 1:  # mongomock may have left one document half done
+                return self._one_by_one(writer, targets, update)
+            if isinstance(exc, WriteError):
+                raise
+            raise _update_failed(exc, targets[0].document if targets else None) from exc
         written: list[tuple[Any, Any]] = []
         for stored in targets:
             after = scratch.find_one({"_id": stored.document["_id"]})
-            writer.put(stored, after)
+            if len(targets) == 1:
+                writer.put(stored, after)
+            elif (refused := writer.put_alone(stored, after)) is not None:
+                writer.deferred = refused  # the documents before it stay, as on a server
+                break
             written.append((stored.document, after))
         if not targets:
             for upserted in scratch.find({}):  # an upsert that matched nothing inserted one
@@ -2522,6 +3608,45 @@ class EmbeddedCollection:
                     raise _duplicate(self.name, "_id_", upserted["_id"], {"_id": upserted["_id"]})
                 writer.put(None, upserted, key)
                 written.append((None, upserted))
+        return outcome, written
+
+    def _one_by_one(
+        self, writer: _Writer, targets: list[_Stored], update: Any
+    ) -> tuple[dict[str, Any], list[tuple[Any, Any]]]:
+        """A multi-document update that failed on a document, applied as a server applies it:
+        each document whole or not at all, in order; the ones before the failure are written
+        and the failure is raised after the commit."""
+        scratch = self._engine._scratch
+        written: list[tuple[Any, Any]] = []
+        modified = 0
+        for stored in targets:
+            document_id = stored.document["_id"]
+            scratch.drop()
+            scratch.insert_one(stored.document)
+            try:
+                result = scratch.update_one({"_id": document_id}, update).raw_result
+            except _UPDATE_FAILURES as exc:
+                failure = _update_failed(exc, stored.document)
+                if failure is not exc:
+                    failure.__cause__ = exc
+                writer.deferred = failure
+                break
+            after = scratch.find_one({"_id": document_id})
+            refused = writer.put_alone(stored, after)
+            if refused is not None:
+                writer.deferred = refused
+                break
+            modified += int(result.get("nModified") or 0)
+            written.append((stored.document, after))
+        outcome = {
+            "connectionId": scratch.database.client._id,
+            "err": None,
+            "n": len(written),
+            "nModified": modified,
+            "ok": 1,
+            "upserted": None,
+            "updatedExisting": bool(written),
+        }
         return outcome, written
 
     def _set_in_place(
@@ -2540,12 +3665,17 @@ class EmbeddedCollection:
         modified = 0
         for stored, body, after in changes:
             # mongomock counts what Python's == finds changed, but stores the new value even
-            # when == finds none (1 -> True, 1 -> 1.0): so do both.
-            if after != stored.document:
+            # when == finds none (1 -> True, 1 -> 1.0): so do both. A NaN read back is a new
+            # float, unequal to the old one: a server compares its bytes, equal.
+            if after != stored.document and not _equal_with_nan(after, stored.document):
                 modified += 1
             elif body == bson.encode(stored.document):
                 continue  # the very same bytes: nothing to write
-            writer.put(stored, after, body=body)
+            if len(changes) == 1:
+                writer.put(stored, after, body=body)
+            elif (refused := writer.put_alone(stored, after, body=body)) is not None:
+                writer.deferred = refused  # the documents before it stay, as on a server
+                break
         outcome = {
             "connectionId": self._engine._scratch.database.client._id,
             "err": None,
@@ -2692,9 +3822,28 @@ class EmbeddedDatabase:
     def close(self) -> None:
         self.engine.close()
 
-    def damaged_documents(self) -> list[str]:
-        """Stored rows that failed their checksum or decoding; they are not served."""
-        return self.engine.damaged_documents()
+    def damaged_documents(self, *, full: bool = True) -> list[str]:
+        """Everything in the file that fails a check: its structure, rows (their checksum
+        covers identity and body), arrival numbers and, with ``full``, the index catalog and
+        every index's entries, re-derived from the documents (see
+        :meth:`EmbeddedEngine.damaged_documents`). A read that meets damage raises
+        ``StorageError`` (reason ``"damaged"``): nothing damaged is served.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        return self.engine.damaged_documents(full=full)
+
+    def rebuild_indexes(self) -> IndexRebuild:
+        """Re-derive every index entry from the documents and put the rows saying which
+        indexes are built right; only differences are written, so running it twice changes
+        nothing the second time (see :meth:`EmbeddedEngine.rebuild_indexes`).
+
+        Raises:
+            ReadOnlyError: the store is open read-only.
+            StorageError: SQLite failed (nothing was changed).
+        """
+        return self.engine.rebuild_indexes()
 
     def change_stamp(self) -> tuple[int, int]:
         """Changes whenever a write commits, here or in another process (see
@@ -2789,5 +3938,5 @@ class AsyncEmbeddedDatabase:
     async def close(self) -> None:
         await asyncio.to_thread(self.sync.close)
 
-    async def damaged_documents(self) -> list[str]:
-        return await asyncio.to_thread(self.sync.damaged_documents)
+    async def damaged_documents(self, *, full: bool = True) -> list[str]:
+        return await asyncio.to_thread(self.sync.damaged_documents, full=full)

@@ -704,13 +704,26 @@ def verify(
 ) -> Flow[VerificationReport]:
     """The seed's three checks, the flag against the runs both ways, orphans, and enhancements,
     reverts and deletions interrupted between writes. ``quick`` keeps to the index-served
-    look-ups of interrupted work and skips the checks that read every run."""
+    look-ups of interrupted work and skips the checks that read every run.
+
+    The storage is checked first (the embedded default's checksums, indexes and catalog).
+    If it is damaged, the report names the damage and nothing else: the other checks would
+    read through it, and a run whose prompt is unreadable is not an orphan."""
     before = utc_now() - check_stale_after(stale_after)
     only_interrupted = v.check_flag(quick, "quick")
+    damaged = yield from DamagedDocuments(full=not only_interrupted)
+    if damaged:
+        return VerificationReport(
+            quick=only_interrupted,
+            damaged_documents=[*damaged, _CHECKS_NOT_RUN],
+            prompts_with_legacy_keys=[],
+            incomplete_enhance_runs=[],
+            dangling_edges=[],
+            half_finished=[],
+        )
     stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before), projection=_ID_ONLY)
     reverts = yield from Find(q.RUNS, q.pending_reverts_filter(before), projection=_ID_ONLY)
     deletions = yield from _interrupted_deletions(before)
-    damaged = yield from DamagedDocuments()
     legacy_prompts: list[Document] = []
     incomplete: list[Document] = []
     invalid: list[str] = []
@@ -751,6 +764,10 @@ def verify(
     )
 
 
+_CHECKS_NOT_RUN: Final = (
+    "the other checks did not run: they would read through the damage (deal with it, then "
+    "verify again)"
+)
 _SCAN_BATCH: Final = 1000
 
 
@@ -859,10 +876,27 @@ def repair(
 ) -> Flow[RepairReport]:
     """Finish or roll back interrupted enhancements, reverts and deletions; then, unless
     ``quick``, remove what else has no prompt, make flags agree with the runs, and migrate
-    legacy data (the steps that read every run)."""
+    legacy data (the steps that read every run). Unless ``quick``, the storage is checked
+    first, and any damage stops it before it writes anything."""
     before = utc_now() - check_stale_after(stale_after)
     only_interrupted = v.check_flag(quick, "quick")
     v.check_progress(progress)
+    # The full check reads the whole store, which a scheduled quick repair must not: that one
+    # reads only what it settles, and any read that meets damage stops it before it writes.
+    damaged = [] if only_interrupted else (yield from DamagedDocuments())
+    if damaged:
+        # What looks interrupted or orphaned may only look so through the damage: a run whose
+        # prompt is unreadable is not an orphan. Nothing is written until it is dealt with.
+        shown = "; ".join(damaged[:3]) + (
+            f"; and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        )
+        raise StorageError(
+            f"repair changed nothing: the store is damaged ({shown}). Keep a copy of it as it "
+            "is first (`cosmos-mongo backup`); `cosmos-mongo rebuild-indexes` rebuilds damaged "
+            "indexes from the documents, and a damaged document comes back only from a backup "
+            "made before the damage. Then run verify and repair again.",
+            reason="damaged",
+        )
     done = _Repairs()
     stale = yield from Find(q.RUNS, q.stale_enhancements_filter(before))
     for count, run in enumerate(stale, 1):

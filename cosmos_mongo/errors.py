@@ -103,9 +103,10 @@ class StorageError(CosmosMongoError):
     ``reason`` is a short machine-readable cause when one is known: ``"unreachable"`` (no
     server answered), ``"timeout"`` (the operation time limit passed), ``"write_concern"`` (the
     server did not confirm the write as asked), ``"too_large"`` (the answer is over MongoDB's
-    16 MB limit for one document: ask for less). ``may_have_written`` is True when a write may
-    have been applied although it failed: read it back (or run ``verify``) before trying again,
-    or a retry may store it twice.
+    16 MB limit for one document: ask for less), ``"damaged"`` (the embedded default's file is
+    damaged: nothing damaged was served or changed; ``cosmos-mongo verify`` lists it).
+    ``may_have_written`` is True when a write may have been applied although it failed: read it
+    back (or run ``verify``) before trying again, or a retry may store it twice.
     """
 
     def __init__(

@@ -629,8 +629,12 @@ class VerificationReport(BaseModel):
     )
     damaged_documents: list[str] = Field(
         default_factory=list,
-        description="Stored rows of the embedded default that failed their checksum or could "
-        "not be decoded (collection and id); they are not served. Restore from a backup.",
+        description="Damage in the embedded default's file, one line each: rows whose checksum "
+        "(over identity and body) fails, as '<collection> <id>: <why>'; 'file: ...' for what "
+        "SQLite's own check finds; arrival numbers; and, in the full check, the index catalog "
+        "and each index whose entries differ from its documents. Nothing damaged is served, "
+        "and repair changes nothing while there is any: `backup` first, `rebuild-indexes` for "
+        "indexes, a backup for documents.",
     )
     invalid_documents: list[str] = Field(
         default_factory=list,

@@ -280,9 +280,11 @@ class Generated:
 
 @dataclass(frozen=True, slots=True)
 class DamagedDocuments(Yielded[list[str]]):
-    """Ask the database which stored documents failed their integrity checks. Not a query:
-    the embedded default checks a checksum on every row it loads; other databases have no
-    such method and answer with an empty list."""
+    """Ask the database what of its storage fails its integrity checks. Not a query: the
+    embedded default checks its file (with ``full``, every index's entries too); other
+    databases have no such method and answer with an empty list."""
+
+    full: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,7 +680,9 @@ def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Documen
         if isinstance(step, Generate):
             return _log_generated(services, _generate_sync(services, step))
         if isinstance(step, DamagedDocuments):
-            return [] if _damaged_probe(database) is None else database.damaged_documents()
+            if _damaged_probe(database) is None:
+                return []
+            return database.damaged_documents(full=step.full)
         if isinstance(step, ChangeStamp):
             if _stamp_probe(database) is None:
                 return _feed_stamp_sync(database, step)
@@ -758,7 +762,9 @@ class _AsyncDriver(Generic[T]):
             return _log_generated(self.services, await _generate_async(self.services, step))
         if isinstance(step, DamagedDocuments):
             database = self.database
-            return [] if _damaged_probe(database) is None else await database.damaged_documents()
+            if _damaged_probe(database) is None:
+                return []
+            return await database.damaged_documents(full=step.full)
         if isinstance(step, ChangeStamp):
             # The embedded default's async adapter names its synchronous database.
             grouping = self.grouping

@@ -926,11 +926,15 @@ class CosmosStore(_StoreBase):
         flags agree with the runs, and migrate legacy data. Reports what it cannot fix.
         ``quick=True`` settles only the interrupted work, through small indexes (for a
         schedule); the other steps read every run. ``progress(stage, done, total)`` is called
-        as each stage advances.
+        as each stage advances. On the embedded default the full repair first runs
+        ``verify``'s storage checks and changes nothing if any damage is found; the quick one
+        stops at the first read that meets damage.
 
         Raises:
             InvalidInputError: ``stale_after`` is not a non-negative timedelta, ``quick``
                 not a boolean, or ``progress`` neither None nor callable.
+            StorageError: the store is damaged (reason ``"damaged"``): nothing was changed;
+                the message points to ``backup`` and ``rebuild-indexes``.
         """
         return self._run(enh.repair(stale_after, progress, quick))
 
@@ -1661,11 +1665,15 @@ class AsyncCosmosStore(_StoreBase):
         flags agree with the runs, and migrate legacy data. Reports what it cannot fix.
         ``quick=True`` settles only the interrupted work, through small indexes (for a
         schedule); the other steps read every run. ``progress(stage, done, total)`` is called
-        as each stage advances.
+        as each stage advances. On the embedded default the full repair first runs
+        ``verify``'s storage checks and changes nothing if any damage is found; the quick one
+        stops at the first read that meets damage.
 
         Raises:
             InvalidInputError: ``stale_after`` is not a non-negative timedelta, ``quick``
                 not a boolean, or ``progress`` neither None nor callable.
+            StorageError: the store is damaged (reason ``"damaged"``): nothing was changed;
+                the message points to ``backup`` and ``rebuild-indexes``.
         """
         return await self._run(enh.repair(stale_after, progress, quick))
 

@@ -406,10 +406,11 @@ def _damage(path: Any, prompt_id: str, change: Callable[[bytes], bytes]) -> None
         pytest.param(lambda body: b"\xff\xff\xff\x7f" + body[4:], id="a corrupt BSON length"),
     ],
 )
-def test_a_damaged_row_is_not_served_and_verify_names_it(
+def test_a_damaged_row_is_never_served_a_read_meeting_it_fails_clearly_and_verify_names_it(
     tmp_path: Any, change: Callable[[bytes], bytes]
 ) -> None:
     from cosmos_mongo.embedded import open_embedded
+    from cosmos_mongo.errors import StorageError
 
     with open_embedded(tmp_path) as database:
         store = CosmosStore(database)
@@ -418,17 +419,28 @@ def test_a_damaged_row_is_not_served_and_verify_names_it(
     _damage(tmp_path / "cosmos.sqlite3", damaged.id, change)
     with open_embedded(tmp_path) as database:
         store = CosmosStore(database)
-        assert store.get_prompt(damaged.id) is None
+        with pytest.raises(StorageError, match=f"damaged .*prompts {damaged.id}") as raised:
+            store.get_prompt(damaged.id)
+        assert raised.value.reason == "damaged"
+        assert "rebuild-indexes" in str(raised.value) and "backup" in str(raised.value)
         assert store.get_prompt(healthy.id) == healthy
-        assert [p.id for p in store.list_prompts()] == [healthy.id]
+        with pytest.raises(StorageError, match="damaged"):  # a wrong list is never given
+            store.list_prompts()
         report = store.verify()
         assert not report.ok
-        assert len(report.damaged_documents) == 1
-        assert report.damaged_documents[0].startswith(f"prompts {damaged.id}:")
+        first, *rest = report.damaged_documents
+        assert first.startswith(f"prompts {damaged.id}:")
+        assert rest == [
+            "the other checks did not run: they would read through the damage (deal "
+            "with it, then verify again)"
+        ]
 
 
-def test_a_damaged_row_in_a_page_is_skipped_and_the_page_still_fills(tmp_path: Any) -> None:
+def test_a_page_that_meets_a_damaged_row_fails_clearly_and_other_documents_are_read(
+    tmp_path: Any,
+) -> None:
     from cosmos_mongo.embedded import open_embedded
+    from cosmos_mongo.errors import StorageError
 
     with open_embedded(tmp_path) as database:
         store = CosmosStore(database)
@@ -447,10 +459,11 @@ def test_a_damaged_row_in_a_page_is_skipped_and_the_page_still_fills(tmp_path: A
     )
     with open_embedded(tmp_path) as database:
         store = CosmosStore(database)
-        newest_first = list(reversed(enhanced[:-1]))
-        assert [p.id for p in store.list_enhanced_prompts(2)] == newest_first[:2]
-        assert [p.id for p in store.list_prompts(limit=2)] == newest_first[:2]
-        assert [p.id for p in store.list_prompts(limit=2, offset=2)] == newest_first[2:4]
+        with pytest.raises(StorageError, match=f"damaged .*prompts {enhanced[-1]}"):
+            store.list_enhanced_prompts(2)  # the newest: the first page reads it
+        with pytest.raises(StorageError, match="damaged"):
+            store.list_prompts(limit=2)
+        assert store.get_prompt(enhanced[0]) is not None  # what does not reach it is read
 
 
 def test_backup_copies_a_store_another_process_holds(tmp_path: Any) -> None:

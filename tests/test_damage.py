@@ -1,0 +1,424 @@
+"""Damage in the embedded database's file is never a silent wrong answer, and never turns
+``repair`` into deletion.
+
+A small store is built once; each test flips bytes in a copy of its file, in the SQLite pages
+themselves (as a failing disk would): a document's body, key, collection name and arrival
+number, an index entry, and the index catalog (its document and its built-index row). For each
+flip every helper's answer is the right one or a clear ``StorageError`` (reason
+``"damaged"``), ``verify`` names the damage, and ``repair`` refuses and changes no byte. Index
+damage is then dealt with by ``rebuild-indexes``, after which everything is in order again.
+A seeded run of 100 random single-byte flips over the data pages checks that ``verify``
+finds each one that changes any answer. A deleted ``-wal`` that held commits is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bson
+import pytest
+from click.testing import CliRunner
+
+from cosmos_mongo.cli import cli
+from cosmos_mongo.embedded import open_embedded
+from cosmos_mongo.errors import StorageError
+from cosmos_mongo.store import CosmosStore
+
+FILE = "cosmos.sqlite3"
+DAMAGED = "a clear error: damaged"
+
+
+@dataclass(frozen=True)
+class World:
+    """The pristine store (a directory holding only its file) and its right answers."""
+
+    directory: Path
+    prompt_ids: list[str]
+    run_ids: list[str]
+    answers: dict[str, Any]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _calls(
+    store: CosmosStore, world_ids: tuple[list[str], list[str]]
+) -> dict[str, Callable[[], Any]]:
+    prompt_ids, run_ids = world_ids
+    calls: dict[str, Callable[[], Any]] = {
+        "list_prompts": lambda: store.list_prompts(limit=100),
+        "list_prompts enhanced": lambda: store.list_prompts(limit=100, enhanced=True),
+        "list_enhanced_prompts": lambda: store.list_enhanced_prompts(100),
+        "search_prompts": lambda: store.search_prompts("robot", limit=100),
+        "list_runs": lambda: store.list_runs(limit=100),
+        "list_runs completed": lambda: store.list_runs(status="completed", limit=100),
+        "iter_documents prompts": lambda: list(store.iter_documents("prompts")),
+        "iter_documents runs": lambda: list(store.iter_documents("runs")),
+    }
+    for prompt_id in prompt_ids:
+        calls[f"get_prompt {prompt_id}"] = lambda i=prompt_id: store.get_prompt(i)
+        calls[f"list_runs {prompt_id}"] = lambda i=prompt_id: store.list_runs(i, limit=100)
+        calls[f"history {prompt_id}"] = lambda i=prompt_id: store.get_enhancement_history(i)
+        calls[f"lineage {prompt_id}"] = lambda i=prompt_id: store.get_lineage(i)
+    for run_id in run_ids:
+        calls[f"get_run {run_id}"] = lambda i=run_id: store.get_run(i)
+    return calls
+
+
+def _answers(store: CosmosStore, ids: tuple[list[str], list[str]]) -> dict[str, Any]:
+    """Every helper's answer; a StorageError that says the store is damaged is recorded as
+    such (any other error fails the test)."""
+    found: dict[str, Any] = {}
+    for name, call in _calls(store, ids).items():
+        try:
+            found[name] = _plain(call())
+        except StorageError as exc:
+            assert exc.reason == "damaged", (name, exc)
+            assert "verify" in str(exc), exc
+            found[name] = DAMAGED
+    return found
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    directory = tmp_path_factory.mktemp("pristine")
+    with open_embedded(directory) as database:
+        store = CosmosStore(database)
+        store.ensure_indexes()
+        prompts = [store.create_prompt(f"A robot arm stacks blocks {i}", {}, {}) for i in range(5)]
+        for prompt in prompts[:3]:
+            store.enhance_prompt(prompt.id, enhanced_text=f"In detail, {prompt.prompt_text}")
+        run_ids = [run.id for run in store.list_runs(limit=100)]
+        prompt_ids = [prompt.id for prompt in store.list_prompts(limit=100)]
+        answers = _answers(store, (prompt_ids, run_ids))
+        assert DAMAGED not in answers.values()
+        assert store.verify().ok
+    assert sorted(p.name for p in directory.iterdir()) == [FILE]  # a clean close: no -wal
+    return World(directory, prompt_ids, run_ids, answers)
+
+
+@pytest.fixture
+def copy(world: World, tmp_path: Path) -> Path:
+    target = tmp_path / "store"
+    shutil.copytree(world.directory, target)
+    return target
+
+
+# -- finding bytes in the file's pages -----------------------------------------------------
+
+
+def _pages(file: Path) -> dict[str, list[int]]:
+    """The page numbers of each table and index (SQLite's dbstat)."""
+    connection = sqlite3.connect(file)
+    try:
+        found: dict[str, list[int]] = {}
+        for name, page in connection.execute("SELECT name, pageno FROM dbstat ORDER BY pageno"):
+            found.setdefault(name, []).append(page)
+        (size,) = connection.execute("PRAGMA page_size").fetchone()
+    finally:
+        connection.close()
+    found["page size"] = [size]
+    return found
+
+
+def _offset(file: Path, tree: str, needle: bytes) -> int:
+    """The file offset of ``needle``, found once, in the pages of table or index ``tree``."""
+    pages, data = _pages(file), file.read_bytes()
+    size = pages["page size"][0]
+    hits = [
+        (page - 1) * size + at
+        for page in pages[tree]
+        for at in _all(data[(page - 1) * size : page * size], needle)
+    ]
+    assert len(hits) == 1, (tree, needle, hits)
+    return hits[0]
+
+
+def _all(haystack: bytes, needle: bytes) -> Iterator[int]:
+    at = haystack.find(needle)
+    while at >= 0:
+        yield at
+        at = haystack.find(needle, at + 1)
+
+
+def _flip(file: Path, offset: int, mask: int = 0x01) -> None:
+    data = bytearray(file.read_bytes())
+    data[offset] ^= mask
+    file.write_bytes(bytes(data))
+
+
+def _row(file: Path, collection: str, document_id: str) -> tuple[bytes, bytes, int, int]:
+    connection = sqlite3.connect(file)
+    try:
+        key = bson.encode({"_id": document_id})
+        body, crc, arrival = connection.execute(
+            "SELECT body, body_crc, arrival FROM documents WHERE collection = ? AND key = ?",
+            (collection, key),
+        ).fetchone()
+    finally:
+        connection.close()
+    return key, body, crc, arrival
+
+
+def _int_size(value: int) -> int:
+    """How many bytes SQLite stores an integer in (serial types 1-6)."""
+    for size in (1, 2, 3, 4, 6, 8):
+        if -(1 << (8 * size - 1)) <= value < 1 << (8 * size - 1):
+            return size
+    raise AssertionError(value)
+
+
+def _body_offset(file: Path, collection: str, document_id: str) -> int:
+    _, body, _, _ = _row(file, collection, document_id)
+    return _offset(file, "documents", body)
+
+
+def _flip_body(file: Path, world: World) -> str:
+    document_id = world.prompt_ids[-1]
+    _, body, _, _ = _row(file, "prompts", document_id)
+    _flip(file, _body_offset(file, "prompts", document_id) + body.index(b"stacks"))
+    return f"prompts {document_id}"
+
+
+def _flip_key(file: Path, world: World) -> str:
+    key, _, _, _ = _row(file, "prompts", world.prompt_ids[-1])
+    _flip(file, _offset(file, "documents", b"prompts" + key) + len(b"prompts") + len(key) - 3)
+    return "prompts "
+
+
+def _flip_collection(file: Path, world: World) -> str:
+    key, _, _, _ = _row(file, "prompts", world.prompt_ids[-1])
+    _flip(file, _offset(file, "documents", b"prompts" + key))  # prompts -> qrompts
+    return "qrompts "
+
+
+def _flip_arrival(file: Path, world: World) -> str:
+    document_id = world.prompt_ids[-1]
+    _, body, crc, arrival = _row(file, "prompts", document_id)
+    assert 2 <= arrival < 127  # one byte, and its neighbour (arrival ^ 1) is another document's
+    end = _body_offset(file, "prompts", document_id) + len(body)
+    size = _int_size(crc)
+    assert file.read_bytes()[end : end + size + 1] == crc.to_bytes(size, "big") + bytes([arrival])
+    _flip(file, end + size)
+    return f"prompts {document_id}"
+
+
+def _entry(file: Path, index: str, document_id: str) -> bytes:
+    connection = sqlite3.connect(file)
+    try:
+        key = bson.encode({"_id": document_id})
+        (entry,) = connection.execute(
+            "SELECT e.key FROM entries e JOIN built_indexes b ON b.ix = e.ix "
+            "JOIN documents d ON d.collection = b.collection AND d.arrival = e.arrival "
+            "WHERE b.name = ? AND d.key = ?",
+            (index, key),
+        ).fetchone()
+    finally:
+        connection.close()
+    return bytes(entry)
+
+
+def _flip_entry_key(file: Path, world: World) -> str:
+    entry = _entry(file, "prompts_created_at_id", world.prompt_ids[-1])
+    # The first byte of the date: the entry moves far from its document's place.
+    _flip(file, _offset(file, "entries", entry) + 2, 0x10)
+    return "index prompts.prompts_created_at_id:"
+
+
+def _flip_entry_arrival(file: Path, world: World) -> str:
+    entry = _entry(file, "prompts_created_at_id", world.prompt_ids[-1])
+    _flip(file, _offset(file, "entries", entry) + len(entry), 0x40)  # names no document
+    return "index prompts.prompts_created_at_id:"
+
+
+def _flip_catalog_row(file: Path, world: World) -> str:
+    _flip(file, _offset(file, "built_indexes", b"prompts_created_at_id") + 9)
+    return "index prompts.prompts"
+
+
+def _flip_catalog_document(file: Path, world: World) -> str:
+    _flip(file, _body_offset(file, "system.indexes", "prompts.prompts_created_at_id") + 30)
+    return "system.indexes prompts.prompts_created_at_id:"
+
+
+FLIPS = {
+    "body": (_flip_body, False),
+    "key": (_flip_key, False),
+    "collection": (_flip_collection, False),
+    "arrival": (_flip_arrival, False),
+    "index entry key": (_flip_entry_key, True),
+    "index entry arrival": (_flip_entry_arrival, True),
+    "catalog row": (_flip_catalog_row, True),
+    "catalog document": (_flip_catalog_document, False),
+}
+
+
+def _state(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _repair_refuses_and_changes_nothing(directory: Path) -> None:
+    before = _state(directory)
+    with open_embedded(directory) as database:
+        with pytest.raises(StorageError, match="repair changed nothing") as raised:
+            CosmosStore(database).repair()
+        assert raised.value.reason == "damaged"
+        assert "backup" in str(raised.value) and "rebuild-indexes" in str(raised.value)
+    assert _state(directory) == before
+
+
+@pytest.mark.parametrize("flip", list(FLIPS))
+def test_each_kind_of_flipped_byte_gives_right_answers_or_a_clear_error_and_verify_names_it(
+    world: World, copy: Path, flip: str
+) -> None:
+    change, indexes_only = FLIPS[flip]
+    named = change(copy / FILE, world)
+    with open_embedded(copy) as database:
+        store = CosmosStore(database)
+        answers = _answers(store, (world.prompt_ids, world.run_ids))
+        wrong = {
+            name: answer
+            for name, answer in answers.items()
+            if answer not in (DAMAGED, world.answers[name])
+        }
+        assert not wrong, wrong
+        report = store.verify()
+    assert not report.ok
+    assert any(line.startswith(named) for line in report.damaged_documents), report
+    _repair_refuses_and_changes_nothing(copy)
+    # rebuild-indexes deals with index damage, and says what it cannot deal with.
+    result = CliRunner().invoke(cli, ["--data-dir", str(copy), "rebuild-indexes"])
+    assert (result.exit_code == 0) is indexes_only, result.output
+    with open_embedded(copy) as database:
+        store = CosmosStore(database)
+        if indexes_only:
+            assert store.verify().ok
+            assert _answers(store, (world.prompt_ids, world.run_ids)) == world.answers
+        else:
+            assert "not rebuilt (restore from a backup)" in result.output
+            assert not store.verify().ok
+    if not indexes_only:
+        _repair_refuses_and_changes_nothing(copy)
+
+
+def test_rebuild_indexes_repairs_what_it_reports_and_a_second_run_changes_nothing(
+    world: World, copy: Path
+) -> None:
+    _flip_entry_key(copy / FILE, world)
+    runner = CliRunner()
+    first = runner.invoke(cli, ["--data-dir", str(copy), "rebuild-indexes", "--json"])
+    assert first.exit_code == 0, first.output
+    done = json.loads(first.output)
+    by_name = {index["name"]: index for index in done["indexes"]}
+    assert by_name["prompts.prompts_created_at_id"]["removed"] == 1
+    assert by_name["prompts.prompts_created_at_id"]["added"] == 1
+    assert done["changes"] == 2
+    before = _state(copy)
+    second = runner.invoke(cli, ["--data-dir", str(copy), "rebuild-indexes"])
+    assert second.exit_code == 0, second.output
+    assert "0 changes (all was in order)" in second.output
+    with open_embedded(copy) as database:
+        assert CosmosStore(database).verify().ok
+    assert _state(copy)[FILE] == before[FILE]
+
+
+def test_verify_finds_every_one_of_100_random_byte_flips_that_changes_an_answer(
+    world: World, tmp_path: Path
+) -> None:
+    pristine = (world.directory / FILE).read_bytes()
+    pages = _pages(world.directory / FILE)
+    size = pages["page size"][0]
+    data_pages = sorted(
+        page
+        for name, numbers in pages.items()
+        if name not in ("sqlite_schema", "page size")
+        for page in numbers
+    )
+    chooser = random.Random(22)
+    found = harmless = 0
+    for trial in range(100):
+        directory = tmp_path / f"flip{trial}"
+        directory.mkdir()
+        data = bytearray(pristine)
+        offset = (chooser.choice(data_pages) - 1) * size + chooser.randrange(size)
+        data[offset] ^= 1 << chooser.randrange(8)
+        (directory / FILE).write_bytes(bytes(data))
+        try:
+            with open_embedded(directory) as database:
+                store = CosmosStore(database)
+                answers = _answers(store, (world.prompt_ids, world.run_ids))
+                damage = store.verify().damaged_documents
+        except StorageError as exc:  # the file cannot even be opened: a clear error
+            assert exc.reason == "damaged" or "malformed" in str(exc), (offset, exc)
+            found += 1
+            continue
+        if damage:
+            found += 1
+            _repair_refuses_and_changes_nothing(directory)
+        else:  # nothing to find: the byte was in free space, and every answer is unchanged
+            assert answers == world.answers, (offset, answers)
+            harmless += 1
+        shutil.rmtree(directory)
+    assert found + harmless == 100 and found >= 20, (found, harmless)
+
+
+# -- a deleted -wal ------------------------------------------------------------------------
+
+
+def test_a_clean_close_leaves_no_commit_only_in_the_wal(tmp_path: Path) -> None:
+    holder = open_embedded(tmp_path)  # another process's view: its -wal stays while it is open
+    try:
+        with open_embedded(tmp_path) as database:
+            prompt = CosmosStore(database).create_prompt("Waves roll onto a beach", {}, {})
+        # the clean close copied the commit into the file: losing the -wal now loses nothing
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        shutil.copy(tmp_path / FILE, copy / FILE)
+        with open_embedded(copy) as database:
+            assert CosmosStore(database).get_prompt(prompt.id) == prompt
+    finally:
+        holder.close()
+
+
+def test_a_deleted_wal_that_held_commits_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    with open_embedded(tmp_path) as database:
+        CosmosStore(database).create_prompt("A robot arm stacks blocks", {}, {})
+    # A process killed after its commit: the commit is in the -wal only.
+    code = (
+        "import os, sys; from cosmos_mongo.embedded import open_embedded; "
+        "from cosmos_mongo.store import CosmosStore; db = open_embedded(sys.argv[1]); "
+        "CosmosStore(db).create_prompt('Waves roll onto a beach', {}, {}); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    wal = tmp_path / f"{FILE}-wal"
+    assert wal.stat().st_size > 0
+    wal.unlink()
+    before = _state(tmp_path)
+    for read_only in (False, True):
+        with pytest.raises(StorageError, match="lost recent commits") as raised:
+            open_embedded(tmp_path, read_only=read_only)
+        assert raised.value.reason == "damaged"
+        assert f"{FILE}-shm" in str(raised.value) and "backup" in str(raised.value)
+    assert _state(tmp_path) == before
+    # Accepting the loss, as the error says: delete the -shm.
+    (tmp_path / f"{FILE}-shm").unlink()
+    with open_embedded(tmp_path) as database:
+        store = CosmosStore(database)
+        assert [p.prompt_text for p in store.list_prompts()] == ["A robot arm stacks blocks"]
+        assert store.verify().ok
