@@ -518,16 +518,17 @@ def list_enhanced_prompts(limit: object = 100, offset: object = 0) -> Flow[Listi
 
 
 def get_enhancement_history(
-    prompt_id: object, limit: object = 100, offset: object = 0
+    prompt_id: object, limit: object = 100, offset: object = 0, after: object = None
 ) -> Flow[Listing[Run]]:
     """The prompt's enhance runs. An empty first page asks whether the prompt exists: an
     unknown id is PromptNotFoundError, not an empty history. A deleted prompt whose kept
     provenance runs (``q.kept_provenance_filter``) still name it answers with those runs."""
     checked_id = v.check_prompt_id(prompt_id)
     skip = v.check_offset(offset)
+    position = v.check_position(after)
     documents = yield from Find(
         q.RUNS,
-        q.history_filter(checked_id),
+        q.older_than(q.history_filter(checked_id), position),
         sort=q.NEWEST_FIRST,
         skip=skip,
         limit=v.check_limit(limit),
@@ -535,6 +536,7 @@ def get_enhancement_history(
     if (
         not documents
         and skip == 0
+        and position is None
         and (yield from FindOne(q.PROMPTS, q.by_id(checked_id), _ID_ONLY)) is None
     ):
         raise PromptNotFoundError(checked_id)

@@ -513,10 +513,13 @@ class CosmosStore(_StoreBase):
         offset: int = 0,
         *,
         match: Literal["substring", "words"] = "substring",
+        after: tuple[datetime | None, Any] | None = None,
     ) -> Listing[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
-        ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
-        of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
+        ``offset`` pages through, or ``after``, the ``(created_at, id)`` of the last prompt
+        of the previous page, which prompts added meanwhile do not shift. ``match="words"``
+        instead finds prompts holding every word of ``query`` through the text index (a
+        MongoDB server and :meth:`create_text_index`).
 
         A stored prompt that does not fit the model (edited by hand?) is left out, named in
         the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
@@ -524,9 +527,10 @@ class CosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
-                or ``match="words"`` where no text index serves it.
+                an ``after`` that is not a position, or ``match="words"`` where no text
+                index serves it.
         """
-        return self._run(wf.search_prompts(query, limit, offset, match))
+        return self._run(wf.search_prompts(query, limit, offset, match, after))
 
     def create_text_index(self) -> str:
         """Create the text index that ``search_prompts(match="words")`` needs (on a MongoDB
@@ -869,10 +873,16 @@ class CosmosStore(_StoreBase):
         return self._run(enh.list_enhanced_prompts(limit, offset))
 
     def get_enhancement_history(
-        self, prompt_id: str, limit: int = 100, offset: int = 0
+        self,
+        prompt_id: str,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        after: tuple[datetime | None, Any] | None = None,
     ) -> Listing[Run]:
         """Every enhance run where the prompt is the original, the result or the run's prompt,
-        newest first, failed and reverted ones included; ``offset`` pages through.
+        newest first, failed and reverted ones included; ``offset`` pages through, or
+        ``after``, the ``(created_at, id)`` of the last run of the previous page.
 
         A stored run that does not fit the model (edited by hand?) is left out, named in
         the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
@@ -880,10 +890,10 @@ class CosmosStore(_StoreBase):
         were kept as another prompt's provenance still has those runs as its history.
 
         Raises:
-            InvalidInputError: a bad id, ``limit`` or ``offset``.
+            InvalidInputError: a bad id, ``limit``, ``offset`` or ``after``.
             PromptNotFoundError: no prompt has the id and no enhance run names it.
         """
-        return self._run(enh.get_enhancement_history(prompt_id, limit, offset))
+        return self._run(enh.get_enhancement_history(prompt_id, limit, offset, after))
 
     def get_lineage(self, prompt_id: str) -> Lineage:
         """Ancestors up to the root and descendants down the tree, each edge with its run.
@@ -1252,10 +1262,13 @@ class AsyncCosmosStore(_StoreBase):
         offset: int = 0,
         *,
         match: Literal["substring", "words"] = "substring",
+        after: tuple[datetime | None, Any] | None = None,
     ) -> Listing[Prompt]:
         """Prompts whose text or name contains ``query`` (case-insensitive), newest first;
-        ``offset`` pages through. ``match="words"`` instead finds prompts holding every word
-        of ``query`` through the text index (a MongoDB server and :meth:`create_text_index`).
+        ``offset`` pages through, or ``after``, the ``(created_at, id)`` of the last prompt
+        of the previous page, which prompts added meanwhile do not shift. ``match="words"``
+        instead finds prompts holding every word of ``query`` through the text index (a
+        MongoDB server and :meth:`create_text_index`).
 
         A stored prompt that does not fit the model (edited by hand?) is left out, named in
         the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
@@ -1263,9 +1276,10 @@ class AsyncCosmosStore(_StoreBase):
 
         Raises:
             InvalidInputError: empty query, ``limit`` outside 1-1000, a negative ``offset``,
-                or ``match="words"`` where no text index serves it.
+                an ``after`` that is not a position, or ``match="words"`` where no text
+                index serves it.
         """
-        return await self._run(wf.search_prompts(query, limit, offset, match))
+        return await self._run(wf.search_prompts(query, limit, offset, match, after))
 
     async def create_text_index(self) -> str:
         """Create the text index that ``search_prompts(match="words")`` needs (on a MongoDB
@@ -1608,10 +1622,16 @@ class AsyncCosmosStore(_StoreBase):
         return await self._run(enh.list_enhanced_prompts(limit, offset))
 
     async def get_enhancement_history(
-        self, prompt_id: str, limit: int = 100, offset: int = 0
+        self,
+        prompt_id: str,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        after: tuple[datetime | None, Any] | None = None,
     ) -> Listing[Run]:
         """Every enhance run where the prompt is the original, the result or the run's prompt,
-        newest first, failed and reverted ones included; ``offset`` pages through.
+        newest first, failed and reverted ones included; ``offset`` pages through, or
+        ``after``, the ``(created_at, id)`` of the last run of the previous page.
 
         A stored run that does not fit the model (edited by hand?) is left out, named in
         the answer's ``skipped`` (a :class:`~cosmos_mongo.models.Listing`, which is a list)
@@ -1619,10 +1639,10 @@ class AsyncCosmosStore(_StoreBase):
         were kept as another prompt's provenance still has those runs as its history.
 
         Raises:
-            InvalidInputError: a bad id, ``limit`` or ``offset``.
+            InvalidInputError: a bad id, ``limit``, ``offset`` or ``after``.
             PromptNotFoundError: no prompt has the id and no enhance run names it.
         """
-        return await self._run(enh.get_enhancement_history(prompt_id, limit, offset))
+        return await self._run(enh.get_enhancement_history(prompt_id, limit, offset, after))
 
     async def get_lineage(self, prompt_id: str) -> Lineage:
         """Ancestors up to the root and descendants down the tree, each edge with its run.

@@ -309,7 +309,11 @@ def _kind(value: object) -> str:
 
 
 def search_prompts(
-    query: object, limit: object = 50, offset: object = 0, match: object = "substring"
+    query: object,
+    limit: object = 50,
+    offset: object = 0,
+    match: object = "substring",
+    after: object = None,
 ) -> Flow[Listing[Prompt]]:
     text = v.check_text(query, "query", v.MAX_QUERY_CHARS)
     if match not in ("substring", "words"):
@@ -318,7 +322,7 @@ def search_prompts(
     try:
         documents = yield from Find(
             q.PROMPTS,
-            chosen,
+            q.older_than(chosen, v.check_position(after)),
             sort=q.NEWEST_FIRST,
             skip=v.check_offset(offset),
             limit=v.check_limit(limit),

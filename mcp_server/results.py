@@ -63,8 +63,7 @@ class Page(BaseModel):
     next_cursor: str | None = Field(
         default=None,
         description="Pass as `cursor` to get the next page: it resumes after this page's last "
-        "item, so items added meanwhile shift nothing; null when there is no more (and from "
-        "tools that page by offset only).",
+        "item, so items added meanwhile shift nothing; null when there is no more.",
     )
     capped: Literal["count", "bytes"] | None = Field(
         description="Which cap cut this answer short: the item count or the byte size."

@@ -464,17 +464,23 @@ async def search_prompts(
             "`cosmos-mongo init --text-search` only)."
         ),
     ] = "substring",
+    cursor: Cursor = None,
 ) -> Annotated[CallToolResult, PromptPage]:
     """Find prompts whose text or name contains the given words (case-insensitive), newest first.
 
     Use when the user describes a prompt ("the rainy street one") rather than giving its id;
-    follow `next_offset` for more."""
+    follow `next_cursor` (or `next_offset`) for more."""
     state = _state(ctx)
     allowed = state.allowed(limit)
+    scope = f"search_prompts:{match}:{query}"
+    after = _resume(scope, cursor, offset)
     found = await state.call(
-        lambda store: store.search_prompts(query, allowed, offset, match=match)
+        lambda store: store.search_prompts(query, allowed, offset, match=match, after=after)
     )
-    return state.answer(_prompt_page(state, found, offset, limit, allowed))
+    kept, facts = _keyset_facts(
+        state, scope, cursor, found, None, offset, limit, allowed, "prompts"
+    )
+    return state.answer(PromptPage(prompts=kept, **facts))  # type: ignore[arg-type]
 
 
 async def list_enhanced_prompts(
@@ -524,19 +530,26 @@ async def get_original_prompt(
 
 
 async def get_enhancement_history(
-    ctx: Context, prompt_id: PromptId, limit: Limit = 20, offset: Offset = 0
+    ctx: Context,
+    prompt_id: PromptId,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    cursor: Cursor = None,
 ) -> Annotated[CallToolResult, RunPage]:
     """List every enhancement run involving a prompt (as original, as result, or run on it),
     newest first, including failed and reverted ones.
 
-    Use to audit a prompt's enhancements or find a run_id to revert; follow `next_offset`
-    for more."""
+    Use to audit a prompt's enhancements or find a run_id to revert; follow `next_cursor`
+    (or `next_offset`) for more."""
     state = _state(ctx)
     allowed = state.allowed(limit)
+    scope = f"get_enhancement_history:{prompt_id}"
+    after = _resume(scope, cursor, offset)
     found = await state.call(
-        lambda store: store.get_enhancement_history(prompt_id, allowed, offset)
+        lambda store: store.get_enhancement_history(prompt_id, allowed, offset, after=after)
     )
-    return state.answer(_run_page(state, found, offset, limit, allowed))
+    kept, facts = _keyset_facts(state, scope, cursor, found, None, offset, limit, allowed, "runs")
+    return state.answer(RunPage(runs=kept, **facts))  # type: ignore[arg-type]
 
 
 async def get_lineage(
@@ -1237,36 +1250,6 @@ TOOLS: dict[str, tuple[Operation, Callable[..., Any]]] = {
 CONFIRMED_TOOLS = frozenset(
     {"enhance_prompt", "revert_enhancement", "delete_prompt", "update_prompt", "repair_store"}
 )
-
-
-def _prompt_page(
-    state: AppState, found: Listing[Prompt], offset: int, requested: int, allowed: int
-) -> PromptPage:
-    kept, facts = page(
-        found,
-        offset=offset,
-        requested=requested,
-        allowed=allowed,
-        max_bytes=state.settings.max_bytes,
-        noun="prompts",
-        skipped=found.skipped,
-    )
-    return PromptPage(prompts=kept, **facts)  # type: ignore[arg-type]
-
-
-def _run_page(
-    state: AppState, found: Listing[Run], offset: int, requested: int, allowed: int
-) -> RunPage:
-    kept, facts = page(
-        found,
-        offset=offset,
-        requested=requested,
-        allowed=allowed,
-        max_bytes=state.settings.max_bytes,
-        noun="runs",
-        skipped=found.skipped,
-    )
-    return RunPage(runs=kept, **facts)  # type: ignore[arg-type]
 
 
 # -- resources and the prompt template -------------------------------------------------------------

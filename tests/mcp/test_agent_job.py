@@ -142,14 +142,20 @@ async def test_repair_store_settles_a_stuck_enhancement_once_the_user_agrees(
 
 # -- cursor paging ---------------------------------------------------------------------------------
 
-CURSOR_TOOLS = ["list_prompts", "list_enhanced_prompts", "list_runs"]
+CURSOR_TOOLS = [
+    "list_prompts",
+    "search_prompts",
+    "list_enhanced_prompts",
+    "get_enhancement_history",
+    "list_runs",
+]
 
 
 async def _add(harness: Harness, tool: str, root: str, count: int) -> None:
     for i in range(count):
-        if tool == "list_prompts":
-            await harness.store.create_prompt(f"Added prompt {i}", {}, {})
-        elif tool == "list_enhanced_prompts":
+        if tool in ("list_prompts", "search_prompts"):
+            await harness.store.create_prompt(f"Added robot prompt {i}", {}, {})
+        elif tool in ("list_enhanced_prompts", "get_enhancement_history"):
             await harness.store.enhance_prompt(root, enhanced_text=f"Added rewrite {i}.")
         else:
             await harness.store.create_run(root, {"i": i})
@@ -160,7 +166,11 @@ async def test_five_items_added_between_pages_shift_nothing_when_paging_by_curso
     harness: Harness, tool: str
 ) -> None:
     root = await harness.store.create_prompt("A robot arm stacks blocks", {}, {})
-    arguments = {"prompt_id": root.id} if tool == "list_runs" else {}
+    arguments: dict[str, Any] = {
+        "list_runs": {"prompt_id": root.id},
+        "get_enhancement_history": {"prompt_id": root.id},
+        "search_prompts": {"query": "robot"},
+    }.get(tool, {})
     await _add(harness, tool, root.id, 10)
     async with harness.connect() as session:
         expected = [item["id"] for item in _items(await call(session, tool, **arguments))]
