@@ -13,6 +13,7 @@ finds each one that changes any answer. A deleted ``-wal`` that held commits is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import shutil
@@ -29,9 +30,9 @@ import pytest
 from click.testing import CliRunner
 
 from cosmos_mongo.cli import cli
-from cosmos_mongo.embedded import open_embedded
+from cosmos_mongo.embedded import AsyncEmbeddedDatabase, open_embedded
 from cosmos_mongo.errors import StorageError
-from cosmos_mongo.store import CosmosStore
+from cosmos_mongo.store import AsyncCosmosStore, CosmosStore
 
 FILE = "cosmos.sqlite3"
 DAMAGED = "a clear error: damaged"
@@ -376,6 +377,65 @@ def test_verify_finds_every_one_of_100_random_byte_flips_that_changes_an_answer(
             harmless += 1
         shutil.rmtree(directory)
     assert found + harmless == 100 and found >= 20, (found, harmless)
+
+
+def test_the_cli_names_the_damage_and_its_remedies_and_repair_exits_with_a_clear_error(
+    world: World, copy: Path
+) -> None:
+    named = _flip_body(copy / FILE, world)
+    runner = CliRunner()
+    verified = runner.invoke(cli, ["--data-dir", str(copy), "verify"])
+    assert verified.exit_code == 1, verified.output
+    assert "FAIL the stored bytes are intact" in verified.output
+    assert "rebuild-indexes" in verified.output and named in verified.output
+    before = _state(copy)
+    repaired = runner.invoke(cli, ["--data-dir", str(copy), "repair"])
+    assert repaired.exit_code == 1
+    assert "repair changed nothing" in repaired.output and "Traceback" not in repaired.output
+    assert _state(copy) == before
+
+
+def test_the_async_store_reports_the_same_damage_and_refuses_the_same_repair(
+    world: World, copy: Path
+) -> None:
+    _flip_entry_arrival(copy / FILE, world)
+
+    async def scenario() -> list[str]:
+        with open_embedded(copy) as database:
+            store = AsyncCosmosStore(AsyncEmbeddedDatabase(database))
+            with pytest.raises(StorageError, match="repair changed nothing"):
+                await store.repair()
+            return (await store.verify()).damaged_documents
+
+    with open_embedded(copy) as database:
+        expected = CosmosStore(database).verify().damaged_documents
+    assert asyncio.run(scenario()) == expected
+
+
+def test_entries_changed_consistently_are_found_by_the_full_check_only(
+    world: World, copy: Path
+) -> None:
+    # An entry's key rewritten in place, SQLite's structure intact: only re-deriving the
+    # entries from the documents shows it, which the quick check leaves out (it reads no
+    # document, so a schedule can afford it).
+    connection = sqlite3.connect(copy / FILE)
+    entry = _entry(copy / FILE, "prompts_created_at_id", world.prompt_ids[-1])
+    connection.execute(
+        "UPDATE entries SET key = ? WHERE key = ?", (entry[:-3] + b"z" + entry[-2:], entry)
+    )
+    connection.commit()
+    connection.close()
+    with open_embedded(copy) as database:
+        store = CosmosStore(database)
+        assert store.verify(quick=True).ok
+        assert database.damaged_documents(full=False) == []
+        full = store.verify()
+        assert [line for line in full.damaged_documents if line.startswith("index ")] == [
+            "index prompts.prompts_created_at_id: its entries differ from what its documents "
+            "give (8 stored, 8 expected)"
+        ]
+        assert database.rebuild_indexes().changes == 2
+        assert store.verify().ok
 
 
 # -- a deleted -wal ------------------------------------------------------------------------
