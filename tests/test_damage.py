@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -436,6 +437,50 @@ def test_entries_changed_consistently_are_found_by_the_full_check_only(
         ]
         assert database.rebuild_indexes().changes == 2
         assert store.verify().ok
+
+
+def _as_second_format(file: Path) -> None:
+    """Rewrite a file as the second format left it: checksums of bodies alone, and built
+    index rows without one."""
+    connection = sqlite3.connect(file)
+    rows = connection.execute("SELECT collection, key, body FROM documents").fetchall()
+    connection.executemany(
+        "UPDATE documents SET body_crc = ? WHERE collection = ? AND key = ?",
+        [(zlib.crc32(body), collection, key) for collection, key, body in rows],
+    )
+    connection.execute("ALTER TABLE built_indexes DROP COLUMN crc")
+    connection.execute("UPDATE meta SET value = 2 WHERE name = 'format'")
+    connection.commit()
+    connection.close()
+
+
+def test_a_second_format_file_upgrades_once_and_damage_found_before_stays_damage(
+    world: World, copy: Path
+) -> None:
+    _as_second_format(copy / FILE)
+    with open_embedded(copy, read_only=True) as database:  # read as it is, not upgraded
+        assert _answers(CosmosStore(database), (world.prompt_ids, world.run_ids)) == world.answers
+    named = _flip_body(copy / FILE, world)  # damage its body-only checksum already shows
+    with open_embedded(copy) as database:
+        store = CosmosStore(database)
+        connection = database.engine._conn
+        assert connection.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (3,)
+        assert connection.execute(
+            "SELECT count(*) FROM built_indexes WHERE crc IS NULL"
+        ).fetchone() == (0,)
+        report = store.verify()
+        assert [line for line in report.damaged_documents if line.startswith("prompts")] == [
+            f"{named}: checksum mismatch: the stored bytes (body, key or arrival number) changed "
+            "on disk"
+        ]
+        answers = _answers(store, (world.prompt_ids, world.run_ids))
+    assert {name for name, answer in answers.items() if answer != world.answers[name]} == {
+        name for name, answer in answers.items() if answer == DAMAGED
+    }
+    assert (
+        answers[f"get_prompt {world.prompt_ids[0]}"]
+        == world.answers[f"get_prompt {world.prompt_ids[0]}"]
+    )
 
 
 # -- a deleted -wal ------------------------------------------------------------------------
