@@ -20,12 +20,20 @@ from typing import Any
 
 import mongomock
 import pytest
+from hypothesis import settings as hypothesis_settings
 from mongomock_motor import AsyncMongoMockClient
 
 from cosmos_mongo import AsyncCosmosStore, CosmosStore
 from cosmos_mongo.config import Settings
 from cosmos_mongo.embedded import AsyncEmbeddedDatabase, open_embedded
 from tests.wire_server import WireServer, open_wire_server
+
+# Hypothesis' own "ci" profile (derandomized, no example database, no deadline), with 40
+# examples a test where CI is set (GitHub Actions, .ci/run): the randomized parity tests run a
+# share of that (tests/helpers/budget.py), so CI keeps to its time. 100 by default.
+hypothesis_settings.register_profile("ci", hypothesis_settings.get_profile("ci"), max_examples=40)
+if "CI" in os.environ:
+    hypothesis_settings.load_profile("ci")
 
 
 class AwaitingStore:

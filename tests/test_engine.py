@@ -9,6 +9,7 @@ import sqlite3
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,16 @@ import pytest
 from bson import ObjectId
 from bson.code import Code
 from bson.errors import InvalidDocument
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from cosmos_mongo import CosmosStore, enhancement, legacy, workflows
 from cosmos_mongo import embedded as engine_module
 from cosmos_mongo import queries as q
 from cosmos_mongo.embedded import open_embedded
+from tests.helpers.budget import randomized
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -140,9 +143,7 @@ sorts = st.one_of(
 )
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(3)
 @given(
     docs=documents,
     query=queries,
@@ -181,6 +182,8 @@ def test_every_query_shape_answers_like_plain_mongomock(
     expected = list(plain.find(query, sort=sort or None, skip=skip, limit=limit))
     assert embedded.find(query, sort=sort or None, skip=skip, limit=limit) == expected
     assert embedded.count_documents(query) == plain.count_documents(query)
+    window = {"skip": skip, **({"limit": limit} if limit else {})}  # a limit of 0 is refused
+    assert embedded.count_documents(query, **window) == plain.count_documents(query, **window)
     pipeline = [
         {"$match": query},
         {"$lookup": {"from": "things", "localField": "k", "foreignField": "s", "as": "joined"}},
@@ -190,9 +193,7 @@ def test_every_query_shape_answers_like_plain_mongomock(
     database.close()
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(1.5)
 @given(
     docs=dense,
     sort=served_sorts,
@@ -235,9 +236,7 @@ def _plain_and_embedded(directory: Path, docs: list[dict[str, Any]]) -> Iterator
         database.close()
 
 
-@settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(1)
 @given(
     docs=dense,
     query=st.sampled_from([{}, {"k": "a"}, {"k": "zzz"}, {"_id": "d1"}, {"s": {"$gte": "b"}}]),
@@ -278,9 +277,7 @@ set_values = st.one_of(
 )
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(1.5)
 @given(
     docs=dense,
     query=st.sampled_from([{}, {"k": "a"}, {"k": "zzz"}, {"_id": "d1"}, {"t": {"$gte": START}}]),
@@ -408,9 +405,7 @@ def _timestamps_filled(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
-@settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(1)
 @given(
     docs=documents,
     start=st.sampled_from(["$k", "$s", "$nested.k", "$missing"]),
@@ -449,9 +444,7 @@ references = st.one_of(
 )
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(1.5)
 @given(
     docs=documents,
     refs=st.lists(references, max_size=25),
@@ -526,8 +519,8 @@ def test_a_range_each_side_of_which_another_element_meets_answers_like_mongomock
 
 @pytest.mark.parametrize("value", [2**53, 2**53 - 1, 2**53 + 1, -(2**53), 0.5, True, 1])
 def test_equality_on_large_numbers_answers_like_mongomock(tmp_path: Path, value: Any) -> None:
-    """Integers past 2**53 share a double with their neighbours, so the same index key: the
-    filter still decides for them."""
+    """Integers past 2**53 that no double holds are keyed exactly (the greatest double below
+    and the distance from it): equality finds them alone, and 2**53 with its double."""
     plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
     database = open_embedded(tmp_path)
     stored = [2**53 - 1, 2**53, 2**53 + 1, 2**53 + 2, -(2**53), -(2**53) - 1, 0.5, 1, True]
@@ -582,6 +575,170 @@ def test_an_or_answers_like_mongomock_whether_or_not_its_branches_decide(
         assert len(expected) < len(docs)
 
 
+# -- positional paths, arrays of documents, integers past 2**53 -------------------------------
+
+# Integers no double holds beside their neighbours and the doubles between them.
+LARGE = [2**53, 2**53 + 1, 2**53 + 2, float(2**53), float(2**53 + 2), 2**62 + 1, -(2**53) - 1]
+small = st.one_of(st.integers(0, 2), st.sampled_from(["a", "b", None, 1.0]))
+number = st.one_of(st.sampled_from(LARGE), st.integers(0, 2))
+element = st.one_of(
+    small,
+    st.sampled_from(LARGE),
+    st.fixed_dictionaries({}, optional={"x": small, "y": small}),
+    st.lists(small, max_size=2),
+)
+shaped = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "a": st.one_of(
+                st.lists(element, max_size=3),
+                st.fixed_dictionaries({}, optional={"0": small, "x": small}),
+                small,
+            ),
+            "big": number,
+        },
+    ),
+    max_size=20,
+)
+SHAPED_INDEXES: list[list[tuple[str, int]]] = [
+    [("a.0", 1)],
+    [("a.x", -1), ("_id", 1)],
+    [("a.0.x", 1)],
+    [("big", 1)],
+    [("a", 1), ("big", -1)],
+]
+shaped_queries = st.one_of(
+    st.builds(lambda v: {"a.0": v}, st.one_of(small, st.sampled_from(LARGE))),
+    st.builds(lambda v: {"a.0": {"$in": v}}, st.lists(small, min_size=1, max_size=3)),
+    st.builds(lambda v: {"a.x": v}, small),  # None among them: an element without x matches
+    st.just({"a.x": None}),
+    st.builds(lambda v: {"a.0.x": v}, small),
+    st.builds(lambda v: {"big": v}, number),
+    st.builds(lambda v: {"big": {"$in": v}}, st.lists(number, min_size=1, max_size=3)),
+    st.builds(lambda v: {"a": v}, st.one_of(small, st.sampled_from(LARGE))),
+    st.just({}),
+)
+shaped_sorts = st.sampled_from(
+    [[], [("a.0", 1)], [("a.0", -1)], [("big", 1)], [("big", -1)], [("a.0.x", 1), ("big", -1)]]
+)
+
+
+@randomized(1.5)
+@given(
+    docs=shaped,
+    indexed=st.lists(st.sampled_from(range(len(SHAPED_INDEXES))), unique=True, max_size=3),
+    query=shaped_queries,
+    sort=shaped_sorts,
+    skip=st.integers(0, 3),
+    limit=st.integers(0, 4),
+)
+def test_positional_paths_arrays_of_documents_and_large_integers_answer_like_mongomock(
+    tmp_path_factory: pytest.TempPathFactory,
+    docs: list[dict[str, Any]],
+    indexed: list[int],
+    query: dict[str, Any],
+    sort: list[tuple[str, int]],
+    skip: int,
+    limit: int,
+) -> None:
+    plain = mongomock.MongoClient(tz_aware=True)["cosmos"]["things"]
+    database = open_embedded(tmp_path_factory.mktemp("shaped"))
+    embedded = database["things"]
+    for collection in (plain, embedded):
+        for position in indexed[:1]:  # one index before the documents, the rest over them
+            collection.create_index(SHAPED_INDEXES[position])
+        for i, doc in enumerate(docs):
+            collection.insert_one({"_id": i, **doc})
+        for position in indexed[1:]:
+            collection.create_index(SHAPED_INDEXES[position])
+    expected = list(plain.find(query, sort=sort or None, skip=skip, limit=limit))
+    assert embedded.find(query, sort=sort or None, skip=skip, limit=limit) == expected
+    window = {"skip": skip, **({"limit": limit} if limit else {})}
+    assert embedded.count_documents(query, **window) == plain.count_documents(query, **window)
+    database.close()
+
+
+def _exact(value: Any) -> Any:
+    """A value as MongoDB's index compares it (the manual's comparison order): numbers by
+    value whatever their type, objects field by field in order, arrays element by element."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", Fraction(value))
+    if isinstance(value, dict):
+        return ("object", tuple((name, _exact(item)) for name, item in value.items()))
+    if isinstance(value, list):
+        return ("array", tuple(_exact(item) for item in value))
+    return ("null",) if value is None else (type(value).__name__, value)
+
+
+def _unique_keys(document: dict[str, Any], path: str) -> set[Any]:
+    """The keys a unique index on ``u`` or ``u.0`` gives ``document``, by the manual: one per
+    array element (an empty array: undefined), null for a missing field."""
+    value = document.get("u")
+    if path == "u.0":
+        if isinstance(value, list):
+            value = value[0] if value else None
+        elif isinstance(value, dict):
+            value = value.get("0")
+        else:
+            value = None
+    if isinstance(value, list):
+        return {_exact(item) for item in value} or {("undefined",)}
+    return {_exact(value)}
+
+
+unique_values = st.one_of(
+    small,
+    st.sampled_from(LARGE),
+    st.sampled_from([{"x": 1}, {"x": 1.0}, {"x": 1, "y": 2}, {"y": 2, "x": 1}, {"0": 1}, {}]),
+    st.lists(st.one_of(small, st.sampled_from([{"x": 1}, {"x": 2}, 2**53 + 1])), max_size=3),
+)
+
+
+@randomized(1)
+@given(
+    values=st.lists(st.one_of(st.none(), unique_values), min_size=1, max_size=8),
+    path=st.sampled_from(["u", "u.0"]),
+    built_over=st.booleans(),
+)
+def test_a_unique_index_refuses_exactly_the_documents_that_share_a_key(
+    tmp_path_factory: pytest.TempPathFactory, values: list[Any], path: str, built_over: bool
+) -> None:
+    """Objects, arrays (a key per element), positional paths and integers past 2**53, against
+    the manual's rule: a document is refused when it shares an index key with another. (Not
+    mongomock's: it compares whole arrays, and dicts without their order.) None stands for
+    a document without ``u``."""
+    database = open_embedded(tmp_path_factory.mktemp("unique"))
+    collection = database["things"]
+    documents = [{"_id": i} if v is None else {"_id": i, "u": v} for i, v in enumerate(values)]
+    if built_over:
+        collection.insert_many(documents)
+        clash = any(
+            _unique_keys(first, path) & _unique_keys(second, path)
+            for first, second in itertools.combinations(documents, 2)
+        )
+        if clash:
+            with pytest.raises(DuplicateKeyError):
+                collection.create_index([(path, 1)], unique=True)
+        else:
+            collection.create_index([(path, 1)], unique=True)
+    else:
+        collection.create_index([(path, 1)], unique=True)
+        held: list[dict[str, Any]] = []
+        for document in documents:
+            taken = any(_unique_keys(document, path) & _unique_keys(other, path) for other in held)
+            if taken:
+                with pytest.raises(DuplicateKeyError):
+                    collection.insert_one(document)
+            else:
+                collection.insert_one(document)
+                held.append(document)
+        assert collection.find({}, sort=[("_id", 1)]) == held
+    database.close()
+
+
 def _settable(values_set: dict[str, Any]) -> dict[str, Any]:
     """A $set from a query term: its plain values (operators dropped)."""
     return {
@@ -607,9 +764,7 @@ operations = st.lists(
 )
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(0.4)
 @given(steps=operations)
 def test_every_helper_answers_on_disk_as_on_plain_mongomock(
     tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]]
@@ -970,9 +1125,7 @@ id_sorts = st.sampled_from(
 )
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@randomized(3)
 @given(
     ids=id_lists,
     query=id_queries,
