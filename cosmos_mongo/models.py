@@ -630,7 +630,7 @@ class VerificationReport(BaseModel):
     damaged_documents: list[str] = Field(
         default_factory=list,
         description="Damage in the embedded default's file, one line each: rows whose checksum "
-        "(over identity and body) fails, as '<collection> <id>: <why>'; 'file: ...' for what "
+        "(of identity or body) fails, as '<collection> <id>: <why>'; 'file: ...' for what "
         "SQLite's own check finds; arrival numbers; and, in the full check, the index catalog "
         "and each index whose entries differ from its documents. Nothing damaged is served, "
         "and repair changes nothing while there is any: `backup` first, `rebuild-indexes` for "

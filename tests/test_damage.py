@@ -20,7 +20,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,12 +211,19 @@ def _flip_collection(file: Path, world: World) -> str:
 
 def _flip_arrival(file: Path, world: World) -> str:
     document_id = world.prompt_ids[-1]
-    _, body, crc, arrival = _row(file, "prompts", document_id)
+    key, body, crc, arrival = _row(file, "prompts", document_id)
     assert 2 <= arrival < 127  # one byte, and its neighbour (arrival ^ 1) is another document's
+    connection = sqlite3.connect(file)
+    (id_crc,) = connection.execute(
+        "SELECT id_crc FROM documents WHERE collection = 'prompts' AND key = ?", (key,)
+    ).fetchone()
+    connection.close()
+    # After the body: its checksum, the identity's (added to the table before arrival was, in
+    # a new file), then the arrival number.
     end = _body_offset(file, "prompts", document_id) + len(body)
-    size = _int_size(crc)
-    assert file.read_bytes()[end : end + size + 1] == crc.to_bytes(size, "big") + bytes([arrival])
-    _flip(file, end + size)
+    stored = b"".join(value.to_bytes(_int_size(value), "big") for value in (crc, id_crc))
+    assert file.read_bytes()[end : end + len(stored) + 1] == stored + bytes([arrival])
+    _flip(file, end + len(stored))
     return f"prompts {document_id}"
 
 
@@ -440,14 +446,10 @@ def test_entries_changed_consistently_are_found_by_the_full_check_only(
 
 
 def _as_second_format(file: Path) -> None:
-    """Rewrite a file as the second format left it: checksums of bodies alone, and built
-    index rows without one."""
+    """Rewrite a file as the second format left it: no identity checksums, and built index
+    rows without one."""
     connection = sqlite3.connect(file)
-    rows = connection.execute("SELECT collection, key, body FROM documents").fetchall()
-    connection.executemany(
-        "UPDATE documents SET body_crc = ? WHERE collection = ? AND key = ?",
-        [(zlib.crc32(body), collection, key) for collection, key, body in rows],
-    )
+    connection.execute("ALTER TABLE documents DROP COLUMN id_crc")
     connection.execute("ALTER TABLE built_indexes DROP COLUMN crc")
     connection.execute("UPDATE meta SET value = 2 WHERE name = 'format'")
     connection.commit()
@@ -470,8 +472,7 @@ def test_a_second_format_file_upgrades_once_and_damage_found_before_stays_damage
         ).fetchone() == (0,)
         report = store.verify()
         assert [line for line in report.damaged_documents if line.startswith("prompts")] == [
-            f"{named}: checksum mismatch: the stored bytes (body, key or arrival number) changed "
-            "on disk"
+            f"{named}: checksum mismatch: the stored bytes changed on disk"
         ]
         answers = _answers(store, (world.prompt_ids, world.run_ids))
     assert {name for name, answer in answers.items() if answer != world.answers[name]} == {
