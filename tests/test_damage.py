@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,6 +483,32 @@ def test_a_second_format_file_upgrades_once_and_damage_found_before_stays_damage
         answers[f"get_prompt {world.prompt_ids[0]}"]
         == world.answers[f"get_prompt {world.prompt_ids[0]}"]
     )
+
+
+def test_body_checksums_stay_what_older_versions_check_and_their_rows_are_read(
+    world: World, copy: Path
+) -> None:
+    with open_embedded(copy) as database:
+        store = CosmosStore(database)
+        prompt = store.update_prompt(world.prompt_ids[0], prompt_text="A robot arm, rewritten")
+    connection = sqlite3.connect(copy / FILE)
+    rows = connection.execute("SELECT body, body_crc, id_crc FROM documents").fetchall()
+    assert all(zlib.crc32(body) == crc and id_crc is not None for body, crc, id_crc in rows)
+    # A row as the previous version inserts it: a body checksum, no identity checksum.
+    body = bson.encode({"_id": "ps_" + "0" * 32, "prompt_text": "old", "inputs": {}})
+    connection.execute(
+        "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
+        "VALUES ('prompts', ?, 1, ?, ?, 999)",
+        (bson.encode({"_id": "ps_" + "0" * 32}), body, zlib.crc32(body)),
+    )
+    connection.commit()
+    connection.close()
+    with open_embedded(copy) as database:
+        store = CosmosStore(database)
+        assert store.get_prompt(prompt.id) == prompt
+        assert database["prompts"].find_one({"_id": "ps_" + "0" * 32})["prompt_text"] == "old"
+        # (not a whole insert, which would bump the counter and add index entries too)
+        assert not any("checksum" in line for line in database.damaged_documents())
 
 
 # -- a deleted -wal ------------------------------------------------------------------------
