@@ -391,17 +391,37 @@ def test_a_set_that_changes_nothing_beside_a_nan_reports_no_change_like_mongomoc
 
 
 def test_indexes_an_older_version_keyed_are_rebuilt_once_on_write_open(tmp_path: Path) -> None:
+    """Only the indexes whose keys changed: a positional path, and a dotted path through an
+    array; an index of scalars keeps its entries (no rebuild of a large store's indexes)."""
     database = open_embedded(tmp_path)
-    database["things"].create_index([("a.0", 1)], name="first")
-    database["things"].insert_many([{"_id": i, "a": [i % 3, 9]} for i in range(6)])
+    things = database["things"]
+    things.create_index([("a.0", 1)], name="positional")
+    things.create_index([("d.f", 1)], name="through_arrays")
+    things.create_index([("k", 1)], name="scalars")
+    things.insert_many(
+        [{"_id": i, "a": [i % 3, 9], "d": [{"f": 1}, {"g": 1}], "k": i} for i in range(6)]
+    )
     database.close()
     connection = sqlite3.connect(tmp_path / "cosmos.sqlite3")
-    # As an older version left it: every positional entry under null, and no mark.
+    # As an older version left them: no entries where keys changed (positional ones were all
+    # null, elements without f had none), and no mark. The scalar index is emptied too, to
+    # show that it is not rebuilt.
     connection.execute("DELETE FROM entries")
     connection.execute("DELETE FROM meta WHERE name = 'index_keys'")
     connection.commit()
     connection.close()
     database = open_embedded(tmp_path)
-    assert _ids(database["things"].find({"a.0": 1})) == [1, 4]
-    assert _ids(database["things"].find({}, sort=[("a.0", -1), ("_id", 1)])) == [2, 5, 1, 4, 0, 3]
+    things = database["things"]
+    assert _ids(things.find({"a.0": 1})) == [1, 4]
+    assert _ids(things.find({}, sort=[("a.0", -1), ("_id", 1)])) == [2, 5, 1, 4, 0, 3]
+    assert _ids(things.find({"d.f": None})) == list(range(6))
     database.close()
+    connection = sqlite3.connect(tmp_path / "cosmos.sqlite3")
+    held = dict(
+        connection.execute(
+            "SELECT b.name, count(e.key) FROM built_indexes b "
+            "LEFT JOIN entries e ON e.ix = b.ix GROUP BY b.name"
+        ).fetchall()
+    )
+    connection.close()
+    assert held == {"positional": 6, "through_arrays": 12, "scalars": 0}
