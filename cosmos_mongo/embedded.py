@@ -82,10 +82,13 @@ CREATE TABLE IF NOT EXISTS documents (
     seq INTEGER NOT NULL,
     body BLOB,
     body_crc INTEGER,
+    id_crc INTEGER,
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
--- body_crc: CRC-32 of the row's identity (collection, key, arrival) and its body, checked on
--- every read (format 3; before it the body's alone, NULL in rows written before that).
+-- body_crc: CRC-32 of body (NULL in rows written before it existed); id_crc: CRC-32 of the
+-- row's identity, collection, key and arrival (format 3; NULL in rows older versions wrote,
+-- which keep it right for rows they update: those never change their identity). Both are
+-- checked on every read.
 -- The _id index. A key is the BSON of {_id}: its 5th byte is the type, a string's UTF-8 starts
 -- at the 14th (after its size), an ObjectId's 12 bytes at the 10th; so strings and ObjectIds
 -- sort as in MongoDB. Made of the key alone, SQLite keeps it for every writer, older ones too.
@@ -114,8 +117,8 @@ CREATE TABLE IF NOT EXISTS built_indexes (
 );
 -- crc: CRC-32 of the row's other columns (format 3), checked whenever the catalog is read.
 """
-# 1: documents only, loaded whole at open; 2: indexes on disk, arrival numbers; 3: the
-# checksums cover each row's identity and the rows that say which indexes are built.
+# 1: documents only, loaded whole at open; 2: indexes on disk, arrival numbers; 3: checksums
+# of each row's identity and of the rows that say which indexes are built.
 _FORMAT: Final = 3
 _ARRIVAL_FORMAT: Final = 2  # the first format with arrival numbers and indexes on disk
 _IDENTITY_FORMAT: Final = 3  # the first whose checksums cover the identity
@@ -987,13 +990,13 @@ class _Damaged(Exception):
         super().__init__(why)
 
 
-def _row_crc(collection: str, key: bytes, arrival: int, body: bytes) -> int:
-    """A row's checksum (format 3): over its identity as well as its body, so a changed key,
-    collection or arrival number fails it as a changed body does. (The key is BSON, which
-    starts with its length, and a collection name holds no zero byte: the parts cannot run
-    into each other.)"""
+def _identity_crc(collection: str, key: bytes, arrival: int) -> int:
+    """The checksum of a row's identity (format 3), kept beside its body's so that versions
+    that know only the body's still read and write the file. (The key is BSON, which starts
+    with its length, and a collection name holds no zero byte: the parts cannot run into each
+    other.)"""
     identity = collection.encode("utf-8", "surrogatepass") + b"\x00" + key
-    return zlib.crc32(body, zlib.crc32(identity + arrival.to_bytes(8, "big", signed=True)))
+    return zlib.crc32(identity + arrival.to_bytes(8, "big", signed=True))
 
 
 def _catalog_crc(ix: int, collection: str, name: str, ordered: int) -> int:
@@ -1017,21 +1020,18 @@ def _checked_document(
     arrival: int | None,
     body: bytes,
     crc: int | None,
-    identity: bool,
+    id_crc: int | None,
 ) -> Any:
-    """The decoded row, or ``_Damaged`` if its checksum or its BSON is wrong. ``identity``:
-    the file's checksums cover each row's collection, key and arrival number (format 3), and
-    every row has one. A checksum of the body alone is still taken there: an older version
-    writing to the file writes those (a changed byte makes either fail but by chance)."""
-    if identity:
-        if crc is None or (
-            _row_crc(collection, key, arrival or 0, body) != crc and zlib.crc32(body) != crc
-        ):
-            raise _Damaged(
-                _key_label(key),
-                "checksum mismatch: the stored bytes (body, key or arrival number) changed on disk",
-            )
-    elif crc is not None and zlib.crc32(body) != crc:
+    """The decoded row, or ``_Damaged`` if a checksum (of its identity, or of its body) or
+    its BSON is wrong. A row without an identity checksum (an older version wrote it) is
+    checked on its body alone."""
+    if id_crc is not None and _identity_crc(collection, key, arrival or 0) != id_crc:
+        raise _Damaged(
+            _key_label(key),
+            "identity checksum mismatch: the row's key, collection or arrival number changed "
+            "on disk",
+        )
+    if crc is not None and zlib.crc32(body) != crc:
         raise _Damaged(_key_label(key), "checksum mismatch: the stored bytes changed on disk")
     try:
         return bson.decode(body, _STORED)
@@ -1135,15 +1135,17 @@ class _Reader:
         # The checksum is taken over the collection and key asked for: a row a broken b-tree
         # gives instead fails it.
         row = self.conn.execute(
-            f"SELECT {self.engine.arrival}, body, body_crc FROM documents "
+            f"SELECT {self.engine.arrival}, body, body_crc, {self.engine.id_crc} FROM documents "
             "WHERE collection = ? AND key = ?",
             (collection, key),
         ).fetchone()
         if row is None:
             self._confirm_absent(collection, "key", [key])
             return []
-        arrival, body, crc = row
-        return [] if body is None else [self._decoded(collection, key, arrival, body, crc)]
+        arrival, body, crc, id_crc = row
+        if body is None:
+            return []
+        return [self._decoded(collection, key, arrival, body, crc, id_crc)]
 
     def fetch_ranges(self, collection: str, plan: _Plan) -> list[_Stored]:
         """The documents a plan's ranges name, read with their entries in one statement.
@@ -1157,16 +1159,18 @@ class _Reader:
 
     def _with_entries(
         self, collection: str, spans: Sequence[tuple[int, bytes, bytes]], limit: int = -1
-    ) -> list[tuple[bytes | None, int, bytes | None, int | None]]:
-        """(key, arrival, body, crc) of the documents whose entries lie in any of ``spans``
+    ) -> list[tuple[bytes | None, int, bytes | None, int | None, int | None]]:
+        """(key, arrival, body, crc, id_crc) of the documents whose entries lie in any of ``spans``
         (index, start, end), joined in one statement (SQLite's multi-index ``OR``), at most
         ``limit`` rows (-1: all); a document in two spans comes twice. An entry whose
         document is missing comes with key None (the outer join): a damaged file."""
         if not spans:
             return []
         terms = " OR ".join(["(e.ix = ? AND e.key >= ? AND e.key < ?)"] * len(spans))
-        rows: list[tuple[bytes | None, int, bytes | None, int | None]] = self.conn.execute(
-            "SELECT d.key, e.arrival, d.body, d.body_crc FROM entries e LEFT JOIN "
+        rows: list[tuple[bytes | None, int, bytes | None, int | None, int | None]]
+        rows = self.conn.execute(
+            f"SELECT d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc} "
+            "FROM entries e LEFT JOIN "
             "documents d INDEXED BY documents_arrival "
             f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) LIMIT ?",
             (collection, *itertools.chain.from_iterable(spans), limit),
@@ -1176,7 +1180,7 @@ class _Reader:
     def _stored_once(
         self,
         collection: str,
-        rows: Iterable[tuple[bytes | None, int, bytes | None, int | None]],
+        rows: Iterable[tuple[bytes | None, int, bytes | None, int | None, int | None]],
     ) -> list[_Stored]:
         """The documents of ``rows`` (a join of entries and documents), each once.
 
@@ -1184,11 +1188,11 @@ class _Reader:
             StorageError: an entry names no document, or a row is damaged.
         """
         found: dict[int, _Stored] = {}
-        for key, arrival, body, crc in rows:
+        for key, arrival, body, crc, id_crc in rows:
             if key is None:
                 self._confirm_absent(collection, "arrival", [arrival])
             elif body is not None and arrival not in found:
-                document = self._decoded(collection, key, arrival, body, crc)
+                document = self._decoded(collection, key, arrival, body, crc, id_crc)
                 found[arrival] = _Stored(key, arrival, document)
         return list(found.values())
 
@@ -1214,15 +1218,15 @@ class _Reader:
             StorageError: as :meth:`_raw_rows`, or a row is damaged.
         """
         found: dict[Any, _Stored] = {}
-        for key, arrival, body, crc in self._raw_rows(collection, column, index, values):
-            document = self._decoded(collection, key, arrival, body, crc)
+        for key, arrival, body, crc, id_crc in self._raw_rows(collection, column, index, values):
+            document = self._decoded(collection, key, arrival, body, crc, id_crc)
             found[key] = _Stored(key, arrival or 0, document)
         return found
 
     def _raw_rows(
         self, collection: str, column: str, index: str, values: Sequence[Any]
-    ) -> Iterator[tuple[bytes, int | None, bytes, int | None]]:
-        """(key, arrival, body, crc) of the stored documents whose ``column`` is one of
+    ) -> Iterator[tuple[bytes, int | None, bytes, int | None, int | None]]:
+        """(key, arrival, body, crc, id_crc) of the stored documents whose ``column`` is one of
         ``values``, read ``_BATCH`` values per statement and not decoded.
 
         Raises:
@@ -1232,17 +1236,18 @@ class _Reader:
         for start in range(0, len(values), _BATCH):
             batch = list(dict.fromkeys(values[start : start + _BATCH]))
             rows = self.conn.execute(
-                f"SELECT key, {self.engine.arrival}, body, body_crc, collection, {column} "
+                f"SELECT key, {self.engine.arrival}, body, body_crc, {self.engine.id_crc}, "
+                f"collection, {column} "
                 f"FROM documents {index} "
                 f"WHERE collection = ? AND {column} IN ({','.join('?' * len(batch))})",
                 (collection, *batch),
             ).fetchall()
             asked = set(batch)
             for row in rows:
-                self._check_asked(collection, column, asked, row[4:])
-            present = {row[5] for row in rows}
+                self._check_asked(collection, column, asked, row[5:])
+            present = {row[6] for row in rows}
             self._confirm_absent(collection, column, [v for v in batch if v not in present])
-            yield from (row[:4] for row in rows if row[2] is not None)  # not tombstones
+            yield from (row[:5] for row in rows if row[2] is not None)  # not tombstones
 
     def _check_asked(
         self, collection: str, column: str, asked: set[Any], got: tuple[str, Any]
@@ -1298,7 +1303,13 @@ class _Reader:
                 )
 
     def _decoded(
-        self, collection: str, key: bytes, arrival: int | None, body: bytes, crc: int | None
+        self,
+        collection: str,
+        key: bytes,
+        arrival: int | None,
+        body: bytes,
+        crc: int | None,
+        id_crc: int | None,
     ) -> Any:
         """The document of a row.
 
@@ -1306,9 +1317,7 @@ class _Reader:
             StorageError: the row is damaged (reason ``"damaged"``); never served.
         """
         try:
-            document = _checked_document(
-                collection, key, arrival, body, crc, self.engine.identity_checked
-            )
+            document = _checked_document(collection, key, arrival, body, crc, id_crc)
         except _Damaged as exc:
             self.engine.damaged[(collection, exc.label)] = str(exc)
             raise _damage_error(self.engine.path, f"{collection} {exc.label}", str(exc)) from None
@@ -1323,15 +1332,16 @@ class _Reader:
                 the collection's rows name rows the scan did not meet.
         """
         rows = self.conn.execute(
-            f"SELECT key, {self.engine.arrival}, body, body_crc FROM documents "
-            f"{self.engine.by_arrival} WHERE collection = ? ORDER BY {self.engine.arrival}",
+            f"SELECT key, {self.engine.arrival}, body, body_crc, {self.engine.id_crc} "
+            f"FROM documents {self.engine.by_arrival} WHERE collection = ? "
+            f"ORDER BY {self.engine.arrival}",
             (collection,),
         )
         met = 0
-        for key, arrival, body, crc in rows:
+        for key, arrival, body, crc, id_crc in rows:
             met += 1
             if body is not None:
-                document = self._decoded(collection, key, arrival, body, crc)
+                document = self._decoded(collection, key, arrival, body, crc, id_crc)
                 yield _Stored(key, arrival or 0, document)
         self._check_all_met(collection, met)
 
@@ -1468,8 +1478,8 @@ class _Reader:
                 rows = {row[0]: row for row in self._raw_rows(collection, "key", "", wanted)}
                 for key in wanted:
                     if key in rows:  # else a tombstone an older version left
-                        _, arrival, body, crc = rows[key]
-                        document = self._decoded(collection, key, arrival, body, crc)
+                        _, arrival, body, crc, id_crc = rows[key]
+                        document = self._decoded(collection, key, arrival, body, crc, id_crc)
                         yield _Stored(key, arrival or 0, document)
         finally:
             keys.close()
@@ -1735,7 +1745,8 @@ class _Reader:
         order = "ASC" if plan.walk > 0 else "DESC"
         read = [
             self.conn.execute(
-                "SELECT e.key, d.key, e.arrival, d.body, d.body_crc FROM entries e "
+                f"SELECT e.key, d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc} "
+                "FROM entries e "
                 "LEFT JOIN documents d INDEXED BY documents_arrival "
                 "ON d.collection = ? AND d.arrival = e.arrival "
                 "WHERE e.ix = ? AND e.key >= ? AND e.key < ? "
@@ -1745,7 +1756,7 @@ class _Reader:
             for start, end in plan.ranges
             if start < end
         ]
-        rows: list[tuple[bytes, bytes | None, int, bytes | None, int | None]] = [
+        rows: list[tuple[bytes, bytes | None, int, bytes | None, int | None, int | None]] = [
             row for found in read if found for row in found
         ]
         if sum(1 for found in read if found) > 1:  # an $in: prefixes differ, merge after them
@@ -2021,7 +2032,8 @@ class EmbeddedEngine:
         self.arrival = "arrival"  # the column giving insertion order (see below)
         self.by_arrival = "INDEXED BY documents_arrival"
         self.id_index = False  # whether the file has the _id index (documents_id)
-        self.identity_checked = False  # whether row checksums cover identity (format 3)
+        self.identity_checked = False  # whether the file has identity checksums (format 3)
+        self.id_crc = self.joined_id_crc = "NULL"  # their column, or NULL where there is none
         try:
             _check_no_lost_commits(path)
             if read_only:
@@ -2036,7 +2048,7 @@ class EmbeddedEngine:
             # the order of their last write, and every query scans. A second-format one is
             # read with the checksums it has (of bodies alone).
             found = self._known_format()
-            self.identity_checked = found >= _IDENTITY_FORMAT
+            self._set_identity_checked(found >= _IDENTITY_FORMAT)
             self.arrival = "arrival" if found >= _ARRIVAL_FORMAT else "seq"
             self.by_arrival = "INDEXED BY documents_arrival" if self.arrival == "arrival" else ""
             # Made on every write open; a file opened read-only before that is scanned instead.
@@ -2120,7 +2132,7 @@ class EmbeddedEngine:
         """
         self._conn.executescript(_SCHEMA)
         if self._known_format() >= _FORMAT:
-            self.identity_checked = True
+            self._set_identity_checked(True)
             self._trim_partial_indexes()
             self._rekey_indexes()
             return
@@ -2131,7 +2143,7 @@ class EmbeddedEngine:
                 if found < _ARRIVAL_FORMAT:
                     self._number_arrivals()
                 self._checksum_identities()
-                self.identity_checked = True
+                self._set_identity_checked(True)
                 if found < _ARRIVAL_FORMAT:
                     self._conn.execute("DELETE FROM entries")
                     self._conn.execute("DELETE FROM built_indexes")
@@ -2142,9 +2154,13 @@ class EmbeddedEngine:
                     self._conn.execute(_PARTIAL_ENTRIES_MARK)  # built just now, as they trim
                 self._conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (_FORMAT,))
                 self._catalog_changed()
-        self.identity_checked = True
+        self._set_identity_checked(True)
         self._trim_partial_indexes()  # a second-format file may not have had its turn yet
         self._rekey_indexes()
+
+    def _set_identity_checked(self, checked: bool) -> None:
+        self.identity_checked = checked
+        self.id_crc, self.joined_id_crc = ("id_crc", "d.id_crc") if checked else ("NULL", "NULL")
 
     def _known_format(self) -> int:
         """The file's format number.
@@ -2187,33 +2203,23 @@ class EmbeddedEngine:
         self._conn.execute("UPDATE meta SET value = ? WHERE name = 'arrival'", (len(keys),))
 
     def _checksum_identities(self) -> None:
-        """Every row's checksum made over its identity and body (format 3), a batch of rows
-        at a time. A row whose old checksum (of the body alone) fails, or that has none and
-        does not decode, gets one that fails too: damage found before stays damage."""
+        """Every row's identity checksum (format 3), a batch of rows at a time; the body's
+        stays as it is, so damage found before stays damage."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
+        if "id_crc" not in columns:
+            self._conn.execute("ALTER TABLE documents ADD COLUMN id_crc INTEGER")
         after: tuple[str, bytes] = ("", b"")
         while True:
             rows = self._conn.execute(
-                "SELECT collection, key, arrival, body, body_crc FROM documents "
-                "WHERE (collection, key) > (?, ?) AND body IS NOT NULL "
+                "SELECT collection, key, arrival FROM documents WHERE (collection, key) > (?, ?) "
                 "ORDER BY collection, key LIMIT ?",
                 (*after, _BATCH),
             ).fetchall()
             if not rows:
                 return
-            changes = []
-            for collection, key, arrival, body, crc in rows:
-                identity = _row_crc(collection, key, arrival or 0, body)
-                if crc is None:
-                    try:
-                        bson.decode(body)
-                        intact = True
-                    except (bson.errors.BSONError, ValueError):
-                        intact = False
-                else:  # body-only, or already over the identity (a format number reset)
-                    intact = crc in (zlib.crc32(body), identity)
-                changes.append((identity if intact else identity ^ 1, collection, key))
             self._conn.executemany(
-                "UPDATE documents SET body_crc = ? WHERE collection = ? AND key = ?", changes
+                "UPDATE documents SET id_crc = ? WHERE collection = ? AND key = ?",
+                [(_identity_crc(c, k, a or 0), c, k) for c, k, a in rows],
             )
             after = (rows[-1][0], rows[-1][1])
 
@@ -2296,18 +2302,14 @@ class EmbeddedEngine:
                 collection could be kept in step, so nothing is served.
         """
         rows = self._conn.execute(
-            f"SELECT key, {self.arrival}, body, body_crc FROM documents "
+            f"SELECT key, {self.arrival}, body, body_crc, {self.id_crc} FROM documents "
             "WHERE collection = ? AND body IS NOT NULL",
             (_INDEX_CATALOG,),
         ).fetchall()
         found = []
-        for key, arrival, body, crc in rows:
+        for key, arrival, body, crc, id_crc in rows:
             try:
-                found.append(
-                    _checked_document(
-                        _INDEX_CATALOG, key, arrival, body, crc, self.identity_checked
-                    )
-                )
+                found.append(_checked_document(_INDEX_CATALOG, key, arrival, body, crc, id_crc))
             except _Damaged as exc:
                 self.damaged[(_INDEX_CATALOG, exc.label)] = str(exc)
                 raise _damage_error(
@@ -2499,7 +2501,7 @@ class EmbeddedEngine:
         * SQLite's own check of the file's structure and of its indexes against the rows
           (``PRAGMA integrity_check``): a changed key, collection or arrival byte leaves a
           row and its index entries disagreeing;
-        * every row's checksum (over its identity and body, format 3);
+        * every row's checksums (of its identity, format 3, and of its body);
         * arrival numbers: one document each, none past the counter new ones come from;
         * the index catalog: its documents and the checksummed rows that say which indexes
           are built, each with the other;
@@ -2547,13 +2549,17 @@ class EmbeddedEngine:
         seen: set[tuple[str, int]] = set()
         greatest = 0
         rows = self._conn.execute(
-            f"SELECT collection, key, {self.arrival}, body, body_crc FROM documents NOT INDEXED "
-            "WHERE body IS NOT NULL"
+            f"SELECT collection, key, {self.arrival}, body, body_crc, {self.id_crc} "
+            "FROM documents NOT INDEXED WHERE body IS NOT NULL"
         )
-        for collection, key, arrival, body, crc in rows:
-            if self.identity_checked or crc is None or zlib.crc32(body) != crc:
-                try:
-                    _checked_document(collection, key, arrival, body, crc, self.identity_checked)
+        for collection, key, arrival, body, crc, id_crc in rows:
+            if (
+                crc is None
+                or zlib.crc32(body) != crc
+                or (id_crc is not None and _identity_crc(collection, key, arrival or 0) != id_crc)
+            ):
+                try:  # says why (decoded only where no checksum can vouch for the body)
+                    _checked_document(collection, key, arrival, body, crc, id_crc)
                 except _Damaged as exc:
                     found[(collection, exc.label)] = str(exc)
                     damaged.add((collection, arrival or 0))
@@ -2582,16 +2588,7 @@ class EmbeddedEngine:
         """The index catalog's rows against each other, and every index's entries against
         what its documents give (damaged documents' entries cannot be re-derived: left out)."""
         found: list[str] = []
-        specs: dict[tuple[str, str], _IndexSpec] = {}
-        for arrival, body in self._conn.execute(
-            "SELECT arrival, body FROM documents WHERE collection = ? AND body IS NOT NULL",
-            (_INDEX_CATALOG,),
-        ).fetchall():
-            if (_INDEX_CATALOG, arrival or 0) in damaged:
-                continue  # named already
-            index = _IndexSpec.from_catalog(_intact(body))
-            if index is not None:
-                specs[(index.collection, index.name)] = index
+        specs = {(i.collection, i.name): i for i in self._intact_catalog(damaged)}
         built: dict[int, tuple[str, str, bool]] = {}
         columns = "ix, collection, name, ordered, " + ("crc" if self.identity_checked else "0")
         for ix, collection, name, ordered, crc in self._conn.execute(
@@ -2713,26 +2710,8 @@ class EmbeddedEngine:
         (a delete of one entry could miss it in a b-tree whose order a damaged byte broke)."""
         rows, damaged = self._damaged_rows()
         not_rebuilt = [f"{c} {label}: {why}" for (c, label), why in sorted(rows.items())]
-        catalog_fixed: list[str] = []
-        # SQLite's own indexes of the tables are derived data too (those of the documents
-        # only while every row is intact): rebuilt where its check finds them wrong.
-        problems = " ".join(row[0] for row in self._conn.execute("PRAGMA integrity_check"))
-        for table, indexes in (
-            ("built_indexes", ("sqlite_autoindex_built_indexes_1",)),
-            ("documents", ("documents_id", "documents_arrival") if not rows else ()),
-        ):
-            if any(f"index {index}" in problems for index in indexes):
-                self._conn.execute(f"REINDEX {table}")
-                catalog_fixed.append(f"SQLite's indexes of {table} rebuilt")
-        specs: list[_IndexSpec] = []
-        for arrival, body in self._conn.execute(
-            "SELECT arrival, body FROM documents WHERE collection = ? AND body IS NOT NULL",
-            (_INDEX_CATALOG,),
-        ).fetchall():
-            if (_INDEX_CATALOG, arrival or 0) not in damaged:
-                index = _IndexSpec.from_catalog(_intact(body))
-                if index is not None:
-                    specs.append(index)
+        catalog_fixed = self._sqlite_indexes_rebuilt(documents_intact=not rows)
+        specs = self._intact_catalog(damaged)
         kept = {(index.collection, index.name) for index in specs}
         # A damaged catalog document hides which index it defined: its rows stay.
         catalog_whole = not any(c == _INDEX_CATALOG for c, _ in damaged)
@@ -2800,6 +2779,33 @@ class EmbeddedEngine:
                 sorted((ix, e, a) for ix, entries in wanted.items() for e, a in entries),
             )
         return IndexRebuild(rebuilt, catalog_fixed, stray, not_rebuilt)
+
+    def _sqlite_indexes_rebuilt(self, *, documents_intact: bool) -> list[str]:
+        """SQLite's own indexes of the tables are derived data too (those of the documents
+        only while every row is intact): rebuilt where its check finds them wrong."""
+        problems = " ".join(row[0] for row in self._conn.execute("PRAGMA integrity_check"))
+        rebuilt = []
+        for table, indexes in (
+            ("built_indexes", ("sqlite_autoindex_built_indexes_1",)),
+            ("documents", ("documents_id", "documents_arrival") if documents_intact else ()),
+        ):
+            if any(f"index {index}" in problems for index in indexes):
+                self._conn.execute(f"REINDEX {table}")
+                rebuilt.append(f"SQLite's indexes of {table} rebuilt")
+        return rebuilt
+
+    def _intact_catalog(self, damaged: set[tuple[str, int]]) -> list[_IndexSpec]:
+        """The indexes the intact catalog documents define (not text indexes)."""
+        specs = []
+        for arrival, body in self._conn.execute(
+            "SELECT arrival, body FROM documents WHERE collection = ? AND body IS NOT NULL",
+            (_INDEX_CATALOG,),
+        ).fetchall():
+            if (_INDEX_CATALOG, arrival or 0) not in damaged:
+                index = _IndexSpec.from_catalog(_intact(body))
+                if index is not None:
+                    specs.append(index)
+        return specs
 
     def _all_rows(self, collection: str, damaged: set[tuple[str, int]]) -> Iterator[_Stored]:
         """The collection's intact documents, read from the table itself (not through an
@@ -3014,23 +3020,25 @@ class _Writer(_Reader):
                     "UPDATE meta SET value = value + 1 WHERE name = 'arrival' RETURNING value"
                 ).fetchone()
                 self._check_arrival_free(arrival)
-            crc = _row_crc(self.collection, key, arrival, body)
-            row = (self.collection, key, self.seq, body, crc, arrival)
+            id_crc = _identity_crc(self.collection, key, arrival)
+            row = (self.collection, key, self.seq, body, zlib.crc32(body), arrival, id_crc)
             if old is not None:
-                self.conn.execute(
-                    "UPDATE documents SET seq = ?, body = ?, body_crc = ? "
+                self.conn.execute(  # id_crc too: a row an older version wrote has none
+                    "UPDATE documents SET seq = ?, body = ?, body_crc = ?, id_crc = ? "
                     "WHERE collection = ? AND key = ?",
-                    (*row[2:5], *row[:2]),
+                    (*row[2:5], id_crc, *row[:2]),
                 )
             else:
                 self._refuse_equal_number_id(key)
                 # A live row with this key refuses the insert; a tombstone an older version
                 # left (body NULL) is taken over.
                 inserted = self.conn.execute(
-                    "INSERT INTO documents (collection, key, seq, body, body_crc, arrival) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET "
+                    "INSERT INTO documents "
+                    "(collection, key, seq, body, body_crc, arrival, id_crc) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, key) DO UPDATE SET "
                     "seq = excluded.seq, body = excluded.body, body_crc = excluded.body_crc, "
-                    "arrival = excluded.arrival WHERE documents.body IS NULL",
+                    "arrival = excluded.arrival, id_crc = excluded.id_crc "
+                    "WHERE documents.body IS NULL",
                     row,
                 ).rowcount
                 if not inserted:
@@ -3221,9 +3229,9 @@ class _LookupCollection:
 
     def rows(
         self, keys: Sequence[bytes]
-    ) -> dict[bytes, tuple[bytes, int | None, bytes, int | None]]:
-        """(key, arrival, body, crc) of the stored documents with these keys, by key, not
-        decoded.
+    ) -> dict[bytes, tuple[bytes, int | None, bytes, int | None, int | None]]:
+        """(key, arrival, body, crc, id_crc) of the stored documents with these keys, by key,
+        not decoded.
 
         Raises:
             StorageError: a missing key is still in the _id index (a damaged file).
@@ -3231,13 +3239,15 @@ class _LookupCollection:
         rows = self._reader._raw_rows(self._name, "key", "", keys)
         return {row[0]: row for row in rows}
 
-    def decoded(self, key: bytes, arrival: int | None, body: bytes, crc: int | None) -> Any:
+    def decoded(
+        self, key: bytes, arrival: int | None, body: bytes, crc: int | None, id_crc: int | None
+    ) -> Any:
         """A fresh decoding of a row of :meth:`rows`.
 
         Raises:
             StorageError: the row is damaged.
         """
-        return self._reader._decoded(self._name, key, arrival, body, crc)
+        return self._reader._decoded(self._name, key, arrival, body, crc, id_crc)
 
 
 def _run_pipeline(
@@ -3846,8 +3856,8 @@ class EmbeddedDatabase:
         self.engine.close()
 
     def damaged_documents(self, *, full: bool = True) -> list[str]:
-        """Everything in the file that fails a check: its structure, rows (their checksum
-        covers identity and body), arrival numbers and, with ``full``, the index catalog and
+        """Everything in the file that fails a check: its structure, rows (checksums of their
+        identity and body), arrival numbers and, with ``full``, the index catalog and
         every index's entries, re-derived from the documents (see
         :meth:`EmbeddedEngine.damaged_documents`). A read that meets damage raises
         ``StorageError`` (reason ``"damaged"``): nothing damaged is served.
