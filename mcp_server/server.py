@@ -427,15 +427,15 @@ def _keyset_facts(
         skipped=found.skipped,
     )
     following = facts["next_offset"]
-    position: tuple[Any, Any] | None = None
+    positions: list[tuple[Any, Any]] = []
     if following is not None:
-        whole = len(kept) == len(found) and not offset
-        last = kept[-1] if kept else None
-        if whole and tail is not None:
-            position = tail
-        elif last is not None:
-            position = (last.created_at, last.id)
-    next_cursor = None if position is None else encode_cursor(scope, position)
+        if tail is not None and len(kept) == len(found) and not offset:
+            positions.append(tail)
+        if kept:  # also when the last document read has an id no cursor carries
+            positions.append((kept[-1].created_at, kept[-1].id))
+    next_cursor = next(
+        (made for made in (encode_cursor(scope, each) for each in positions) if made), None
+    )
     facts["next_cursor"] = next_cursor
     if cursor is not None:  # offsets count from the cursor's position, not the start
         facts["next_offset"] = None

@@ -5,9 +5,11 @@ match names."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from mcp import types
 
 from tests.mcp.conftest import Harness
@@ -244,3 +246,31 @@ async def test_completions_match_names_and_text_not_only_id_prefixes(harness: Ha
     assert robot.completion.values == [texted.id, named.id]  # newest first
     assert resource.completion.values == [texted.id, named.id]
     assert prefix.completion.values == [named.id]
+
+
+async def test_a_cursor_walk_passes_a_hand_inserted_document_with_an_object_id(
+    harness: Harness,
+) -> None:
+    older = [await harness.store.create_prompt(f"Older {i}", {}, {}) for i in range(2)]
+    middle = older[-1].created_at + timedelta(seconds=1)
+    # As mongosh inserts it: an ObjectId _id, and a field that breaks the model.
+    harness.raw["prompts"].insert_one(
+        {"_id": ObjectId(), "prompt_text": 5, "created_at": middle, "updated_at": middle}
+    )
+    newer = []
+    for i in range(3):
+        prompt = await harness.store.create_prompt(f"Newer {i}", {}, {})
+        stamp = middle + timedelta(seconds=1 + i)
+        harness.raw["prompts"].update_one(
+            {"_id": prompt.id}, {"$set": {"created_at": stamp, "updated_at": stamp}}
+        )
+        newer.append(prompt.id)
+    seen: list[str] = []
+    async with harness.connect() as session:
+        answer = await call(session, "list_prompts", limit=4)
+        while True:
+            seen += [item["id"] for item in answer["prompts"]]
+            if answer["next_cursor"] is None:
+                break
+            answer = await call(session, "list_prompts", limit=4, cursor=answer["next_cursor"])
+    assert seen == [*reversed(newer), *reversed([p.id for p in older])]
