@@ -116,3 +116,14 @@ def test_the_mermaid_diagram_keeps_within_its_character_bound(tmp_path: Path) ->
         shown = len(re.findall(r"^    n0 -->", drawn, re.MULTILINE))
         assert 0 < shown < CHILDREN
         assert f'["+{CHILDREN - shown} more"]' in drawn
+
+
+async def test_the_lineage_resource_under_a_tiny_cap_answers_within_it_without_a_traceback(
+    wide: tuple[Path, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        async with serving(wide[0], max_bytes=10_000) as (session, lineage):
+            resource = await session.read_resource(f"cosmos://prompts/{lineage.prompt_id}/lineage")
+    text = resource.contents[0].text  # type: ignore[union-attr]
+    assert len(text.encode()) <= 10_000 and '"descendants_total": 600' in text
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
