@@ -1295,7 +1295,7 @@ def rebuild_indexes(state: _Context, as_json: bool) -> None:
         )
         click.echo(f"{index.name}: {index.entries} entries ({changed})")
     for fixed in report.catalog_fixed:
-        click.echo(f"catalog: {fixed}")
+        click.echo(f"fixed: {fixed}")
     if report.stray_entries_removed:
         click.echo(f"removed {report.stray_entries_removed} entries of indexes that do not exist")
     click.echo(

@@ -511,6 +511,29 @@ def test_body_checksums_stay_what_older_versions_check_and_their_rows_are_read(
         assert not any("checksum" in line for line in database.damaged_documents())
 
 
+def test_damage_in_sqlites_own_id_index_is_named_and_rebuild_indexes_repairs_it(
+    world: World, copy: Path
+) -> None:
+    # The expression entry of the _id index (collection, type byte, the id's bytes), not the
+    # row: SQLite's integrity check finds it, and every row being intact, it is rebuilt.
+    document_id = world.prompt_ids[-1]
+    at = _offset(copy / FILE, "documents_id", b"prompts\x02" + document_id.encode())
+    _flip(copy / FILE, at + len(b"prompts\x02") + 10)
+    with open_embedded(copy) as database:
+        report = CosmosStore(database).verify()
+    assert any(
+        line.startswith("file: ") and "documents_id" in line for line in report.damaged_documents
+    )
+    _repair_refuses_and_changes_nothing(copy)
+    result = CliRunner().invoke(cli, ["--data-dir", str(copy), "rebuild-indexes"])
+    assert result.exit_code == 0, result.output
+    assert "fixed: SQLite's indexes of documents rebuilt" in result.output
+    with open_embedded(copy) as database:
+        store = CosmosStore(database)
+        assert store.verify().ok
+        assert _answers(store, (world.prompt_ids, world.run_ids)) == world.answers
+
+
 # -- a deleted -wal ------------------------------------------------------------------------
 
 
