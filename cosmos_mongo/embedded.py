@@ -3484,7 +3484,8 @@ class EmbeddedCollection:
             OperationFailure: the filter is malformed (as :meth:`find` raises).
         """
         query, order = _patched(filter or {}), _sort_spec(sort)
-        filtering.filter_applies(query, {})  # checked on no document, as find does
+        _check_filter(query)  # as find checks it, whatever the documents
+        filtering.filter_applies(query, {})  # and as mongomock checks it, on no document
         if _id_values(query) is not None:
             return {"stage": "IDHACK"}
         plan = self._engine.read(lambda reader: reader.plan(self.name, _terms(query), order))

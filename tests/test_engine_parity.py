@@ -363,6 +363,7 @@ def test_a_malformed_filter_raises_even_when_an_index_finds_nothing(
         lambda: things.aggregate([{"$match": {}}, {"$match": query}]),
         lambda: things.update_many(query, {"$set": {"n": 2}}),
         lambda: things.delete_many(query),
+        lambda: things.explain(query),
     ):
         with pytest.raises(OperationFailure) as raised:
             call()
