@@ -2401,6 +2401,18 @@ class EmbeddedEngine:
             finally:
                 self._conn.execute("COMMIT")
 
+    def by_key(self, collection: str, key: bytes) -> Any:
+        """The document with this key, or None: :meth:`read` of a look-up by ``_id``, without
+        its generic steps (one SELECT, which SQLite answers from one snapshot, needs neither a
+        transaction nor the index catalog). The commonest read of all: ``get_prompt``.
+
+        Raises:
+            StorageError: as :meth:`_Reader.fetch_one`, or SQLite failed.
+        """
+        with self._lock, self._errors:
+            found = _Reader(self).fetch_one(collection, key)
+        return found[0] if found else None
+
     def write(self, collection: str, operation: Callable[[_Writer], T]) -> T:
         """Run ``operation`` in one durable write transaction; nothing of it stays if it fails.
         An error the operation defers (a bulk insert's duplicates) is raised after commit."""
@@ -3382,6 +3394,10 @@ class EmbeddedCollection:
         *,
         sort: Any = None,
     ) -> Any:
+        if not projection and filter is not None and len(filter) == 1:
+            document_id = filter.get("_id")
+            if type(document_id) is str:  # the commonest read: its key is the whole answer
+                return self._engine.by_key(self.name, _encode_key(document_id))
         found = self.find(filter, projection, sort=sort, limit=1)
         return found[0] if found else None
 
@@ -3397,10 +3413,8 @@ class EmbeddedCollection:
         if not (projection or skip) and filter is not None and len(filter) == 1:
             document_id = filter.get("_id")
             if type(document_id) is str:  # the commonest read: its key is the whole answer
-                key = _encode_key(document_id)
-                return self._engine.read(
-                    lambda reader: reader.fetch_one(self.name, key), one_statement=True
-                )
+                found = self._engine.by_key(self.name, _encode_key(document_id))
+                return [] if found is None else [found]
         query, order = _patched(filter or {}), _sort_spec(sort)
 
         def find(reader: _Reader) -> list[Any]:

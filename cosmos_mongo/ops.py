@@ -654,8 +654,14 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
 
 def _call_sync(database: Any, extra: Document, step: Operation[Any]) -> Any:
     args, kwargs = step.arguments()
+    if extra:
+        kwargs = {**kwargs, **extra}
+    method = getattr(database[step.collection], step.method)
+    if not log.isEnabledFor(logging.DEBUG):  # the timing is only for the debug line
+        raw = method(*args, **kwargs)
+        return step.finish(list(raw) if step.returns_cursor else raw)
     started = time.perf_counter()
-    raw = getattr(database[step.collection], step.method)(*args, **kwargs, **extra)
+    raw = method(*args, **kwargs)
     result = step.finish(list(raw) if step.returns_cursor else raw)
     _log_operation(step, started)
     return result
@@ -664,7 +670,8 @@ def _call_sync(database: Any, extra: Document, step: Operation[Any]) -> Any:
 def _operation_sync(
     database: Any, services: Services, extra: Document, step: Operation[Any]
 ) -> Any:
-    _refuse_writes(services, step)
+    if step.writes:
+        _refuse_writes(services, step)
     try:
         return _call_sync(database, extra, step)
     except AutoReconnect as exc:
@@ -673,38 +680,49 @@ def _operation_sync(
         return _call_sync(database, extra, step)
 
 
-def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
-    def execute(step: Step) -> Any:
-        if isinstance(step, Operation):
-            return _operation_sync(database, services, extra, step)
-        if isinstance(step, Generate):
-            return _log_generated(services, _generate_sync(services, step))
-        if isinstance(step, DamagedDocuments):
-            if _damaged_probe(database) is None:
-                return []
-            return database.damaged_documents(full=step.full)
-        if isinstance(step, ChangeStamp):
-            if _stamp_probe(database) is None:
-                return _feed_stamp_sync(database, step)
-            return database.change_stamp()
-        return step.call()  # Blocking, Report
+def _execute_sync(
+    database: Any,
+    services: Services,
+    step: Generate | DamagedDocuments | ChangeStamp | Blocking[Any] | Report,
+) -> Any:
+    """Carry out a step that is not a database operation."""
+    if isinstance(step, Generate):
+        return _log_generated(services, _generate_sync(services, step))
+    if isinstance(step, DamagedDocuments):
+        if _damaged_probe(database) is None:
+            return []
+        return database.damaged_documents(full=step.full)
+    if isinstance(step, ChangeStamp):
+        if _stamp_probe(database) is None:
+            return _feed_stamp_sync(database, step)
+        return database.change_stamp()
+    return step.call()  # Blocking, Report
 
+
+def _drive_sync(database: Any, flow: Flow[T], services: Services, extra: Document) -> T:
     grouping = _grouping(database)
     try:
         step = next(flow)
         while True:
-            if grouping is not None and isinstance(step, Operation) and step.writes:
-                outcome = _database_steps(grouping, flow, services, step)
-                if isinstance(outcome, _Finished):
-                    return outcome.value  # type: ignore[no-any-return]
-                step = outcome
-                continue
-            try:
-                result = execute(step)
-            except _DRIVER_ERRORS as exc:
-                step = flow.throw(translate(exc, _operation(step)))
+            if isinstance(step, Operation):
+                if step.writes and grouping is not None:
+                    outcome = _database_steps(grouping, flow, services, step)
+                    if isinstance(outcome, _Finished):
+                        return outcome.value  # type: ignore[no-any-return]
+                    step = outcome
+                    continue
+                try:
+                    result = _operation_sync(database, services, extra, step)
+                except _DRIVER_ERRORS as exc:
+                    step = flow.throw(translate(exc, step))
+                    continue
             else:
-                step = flow.send(result)
+                try:
+                    result = _execute_sync(database, services, step)
+                except _DRIVER_ERRORS as exc:
+                    step = flow.throw(translate(exc))
+                    continue
+            step = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 

@@ -234,14 +234,23 @@ class _StoreBase:
         self.read_only = settings.read_only
         self._causal_sessions = sessions_supported(db)
         self._on_close = _on_close
+        self._last_services: Services | None = None
 
     def _services(self, enhancer: Enhancer | None = None) -> Services:
-        return Services(
-            enhancer or self.enhancer,
-            self.enhancement_timeout,
-            self.read_only,
-            self._causal_sessions,
-        )
+        # Made again only when what it holds changed: every call, a read by _id included,
+        # passes through here.
+        chosen, services = enhancer or self.enhancer, self._last_services
+        if (
+            services is None
+            or services.enhancer is not chosen
+            or services.read_only != self.read_only
+            or services.timeout != self.enhancement_timeout
+        ):
+            services = Services(
+                chosen, self.enhancement_timeout, self.read_only, self._causal_sessions
+            )
+            self._last_services = services
+        return services
 
     def _enhancer_for(self, enhancement_model: object, enhanced_text: object) -> Enhancer:
         model = v.check_optional_text(enhancement_model, "enhancement_model", 200)

@@ -22,7 +22,9 @@ PROMPT_ID_PREFIX: Final = "ps_"
 RUN_ID_PREFIX: Final = "rs_"
 # New ids are 32 hex characters; the predecessor's were shorter hashes (e.g. 12 hex), and
 # imported ids must stay reachable. Hex only: no operator, dot or dollar can get through.
-_ID_PATTERN: Final = re.compile(r"(ps|rs)_[0-9a-f]{8,64}")
+_ID_PATTERNS: Final = {
+    prefix: re.compile(prefix + r"[0-9a-f]{8,64}") for prefix in (PROMPT_ID_PREFIX, RUN_ID_PREFIX)
+}
 _ID_PREFIX_PATTERN: Final = re.compile(r"[a-z_0-9]{0,67}")
 
 MAX_PROMPT_TEXT_CHARS: Final = 10_000
@@ -61,7 +63,7 @@ def check_id(value: object, prefix: str, field: str) -> str:
     """Return ``value`` if it is a well-formed id with ``prefix``: never a dict or operator."""
     if not isinstance(value, str):
         raise InvalidInputError(field, f"must be a string id, got {type(value).__name__}")
-    if not (value.startswith(prefix) and _ID_PATTERN.fullmatch(value)):
+    if _ID_PATTERNS[prefix].fullmatch(value) is None:
         shown = value if len(value) <= 60 else value[:57] + "..."
         raise InvalidInputError(
             field, f"must be {prefix!r} followed by 8 to 64 lowercase hex characters, got {shown!r}"
