@@ -106,6 +106,22 @@ class FindOne(Operation[Document | None]):
 
 
 @dataclass(frozen=True, slots=True)
+class ReadOne(Generic[R]):
+    """A read of one document by ``_id`` into its model, the whole of ``get_prompt`` and
+    ``get_run``: declared as data, so that :meth:`flow` is its workflow for any driver, and
+    :func:`read_one_sync` carries out the same steps without driving a generator (the
+    commonest call, where that machinery costs as much as the read)."""
+
+    collection: str
+    check: Callable[[object], Any]  # the id, validated (raises InvalidInputError)
+    model: Callable[[Document], R]  # the document's model (raises InvalidDocumentError)
+
+    def flow(self, document_id: object) -> Flow[R | None]:
+        document = yield from FindOne(self.collection, {"_id": self.check(document_id)})
+        return None if document is None else self.model(document)
+
+
+@dataclass(frozen=True, slots=True)
 class Find(Operation[list[Document]]):
     retry_safe: ClassVar[bool] = True
     writes: ClassVar[bool] = False
@@ -650,6 +666,23 @@ def run_sync(database: Any, flow: Flow[T], services: Services | None = None) -> 
         raise translate(exc) from exc
     with session:
         return _drive_sync(database, flow, services, {"session": session})
+
+
+def read_one_sync(
+    database: Any, read: ReadOne[T], document_id: object, services: Services
+) -> T | None:
+    """What ``run_sync(database, read.flow(document_id), services)`` does, made directly:
+    the same check, the one ``find_one`` (retried and logged alike), the same error
+    translation and the same model. Inside a causally consistent session it is left to
+    :func:`run_sync`."""
+    if services.causal_sessions:
+        return run_sync(database, read.flow(document_id), services)
+    step = FindOne(read.collection, {"_id": read.check(document_id)})
+    try:
+        document = _operation_sync(database, services, {}, step)
+    except _DRIVER_ERRORS as exc:
+        raise translate(exc, step) from exc
+    return None if document is None else read.model(document)
 
 
 def _call_sync(database: Any, extra: Document, step: Operation[Any]) -> Any:

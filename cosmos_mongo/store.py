@@ -46,6 +46,7 @@ from cosmos_mongo.models import (
 from cosmos_mongo.ops import (
     Flow,
     Services,
+    read_one_sync,
     run_async,
     run_sync,
     sessions_supported,
@@ -382,7 +383,7 @@ class CosmosStore(_StoreBase):
             InvalidDocumentError: the stored prompt does not fit the model (edited by
                 hand?): names the field and the rule.
         """
-        return self._run(wf.get_prompt(prompt_id))
+        return read_one_sync(self.db, wf.PROMPT_BY_ID, prompt_id, self._services())
 
     def list_prompts(
         self, limit: int = 50, offset: int = 0, *, enhanced: bool | None = None
@@ -634,7 +635,7 @@ class CosmosStore(_StoreBase):
             InvalidDocumentError: the stored run does not fit the model (edited by
                 hand?): names the field and the rule.
         """
-        return self._run(wf.get_run(run_id))
+        return read_one_sync(self.db, wf.RUN_BY_ID, run_id, self._services())
 
     def list_runs(
         self,

@@ -3,7 +3,9 @@
 ``CosmosStore`` and ``AsyncCosmosStore`` are thin twins: each public method validates nothing
 and decides nothing itself; it hands the generator from here to its driver. Arguments are
 checked at the top of each workflow, before the first ``yield``, so a rejected call never
-reaches the database.
+reaches the database. A read of one document by ``_id`` (``get_prompt``, ``get_run``) is
+declared as a :class:`~cosmos_mongo.ops.ReadOne`, whose ``flow`` is its workflow; the sync
+twin carries out the same steps directly (:func:`~cosmos_mongo.ops.read_one_sync`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from cosmos_mongo.ops import (
     InsertMany,
     InsertOne,
     ListIndexes,
+    ReadOne,
     UpdateMany,
 )
 
@@ -136,9 +139,20 @@ def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Fl
     return Prompt.from_document(document)
 
 
+def _prompt_model(document: Document) -> Prompt:
+    return model_of(Prompt, document)
+
+
+def _run_model(document: Document) -> Run:
+    return model_of(Run, document)
+
+
+PROMPT_BY_ID: ReadOne[Prompt] = ReadOne(q.PROMPTS, v.check_prompt_id, _prompt_model)
+RUN_BY_ID: ReadOne[Run] = ReadOne(q.RUNS, v.check_run_id, _run_model)
+
+
 def get_prompt(prompt_id: object) -> Flow[Prompt | None]:
-    document = yield from FindOne(q.PROMPTS, q.by_id(v.check_prompt_id(prompt_id)))
-    return None if document is None else model_of(Prompt, document)
+    return PROMPT_BY_ID.flow(prompt_id)
 
 
 def list_prompts(
@@ -498,8 +512,7 @@ def create_run(
 
 
 def get_run(run_id: object) -> Flow[Run | None]:
-    document = yield from FindOne(q.RUNS, q.by_id(v.check_run_id(run_id)))
-    return None if document is None else model_of(Run, document)
+    return RUN_BY_ID.flow(run_id)
 
 
 def list_runs(

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks import bench_store, bench_transfer
 
 
-def test_the_primary_key_read_table_times_each_step_and_sums_the_three_engine_steps() -> None:
+def test_the_primary_key_read_table_times_each_step_sums_the_engine_steps_and_compares() -> None:
     table = bench_store.primary_key_read([40], repeat=5)
 
     header, _, *rows = table.splitlines()
     assert header == "| step | 40: median µs |"
-    medians = {
-        row.split(" | ")[0].lstrip("| "): float(row.split(" | ")[1].rstrip(" |")) for row in rows
-    }
-    assert len(medians) == 6 and all(median > 0 for median in medians.values())
-    steps = list(medians.values())
-    assert steps[5] == pytest.approx(sum(steps[1:4]), abs=0.15)  # each cell is rounded to 0.1
+    cells = {row.split(" | ")[0].lstrip("| "): row.split(" | ")[1].rstrip(" |") for row in rows}
+    *steps_named, ratio_named = cells
+    medians = [float(cells[step]) for step in steps_named]
+    assert len(medians) == 7 and all(median > 0 for median in medians)
+    assert steps_named[1].startswith("baseline: predecessor SQLite plus the same model")
+    assert medians[6] == pytest.approx(sum(medians[2:5]), abs=0.15)  # each cell is rounded
+    # The ratio is the rounds' median, not the medians' ratio: only its form and sign are known.
+    assert ratio_named.startswith("the whole `get_prompt` / the baseline")
+    assert cells[ratio_named].endswith("x") and float(cells[ratio_named][:-1]) > 0
+
+
+def test_the_baseline_reads_the_same_prompt_model_as_the_store(tmp_path: Path) -> None:
+    data = bench_store.build(20)
+    baseline = bench_store.PredecessorBaseline(tmp_path, data)
+    with bench_store.embedded_store(tmp_path / "embedded", data) as store:
+        for prompt_id in data.originals[:3]:
+            stored = store.get_prompt(prompt_id)
+            assert stored is not None
+            # The predecessor's table has no updated_at: the rest is the same model, field by field.
+            assert baseline.get_prompt(prompt_id) == stored.model_copy(update={"updated_at": None})
+    assert baseline.get_prompt("ps_" + "0" * 32) is None
+    baseline.db.close()
 
 
 def test_the_transfer_table_times_import_export_and_copy_of_the_same_data() -> None:
