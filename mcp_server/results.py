@@ -140,14 +140,17 @@ def page(
     max_bytes: int,
     noun: str,
     skipped: Sequence[SkippedDocument] = (),
+    cap: int | None = None,
 ) -> tuple[list[Item], dict[str, object]]:
     """Cut ``items`` (fetched with ``limit=min(requested, allowed)``) so that the answer,
     measured as :func:`answer_size` measures it (the bytes the client receives), fits
     ``max_bytes``: a page that would not fit gets shorter, with ``next_offset`` for the rest.
-    ``skipped`` are the documents of the same read that the library left out.
+    ``skipped`` are the documents of the same read that the library left out. ``cap`` is the
+    cap the note names (the server's setting) when ``max_bytes`` is only part of it.
 
     Returns the items kept and the :class:`Page` fields describing the cut.
     """
+    named = max_bytes if cap is None else cap
     dumped = [item.model_dump(mode="json") for item in items]
     kept = 0
     size = answer_size({"items": []})
@@ -156,14 +159,14 @@ def page(
         if kept and size > max_bytes:
             break
         kept += 1
-    facts = _page_facts(kept, len(items), offset, requested, allowed, max_bytes, noun, skipped)
+    facts = _page_facts(kept, len(items), offset, requested, allowed, named, noun, skipped)
     # The facts (the note names offsets and skipped ids) take room too: measure it all.
     left_out = [each.model_dump(mode="json") for each in skipped]
     while (
         kept > 1 and answer_size({"items": dumped[:kept], **facts, "skipped": left_out}) > max_bytes
     ):
         kept -= 1
-        facts = _page_facts(kept, len(items), offset, requested, allowed, max_bytes, noun, skipped)
+        facts = _page_facts(kept, len(items), offset, requested, allowed, named, noun, skipped)
     return list(items[:kept]), facts
 
 

@@ -425,6 +425,7 @@ def _keyset_facts(
         max_bytes=state.settings.max_bytes - CURSOR_BYTES,
         noun=noun,
         skipped=found.skipped,
+        cap=state.settings.max_bytes,
     )
     following = facts["next_offset"]
     positions: list[tuple[Any, Any]] = []

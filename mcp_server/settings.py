@@ -37,7 +37,8 @@ class ServerSettings(BaseSettings):
     max_input_bytes: int = Field(
         default=100_000,
         ge=1_000,
-        description="Most bytes of JSON create_prompt takes for inputs, and for parameters.",
+        description="Most bytes of JSON of each free-form argument a write tool takes "
+        "(inputs, parameters, execution_config, outputs, metadata).",
     )
     progress_interval: float = Field(
         default=2.0, gt=0, description="Seconds between progress reports while a model works."

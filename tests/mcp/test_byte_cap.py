@@ -56,6 +56,23 @@ async def test_the_note_of_a_page_of_one_says_prompt_in_the_singular(harness: Ha
     assert page["note"].startswith("Returned 1 prompt: the answer reached")
 
 
+async def test_the_note_of_a_page_cut_by_bytes_names_the_cap_the_server_was_given(
+    harness: Harness,
+) -> None:
+    # The page keeps room for its cursor; the note named that smaller budget (9,600 bytes).
+    for number in range(3):
+        await harness.store.create_prompt(f"A robot arm {number} " + "slowly " * 400, {}, {})
+    async with harness.connect(max_bytes=10_000) as session:
+        first = await session.call_tool("list_prompts", {"limit": 3})
+        page = first.structured_content
+        assert page is not None and page["capped"] == "bytes"
+        following = await session.call_tool("list_prompts", {"cursor": page["next_cursor"]})
+    assert "its 10,000-byte cap. Call again with offset=1 " in page["note"]
+    resumed = following.structured_content
+    assert resumed is not None and resumed["capped"] == "bytes"
+    assert "its 10,000-byte cap. Call again with cursor=" in resumed["note"]
+
+
 def nested(value: object, depth: int) -> object:
     return value if depth == 0 else {"k": nested(value, depth - 1)}
 
