@@ -112,19 +112,29 @@ def test_the_mcp_tool_reference_replays_through_the_tools_alone() -> None:
     asyncio.run(replay())
 
 
-def _inspector_tool_calls() -> list[tuple[list[str], str]]:
-    """(the words of each ``tools/call`` in MCP.md's Inspector session, its comment lines)."""
+_FIELD = re.compile(r'"(\w+)": (true|false|null|-?\d+|"[^"]*")')
+_BINDING = re.compile(r"^([A-Z]\w*)=(\S+)")
+
+
+def _inspector_tool_calls() -> list[tuple[list[str], str, dict[str, str]]]:
+    """(the words of each ``tools/call`` in MCP.md's Inspector session, its comment lines,
+    the shell variables set from its answer: name -> the field shown with that value)."""
     section = (REPO / "docs" / "MCP.md").read_text().split("## Try it with the MCP Inspector")[1]
     script = section.split("```bash\n", 1)[1].split("\n```", 1)[0].replace("\\\n", " ")
-    calls: list[tuple[list[str], str]] = []
+    calls: list[tuple[list[str], str, dict[str, str]]] = []
     for line in script.splitlines():
+        binding = _BINDING.match(line)
         if line.startswith("$MCP --method tools/call"):
-            calls.append((shlex.split(line), ""))
+            calls.append((shlex.split(line), "", {}))
         elif line.startswith("#") and calls:
-            calls[-1] = (calls[-1][0], calls[-1][1] + line)
+            calls[-1] = (calls[-1][0], calls[-1][1] + line, calls[-1][2])
+        elif binding and calls and calls[-1][0]:
+            shown = {json.loads(value): field for field, value in _FIELD.findall(calls[-1][1])}
+            assert binding[2] in shown, f"{binding[1]} is set to no value the call above shows"
+            calls[-1][2][binding[1]] = shown[binding[2]]
         elif line.strip():
-            calls.append(([], ""))  # another command: its comments are not a tool's answer
-    return [(words, comment) for words, comment in calls if words]
+            calls.append(([], "", {}))  # another command: its comments are not a tool's answer
+    return [call for call in calls if call[0]]
 
 
 def _inspector_value(text: str) -> object:
@@ -134,36 +144,51 @@ def _inspector_value(text: str) -> object:
     return int(text) if text.isdigit() else text
 
 
+def _shows(answer: object, field: str, value: object) -> bool:
+    """Whether ``field`` has ``value`` somewhere in ``answer`` (nested objects included)."""
+    if isinstance(answer, dict):
+        return answer.get(field) == value or any(
+            _shows(inner, field, value) for inner in answer.values()
+        )
+    if isinstance(answer, list):
+        return any(_shows(inner, field, value) for inner in answer)
+    return False
+
+
 def test_the_inspector_session_in_mcp_md_shows_what_the_tools_answer() -> None:
     """Each ``"field": value`` a comment shows under a tool call is in the answer of that call,
-    replayed on an empty server (ids aside: they differ from run to run)."""
+    replayed on an empty server; values the session keeps in a shell variable ($P, $C, ...)
+    are taken from the replay's own answers, for ids and cursors differ from run to run."""
     from mcp import Client
 
     from scripts.mcp_reference import fresh_server
 
     calls = _inspector_tool_calls()
     assert len(calls) >= 5, calls
+    assert any("cursor=$" in " ".join(words) for words, _, _ in calls), "no cursor page"
 
     async def replay() -> None:
-        shown_id = ""
+        variables: dict[str, str] = {}
         async with Client(fresh_server()) as session:
-            for words, comment in calls:
+            for words, comment, bindings in calls:
                 tool = words[words.index("--tool-name") + 1]
                 arguments: dict[str, object] = {}
                 for index, word in enumerate(words):
                     if word == "--tool-arg":
                         name, _, value = words[index + 1].partition("=")
-                        arguments[name] = _inspector_value(value.replace("$P", shown_id))
+                        for variable, real in variables.items():
+                            value = value.replace(f"${variable}", real)
+                        arguments[name] = _inspector_value(value)
                 result = await session.call_tool(tool, arguments)
                 answer = result.structured_content or {}
-                shown_id = shown_id or str(answer.get("id", ""))
-                for field, value in re.findall(
-                    r'"(\w+)": (true|false|null|-?\d+|"[^"]*")', comment
-                ):
+                for variable, field in bindings.items():
+                    variables[variable] = str(answer[field])
+                for field, text in _FIELD.findall(comment):
+                    value = json.loads(text)
                     if field == "isError":
-                        assert result.is_error is json.loads(value), (tool, result.content)
-                    elif field != "id":
-                        assert answer.get(field) == json.loads(value), (tool, field, answer)
+                        assert result.is_error is value, (tool, result.content)
+                    elif field not in bindings.values() and not _ID.fullmatch(str(value)):
+                        assert _shows(answer, field, value), (tool, field, answer)
 
     asyncio.run(replay())
 
