@@ -2017,6 +2017,7 @@ class EmbeddedEngine:
         self.name = database
         self.read_only = read_only
         self._errors = _SQLiteErrors(path)
+        self._key_reader: _Reader | None = None
         self.stats = EngineStats()
         self.damaged: dict[tuple[str, str], str] = {}
         self._lock = threading.RLock()
@@ -2409,8 +2410,15 @@ class EmbeddedEngine:
         Raises:
             StorageError: as :meth:`_Reader.fetch_one`, or SQLite failed.
         """
-        with self._lock, self._errors:
-            found = _Reader(self).fetch_one(collection, key)
+        with self._lock:
+            reader = self._key_reader
+            if reader is None:  # made once the connection is open, then kept: it holds no state
+                reader = self._key_reader = _Reader(self)
+            try:
+                found = reader.fetch_one(collection, key)
+            except sqlite3.Error:
+                with self._errors:  # the one error boundary, entered only when there is an error
+                    raise
         return found[0] if found else None
 
     def write(self, collection: str, operation: Callable[[_Writer], T]) -> T:
@@ -3838,13 +3846,12 @@ class EmbeddedDatabase:
         self.name = name
         self._collections: dict[str, EmbeddedCollection] = {}
 
-    def __getitem__(self, name: str) -> EmbeddedCollection:
-        return self.get_collection(name)
-
     def get_collection(self, name: str) -> EmbeddedCollection:
         if name not in self._collections:
             self._collections[name] = EmbeddedCollection(self.engine, name)
         return self._collections[name]
+
+    __getitem__ = get_collection  # every operation asks for its collection: one call, not two
 
     def list_collection_names(self) -> list[str]:
         """The collections holding a document or a declared index, sorted by name."""

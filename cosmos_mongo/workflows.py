@@ -11,6 +11,7 @@ twin carries out the same steps directly (:func:`~cosmos_mongo.ops.read_one_sync
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -139,16 +140,17 @@ def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Fl
     return Prompt.from_document(document)
 
 
-def _prompt_model(document: Document) -> Prompt:
-    return model_of(Prompt, document)
-
-
-def _run_model(document: Document) -> Run:
-    return model_of(Run, document)
-
-
-PROMPT_BY_ID: ReadOne[Prompt] = ReadOne(q.PROMPTS, v.check_prompt_id, _prompt_model)
-RUN_BY_ID: ReadOne[Run] = ReadOne(q.RUNS, v.check_run_id, _run_model)
+# Partials, not wrappers: one Python call fewer each, on the commonest reads.
+PROMPT_BY_ID: ReadOne[Prompt] = ReadOne(
+    q.PROMPTS,
+    functools.partial(v.check_id, prefix=v.PROMPT_ID_PREFIX, field="prompt_id"),
+    functools.partial(model_of, Prompt),
+)
+RUN_BY_ID: ReadOne[Run] = ReadOne(
+    q.RUNS,
+    functools.partial(v.check_id, prefix=v.RUN_ID_PREFIX, field="run_id"),
+    functools.partial(model_of, Run),
+)
 
 
 def get_prompt(prompt_id: object) -> Flow[Prompt | None]:

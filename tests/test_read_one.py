@@ -4,7 +4,9 @@ direct way, the async store the workflow."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mongomock
@@ -13,7 +15,13 @@ from pymongo.errors import OperationFailure
 
 from cosmos_mongo import CosmosStore
 from cosmos_mongo import workflows as wf
-from cosmos_mongo.errors import CosmosMongoError, InvalidDocumentError, InvalidInputError
+from cosmos_mongo.embedded import open_embedded
+from cosmos_mongo.errors import (
+    CosmosMongoError,
+    InvalidDocumentError,
+    InvalidInputError,
+    StorageError,
+)
 from cosmos_mongo.ops import ReadOne, Services, read_one_sync, run_sync
 
 
@@ -85,3 +93,18 @@ def test_inside_a_causal_session_the_workflow_is_driven_instead(
     sessions = Services(causal_sessions=True)
     assert read_one_sync(database, wf.PROMPT_BY_ID, "ps_" + "3" * 32, sessions) is None
     assert driven == [sessions]
+
+
+def test_an_sqlite_error_on_the_embedded_read_by_id_is_a_storage_error_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    database = open_embedded(tmp_path)
+    store = CosmosStore(database)
+    prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+    assert store.get_prompt(prompt.id) == prompt  # the kept reader works across calls
+    assert store.get_prompt(prompt.id) == prompt
+    database.close()
+    with pytest.raises(StorageError, match=r"embedded database .*closed") as raised:
+        store.get_prompt(prompt.id)
+    assert str(tmp_path) in str(raised.value)
+    assert isinstance(raised.value.__cause__, sqlite3.Error)
