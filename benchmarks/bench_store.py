@@ -34,8 +34,8 @@ import mongomock
 
 from cosmos_mongo import CosmosStore
 from cosmos_mongo import queries as q
-from cosmos_mongo.embedded import _STORED as STORED  # how the engine decodes what it stores
 from cosmos_mongo.embedded import open_embedded
+from cosmos_mongo.embedded.storage import _STORED as STORED  # how the engine decodes what it stores
 from cosmos_mongo.models import Prompt, new_prompt_id, new_run_id
 
 

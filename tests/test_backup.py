@@ -102,7 +102,7 @@ def test_a_backup_killed_at_random_points_leaves_no_target_or_a_complete_copy(
 def test_a_backup_writes_a_hidden_temporary_then_links_it_into_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cosmos_mongo.embedded as embedded
+    import cosmos_mongo.embedded.engine as embedded  # the module that calls the file helpers
 
     seen: list[tuple[Path, int]] = []
     real = embedded._publish
@@ -126,7 +126,7 @@ def test_a_backup_writes_a_hidden_temporary_then_links_it_into_place(
 def test_a_backup_that_fails_to_write_names_the_destination_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cosmos_mongo.embedded as embedded
+    import cosmos_mongo.embedded.engine as embedded  # the module that calls the file helpers
 
     def no_space(path: Path) -> None:
         raise OSError(28, "No space left on device")

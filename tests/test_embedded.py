@@ -15,10 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
-import cosmos_mongo.embedded as engine_module
 from cosmos_mongo import AsyncCosmosStore, CosmosStore, InvalidInputError, StorageError
 from cosmos_mongo.config import Settings, default_data_dir
-from cosmos_mongo.embedded import AsyncEmbeddedDatabase, EmbeddedDatabase, open_embedded
+from cosmos_mongo.embedded import (
+    AsyncEmbeddedDatabase,
+    EmbeddedDatabase,
+    keys,
+    open_embedded,
+    pipeline,
+    reading,
+    surface,
+    writing,
+)
 from cosmos_mongo.ops import Flow, InsertOne, run_async, run_sync
 from tests.predecessor_db import add_prompt, create, pid
 
@@ -77,7 +85,7 @@ def test_a_write_that_fails_midway_leaves_the_file_as_it_was(
     def fail(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(engine_module._Writer, "put", fail)
+    monkeypatch.setattr(writing._Writer, "put", fail)
     with pytest.raises(StorageError, match="disk is full"):
         store.update_prompt(prompt.id, prompt_text="changed")
     with pytest.raises(StorageError):
@@ -420,11 +428,17 @@ class _CountingFilter:
         return self.real.filter_applies(*args)
 
 
+def _count_filters(monkeypatch: pytest.MonkeyPatch) -> _CountingFilter:
+    """Count mongomock's filter_applies in every module of the engine that calls it."""
+    counter = _CountingFilter(reading.filtering)
+    for module in (keys, reading, pipeline, surface):
+        monkeypatch.setattr(module, "filtering", counter)
+    return counter
+
+
 def test_lookups_by_id_and_indexed_fields_scan_only_candidates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cosmos_mongo.embedded as engine_module
-
     database = open_embedded(tmp_path)
     store = CosmosStore(database)
     store.ensure_indexes()
@@ -433,8 +447,7 @@ def test_lookups_by_id_and_indexed_fields_scan_only_candidates(
         database["prompts"].update_one({"_id": prompt.id}, {"$set": {"parameters.enhanced": True}})
     prompts = [store.get_prompt(prompt.id) for prompt in prompts]
     store.create_run(prompts[5].id, {})
-    counter = _CountingFilter(engine_module.filtering)
-    monkeypatch.setattr(engine_module, "filtering", counter)
+    counter = _count_filters(monkeypatch)
 
     assert store.get_prompt(prompts[7].id) == prompts[7]
     assert counter.calls <= 2
@@ -451,15 +464,12 @@ def test_lookups_by_id_and_indexed_fields_scan_only_candidates(
 
 
 def test_or_and_null_id_terms_narrow_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cosmos_mongo.embedded as engine_module
-
     database = open_embedded(tmp_path)
     store = CosmosStore(database)
     store.ensure_indexes()
     prompts = [store.create_prompt(f"prompt {i}", {}, {}) for i in range(200)]
     enhanced = store.enhance_prompt(prompts[3].id, enhanced_text="Child.")
-    counter = _CountingFilter(engine_module.filtering)
-    monkeypatch.setattr(engine_module, "filtering", counter)
+    counter = _count_filters(monkeypatch)
     assert [r.id for r in store.get_enhancement_history(prompts[3].id)] == [enhanced.run_id]
     assert counter.calls <= 4  # the $or branches' candidates, not 200 runs
     counter.calls = 0

@@ -25,9 +25,10 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from cosmos_mongo import CosmosStore, enhancement, legacy, workflows
-from cosmos_mongo import embedded as engine_module
 from cosmos_mongo import queries as q
 from cosmos_mongo.embedded import open_embedded
+from cosmos_mongo.embedded.keys import _IndexSpec
+from cosmos_mongo.embedded.storage import _may_hold_empty_timestamp
 from tests.helpers.budget import randomized
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -390,7 +391,7 @@ def test_an_insert_fills_an_empty_timestamp_and_an_id_like_mongomock(tmp_path: P
 def test_a_body_that_may_hold_an_empty_timestamp_is_told_apart(
     document: dict[str, Any], may_hold: bool
 ) -> None:
-    assert engine_module._may_hold_empty_timestamp(bson.encode(document)) is may_hold
+    assert _may_hold_empty_timestamp(bson.encode(document)) is may_hold
 
 
 def _timestamps_filled(value: Any) -> Any:
@@ -967,7 +968,7 @@ def test_partial_indexes_hold_only_their_documents_and_older_files_are_trimmed_o
             "runs_revert_pending": 0,
         }
     # What 0.4 before this change wrote: an entry for every document in a partial index.
-    monkeypatch.setattr(engine_module._IndexSpec, "holds", lambda self, document: True)
+    monkeypatch.setattr(_IndexSpec, "holds", lambda self, document: True)
     file = sqlite3.connect(tmp_path / "cosmos.sqlite3")
     file.execute("DELETE FROM meta WHERE name = 'partial_entries'")
     file.commit()
