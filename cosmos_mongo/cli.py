@@ -54,17 +54,9 @@ from cosmos_mongo.wire.server import serve as serve_wire
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-def _output_console() -> Console:
-    """Rich's console for stdout. Piped, rich would assume 80 columns and cut cells to fit
-    them, so rows are left whole, unless ``COLUMNS`` names a width (which rich then keeps)."""
-    chosen = Console()
-    if chosen.is_terminal or os.environ.get("COLUMNS", "").isdigit():
-        return chosen
-    return Console(width=4096)
-
-
-console = _output_console()
+console = Console()
+if not console.is_terminal:  # piped: rich would assume 80 columns and cut cells to fit them
+    console = Console(width=4096)
 
 
 @dataclass

@@ -133,12 +133,3 @@ def test_piped_tables_keep_whole_columns_and_texts(invoke: Any, ids: dict[str, l
     shown = invoke(4096, "prompt", "list")  # what cli.py uses when stdout is no terminal
     assert "A robot arm stacks blocks." in shown
     assert "robot-blocks-with-a-rather-long-name" in shown and "created (UTC)" in shown
-
-
-def test_piped_output_keeps_rows_whole_unless_columns_names_a_width(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("COLUMNS", raising=False)
-    assert cli_module._output_console().width == 4096  # pytest's stdout is not a terminal
-    monkeypatch.setenv("COLUMNS", "100")
-    assert cli_module._output_console().width == 100
