@@ -476,3 +476,22 @@ def test_or_and_null_id_terms_narrow_too(tmp_path: Path, monkeypatch: pytest.Mon
     assert database["prompts"].find({"_id": None}) == []
     assert counter.calls <= 1
     database.close()
+
+
+def test_counting_every_document_reads_none_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_embedded(tmp_path) as database:
+        things = database["things"]
+        things.insert_many([{"_id": n, "k": n % 2} for n in range(7)])
+
+        def no_reading(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a count of every document read documents")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(reading._Reader, "find", no_reading)
+            assert things.count_documents({}) == 7
+            assert things.count_documents({}, skip=2, limit=3) == 3
+            assert things.count_documents({}, skip=5, limit=3) == 2
+            assert things.count_documents({}, skip=9) == 0
+        assert things.count_documents({"k": 1}) == 3  # a filter still reads

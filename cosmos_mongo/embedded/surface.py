@@ -134,17 +134,21 @@ class EmbeddedCollection:
         ):
             raise OperationFailure(f"the limit must be positive: {limit!r}", 15958)
         query, most = _patched(filter or {}), 0 if limit is None else math.floor(limit)
+        if not query:  # every document: the rows, counted without reading one
+            left = max(0, self._engine.read(self._rows) - skip)
+            return left if most == 0 else min(left, most)
         return self._engine.read(lambda reader: len(reader.find(self.name, query, (), skip, most)))
 
     def estimated_document_count(self) -> int:
-        def count(reader: _Reader) -> int:
-            (found,) = reader.conn.execute(
-                "SELECT count(*) FROM documents WHERE collection = ? AND body IS NOT NULL",
-                (self.name,),
-            ).fetchone()
-            return int(found)
+        """How many documents the collection holds (exact here: its rows, counted)."""
+        return self._engine.read(self._rows)
 
-        return self._engine.read(count)
+    def _rows(self, reader: _Reader) -> int:
+        (found,) = reader.conn.execute(
+            "SELECT count(*) FROM documents WHERE collection = ? AND body IS NOT NULL",
+            (self.name,),
+        ).fetchone()
+        return int(found)
 
     def list_indexes(self) -> list[Any]:
         def indexes(reader: _Reader) -> list[Any]:
