@@ -259,20 +259,28 @@ class _Reader:
             )
         if not self.engine.id_index:
             return
+        # One statement per kind of _id and batch of keys: a copy into an empty store asks
+        # for every key it writes, and a statement per key cost seconds at 100k.
+        by_value: dict[tuple[bytes, bytes], bytes] = {}
         for key in missing:
             kind = key[4:5]
-            value = key[13:] if kind == b"\x02" else key[9:]
-            held = self.conn.execute(
-                f"SELECT 1 {_ID_INDEX} AND substr(key, 5, 1) = ? AND {_ID_VALUE} = ? LIMIT 1",
-                (collection, kind, value),
-            ).fetchone()
-            if held is not None:
-                raise _damage_error(
-                    self.engine.path,
-                    f"{collection} {_key_label(key)}",
-                    "the _id index holds it but its row is gone (its key or collection bytes "
-                    "changed on disk)",
-                )
+            by_value[kind, key[13:] if kind == b"\x02" else key[9:]] = key
+        for kind in sorted({kind for kind, _ in by_value}):
+            values = [value for of_kind, value in by_value if of_kind == kind]
+            for start in range(0, len(values), _BATCH):
+                chunk = values[start : start + _BATCH]
+                held = self.conn.execute(
+                    f"SELECT {_ID_VALUE} {_ID_INDEX} AND substr(key, 5, 1) = ? "
+                    f"AND {_ID_VALUE} IN ({','.join('?' * len(chunk))}) LIMIT 1",
+                    (collection, kind, *chunk),
+                ).fetchone()
+                if held is not None:
+                    raise _damage_error(
+                        self.engine.path,
+                        f"{collection} {_key_label(by_value[kind, held[0]])}",
+                        "the _id index holds it but its row is gone (its key or collection "
+                        "bytes changed on disk)",
+                    )
 
     def _decoded(
         self,
