@@ -336,40 +336,35 @@ def _feed_pipeline(step: ChangeStamp) -> list[Document]:
 
 def _feed_stamp_sync(database: Any, step: ChangeStamp) -> Any:
     """The change count of ``step.feed``'s stream (opened on first use), or None."""
-    feed = step.feed
-    if feed is None or feed.unavailable:
+    feed = _feed_of(step)
+    if feed is None:
         return None
     if step.close:
-        if feed.stream is not None:
-            feed.stream, stream = None, feed.stream
+        if (stream := _detached(feed)) is not None:
             with contextlib.suppress(*_DRIVER_ERRORS):
                 stream.close()
         return None
     try:
         if feed.stream is None:
-            if getattr(type(database), "watch", None) is None:
-                feed.unavailable = True
+            if not _watchable(database, feed):
                 return None
             feed.stream = database.watch(_feed_pipeline(step), max_await_time_ms=_FEED_AWAIT_MS)
         while feed.stream.try_next() is not None:
             feed.changes += 1
     except OperationFailure as exc:
         return _feed_failed(feed, exc)
-    except _DRIVER_ERRORS as exc:  # a dropped stream: read the documents, reopen next time
-        log.info("change stream interrupted: %s", _first_line(exc))
-        feed.stream = None
-        return None
+    except _DRIVER_ERRORS as exc:
+        return _feed_interrupted(feed, exc)
     return ("changes", feed.changes)
 
 
 async def _feed_stamp_async(database: Any, step: ChangeStamp) -> Any:
     """:func:`_feed_stamp_sync` on an async database (pymongo async or Motor)."""
-    feed = step.feed
-    if feed is None or feed.unavailable:
+    feed = _feed_of(step)
+    if feed is None:
         return None
     if step.close:
-        if feed.stream is not None:
-            feed.stream, stream = None, feed.stream
+        if (stream := _detached(feed)) is not None:
             with contextlib.suppress(*_DRIVER_ERRORS):
                 closed = stream.close()
                 if inspect.isawaitable(closed):
@@ -377,8 +372,7 @@ async def _feed_stamp_async(database: Any, step: ChangeStamp) -> Any:
         return None
     try:
         if feed.stream is None:
-            if getattr(type(database), "watch", None) is None:
-                feed.unavailable = True
+            if not _watchable(database, feed):
                 return None
             opened = database.watch(_feed_pipeline(step), max_await_time_ms=_FEED_AWAIT_MS)
             feed.stream = await opened if inspect.isawaitable(opened) else opened
@@ -387,10 +381,35 @@ async def _feed_stamp_async(database: Any, step: ChangeStamp) -> Any:
     except OperationFailure as exc:
         return _feed_failed(feed, exc)
     except _DRIVER_ERRORS as exc:
-        log.info("change stream interrupted: %s", _first_line(exc))
-        feed.stream = None
-        return None
+        return _feed_interrupted(feed, exc)
     return ("changes", feed.changes)
+
+
+def _feed_of(step: ChangeStamp) -> ChangeFeed | None:
+    """The feed a look reads, or None: none was given, or this topology has none."""
+    feed = step.feed
+    return None if feed is None or feed.unavailable else feed
+
+
+def _detached(feed: ChangeFeed) -> Any:
+    """The feed's open stream, if any, now no longer the feed's (for the caller to close)."""
+    stream, feed.stream = feed.stream, None
+    return stream
+
+
+def _watchable(database: Any, feed: ChangeFeed) -> bool:
+    """Whether ``database`` can open change streams; one without ``watch`` marks the feed
+    unavailable for good."""
+    if getattr(type(database), "watch", None) is None:
+        feed.unavailable = True
+        return False
+    return True
+
+
+def _feed_interrupted(feed: ChangeFeed, exc: Exception) -> None:
+    """A dropped stream: this look reads the documents, and the next reopens it."""
+    log.info("change stream interrupted: %s", _first_line(exc))
+    feed.stream = None
 
 
 def _feed_failed(feed: ChangeFeed, exc: OperationFailure) -> None:

@@ -403,13 +403,21 @@ class EmbeddedEngine:
     @contextlib.contextmanager
     def _upgrading(self) -> Iterator[None]:
         """One exclusive transaction for a change to the file's format: all of it or none."""
+        with self._exclusive():
+            yield
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Begin an exclusive transaction, which the block ends; if the block fails, roll it
+        back and forget the catalog (the block may have read or changed it)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-            self._conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+            self._catalog_version = None
             raise
 
     def _partial_entries_marked(self) -> bool:
@@ -831,19 +839,13 @@ class EmbeddedEngine:
         if self.read_only:
             raise ReadOnlyError(f"the embedded database {self.path} is open read-only")
         with self._lock, self._sqlite_errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._exclusive():
                 report = self._rebuilt()
                 if report.changes:
                     self._catalog_changed()
                     self._conn.execute("COMMIT")
                 else:  # all in order: not a byte written
                     self._conn.execute("ROLLBACK")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-                self._catalog_version = None
-                raise
             self.stats.write_transactions += 1
             return report
 
