@@ -924,10 +924,13 @@ def test_a_first_format_file_reads_read_only_and_upgrades_once_on_write_open(
         store = CosmosStore(database)
         assert _everything(store) == expected
         connection = database.engine._conn
-        assert connection.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (3,)
+        assert connection.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (4,)
         assert connection.execute(
             "SELECT count(*) FROM documents WHERE body IS NULL"
         ).fetchone() == (0,)
+        assert connection.execute("SELECT count(*) FROM entries WHERE crc IS NULL").fetchone() == (
+            0,
+        )
         built = {name for (name,) in connection.execute("SELECT name FROM built_indexes")}
         assert built == {spec.name for spec in q.INDEXES}
         database.engine.stats.documents_decoded = 0

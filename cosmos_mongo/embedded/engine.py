@@ -25,9 +25,11 @@ from cosmos_mongo.embedded.integrity import (
     _checked_document,
     _damage_error,
     _Damaged,
+    _entry_crc,
     _identity_crc,
     _intact,
     _mark_built,
+    _stored_types,
 )
 from cosmos_mongo.embedded.keys import _FieldKeys, _IndexSpec
 from cosmos_mongo.embedded.reading import _Reader
@@ -35,6 +37,7 @@ from cosmos_mongo.embedded.storage import (
     _ARRIVAL_FORMAT,
     _BATCH,
     _CHECKPOINT_SECONDS,
+    _ENTRY_FORMAT,
     _FORMAT,
     _IDENTITY_FORMAT,
     _INDEX_CATALOG,
@@ -158,6 +161,7 @@ class EmbeddedEngine:
         self.id_index = False  # whether the file has the _id index (documents_id)
         self.identity_checked = False  # whether the file has identity checksums (format 3)
         self.id_crc = self.joined_id_crc = "NULL"  # their column, or NULL where there is none
+        self.entry_crc = self.joined_entry_crc = "NULL"  # the same for entries' (format 4)
         try:
             _check_no_lost_commits(path)
             if read_only:
@@ -172,7 +176,7 @@ class EmbeddedEngine:
             # the order of their last write, and every query scans. A second-format one is
             # read with the checksums it has (of bodies alone).
             found = self._known_format()
-            self._set_identity_checked(found >= _IDENTITY_FORMAT)
+            self._set_checked(found)
             self.arrival = "arrival" if found >= _ARRIVAL_FORMAT else "seq"
             self.by_arrival = "INDEXED BY documents_arrival" if self.arrival == "arrival" else ""
             # Made on every write open; a file opened read-only before that is scanned instead.
@@ -256,18 +260,23 @@ class EmbeddedEngine:
         """
         self._conn.executescript(_SCHEMA)
         if self._known_format() >= _FORMAT:
-            self._set_identity_checked(True)
+            self._set_checked(_FORMAT)
             self._trim_partial_indexes()
             self._rekey_indexes()
             return
         with self._upgrading():
             found = self._known_format()
             if found < _FORMAT:  # another process may have upgraded meanwhile
-                self._checksum_catalog()  # first: the builds below write checksummed rows
+                # Checksums first: the builds below write checksummed rows. Each is taken once,
+                # by the upgrade to its format: taken again, it would hide damage found since.
+                if found < _IDENTITY_FORMAT:
+                    self._checksum_catalog()
+                self._checksum_entries()
                 if found < _ARRIVAL_FORMAT:
                     self._number_arrivals()
-                self._checksum_identities()
-                self._set_identity_checked(True)
+                if found < _IDENTITY_FORMAT:
+                    self._checksum_identities()
+                self._set_checked(_FORMAT)
                 if found < _ARRIVAL_FORMAT:
                     self._conn.execute("DELETE FROM entries")
                     self._conn.execute("DELETE FROM built_indexes")
@@ -278,13 +287,19 @@ class EmbeddedEngine:
                     self._conn.execute(_PARTIAL_ENTRIES_MARK)  # built just now, as they trim
                 self._conn.execute("UPDATE meta SET value = ? WHERE name = 'format'", (_FORMAT,))
                 self._catalog_changed()
-        self._set_identity_checked(True)
+        self._set_checked(_FORMAT)
         self._trim_partial_indexes()  # a second-format file may not have had its turn yet
         self._rekey_indexes()
 
-    def _set_identity_checked(self, checked: bool) -> None:
-        self.identity_checked = checked
-        self.id_crc, self.joined_id_crc = ("id_crc", "d.id_crc") if checked else ("NULL", "NULL")
+    def _set_checked(self, found: int) -> None:
+        """Read the checksums a file of format ``found`` has (older ones lack some columns)."""
+        self.identity_checked = found >= _IDENTITY_FORMAT
+        self.id_crc, self.joined_id_crc = (
+            ("id_crc", "d.id_crc") if self.identity_checked else ("NULL", "NULL")
+        )
+        self.entry_crc, self.joined_entry_crc = (
+            ("crc", "e.crc") if found >= _ENTRY_FORMAT else ("NULL", "NULL")
+        )
 
     def _known_format(self) -> int:
         """The file's format number.
@@ -346,6 +361,17 @@ class EmbeddedEngine:
                 [(_identity_crc(c, k, a or 0), c, k) for c, k, a in rows],
             )
             after = (rows[-1][0], rows[-1][1])
+
+    def _checksum_entries(self) -> None:
+        """Every index entry's checksum (format 4), taken over the entry as it is (the full
+        ``verify`` still re-derives entries from their documents)."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(entries)")}
+        if "crc" not in columns:
+            self._conn.execute("ALTER TABLE entries ADD COLUMN crc INTEGER")
+        self._conn.create_function("cosmos_entry_crc", 3, _entry_crc, deterministic=True)
+        self._conn.execute(
+            "UPDATE entries SET crc = cosmos_entry_crc(ix, key, arrival) WHERE crc IS NULL"
+        )
 
     def _checksum_catalog(self) -> None:
         """Every ``built_indexes`` row's checksum (format 3)."""
@@ -685,6 +711,11 @@ class EmbeddedEngine:
             return [*found, f"file: the rows cannot be read ({exc})"]
         self.damaged = rows
         found += [f"{c} {label}: {why}" for (c, label), why in sorted(rows.items())]
+        if self.entry_crc != "NULL":
+            try:
+                found += self._damaged_entries()
+            except sqlite3.DatabaseError as exc:
+                found.append(f"file: the index entries cannot be read ({exc})")
         if full and self._format() >= _ARRIVAL_FORMAT:
             try:
                 found += self._damaged_indexes(damaged)
@@ -706,6 +737,7 @@ class EmbeddedEngine:
         for collection, key, arrival, body, crc, id_crc in rows:
             if (
                 crc is None
+                or not _stored_types(collection, key, arrival, body)
                 or zlib.crc32(body) != crc
                 or (id_crc is not None and _identity_crc(collection, key, arrival or 0) != id_crc)
             ):
@@ -734,6 +766,29 @@ class EmbeddedEngine:
                     f"in use ({greatest}): new documents would reuse numbers"
                 )
         return found, damaged
+
+    def _damaged_entries(self) -> list[str]:
+        """The indexes holding entries that fail their checksum (format 4), a whole-table
+        pass: a query served by such an entry stops with an error until the index is rebuilt."""
+        failing: dict[Any, int] = {}
+        for ix, key, arrival, crc in self._conn.execute(
+            "SELECT ix, key, arrival, crc FROM entries NOT INDEXED WHERE crc IS NOT NULL"
+        ):
+            intact = isinstance(ix, int) and isinstance(key, bytes) and isinstance(arrival, int)
+            if not intact or crc != _entry_crc(ix, key, arrival):
+                failing[ix] = failing.get(ix, 0) + 1
+        names = {
+            ix: f"{collection}.{name}"
+            for ix, collection, name in self._conn.execute(
+                "SELECT ix, collection, name FROM built_indexes"
+            )
+        }
+        return [
+            f"index {names.get(ix, f'number {ix}')}: "
+            + (f"{count} entries fail" if count > 1 else "an entry fails")
+            + " its checksum (the stored bytes changed on disk)"
+            for ix, count in sorted(failing.items(), key=lambda item: str(item[0]))
+        ]
 
     def _damaged_indexes(self, damaged: set[tuple[str, int]]) -> list[str]:
         """The index catalog's rows against each other, and every index's entries against
@@ -873,10 +928,14 @@ class EmbeddedEngine:
                 self._conn.execute("DELETE FROM built_indexes WHERE ix = ?", (ix,))
                 catalog_fixed.append(f"{collection}.{name} (number {ix}): row removed")
         present: dict[int, set[tuple[bytes, int]]] = {}
-        for ix, entry, arrival in self._conn.execute(
-            "SELECT ix, key, arrival FROM entries NOT INDEXED"
+        broken: dict[int, int] = {}  # entries failing their checksum, by the index they name
+        for ix, entry, arrival, crc in self._conn.execute(
+            "SELECT ix, key, arrival, crc FROM entries NOT INDEXED"
         ):
-            present.setdefault(ix, set()).add((entry, arrival))
+            if crc is None or crc == _entry_crc(ix, entry, arrival):
+                present.setdefault(ix, set()).add((entry, arrival))
+            else:
+                broken[ix] = broken.get(ix, 0) + 1
         wanted: dict[int, set[tuple[bytes, int]]] = {}
         rebuilt: list[IndexRebuilt] = []
         for index in sorted(specs, key=lambda spec: (spec.collection, spec.name)):
@@ -909,7 +968,7 @@ class EmbeddedEngine:
                 IndexRebuilt(
                     f"{index.collection}.{index.name}",
                     len(expected),
-                    removed=len(stored_entries - expected),
+                    removed=len(stored_entries - expected) + broken.get(ix, 0),
                     added=len(expected - stored_entries),
                     order_changed=stored_order >= 0 and int(ordered) != stored_order,
                 )
@@ -917,11 +976,20 @@ class EmbeddedEngine:
         for ix, _ in by_name.values():
             wanted.setdefault(ix, present.get(ix, set()))  # a damaged catalog's: kept as is
         stray = sum(len(entries) for ix, entries in present.items() if ix not in wanted)
-        if stray or any(present.get(ix, set()) != entries for ix, entries in wanted.items()):
+        stray += sum(count for ix, count in broken.items() if ix not in wanted)
+        if (
+            stray
+            or broken
+            or any(present.get(ix, set()) != entries for ix, entries in wanted.items())
+        ):
             self._conn.execute("DELETE FROM entries")  # whole: no b-tree search involved
             self._conn.executemany(
-                "INSERT INTO entries (ix, key, arrival) VALUES (?, ?, ?)",
-                sorted((ix, e, a) for ix, entries in wanted.items() for e, a in entries),
+                "INSERT INTO entries (ix, key, arrival, crc) VALUES (?, ?, ?, ?)",
+                sorted(
+                    (ix, e, a, _entry_crc(ix, e, a))
+                    for ix, entries in wanted.items()
+                    for e, a in entries
+                ),
             )
         return IndexRebuild(rebuilt, catalog_fixed, stray, not_rebuilt)
 

@@ -1,5 +1,5 @@
-"""Checksums and damage: the CRC-32 of each row's body, identity and catalog entry, the check
-every read makes, and the ``StorageError`` a damaged row becomes.
+"""Checksums and damage: the CRC-32 of each row's body, identity, index entry and catalog
+entry, the check every read makes, and the ``StorageError`` a damaged row becomes.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ def _identity_crc(collection: str, key: bytes, arrival: int) -> int:
     return zlib.crc32(identity + arrival.to_bytes(8, "big", signed=True))
 
 
+def _entry_crc(ix: int, key: bytes, arrival: int) -> int:
+    """The checksum of an index entry (format 4): the index number seeds the CRC of the key,
+    which seeds that of the arrival number, so a change in any of the three changes it."""
+    return zlib.crc32(arrival.to_bytes(8, "big", signed=True), zlib.crc32(key, ix))
+
+
 def _catalog_crc(ix: int, collection: str, name: str, ordered: int) -> int:
     """The checksum of a ``built_indexes`` row (format 3)."""
     return zlib.crc32(f"{ix}\x00{collection}\x00{name}\x00{ordered}".encode("utf-8", "replace"))
@@ -57,6 +63,11 @@ def _checked_document(
     """The decoded row, or ``_Damaged`` if a checksum (of its identity, or of its body) or
     its BSON is wrong. A row without an identity checksum (an older version wrote it) is
     checked on its body alone."""
+    if not _stored_types(collection, key, arrival, body):
+        raise _Damaged(
+            _key_label(key) if isinstance(key, bytes) else repr(key)[:40],
+            "a column holds a value of the wrong type (the row's bytes changed on disk)",
+        )
     if id_crc is not None and _identity_crc(collection, key, arrival or 0) != id_crc:
         raise _Damaged(
             _key_label(key),
@@ -69,6 +80,17 @@ def _checked_document(
         return bson.decode(body, _STORED)
     except (bson.errors.BSONError, ValueError) as exc:
         raise _Damaged(_key_label(key), f"not valid BSON ({exc})") from exc
+
+
+def _stored_types(collection: object, key: object, arrival: object, body: object) -> bool:
+    """Whether a row's columns hold the types written there: a changed byte in a record's
+    header can turn a blob into text or a number into a float."""
+    return (
+        isinstance(collection, str)
+        and isinstance(key, bytes)
+        and (arrival is None or isinstance(arrival, int))
+        and isinstance(body, bytes)
+    )
 
 
 def _intact(body: bytes) -> Any:

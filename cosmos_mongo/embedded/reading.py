@@ -4,6 +4,7 @@ the documents a plan names, and sorts what the index cannot.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -11,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from mongomock import filtering as _filtering
 
-from cosmos_mongo.embedded.integrity import _checked_document, _damage_error, _Damaged
+from cosmos_mongo.embedded.integrity import (
+    _checked_document,
+    _damage_error,
+    _Damaged,
+    _entry_crc,
+)
 from cosmos_mongo.embedded.keys import _MISSING, _NULL, _component, _path_value, _scalar_bytes
 from cosmos_mongo.embedded.planning import (
     _FEW,
@@ -37,6 +43,9 @@ if TYPE_CHECKING:
 
 # mongomock's own type hints claim pymongo's classes; the engine treats it as untyped.
 filtering: Any = _filtering
+
+_Span = tuple[int, bytes, bytes]  # (index number, first key, the key after the last)
+_Entry = tuple[int, bytes, int, int | None]  # (index number, key, arrival, checksum)
 
 
 def _sort_in_memory(found: list[_Stored], sort: Sequence[tuple[str, int]]) -> list[_Stored]:
@@ -139,15 +148,21 @@ class _Reader:
         if not spans:
             return []
         terms = " OR ".join(["(e.ix = ? AND e.key >= ? AND e.key < ?)"] * len(spans))
-        rows: list[tuple[bytes | None, int, bytes | None, int | None, int | None]]
         rows = self.conn.execute(
-            f"SELECT d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc} "
+            f"SELECT d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc}, "
+            f"e.ix, e.key, {self.engine.joined_entry_crc} "
             "FROM entries e LEFT JOIN "
             "documents d INDEXED BY documents_arrival "
             f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) LIMIT ?",
             (collection, *itertools.chain.from_iterable(spans), limit),
         ).fetchall()
-        return rows
+        self._check_spans(
+            collection,
+            spans,
+            [(ix, key, arrival, crc) for _, arrival, _, _, _, ix, key, crc in rows],
+            whole=limit < 0 or len(rows) < limit,
+        )
+        return [row[:5] for row in rows]
 
     def _stored_once(
         self,
@@ -196,14 +211,21 @@ class _Reader:
         return found
 
     def _raw_rows(
-        self, collection: str, column: str, index: str, values: Sequence[Any]
+        self,
+        collection: str,
+        column: str,
+        index: str,
+        values: Sequence[Any],
+        *,
+        from_id_index: bool = False,
     ) -> Iterator[tuple[bytes, int | None, bytes, int | None, int | None]]:
         """(key, arrival, body, crc, id_crc) of the stored documents whose ``column`` is one of
         ``values``, read ``_BATCH`` values per statement and not decoded.
 
         Raises:
             StorageError: a value with no row is still in the file's other index of it
-                (see :meth:`_confirm_absent`).
+                (see :meth:`_confirm_absent`), or came from the ``_id`` index
+                (``from_id_index``), which names only stored rows.
         """
         for start in range(0, len(values), _BATCH):
             batch = list(dict.fromkeys(values[start : start + _BATCH]))
@@ -218,7 +240,15 @@ class _Reader:
             for row in rows:
                 self._check_asked(collection, column, asked, row[5:])
             present = {row[6] for row in rows}
-            self._confirm_absent(collection, column, [v for v in batch if v not in present])
+            missing = [v for v in batch if v not in present]
+            if from_id_index and missing:
+                raise _damage_error(
+                    self.engine.path,
+                    f"{collection} {_key_label(missing[0])}",
+                    "the _id index names it but no row has it (a byte of the index, or of "
+                    "the row's key or collection, changed on disk)",
+                )
+            self._confirm_absent(collection, column, missing)
             yield from (row[:5] for row in rows if row[2] is not None)  # not tombstones
 
     def _check_asked(
@@ -449,20 +479,86 @@ class _Reader:
         ordered = f"ORDER BY {_ID_VALUE} {order}" if plan.id_kind in _ORDERED_IDS else ""
         # The keys from the index alone, then their rows by key, ``batch`` at a time (each
         # decoded only when consumed): SQLite would silently drop an index entry whose row's
-        # key bytes changed; a look-up by key notices (_raw_rows).
+        # key bytes changed; a look-up by key notices (_raw_rows). Each entry's values are
+        # checked against its key: they are what the walk's order and range come from.
         keys = self.conn.execute(
-            f"SELECT key {_ID_INDEX} {where} {ordered}", (collection, *parameters)
+            f"SELECT collection, substr(key, 5, 1), {_ID_VALUE}, key {_ID_INDEX} {where} {ordered}",
+            (collection, *parameters),
         )
         try:
-            while wanted := [row[0] for row in itertools.islice(keys, batch)]:
-                rows = {row[0]: row for row in self._raw_rows(collection, "key", "", wanted)}
+            read = 0
+            if ordered:
+                self._check_id_around(collection, plan, direction, read=None)
+            while entries := list(itertools.islice(keys, batch)):
+                wanted = [self._id_entry_key(collection, entry) for entry in entries]
+                read += len(wanted)
+                found = self._raw_rows(collection, "key", "", wanted, from_id_index=True)
+                rows = {row[0]: row for row in found}
                 for key in wanted:
                     if key in rows:  # else a tombstone an older version left
                         _, arrival, body, crc, id_crc = rows[key]
                         document = self._decoded(collection, key, arrival, body, crc, id_crc)
                         yield _Stored(key, arrival or 0, document)
+            if ordered:
+                self._check_id_around(collection, plan, direction, read=read)
         finally:
             keys.close()
+
+    def _check_id_around(
+        self, collection: str, plan: _Plan, direction: int, *, read: int | None
+    ) -> None:
+        """The ``_id`` index's twin of :meth:`_check_around`, for a walk of one ordered kind:
+        the entry before the walk's first (``read`` None), or the one after the ``read``
+        entries it gave, is intact and outside the span, found from the same seek.
+
+        Raises:
+            StorageError: it is damaged or inside the span (reason ``"damaged"``).
+        """
+        start, end = plan.ranges[0]
+        forward = direction >= 0
+        if read is None:
+            term, order, bound = ("<", "DESC", start) if forward else (">=", "ASC", end)
+        else:
+            term, order, bound = (">=", "ASC", start) if forward else ("<", "DESC", end)
+        row = self.conn.execute(
+            f"SELECT collection, substr(key, 5, 1), {_ID_VALUE}, key {_ID_INDEX} "
+            f"AND substr(key, 5, 1) = ? AND {_ID_VALUE} {term} ? "
+            f"ORDER BY {_ID_VALUE} {order} LIMIT 1 OFFSET ?",
+            (collection, plan.id_kind, bound, read or 0),
+        ).fetchone()
+        if row is None:
+            return
+        key = self._id_entry_key(collection, row)
+        value = row[2]
+        inside = (value >= start) if (read is None) == forward else (value < end)
+        if inside:
+            raise _damage_error(
+                self.engine.path,
+                f"{collection} {_key_label(key)}",
+                "the _id index's entries are out of order (a byte of the index changed on disk)",
+            )
+
+    def _id_entry_key(self, collection: str, entry: tuple[str, bytes, bytes, bytes]) -> bytes:
+        """The key of an ``_id`` index entry read whole (collection, type byte, value, key),
+        once its values are checked against the key they are derived from.
+
+        Raises:
+            StorageError: they differ (reason ``"damaged"``).
+        """
+        held, kind, value, key = entry
+        if (
+            not isinstance(key, bytes)
+            or held != collection
+            or kind != key[4:5]
+            or value != (key[13:] if kind == b"\x02" else key[9:])
+        ):
+            raise _damage_error(
+                self.engine.path,
+                f"{collection} {_key_label(key)}",
+                "its entry in the _id index differs from its key (a byte of the index changed "
+                "on disk)",
+            )
+        return key
 
     def _union_plan(self, collection: str, terms: _Terms) -> _Plan | None:
         """The union of an ``$or``'s branch plans, if an index narrows every branch; its
@@ -518,12 +614,14 @@ class _Reader:
         if spans is not None:  # one statement for every branch (SQLite's MULTI-INDEX OR)
             terms = " OR ".join(["(ix = ? AND key >= ? AND key < ?)"] * len(spans))
             rows = self.conn.execute(
-                f"SELECT arrival FROM entries WHERE {terms} LIMIT ?",
+                f"SELECT ix, key, arrival, {self.engine.entry_crc} FROM entries "
+                f"WHERE {terms} LIMIT ?",
                 (*itertools.chain.from_iterable(spans), cap),
             ).fetchall()
+            self._check_spans(collection, spans, rows, whole=len(rows) < cap)
             if len(rows) >= cap:
                 return cap
-            plan.counted = [arrival for (arrival,) in rows]
+            plan.counted = [arrival for _, _, arrival, _ in rows]
             return len(rows)
         if plan.union:
             for branch in plan.union:
@@ -535,10 +633,13 @@ class _Reader:
         documents: list[int] = []
         for start, end in plan.ranges:
             rows = self.conn.execute(
-                "SELECT arrival FROM entries WHERE ix = ? AND key >= ? AND key < ? LIMIT ?",
+                f"SELECT ix, key, arrival, {self.engine.entry_crc} FROM entries "
+                "WHERE ix = ? AND key >= ? AND key < ? LIMIT ?",
                 (plan.index.ix, start, end, cap - len(documents)),
             ).fetchall()
-            documents += [arrival for (arrival,) in rows]
+            whole = len(rows) < cap - len(documents)
+            self._check_spans(collection, [(plan.index.ix, start, end)], rows, whole=whole)
+            documents += [arrival for _, _, arrival, _ in rows]
             if len(documents) >= cap:
                 return cap
         plan.counted = documents  # all of them: the winner need not read them again
@@ -547,18 +648,13 @@ class _Reader:
     def entries(self, collection: str, plan: _Plan, direction: int) -> Iterator[tuple[bytes, int]]:
         """(key, arrival) of a plan's ranges, in key order (or reversed)."""
         assert plan.index is not None
-        order = "ASC" if direction >= 0 else "DESC"
         streams = [
-            self.conn.execute(
-                "SELECT key, arrival FROM entries WHERE ix = ? AND key >= ? AND key < ? "
-                f"ORDER BY key {order}, arrival {order}",
-                (plan.index.ix, start, end),
-            )
+            self._range_entries(collection, (plan.index.ix, start, end), direction)
             for start, end in plan.ranges
             if start < end
         ]
         if len(streams) == 1:
-            return iter(streams[0])
+            return streams[0]
         # Ranges of an $in differ in their equality prefix: merge on what follows it.
         equal = [descending for _, descending in plan.index.fields[: plan.equal_fields]]
 
@@ -566,6 +662,122 @@ class _Reader:
             return row[0][len(_leading_components(row[0], equal)) :], row[1]
 
         return heapq.merge(*streams, key=after_prefix, reverse=direction < 0)
+
+    def _range_entries(
+        self, collection: str, span: _Span, direction: int
+    ) -> Iterator[tuple[bytes, int]]:
+        """(key, arrival) of one range of an index, in key order (or reversed), read as
+        consumed; each entry checked, and the entries around the range (see
+        :meth:`_check_around`): before it first, after it once the read has reached its end.
+
+        Raises:
+            StorageError: a damaged entry (reason ``"damaged"``).
+        """
+        order = "ASC" if direction >= 0 else "DESC"
+        self._check_around(collection, span, direction, before=True, read=None)
+        rows = self.conn.execute(
+            f"SELECT key, arrival, {self.engine.entry_crc} FROM entries "
+            f"WHERE ix = ? AND key >= ? AND key < ? ORDER BY key {order}, arrival {order}",
+            span,
+        )
+        read = 0
+        for key, arrival, crc in rows:
+            self._check_entry(collection, (span[0], key, arrival, crc))
+            read += 1
+            yield key, arrival
+        self._check_around(collection, span, direction, before=False, read=read)
+
+    def _check_entry(self, collection: str, entry: _Entry) -> None:
+        """An index entry read passes its checksum (format 4; older entries have none).
+
+        Raises:
+            StorageError: it does not (reason ``"damaged"``): never used.
+        """
+        ix, key, arrival, crc = entry
+        if not (isinstance(ix, int) and isinstance(key, bytes) and isinstance(arrival, int)) or (
+            crc is not None and crc != _entry_crc(ix, key, arrival)
+        ):
+            raise _damage_error(
+                self.engine.path,
+                self._index_label(collection, ix),
+                "an entry fails its checksum (its key, arrival or index number changed on disk)",
+            )
+
+    def _check_spans(
+        self, collection: str, spans: Sequence[_Span], entries: Sequence[_Entry], *, whole: bool
+    ) -> None:
+        """Check every entry a read of ``spans`` gave, and, if the read reached the end of
+        every span (``whole``), the entries around each span.
+
+        Raises:
+            StorageError: a damaged entry (reason ``"damaged"``).
+        """
+        for entry in entries:
+            self._check_entry(collection, entry)
+        if whole:
+            read = _read_per_span(spans, entries)
+            for span, count in zip(spans, read, strict=True):
+                if span[1] < span[2]:
+                    self._check_around(collection, span, 1, before=True, read=count)
+
+    def _check_around(
+        self, collection: str, span: _Span, direction: int, *, before: bool, read: int | None
+    ) -> None:
+        """The entries just outside a range read are intact and outside it: the last one
+        before the read's first (``before``), and the first one after the ``read`` entries it
+        gave (None: not checked), each in the read's direction, each found from the same seek.
+        A damaged entry stays where it was in the b-tree: a read that stops at it because its
+        key now lies past the range, or a seek it misleads past the range's first entries,
+        leaves it just outside. So a damaged byte never makes a range silently shorter.
+
+        Raises:
+            StorageError: one is damaged or inside the range (reason ``"damaged"``).
+        """
+        ix, start, end = span
+        crc = self.engine.entry_crc
+        forward = direction >= 0
+        seek = (ix, start if forward else end)
+        near, far = ("<", ">=") if forward else (">=", "<")
+        near_order, far_order = ("DESC", "ASC") if forward else ("ASC", "DESC")
+        parts: list[str] = []
+        parameters: list[int | bytes] = []
+        if before:
+            parts.append(
+                f"SELECT * FROM (SELECT 0, ix, key, arrival, {crc} FROM entries "
+                f"WHERE (ix, key) {near} (?, ?) "
+                f"ORDER BY ix {near_order}, key {near_order}, arrival {near_order} LIMIT 1)"
+            )
+            parameters += seek
+        if read is not None:
+            parts.append(
+                f"SELECT * FROM (SELECT 1, ix, key, arrival, {crc} FROM entries "
+                f"WHERE (ix, key) {far} (?, ?) "
+                f"ORDER BY ix {far_order}, key {far_order}, arrival {far_order} "
+                "LIMIT 1 OFFSET ?)"
+            )
+            parameters += (*seek, read)
+        if not parts:
+            return
+        for side, *entry in self.conn.execute(" UNION ALL ".join(parts), parameters):
+            self._check_entry(collection, (entry[0], entry[1], entry[2], entry[3]))
+            place = (entry[0], entry[1])
+            outside = (
+                (place < (ix, start) if forward else place >= (ix, end))
+                if side == 0
+                else (place >= (ix, end) if forward else place < (ix, start))
+            )
+            if not outside:
+                raise _damage_error(
+                    self.engine.path,
+                    self._index_label(collection, ix),
+                    "its entries are out of order (a byte of the index changed on disk)",
+                )
+
+    def _index_label(self, collection: str, ix: int) -> str:
+        for index, _ in self.engine.catalog(collection):
+            if index.ix == ix:
+                return f"index {collection}.{index.name}"
+        return f"index number {ix}"
 
     def _few_of_union(
         self, collection: str, spans: list[tuple[int, bytes, bytes]]
@@ -723,19 +935,27 @@ class _Reader:
         """
         assert plan.index is not None
         order = "ASC" if plan.walk > 0 else "DESC"
-        read = [
-            self.conn.execute(
-                f"SELECT e.key, d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc} "
+        read = []
+        for start, end in plan.ranges:
+            if start >= end:
+                continue
+            span = (plan.index.ix, start, end)
+            self._check_around(collection, span, plan.walk, before=True, read=None)
+            found = self.conn.execute(
+                f"SELECT e.key, d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc}, "
+                f"{self.engine.joined_entry_crc} "
                 "FROM entries e "
                 "LEFT JOIN documents d INDEXED BY documents_arrival "
                 "ON d.collection = ? AND d.arrival = e.arrival "
                 "WHERE e.ix = ? AND e.key >= ? AND e.key < ? "
                 f"ORDER BY e.key {order}, e.arrival ASC LIMIT ?",
-                (collection, plan.index.ix, start, end, wanted),
+                (collection, *span, wanted),
             ).fetchall()
-            for start, end in plan.ranges
-            if start < end
-        ]
+            for row in found:
+                self._check_entry(collection, (span[0], row[0], row[2], row[6]))
+            if len(found) < wanted:  # read to the range's end
+                self._check_around(collection, span, plan.walk, before=False, read=len(found))
+            read.append([row[:6] for row in found])
         rows: list[tuple[bytes, bytes | None, int, bytes | None, int | None, int | None]] = [
             row for found in read if found for row in found
         ]
@@ -749,6 +969,31 @@ class _Reader:
             del rows[wanted:]
         found = self._stored_once(collection, [row[1:] for row in rows])
         return found if len(found) == len(rows) else None
+
+
+def _read_per_span(spans: Sequence[_Span], entries: Sequence[_Entry]) -> list[int]:
+    """How many of ``entries`` (each once) lie in each span: as many as a read of that span
+    alone gives, whichever other spans the read covered."""
+    read = [0] * len(spans)
+    by_index: dict[int, list[tuple[bytes, bytes, int]]] = {}
+    for position, (ix, start, end) in enumerate(spans):
+        by_index.setdefault(ix, []).append((start, end, position))
+    for ranges in by_index.values():
+        ranges.sort()
+    disjoint = all(
+        all(a[1] <= b[0] for a, b in itertools.pairwise(ranges)) for ranges in by_index.values()
+    )
+    for ix, key, _ in dict.fromkeys((e[0], e[1], e[2]) for e in entries):
+        ranges = by_index.get(ix, [])
+        if disjoint:  # a bisection finds the one range that may hold it
+            at = bisect.bisect_right(ranges, key, key=lambda held: held[0]) - 1
+            candidates = ranges[at : at + 1] if at >= 0 else []
+        else:
+            candidates = ranges
+        for start, end, position in candidates:
+            if start <= key < end:
+                read[position] += 1
+    return read
 
 
 def _left_to_decide(query: Mapping[str, Any], union: _Plan) -> Mapping[str, Any]:

@@ -47,11 +47,13 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1), ('arrival', 0),
     ('catalog', 0);
 -- One row per indexed value of a document: the key orders like MongoDB sorts, arrival names
--- the document (every document has its own) and breaks ties in insertion order.
+-- the document (every document has its own) and breaks ties in insertion order. crc: CRC-32
+-- of the other three (format 4; NULL in entries an older version wrote), checked on every read.
 CREATE TABLE IF NOT EXISTS entries (
     ix INTEGER NOT NULL,
     key BLOB NOT NULL,
     arrival INTEGER NOT NULL,
+    crc INTEGER,
     PRIMARY KEY (ix, key, arrival)
 ) WITHOUT ROWID;
 -- A row per index whose entries are complete; ordered = 0 once an array or an object was
@@ -67,10 +69,12 @@ CREATE TABLE IF NOT EXISTS built_indexes (
 -- crc: CRC-32 of the row's other columns (format 3), checked whenever the catalog is read.
 """
 # 1: documents only, loaded whole at open; 2: indexes on disk, arrival numbers; 3: checksums
-# of each row's identity and of the rows that say which indexes are built.
-_FORMAT: Final = 3
+# of each row's identity and of the rows that say which indexes are built; 4: checksums of
+# index entries.
+_FORMAT: Final = 4
 _ARRIVAL_FORMAT: Final = 2  # the first format with arrival numbers and indexes on disk
 _IDENTITY_FORMAT: Final = 3  # the first whose checksums cover the identity
+_ENTRY_FORMAT: Final = 4  # the first whose index entries carry checksums
 _INDEX_CATALOG: Final = "system.indexes"
 # Set once a file's partial indexes hold only their documents (built so, or trimmed).
 _PARTIAL_ENTRIES_MARK: Final = (

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from bson.int64 import Int64
 from pymongo.errors import DuplicateKeyError, WriteError
 
-from cosmos_mongo.embedded.integrity import _damage_error, _identity_crc, _mark_built
+from cosmos_mongo.embedded.integrity import _damage_error, _entry_crc, _identity_crc, _mark_built
 from cosmos_mongo.embedded.keys import (
     _HOLE,
     _MISSING,
@@ -238,7 +238,11 @@ class _Writer(_Reader):
             )
         if added:
             self.conn.executemany(
-                "INSERT OR IGNORE INTO entries (ix, key, arrival) VALUES (?, ?, ?)", added
+                "INSERT OR IGNORE INTO entries (ix, key, arrival, crc) VALUES (?, ?, ?, ?)",
+                [
+                    (ix, entry, arrival, _entry_crc(ix, entry, arrival))
+                    for ix, entry, arrival in added
+                ],
             )
         for index, after in unique_check:
             assert new is not None
@@ -347,8 +351,8 @@ class _Writer(_Reader):
             keys, keeps_order = index.keys_of(stored.document)
             ordered = ordered and keeps_order
             self.conn.executemany(
-                "INSERT OR IGNORE INTO entries (ix, key, arrival) VALUES (?, ?, ?)",
-                [(ix, k, stored.arrival) for k in keys],
+                "INSERT OR IGNORE INTO entries (ix, key, arrival, crc) VALUES (?, ?, ?, ?)",
+                [(ix, k, stored.arrival, _entry_crc(ix, k, stored.arrival)) for k in keys],
             )
             if refuse_duplicates and index.unique and index.covers(stored.document):
                 exact = None if keeps_order else _exact_keys(index, stored.document)
