@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -260,6 +260,9 @@ class _Plan:
     union: list[_Plan] = field(default_factory=list)
     partial: bool = False  # the whole of a partial index the filter implies
     counted: list[int] | None = None  # every document's arrival, once the race read them all
+    # The checks of the entries the race read (reading._Reader._check_spans), made only if
+    # ``counted`` is used: a losing plan's count decides nothing.
+    check_counted: Callable[[], None] | None = None
     id_kind: bytes = b""  # not entries: _ids of these BSON types in the _id index, ranges[0]
     fetched: list[_Stored] | None = None  # the documents too, when the race read a few whole
 

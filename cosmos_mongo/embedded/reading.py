@@ -618,10 +618,10 @@ class _Reader:
                 f"WHERE {terms} LIMIT ?",
                 (*itertools.chain.from_iterable(spans), cap),
             ).fetchall()
-            self._check_spans(collection, spans, rows, whole=len(rows) < cap)
             if len(rows) >= cap:
                 return cap
             plan.counted = [arrival for _, _, arrival, _ in rows]
+            plan.check_counted = lambda: self._check_spans(collection, spans, rows, whole=True)
             return len(rows)
         if plan.union:
             for branch in plan.union:
@@ -631,18 +631,21 @@ class _Reader:
             return total
         assert plan.index is not None
         documents: list[int] = []
+        ranges: list[_Span] = []
+        read: list[_Entry] = []
         for start, end in plan.ranges:
             rows = self.conn.execute(
                 f"SELECT ix, key, arrival, {self.engine.entry_crc} FROM entries "
                 "WHERE ix = ? AND key >= ? AND key < ? LIMIT ?",
                 (plan.index.ix, start, end, cap - len(documents)),
             ).fetchall()
-            whole = len(rows) < cap - len(documents)
-            self._check_spans(collection, [(plan.index.ix, start, end)], rows, whole=whole)
             documents += [arrival for _, _, arrival, _ in rows]
             if len(documents) >= cap:
                 return cap
+            ranges.append((plan.index.ix, start, end))
+            read += rows
         plan.counted = documents  # all of them: the winner need not read them again
+        plan.check_counted = lambda: self._check_spans(collection, ranges, read, whole=True)
         return len(documents)
 
     def entries(self, collection: str, plan: _Plan, direction: int) -> Iterator[tuple[bytes, int]]:
@@ -790,6 +793,8 @@ class _Reader:
     def candidates(self, collection: str, plan: _Plan) -> list[int]:
         """The arrival numbers of the documents a plan's ranges name."""
         if plan.counted is not None:
+            if plan.check_counted is not None:
+                plan.check_counted()
             return list(dict.fromkeys(plan.counted))
         if plan.union:
             found: dict[int, None] = {}
@@ -974,6 +979,8 @@ class _Reader:
 def _read_per_span(spans: Sequence[_Span], entries: Sequence[_Entry]) -> list[int]:
     """How many of ``entries`` (each once) lie in each span: as many as a read of that span
     alone gives, whichever other spans the read covered."""
+    if len(spans) == 1:  # the commonest: every entry read lies in it (each was checked)
+        return [len(dict.fromkeys((e[0], e[1], e[2]) for e in entries))]
     read = [0] * len(spans)
     by_index: dict[int, list[tuple[bytes, bytes, int]]] = {}
     for position, (ix, start, end) in enumerate(spans):
