@@ -16,10 +16,11 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from bson.tz_util import utc as BSON_UTC
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -44,9 +45,15 @@ def utc_now() -> datetime:
 def as_utc(value: datetime) -> datetime:
     """Treat a naive datetime as UTC (pymongo's default) and convert aware ones to UTC.
     What a ``tz_aware`` client decodes is kept as it is: its zone is already UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value if value.tzinfo is UTC or value.tzinfo is BSON_UTC else value.astimezone(UTC)
+    zone = value.tzinfo
+    if zone is BSON_UTC or zone is UTC:  # the commonest first: every stored datetime read
+        return value
+    return value.replace(tzinfo=UTC) if zone is None else value.astimezone(UTC)
+
+
+# A datetime field of a model, in UTC (see as_utc). A plain function as the validator, not a
+# classmethod: pydantic calls it for every datetime of every document read.
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class _TimeOrderedIds:
@@ -116,11 +123,6 @@ class _Document(BaseModel):
         """The document as stored: ``_id`` instead of ``id``, datetimes as aware UTC."""
         return {"_id": self.id, **self.model_dump(exclude={"id"}, exclude_none=True)}
 
-    @field_validator("created_at", "updated_at", "started_at", "completed_at", check_fields=False)
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
-
 
 class SkippedDocument(BaseModel):
     """A stored document that a read left out because it does not fit its model (edited by
@@ -145,8 +147,8 @@ class Prompt(_Document):
     prompt_text: str
     inputs: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime
-    updated_at: datetime | None = None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime | None = None
 
     @property
     def name(self) -> str | None:
@@ -169,10 +171,10 @@ class Run(_Document):
     execution_config: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime
-    updated_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime | None = None
+    started_at: UtcDatetime | None = None
+    completed_at: UtcDatetime | None = None
     error_message: str | None = None
     log_path: str | None = None
     rating: int | None = None
@@ -388,15 +390,10 @@ class EnhancementDetails(BaseModel):
     run_id: str | None = Field(description="None for legacy data that has no enhance run.")
     enhanced_text: str
     enhancement_model: str | None
-    enhanced_at: datetime | None
+    enhanced_at: UtcDatetime | None
     original_prompt_id: str
     enhanced_prompt_id: str
     duration_seconds: float | None
-
-    @field_validator("enhanced_at")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
 
 
 # Room kept per node drawn, for its "+K more" node and edge (and for the closing lines).

@@ -693,14 +693,28 @@ def read_one_sync(
     """What ``run_sync(database, read.flow(document_id), services)`` does, made directly:
     the same check, the one ``find_one`` (retried and logged alike), the same error
     translation and the same model. Inside a causally consistent session it is left to
-    :func:`run_sync`."""
+    :func:`run_sync`.
+
+    A database that offers ``document_by_id`` (the embedded default) is asked that instead
+    of ``find_one``, unless DEBUG logging is on (then the generic call logs its line): a
+    look-up in a local file has no connection to drop, so nothing to send again, and the
+    operation wrapper around it would cost about as much as the read itself."""
     if services.causal_sessions:
         return run_sync(database, read.flow(document_id), services)
-    step = FindOne(read.collection, {"_id": read.check(document_id)})
-    try:
-        document = _operation_sync(database, services, {}, step)
-    except _DRIVER_ERRORS as exc:
-        raise translate(exc, step) from exc
+    checked = read.check(document_id)
+    # Looked up on the class: pymongo's Database turns unknown attributes into collections.
+    by_id = getattr(type(database), "document_by_id", None)
+    if by_id is None or log.isEnabledFor(logging.DEBUG):
+        step = FindOne(read.collection, {"_id": checked})
+        try:
+            document = _operation_sync(database, services, {}, step)
+        except _DRIVER_ERRORS as exc:
+            raise translate(exc, step) from exc
+    else:
+        try:
+            document = by_id(database, read.collection, checked)
+        except _DRIVER_ERRORS as exc:
+            raise translate(exc, FindOne(read.collection, {"_id": checked})) from exc
     return None if document is None else read.model(document)
 
 

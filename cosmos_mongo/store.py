@@ -236,6 +236,8 @@ class _StoreBase:
         self._causal_sessions = sessions_supported(db)
         self._on_close = _on_close
         self._last_services: Services | None = None
+        # A read by _id asks its services only for the session: made once, not per call.
+        self._reading = Services(causal_sessions=self._causal_sessions)
 
     def _services(self, enhancer: Enhancer | None = None) -> Services:
         # Made again only when what it holds changed: every call, a read by _id included,
@@ -383,7 +385,7 @@ class CosmosStore(_StoreBase):
             InvalidDocumentError: the stored prompt does not fit the model (edited by
                 hand?): names the field and the rule.
         """
-        return read_one_sync(self.db, wf.PROMPT_BY_ID, prompt_id, self._services())
+        return read_one_sync(self.db, wf.PROMPT_BY_ID, prompt_id, self._reading)
 
     def list_prompts(
         self, limit: int = 50, offset: int = 0, *, enhanced: bool | None = None
@@ -635,7 +637,7 @@ class CosmosStore(_StoreBase):
             InvalidDocumentError: the stored run does not fit the model (edited by
                 hand?): names the field and the rule.
         """
-        return read_one_sync(self.db, wf.RUN_BY_ID, run_id, self._services())
+        return read_one_sync(self.db, wf.RUN_BY_ID, run_id, self._reading)
 
     def list_runs(
         self,

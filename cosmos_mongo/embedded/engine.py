@@ -569,14 +569,13 @@ class EmbeddedEngine:
         """
         with self._lock:
             reader = self._key_reader
-            if reader is None:  # made once the connection is open, then kept: it holds no state
+            if reader is None:  # made once the connection is open, then kept
                 reader = self._key_reader = _Reader(self)
             try:
-                found = reader.fetch_one(collection, key)
+                return reader.fetch_one(collection, key)
             except sqlite3.Error:
                 with self._errors:  # the one error boundary, entered only when there is an error
                     raise
-        return found[0] if found else None
 
     def write(self, collection: str, operation: Callable[[_Writer], T]) -> T:
         """Run ``operation`` in one durable write transaction; nothing of it stays if it fails.

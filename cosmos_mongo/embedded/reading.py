@@ -39,6 +39,8 @@ from cosmos_mongo.embedded.planning import (
 from cosmos_mongo.embedded.storage import _BATCH, _encode_key, _key_label, _Stored
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from cosmos_mongo.embedded.engine import EmbeddedEngine
 
 # mongomock's own type hints claim pymongo's classes; the engine treats it as untyped.
@@ -107,26 +109,35 @@ class _Reader:
         found = self._rows(collection, "key", "", keys)
         return [found[key] for key in dict.fromkeys(keys) if key in found]
 
-    def fetch_one(self, collection: str, key: bytes) -> list[Any]:
-        """The document with this key, as a list of none or one.
+    # fetch_one's cursor and statement, made by its first call. Only the engine's kept reader
+    # (EmbeddedEngine.by_key) calls it, once the file is open and its columns are settled.
+    _one: tuple[sqlite3.Cursor, str] | None = None
+
+    def fetch_one(self, collection: str, key: bytes) -> Any:
+        """The document with this key, or None.
 
         Raises:
             StorageError: as :meth:`fetch`.
         """
+        one = self._one
+        if one is None:
+            one = self._one = (
+                self.conn.cursor(),
+                f"SELECT {self.engine.arrival}, body, body_crc, {self.engine.id_crc} "
+                "FROM documents WHERE collection = ? AND key = ?",
+            )
+        cursor, statement = one
         # The checksum is taken over the collection and key asked for: a row a broken b-tree
-        # gives instead fails it.
-        row = self.conn.execute(
-            f"SELECT {self.engine.arrival}, body, body_crc, {self.engine.id_crc} FROM documents "
-            "WHERE collection = ? AND key = ?",
-            (collection, key),
-        ).fetchone()
+        # gives instead fails it. Its one row fetched, the statement is done: the kept cursor
+        # holds no snapshot between calls.
+        row = cursor.execute(statement, (collection, key)).fetchone()
         if row is None:
             self._confirm_absent(collection, "key", [key])
-            return []
+            return None
         arrival, body, crc, id_crc = row
         if body is None:
-            return []
-        return [self._decoded(collection, key, arrival, body, crc, id_crc)]
+            return None
+        return self._decoded(collection, key, arrival, body, crc, id_crc)
 
     def fetch_ranges(self, collection: str, plan: _Plan) -> list[_Stored]:
         """The documents a plan's ranges name, read with their entries in one statement.

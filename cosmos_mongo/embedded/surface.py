@@ -527,6 +527,16 @@ class EmbeddedDatabase:
 
     __getitem__ = get_collection  # every operation asks for its collection: one call, not two
 
+    def document_by_id(self, collection: str, document_id: str) -> Any:
+        """``database[collection].find_one({"_id": document_id})`` for a string id, as
+        :func:`~cosmos_mongo.ops.read_one_sync` asks it: the look-up alone, with nothing of a
+        collection's call around it (it raises nothing a driver would send again).
+
+        Raises:
+            StorageError: as :meth:`EmbeddedEngine.by_key`.
+        """
+        return self.engine.by_key(collection, _encode_key(document_id))
+
     def list_collection_names(self) -> list[str]:
         """The collections holding a document or a declared index, sorted by name."""
 
