@@ -5,6 +5,7 @@ the documents a plan names, and sorts what the index cannot.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -16,7 +17,7 @@ from cosmos_mongo.embedded.integrity import (
     _checked_document,
     _damage_error,
     _Damaged,
-    _entry_crc,
+    _entries_intact,
 )
 from cosmos_mongo.embedded.keys import _MISSING, _NULL, _component, _path_value, _scalar_bytes
 from cosmos_mongo.embedded.planning import (
@@ -707,10 +708,8 @@ class _Reader:
         Raises:
             StorageError: it does not (reason ``"damaged"``): never used.
         """
-        ix, key, arrival, crc = entry
-        if not (isinstance(ix, int) and isinstance(key, bytes) and isinstance(arrival, int)) or (
-            crc is not None and crc != _entry_crc(ix, key, arrival)
-        ):
+        if not _entries_intact((entry,)):
+            ix = entry[0]
             raise _damage_error(
                 self.engine.path,
                 self._index_label(collection, ix),
@@ -726,8 +725,9 @@ class _Reader:
         Raises:
             StorageError: a damaged entry (reason ``"damaged"``).
         """
-        for entry in entries:
-            self._check_entry(collection, entry)
+        if not _entries_intact(entries):
+            for entry in entries:  # which one: the error names its index
+                self._check_entry(collection, entry)
         if whole:
             read = _read_per_span(spans, entries)
             for span, count in zip(spans, read, strict=True):
@@ -747,32 +747,18 @@ class _Reader:
         Raises:
             StorageError: one is damaged or inside the range (reason ``"damaged"``).
         """
+        if not before and read is None:
+            return
         ix, start, end = span
-        crc = self.engine.entry_crc
         forward = direction >= 0
         seek = (ix, start if forward else end)
-        near, far = ("<", ">=") if forward else (">=", "<")
-        near_order, far_order = ("DESC", "ASC") if forward else ("ASC", "DESC")
-        parts: list[str] = []
-        parameters: list[int | bytes] = []
+        parameters: tuple[int | bytes, ...] = ()
         if before:
-            parts.append(
-                f"SELECT * FROM (SELECT 0, ix, key, arrival, {crc} FROM entries "
-                f"WHERE (ix, key) {near} (?, ?) "
-                f"ORDER BY ix {near_order}, key {near_order}, arrival {near_order} LIMIT 1)"
-            )
             parameters += seek
         if read is not None:
-            parts.append(
-                f"SELECT * FROM (SELECT 1, ix, key, arrival, {crc} FROM entries "
-                f"WHERE (ix, key) {far} (?, ?) "
-                f"ORDER BY ix {far_order}, key {far_order}, arrival {far_order} "
-                "LIMIT 1 OFFSET ?)"
-            )
             parameters += (*seek, read)
-        if not parts:
-            return
-        for side, *entry in self.conn.execute(" UNION ALL ".join(parts), parameters):
+        sql = _around_sql(self.engine.entry_crc, forward, before=before, after=read is not None)
+        for side, *entry in self.conn.execute(sql, parameters):
             self._check_entry(collection, (entry[0], entry[1], entry[2], entry[3]))
             place = (entry[0], entry[1])
             outside = (
@@ -956,7 +942,6 @@ class _Reader:
             if start >= end:
                 continue
             span = (plan.index.ix, start, end)
-            self._check_around(collection, span, plan.walk, before=True, read=None)
             found = self.conn.execute(
                 f"SELECT e.key, d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc}, "
                 f"{self.engine.joined_entry_crc} "
@@ -967,10 +952,16 @@ class _Reader:
                 f"ORDER BY e.key {order}, e.arrival ASC LIMIT ?",
                 (collection, *span, wanted),
             ).fetchall()
-            for row in found:
-                self._check_entry(collection, (span[0], row[0], row[2], row[6]))
-            if len(found) < wanted:  # read to the range's end
-                self._check_around(collection, span, plan.walk, before=False, read=len(found))
+            self._check_spans(
+                collection,
+                [span],
+                [(span[0], row[0], row[2], row[6]) for row in found],
+                whole=False,
+            )
+            read_to_end = len(found) < wanted
+            self._check_around(
+                collection, span, plan.walk, before=True, read=len(found) if read_to_end else None
+            )
             read.append([row[:6] for row in found])
         rows: list[tuple[bytes, bytes | None, int, bytes | None, int | None, int | None]] = [
             row for found in read if found for row in found
@@ -985,6 +976,29 @@ class _Reader:
             del rows[wanted:]
         found = self._stored_once(collection, [row[1:] for row in rows])
         return found if len(found) == len(rows) else None
+
+
+@functools.cache
+def _around_sql(crc: str, forward: bool, *, before: bool, after: bool) -> str:
+    """The statement of :meth:`_Reader._check_around`: the entry before a range read's first
+    (side 0) and the one after the entries it gave (side 1, at an offset), either or both.
+    ``crc``: the checksum column, or NULL in a file without one."""
+    near, far = ("<", ">=") if forward else (">=", "<")
+    near_order, far_order = ("DESC", "ASC") if forward else ("ASC", "DESC")
+    parts = []
+    if before:
+        parts.append(
+            f"SELECT * FROM (SELECT 0, ix, key, arrival, {crc} FROM entries "
+            f"WHERE (ix, key) {near} (?, ?) "
+            f"ORDER BY ix {near_order}, key {near_order}, arrival {near_order} LIMIT 1)"
+        )
+    if after:
+        parts.append(
+            f"SELECT * FROM (SELECT 1, ix, key, arrival, {crc} FROM entries "
+            f"WHERE (ix, key) {far} (?, ?) "
+            f"ORDER BY ix {far_order}, key {far_order}, arrival {far_order} LIMIT 1 OFFSET ?)"
+        )
+    return " UNION ALL ".join(parts)
 
 
 def _read_per_span(spans: Sequence[_Span], entries: Sequence[_Entry]) -> list[int]:
