@@ -14,7 +14,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self, TypeVar
 
@@ -220,10 +220,35 @@ def model_of(model: type[Model], document: Mapping[str, Any], *, written: bool =
     try:
         return model.from_document(document)
     except ValidationError as exc:
-        found = skipped_document(model, document, exc)
-        raise InvalidDocumentError(
-            found.collection, found.id, found.field, found.rule, written=written
-        ) from exc
+        raise _invalid(model, document, exc, written) from exc
+
+
+def model_reader(model: type[Model]) -> Callable[[Mapping[str, Any]], Model]:
+    """``model_of`` for one model, its validator looked up once: the last step of every read
+    by id, the commonest read, where the class method's call cost a third of the validation.
+
+    The function it returns raises:
+        InvalidDocumentError: as :func:`model_of`.
+    """
+    validate = model.__pydantic_validator__.validate_python
+
+    def read(document: Mapping[str, Any]) -> Model:
+        try:
+            found: Model = validate(document if type(document) is dict else dict(document))
+        except ValidationError as exc:
+            raise _invalid(model, document, exc, False) from exc
+        return found
+
+    return read
+
+
+def _invalid(
+    model: type[Model], document: Mapping[str, Any], exc: ValidationError, written: bool
+) -> InvalidDocumentError:
+    found = skipped_document(model, document, exc)
+    return InvalidDocumentError(
+        found.collection, found.id, found.field, found.rule, written=written
+    )
 
 
 def listing(model: type[Model], documents: Iterable[Mapping[str, Any]]) -> Listing[Model]:

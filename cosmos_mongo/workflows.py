@@ -11,7 +11,6 @@ twin carries out the same steps directly (:func:`~cosmos_mongo.ops.read_one_sync
 from __future__ import annotations
 
 import contextlib
-import functools
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -38,6 +37,7 @@ from cosmos_mongo.models import (
     document_problems,
     listing,
     model_of,
+    model_reader,
     new_prompt_id,
     new_run_id,
     utc_now,
@@ -140,12 +140,11 @@ def create_prompt(prompt_text: object, inputs: object, parameters: object) -> Fl
     return Prompt.from_document(document)
 
 
-# The commonest reads. Their id checks are plain functions: a partial with keywords copies
-# them at every call, which costs more than the check.
-PROMPT_BY_ID: ReadOne[Prompt] = ReadOne(
-    q.PROMPTS, v.check_prompt_id, functools.partial(model_of, Prompt)
-)
-RUN_BY_ID: ReadOne[Run] = ReadOne(q.RUNS, v.check_run_id, functools.partial(model_of, Run))
+# The commonest reads. Their id checks are plain functions (a partial with keywords copies
+# them at every call, which costs more than the check) and their models' validators are
+# looked up once.
+PROMPT_BY_ID: ReadOne[Prompt] = ReadOne(q.PROMPTS, v.check_prompt_id, model_reader(Prompt))
+RUN_BY_ID: ReadOne[Run] = ReadOne(q.RUNS, v.check_run_id, model_reader(Run))
 
 
 def get_prompt(prompt_id: object) -> Flow[Prompt | None]:

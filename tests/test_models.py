@@ -1,17 +1,20 @@
 """Every datetime a model holds is in UTC: naive ones are read as UTC (pymongo's default),
 aware ones in another zone are converted, and what a ``tz_aware`` client decodes is kept as
-it is, the same object."""
+it is, the same object. A read by id's model reader is ``model_of`` for its model."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 
 import bson
 import pytest
 from bson.tz_util import utc as BSON_UTC
 from pydantic import ValidationError
 
-from cosmos_mongo.models import EnhancementDetails, Prompt, Run
+from cosmos_mongo.errors import InvalidDocumentError
+from cosmos_mongo.models import EnhancementDetails, Prompt, Run, model_of, model_reader
 
 NAIVE = datetime(2026, 1, 1, 12, 0)
 ELSEWHERE = datetime(2026, 1, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
@@ -72,3 +75,18 @@ def test_absent_optional_datetimes_stay_none_and_a_missing_created_at_is_refused
     assert _prompt(created_at=NAIVE, updated_at=None).updated_at is None
     with pytest.raises(ValidationError, match="created_at"):
         _prompt()
+
+
+def test_a_model_reader_answers_and_refuses_exactly_as_model_of() -> None:
+    read = model_reader(Prompt)
+    document = {"_id": "ps_" + "a" * 32, "prompt_text": "x", "created_at": DECODED}
+    assert read(document) == model_of(Prompt, document)
+    assert read(MappingProxyType(document)) == model_of(Prompt, document)  # any Mapping
+    broken = {**document, "prompt_text": 5}
+    refusals = []
+    for way in (read, functools.partial(model_of, Prompt)):
+        with pytest.raises(InvalidDocumentError) as raised:
+            way(broken)
+        refusals.append((str(raised.value), type(raised.value.__cause__)))
+    assert refusals[0] == refusals[1] and refusals[0][1] is ValidationError
+    assert "prompt_text" in refusals[0][0]
