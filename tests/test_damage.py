@@ -654,3 +654,30 @@ def test_a_deleted_wal_that_held_commits_is_refused_with_a_clear_error(tmp_path:
         store = CosmosStore(database)
         assert [p.prompt_text for p in store.list_prompts()] == ["A robot arm stacks blocks"]
         assert store.verify().ok
+
+
+def test_a_read_of_many_ranges_in_one_statement_checks_the_entries_around_each(
+    tmp_path: Path,
+) -> None:
+    # An $in of 60 values reads 60 ranges of the index in one statement, and the entries
+    # around all of them in one more.
+    with open_embedded(tmp_path) as database:
+        things = database["things"]
+        things.create_index([("n", 1)], name="n")
+        things.insert_many([{"_id": f"t{n:04d}", "n": n} for n in range(900)])
+        wanted = list(range(0, 120, 2))
+        database.engine.stats.documents_decoded = 0
+        found = things.find({"n": {"$in": wanted}})
+        assert sorted(document["n"] for document in found) == wanted
+        assert database.engine.stats.documents_decoded == len(wanted)  # through the index
+    # The entry of n = 51 (between two ranges read) made to sort after every other, in
+    # place: a read of the range before it sees it just outside that range, and stops.
+    connection = sqlite3.connect(tmp_path / FILE)
+    ((ix,),) = connection.execute("SELECT ix FROM built_indexes WHERE name = 'n'").fetchall()
+    keys = [row[0] for row in connection.execute("SELECT key FROM entries WHERE ix = ?", (ix,))]
+    connection.close()
+    _flip(tmp_path / FILE, _offset(tmp_path / FILE, "entries", sorted(keys)[51]), 0x80)
+    with open_embedded(tmp_path) as database:
+        with pytest.raises(StorageError, match=r"index things\.n") as raised:
+            database["things"].find({"n": {"$in": wanted}})
+        assert raised.value.reason == "damaged"

@@ -689,7 +689,7 @@ class _Reader:
             StorageError: a damaged entry (reason ``"damaged"``).
         """
         order = "ASC" if direction >= 0 else "DESC"
-        self._check_around(collection, span, direction, before=True, read=None)
+        self._check_around(collection, [(span, None)], direction, before=True)
         rows = self.conn.execute(
             f"SELECT key, arrival, {self.engine.entry_crc} FROM entries "
             f"WHERE ix = ? AND key >= ? AND key < ? ORDER BY key {order}, arrival {order}",
@@ -700,7 +700,7 @@ class _Reader:
             self._check_entry(collection, (span[0], key, arrival, crc))
             read += 1
             yield key, arrival
-        self._check_around(collection, span, direction, before=False, read=read)
+        self._check_around(collection, [(span, read)], direction, before=False)
 
     def _check_entry(self, collection: str, entry: _Entry) -> None:
         """An index entry read passes its checksum (format 4; older entries have none).
@@ -730,40 +730,57 @@ class _Reader:
                 self._check_entry(collection, entry)
         if whole:
             read = _read_per_span(spans, entries)
-            for span, count in zip(spans, read, strict=True):
-                if span[1] < span[2]:
-                    self._check_around(collection, span, 1, before=True, read=count)
+            self._check_around(
+                collection,
+                [
+                    (span, count)
+                    for span, count in zip(spans, read, strict=True)
+                    if span[1] < span[2]
+                ],
+                1,
+                before=True,
+            )
 
     def _check_around(
-        self, collection: str, span: _Span, direction: int, *, before: bool, read: int | None
+        self,
+        collection: str,
+        reads: Sequence[tuple[_Span, int | None]],
+        direction: int,
+        *,
+        before: bool,
     ) -> None:
-        """The entries just outside a range read are intact and outside it: the last one
-        before the read's first (``before``), and the first one after the ``read`` entries it
-        gave (None: not checked), each in the read's direction, each found from the same seek.
-        A damaged entry stays where it was in the b-tree: a read that stops at it because its
-        key now lies past the range, or a seek it misleads past the range's first entries,
-        leaves it just outside. So a damaged byte never makes a range silently shorter.
+        """The entries just outside range reads are intact and outside their range: for each
+        (span, read), the last one before the read's first (``before``), and the first one
+        after the ``read`` entries it gave (None: not checked), each in the read's direction,
+        each found from the same seek as the read; one statement for all of them. A damaged entry
+        stays where it was in the b-tree: a read that stops at it because its key now lies
+        past the range, or a seek it misleads past the range's first entries, leaves it just
+        outside. So a damaged byte never makes a range silently shorter.
 
         Raises:
             StorageError: one is damaged or inside the range (reason ``"damaged"``).
         """
-        if not before and read is None:
-            return
-        ix, start, end = span
+        # A plan reads at most 64 ranges (planning): at most 128 parts, within the 500 SQLite
+        # takes in one compound statement.
         forward = direction >= 0
-        seek = (ix, start if forward else end)
-        parameters: tuple[int | bytes, ...] = ()
-        if before:
-            parameters += seek
-        if read is not None:
-            parameters += (*seek, read)
-        sql = _around_sql(self.engine.entry_crc, forward, before=before, after=read is not None)
+        shape = tuple((before, read is not None) for _, read in reads)
+        if not any(b or a for b, a in shape):
+            return
+        parameters: list[int | bytes] = []
+        for (ix, start, end), read in reads:
+            seek = (ix, start if forward else end)
+            if before:
+                parameters += seek
+            if read is not None:
+                parameters += (*seek, read)
+        sql = _around_sql(self.engine.entry_crc, forward, shape)
         for side, *entry in self.conn.execute(sql, parameters):
+            ix, start, end = reads[side // 2][0]
             self._check_entry(collection, (entry[0], entry[1], entry[2], entry[3]))
             place = (entry[0], entry[1])
             outside = (
                 (place < (ix, start) if forward else place >= (ix, end))
-                if side == 0
+                if side % 2 == 0
                 else (place >= (ix, end) if forward else place < (ix, start))
             )
             if not outside:
@@ -960,7 +977,7 @@ class _Reader:
             )
             read_to_end = len(found) < wanted
             self._check_around(
-                collection, span, plan.walk, before=True, read=len(found) if read_to_end else None
+                collection, [(span, len(found) if read_to_end else None)], plan.walk, before=True
             )
             read.append([row[:6] for row in found])
         rows: list[tuple[bytes, bytes | None, int, bytes | None, int | None, int | None]] = [
@@ -978,26 +995,28 @@ class _Reader:
         return found if len(found) == len(rows) else None
 
 
-@functools.cache
-def _around_sql(crc: str, forward: bool, *, before: bool, after: bool) -> str:
-    """The statement of :meth:`_Reader._check_around`: the entry before a range read's first
-    (side 0) and the one after the entries it gave (side 1, at an offset), either or both.
-    ``crc``: the checksum column, or NULL in a file without one."""
+@functools.lru_cache(maxsize=256)
+def _around_sql(crc: str, forward: bool, shape: tuple[tuple[bool, bool], ...]) -> str:
+    """The statement of :meth:`_Reader._check_around`: for the i-th read of ``shape``
+    (before, after), the entry before its first (side 2i) and the one after the entries it
+    gave (side 2i + 1, at an offset), as asked. ``crc``: the checksum column, or NULL in a
+    file without one."""
     near, far = ("<", ">=") if forward else (">=", "<")
     near_order, far_order = ("DESC", "ASC") if forward else ("ASC", "DESC")
     parts = []
-    if before:
-        parts.append(
-            f"SELECT * FROM (SELECT 0, ix, key, arrival, {crc} FROM entries "
-            f"WHERE (ix, key) {near} (?, ?) "
-            f"ORDER BY ix {near_order}, key {near_order}, arrival {near_order} LIMIT 1)"
-        )
-    if after:
-        parts.append(
-            f"SELECT * FROM (SELECT 1, ix, key, arrival, {crc} FROM entries "
-            f"WHERE (ix, key) {far} (?, ?) "
-            f"ORDER BY ix {far_order}, key {far_order}, arrival {far_order} LIMIT 1 OFFSET ?)"
-        )
+    for position, (before, after) in enumerate(shape):
+        if before:
+            parts.append(
+                f"SELECT * FROM (SELECT {2 * position}, ix, key, arrival, {crc} FROM entries "
+                f"WHERE (ix, key) {near} (?, ?) "
+                f"ORDER BY ix {near_order}, key {near_order}, arrival {near_order} LIMIT 1)"
+            )
+        if after:
+            parts.append(
+                f"SELECT * FROM (SELECT {2 * position + 1}, ix, key, arrival, {crc} FROM entries "
+                f"WHERE (ix, key) {far} (?, ?) "
+                f"ORDER BY ix {far_order}, key {far_order}, arrival {far_order} LIMIT 1 OFFSET ?)"
+            )
     return " UNION ALL ".join(parts)
 
 
