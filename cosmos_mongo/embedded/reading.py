@@ -160,21 +160,14 @@ class _Reader:
         if not spans:
             return []
         terms = " OR ".join(["(e.ix = ? AND e.key >= ? AND e.key < ?)"] * len(spans))
-        rows = self.conn.execute(
-            f"SELECT d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc}, "
-            f"e.ix, e.key, {self.engine.joined_entry_crc} "
-            "FROM entries e LEFT JOIN "
-            "documents d INDEXED BY documents_arrival "
-            f"ON d.collection = ? AND d.arrival = e.arrival WHERE ({terms}) LIMIT ?",
-            (collection, *itertools.chain.from_iterable(spans), limit),
-        ).fetchall()
-        self._check_spans(
+        rows = self._read_checked(
             collection,
+            f"WHERE ({terms}) LIMIT ?",
+            (*itertools.chain.from_iterable(spans), limit),
             spans,
-            [(ix, key, arrival, crc) for _, arrival, _, _, _, ix, key, crc in rows],
-            whole=limit < 0 or len(rows) < limit,
+            limit,
         )
-        return [row[:5] for row in rows]
+        return [(row[5], row[3], row[6], row[7], row[8]) for row in rows]
 
     def _stored_once(
         self,
@@ -741,6 +734,59 @@ class _Reader:
                 before=True,
             )
 
+    def _read_checked(
+        self,
+        collection: str,
+        terms: str,
+        parameters: Sequence[Any],
+        spans: Sequence[_Span],
+        limit: int,
+        *,
+        direction: int = 1,
+    ) -> list[tuple[Any, ...]]:
+        """Index entries (``terms``: what follows ``FROM entries e`` and the join of their
+        documents, ending in a ``LIMIT`` of ``limit``, -1 for none) as rows of -1, the entry's
+        index number, key, arrival and checksum, then its document's key, body, checksum and
+        identity checksum; returned once every entry they name and the entries around each
+        of ``spans`` (see :meth:`_check_around`) are checked, all read in one statement. The
+        entry after a span is found at an offset of as many of its entries as the read can
+        have given (counted in the same statement), and judged only if the read reached the
+        end of every span.
+
+        Raises:
+            StorageError: a damaged entry (reason ``"damaged"``).
+        """
+        forward = direction >= 0
+        spans = [span for span in spans if span[1] < span[2]]
+        read_sql = (
+            f"SELECT -1, e.ix, e.key, e.arrival, {self.engine.joined_entry_crc}, d.key, "
+            f"d.body, d.body_crc, {self.engine.joined_id_crc} FROM entries e "
+            "LEFT JOIN documents d INDEXED BY documents_arrival "
+            f"ON d.collection = ? AND d.arrival = e.arrival {terms}"
+        )
+        around = _around_sql(
+            self.engine.entry_crc, forward, ((True, True),) * len(spans), pad=4, counted=True
+        )
+        extra: list[int | bytes] = []
+        for ix, start, end in spans:
+            seek = (ix, start if forward else end)
+            extra += (*seek, *seek, ix, start, end, limit)
+        rows = self.conn.execute(
+            f"SELECT * FROM ({read_sql}) UNION ALL {around}" if around else read_sql,
+            (collection, *parameters, *extra),
+        ).fetchall()
+        read = [row for row in rows if row[0] == -1]
+        entries = [(row[1], row[2], row[3], row[4]) for row in read]
+        self._check_spans(collection, spans, entries, whole=False)
+        whole = limit < 0 or len(read) < limit
+        self._judge_around(
+            collection,
+            spans,
+            forward,
+            [row[:5] for row in rows if row[0] >= 0 and (whole or row[0] % 2 == 0)],
+        )
+        return read
+
     def _check_around(
         self,
         collection: str,
@@ -774,8 +820,24 @@ class _Reader:
             if read is not None:
                 parameters += (*seek, read)
         sql = _around_sql(self.engine.entry_crc, forward, shape)
-        for side, *entry in self.conn.execute(sql, parameters):
-            ix, start, end = reads[side // 2][0]
+        rows = self.conn.execute(sql, parameters).fetchall()
+        self._judge_around(collection, [span for span, _ in reads], forward, rows)
+
+    def _judge_around(
+        self,
+        collection: str,
+        spans: Sequence[_Span],
+        forward: bool,
+        rows: Iterable[tuple[int, Any, Any, Any, Any]],
+    ) -> None:
+        """Each (side, ix, key, arrival, checksum) found around ``spans`` (side 2i: before
+        the i-th span's read, 2i + 1: after it) is intact and outside its span.
+
+        Raises:
+            StorageError: one is not (reason ``"damaged"``).
+        """
+        for side, *entry in rows:
+            ix, start, end = spans[side // 2]
             self._check_entry(collection, (entry[0], entry[1], entry[2], entry[3]))
             place = (entry[0], entry[1])
             outside = (
@@ -959,27 +1021,16 @@ class _Reader:
             if start >= end:
                 continue
             span = (plan.index.ix, start, end)
-            found = self.conn.execute(
-                f"SELECT e.key, d.key, e.arrival, d.body, d.body_crc, {self.engine.joined_id_crc}, "
-                f"{self.engine.joined_entry_crc} "
-                "FROM entries e "
-                "LEFT JOIN documents d INDEXED BY documents_arrival "
-                "ON d.collection = ? AND d.arrival = e.arrival "
+            got = self._read_checked(
+                collection,
                 "WHERE e.ix = ? AND e.key >= ? AND e.key < ? "
                 f"ORDER BY e.key {order}, e.arrival ASC LIMIT ?",
-                (collection, *span, wanted),
-            ).fetchall()
-            self._check_spans(
-                collection,
+                (*span, wanted),
                 [span],
-                [(span[0], row[0], row[2], row[6]) for row in found],
-                whole=False,
+                wanted,
+                direction=plan.walk,
             )
-            read_to_end = len(found) < wanted
-            self._check_around(
-                collection, [(span, len(found) if read_to_end else None)], plan.walk, before=True
-            )
-            read.append([row[:6] for row in found])
+            read.append([(row[2], row[5], row[3], row[6], row[7], row[8]) for row in got])
         rows: list[tuple[bytes, bytes | None, int, bytes | None, int | None, int | None]] = [
             row for found in read if found for row in found
         ]
@@ -996,26 +1047,43 @@ class _Reader:
 
 
 @functools.lru_cache(maxsize=256)
-def _around_sql(crc: str, forward: bool, shape: tuple[tuple[bool, bool], ...]) -> str:
+def _around_sql(
+    crc: str,
+    forward: bool,
+    shape: tuple[tuple[bool, bool], ...],
+    *,
+    pad: int = 0,
+    counted: bool = False,
+) -> str:
     """The statement of :meth:`_Reader._check_around`: for the i-th read of ``shape``
-    (before, after), the entry before its first (side 2i) and the one after the entries it
-    gave (side 2i + 1, at an offset), as asked. ``crc``: the checksum column, or NULL in a
-    file without one."""
+    (before, after), the entry before its first (side 2i; parameters: the seek) and the one
+    after the entries it gave (side 2i + 1, at an offset; parameters: the seek and the
+    offset, or, if ``counted``, the seek and the span and limit whose entries are counted
+    for it), as asked; each row padded with ``pad`` NULLs. ``crc``: the checksum column, or
+    NULL in a file without one."""
     near, far = ("<", ">=") if forward else (">=", "<")
     near_order, far_order = ("DESC", "ASC") if forward else ("ASC", "DESC")
+    nulls = ", NULL" * pad
+    offset = (
+        "(SELECT count(*) FROM (SELECT 1 FROM entries "
+        "WHERE ix = ? AND key >= ? AND key < ? LIMIT ?))"
+        if counted
+        else "?"
+    )
     parts = []
     for position, (before, after) in enumerate(shape):
         if before:
             parts.append(
-                f"SELECT * FROM (SELECT {2 * position}, ix, key, arrival, {crc} FROM entries "
-                f"WHERE (ix, key) {near} (?, ?) "
+                f"SELECT * FROM (SELECT {2 * position}, ix, key, arrival, {crc}{nulls} "
+                f"FROM entries WHERE (ix, key) {near} (?, ?) "
                 f"ORDER BY ix {near_order}, key {near_order}, arrival {near_order} LIMIT 1)"
             )
         if after:
             parts.append(
-                f"SELECT * FROM (SELECT {2 * position + 1}, ix, key, arrival, {crc} FROM entries "
-                f"WHERE (ix, key) {far} (?, ?) "
-                f"ORDER BY ix {far_order}, key {far_order}, arrival {far_order} LIMIT 1 OFFSET ?)"
+                f"SELECT * FROM (SELECT {2 * position + 1}, ix, key, arrival, {crc}{nulls} "
+                f"FROM entries WHERE (ix, key) {far} (?, ?) "
+                f"ORDER BY ix {far_order}, key {far_order}, arrival {far_order} "
+                f"LIMIT 1 OFFSET {offset})"
             )
     return " UNION ALL ".join(parts)
 
