@@ -758,26 +758,24 @@ class _Reader:
         """
         forward = direction >= 0
         spans = [span for span in spans if span[1] < span[2]]
-        read_sql = (
-            f"SELECT -1, e.ix, e.key, e.arrival, {self.engine.joined_entry_crc}, d.key, "
-            f"d.body, d.body_crc, {self.engine.joined_id_crc} FROM entries e "
-            "LEFT JOIN documents d INDEXED BY documents_arrival "
-            f"ON d.collection = ? AND d.arrival = e.arrival {terms}"
-        )
-        around = _around_sql(
-            self.engine.entry_crc, forward, ((True, True),) * len(spans), pad=4, counted=True
+        engine = self.engine
+        sql = _checked_read_sql(
+            engine.entry_crc,
+            engine.joined_entry_crc,
+            engine.joined_id_crc,
+            terms,
+            len(spans),
+            forward,
         )
         extra: list[int | bytes] = []
         for ix, start, end in spans:
             seek = (ix, start if forward else end)
             extra += (*seek, *seek, ix, start, end, limit)
-        rows = self.conn.execute(
-            f"SELECT * FROM ({read_sql}) UNION ALL {around}" if around else read_sql,
-            (collection, *parameters, *extra),
-        ).fetchall()
+        rows = self.conn.execute(sql, (collection, *parameters, *extra)).fetchall()
         read = [row for row in rows if row[0] == -1]
-        entries = [(row[1], row[2], row[3], row[4]) for row in read]
-        self._check_spans(collection, spans, entries, whole=False)
+        self._check_spans(
+            collection, spans, [(row[1], row[2], row[3], row[4]) for row in read], whole=False
+        )
         whole = limit < 0 or len(read) < limit
         self._judge_around(
             collection,
@@ -828,7 +826,7 @@ class _Reader:
         collection: str,
         spans: Sequence[_Span],
         forward: bool,
-        rows: Iterable[tuple[int, Any, Any, Any, Any]],
+        rows: Sequence[tuple[int, Any, Any, Any, Any]],
     ) -> None:
         """Each (side, ix, key, arrival, checksum) found around ``spans`` (side 2i: before
         the i-th span's read, 2i + 1: after it) is intact and outside its span.
@@ -836,10 +834,12 @@ class _Reader:
         Raises:
             StorageError: one is not (reason ``"damaged"``).
         """
-        for side, *entry in rows:
+        if not _entries_intact(row[1:] for row in rows):
+            for row in rows:  # which one: the error names its index
+                self._check_entry(collection, (row[1], row[2], row[3], row[4]))
+        for side, ix_read, key, _, _ in rows:
             ix, start, end = spans[side // 2]
-            self._check_entry(collection, (entry[0], entry[1], entry[2], entry[3]))
-            place = (entry[0], entry[1])
+            place = (ix_read, key)
             outside = (
                 (place < (ix, start) if forward else place >= (ix, end))
                 if side % 2 == 0
@@ -1044,6 +1044,23 @@ class _Reader:
             del rows[wanted:]
         found = self._stored_once(collection, [row[1:] for row in rows])
         return found if len(found) == len(rows) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_read_sql(
+    crc: str, joined_crc: str, joined_id_crc: str, terms: str, spans: int, forward: bool
+) -> str:
+    """The statement of :meth:`_Reader._read_checked`: the read, then the entries around
+    each of its ``spans``."""
+    read = (
+        f"SELECT -1, e.ix, e.key, e.arrival, {joined_crc}, d.key, d.body, d.body_crc, "
+        f"{joined_id_crc} FROM entries e LEFT JOIN documents d INDEXED BY documents_arrival "
+        f"ON d.collection = ? AND d.arrival = e.arrival {terms}"
+    )
+    if not spans:
+        return read
+    around = _around_sql(crc, forward, ((True, True),) * spans, pad=4, counted=True)
+    return f"SELECT * FROM ({read}) UNION ALL {around}"
 
 
 @functools.lru_cache(maxsize=256)
