@@ -25,6 +25,7 @@ from cosmos_mongo.embedded.integrity import (
     _checked_document,
     _damage_error,
     _Damaged,
+    _entries_intact,
     _entry_crc,
     _identity_crc,
     _intact,
@@ -770,12 +771,15 @@ class EmbeddedEngine:
         """The indexes holding entries that fail their checksum (format 4), a whole-table
         pass: a query served by such an entry stops with an error until the index is rebuilt."""
         failing: dict[Any, int] = {}
-        for ix, key, arrival, crc in self._conn.execute(
+        rows = self._conn.execute(
             "SELECT ix, key, arrival, crc FROM entries NOT INDEXED WHERE crc IS NOT NULL"
-        ):
-            intact = isinstance(ix, int) and isinstance(key, bytes) and isinstance(arrival, int)
-            if not intact or crc != _entry_crc(ix, key, arrival):
-                failing[ix] = failing.get(ix, 0) + 1
+        )
+        while batch := rows.fetchmany(_BATCH):
+            if _entries_intact(batch):
+                continue
+            for entry in batch:
+                if not _entries_intact((entry,)):
+                    failing[entry[0]] = failing.get(entry[0], 0) + 1
         names = {
             ix: f"{collection}.{name}"
             for ix, collection, name in self._conn.execute(
