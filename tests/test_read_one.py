@@ -216,3 +216,17 @@ def test_a_key_that_cannot_be_encoded_fails_as_bson_encode_fails() -> None:
             _encode_key(document_id)
     assert _encode_key("a\x00b") == bson.encode({"_id": "a\x00b"})  # a zero byte is data
     assert _encode_key(7) == bson.encode({"_id": 7})
+
+
+def test_compact_and_backup_run_after_reads_by_id_and_the_reads_go_on(tmp_path: Path) -> None:
+    database = open_embedded(tmp_path)
+    try:
+        store = CosmosStore(database)
+        prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+        assert store.get_prompt(prompt.id) == prompt
+        assert store.get_prompt("ps_" + "0" * 32) is None
+        database.compact()  # SQLite's VACUUM refuses while a statement is still running
+        assert database.backup(tmp_path / "copy").exists()
+        assert store.get_prompt(prompt.id) == prompt
+    finally:
+        database.close()
