@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,22 @@ def test_the_primary_key_read_table_times_each_step_sums_the_engine_steps_and_co
     # The ratio is the rounds' median, not the medians' ratio: only its form and sign are known.
     assert ratio_named.startswith("the whole `get_prompt` / the baseline")
     assert cells[ratio_named].endswith("x") and float(cells[ratio_named][:-1]) > 0
+
+
+def test_the_embedded_only_table_times_every_operation_on_the_embedded_default() -> None:
+    table = bench_store.embedded_only([300], repeat=2, clock=time.process_time)
+
+    header, _, *rows = table.splitlines()
+    assert header == "| N prompts | operation | best round, ms per call |"
+    names = [row.split(" | ")[1].strip("`") for row in rows]
+    assert names == list(bench_store.operations(None, bench_store.build(300)))
+    assert all(row.startswith("| 300 | ") for row in rows)
+    assert all(float(row.split(" | ")[2].rstrip(" |")) > 0 for row in rows)
+
+
+def test_the_best_round_is_the_fastest_rounds_time_per_call() -> None:
+    ticks = iter([0.0, 0.004, 10.0, 10.002, 20.0, 20.003])  # rounds of 2, 1 and 1.5 ms a call
+    assert bench_store.best_of_rounds(lambda: None, 2, 3, lambda: next(ticks)) == pytest.approx(1.0)
 
 
 def test_the_baseline_reads_the_same_prompt_model_as_the_store(tmp_path: Path) -> None:
