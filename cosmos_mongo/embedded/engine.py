@@ -38,6 +38,7 @@ from cosmos_mongo.embedded.storage import (
     _ARRIVAL_FORMAT,
     _BATCH,
     _CHECKPOINT_SECONDS,
+    _ENTRIES_TABLE,
     _ENTRY_FORMAT,
     _FORMAT,
     _IDENTITY_FORMAT,
@@ -365,14 +366,24 @@ class EmbeddedEngine:
 
     def _checksum_entries(self) -> None:
         """Every index entry's checksum (format 4), taken over the entry as it is (the full
-        ``verify`` still re-derives entries from their documents)."""
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(entries)")}
-        if "crc" not in columns:
-            self._conn.execute("ALTER TABLE entries ADD COLUMN crc INTEGER")
+        ``verify`` still re-derives entries from their documents). The table is written
+        again in key order rather than updated in place: rows grown in place split their
+        pages, and reads of a range then visit pages scattered over the file."""
         self._conn.create_function("cosmos_entry_crc", 3, _entry_crc, deterministic=True)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(entries)")}
+        if "crc" in columns:  # made with it: only what a third-format process wrote since
+            self._conn.execute(
+                "UPDATE entries SET crc = cosmos_entry_crc(ix, key, arrival) WHERE crc IS NULL"
+            )
+            return
+        self._conn.execute("ALTER TABLE entries RENAME TO entries_before_checksums")
+        self._conn.execute(_ENTRIES_TABLE)  # (executescript would commit the upgrade so far)
         self._conn.execute(
-            "UPDATE entries SET crc = cosmos_entry_crc(ix, key, arrival) WHERE crc IS NULL"
+            "INSERT INTO entries (ix, key, arrival, crc) "
+            "SELECT ix, key, arrival, cosmos_entry_crc(ix, key, arrival) "
+            "FROM entries_before_checksums ORDER BY ix, key, arrival"
         )
+        self._conn.execute("DROP TABLE entries_before_checksums")
 
     def _checksum_catalog(self) -> None:
         """Every ``built_indexes`` row's checksum (format 3)."""

@@ -24,7 +24,20 @@ from cosmos_mongo.errors import InvalidInputError, StorageError
 from cosmos_mongo.files import private_directory
 from cosmos_mongo.validation import MAX_DOCUMENT_BYTES
 
-_SCHEMA: Final = """
+# One row per indexed value of a document: the key orders like MongoDB sorts, arrival names the
+# document (every document has its own) and breaks ties in insertion order. crc: CRC-32 of the
+# other three (format 4; NULL in entries an older version wrote), checked on every read.
+_ENTRIES_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS entries (
+    ix INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    arrival INTEGER NOT NULL,
+    crc INTEGER,
+    PRIMARY KEY (ix, key, arrival)
+) WITHOUT ROWID;
+"""
+_SCHEMA: Final = (
+    """
 CREATE TABLE IF NOT EXISTS documents (
     collection TEXT NOT NULL,
     key BLOB NOT NULL,
@@ -46,16 +59,9 @@ CREATE INDEX IF NOT EXISTS documents_id ON documents (collection, substr(key, 5,
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0), ('format', 1), ('arrival', 0),
     ('catalog', 0);
--- One row per indexed value of a document: the key orders like MongoDB sorts, arrival names
--- the document (every document has its own) and breaks ties in insertion order. crc: CRC-32
--- of the other three (format 4; NULL in entries an older version wrote), checked on every read.
-CREATE TABLE IF NOT EXISTS entries (
-    ix INTEGER NOT NULL,
-    key BLOB NOT NULL,
-    arrival INTEGER NOT NULL,
-    crc INTEGER,
-    PRIMARY KEY (ix, key, arrival)
-) WITHOUT ROWID;
+"""
+    + _ENTRIES_TABLE
+    + """
 -- A row per index whose entries are complete; ordered = 0 once an array or an object was
 -- indexed, after which the index narrows candidates but no longer serves a sort.
 CREATE TABLE IF NOT EXISTS built_indexes (
@@ -68,6 +74,7 @@ CREATE TABLE IF NOT EXISTS built_indexes (
 );
 -- crc: CRC-32 of the row's other columns (format 3), checked whenever the catalog is read.
 """
+)
 # 1: documents only, loaded whole at open; 2: indexes on disk, arrival numbers; 3: checksums
 # of each row's identity and of the rows that say which indexes are built; 4: checksums of
 # index entries.
