@@ -165,6 +165,8 @@ def test_with_debug_logging_on_the_embedded_read_by_id_still_logs_its_find_one(
     try:
         store = CosmosStore(database)
         prompt = store.create_prompt("A robot arm stacks blocks", {}, {})
+        # Another test on this worker may have left the logger at DEBUG: only the read counts.
+        caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="cosmos_mongo"):
             assert store.get_prompt(prompt.id) == prompt
         assert [record.getMessage().rsplit(" ", 2)[0] for record in caplog.records] == [
