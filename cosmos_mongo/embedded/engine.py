@@ -20,12 +20,12 @@ from urllib.parse import quote
 import mongomock as _mongomock
 
 from cosmos_mongo.embedded.integrity import (
+    _broken_entries,
     _catalog_crc,
     _catalog_row_intact,
     _checked_document,
     _damage_error,
     _Damaged,
-    _entries_intact,
     _entry_crc,
     _identity_crc,
     _intact,
@@ -786,11 +786,8 @@ class EmbeddedEngine:
             "SELECT ix, key, arrival, crc FROM entries NOT INDEXED WHERE crc IS NOT NULL"
         )
         while batch := rows.fetchmany(_BATCH):
-            if _entries_intact(batch):
-                continue
-            for entry in batch:
-                if not _entries_intact((entry,)):
-                    failing[entry[0]] = failing.get(entry[0], 0) + 1
+            for ix, _, _, _ in _broken_entries(batch):
+                failing[ix] = failing.get(ix, 0) + 1
         names = {
             ix: f"{collection}.{name}"
             for ix, collection, name in self._conn.execute(
@@ -941,15 +938,7 @@ class EmbeddedEngine:
             else:
                 self._conn.execute("DELETE FROM built_indexes WHERE ix = ?", (ix,))
                 catalog_fixed.append(f"{collection}.{name} (number {ix}): row removed")
-        present: dict[int, set[tuple[bytes, int]]] = {}
-        broken: dict[int, int] = {}  # entries failing their checksum, by the index they name
-        for ix, entry, arrival, crc in self._conn.execute(
-            "SELECT ix, key, arrival, crc FROM entries NOT INDEXED"
-        ):
-            if crc is None or crc == _entry_crc(ix, entry, arrival):
-                present.setdefault(ix, set()).add((entry, arrival))
-            else:
-                broken[ix] = broken.get(ix, 0) + 1
+        present, broken = self._stored_entries()
         wanted: dict[int, set[tuple[bytes, int]]] = {}
         rebuilt: list[IndexRebuilt] = []
         for index in sorted(specs, key=lambda spec: (spec.collection, spec.name)):
@@ -1006,6 +995,23 @@ class EmbeddedEngine:
                 ),
             )
         return IndexRebuild(rebuilt, catalog_fixed, stray, not_rebuilt)
+
+    def _stored_entries(self) -> tuple[dict[int, set[tuple[bytes, int]]], dict[int, int]]:
+        """The stored entries that pass their checksum, by index number, and how many fail
+        it, by the index number they hold (read from the table itself, not through a b-tree
+        search a damaged byte could mislead)."""
+        stored = self._conn.execute("SELECT ix, key, arrival, crc FROM entries NOT INDEXED")
+        rows = stored.fetchall()
+        failing = set(_broken_entries(rows))
+        present: dict[int, set[tuple[bytes, int]]] = {}
+        broken: dict[int, int] = {}
+        for row in rows:
+            ix, entry, arrival, _ = row
+            if row in failing:
+                broken[ix] = broken.get(ix, 0) + 1
+            else:
+                present.setdefault(ix, set()).add((entry, arrival))
+        return present, broken
 
     def _sqlite_indexes_rebuilt(self, *, documents_intact: bool) -> list[str]:
         """SQLite's own indexes of the tables are derived data too (those of the documents

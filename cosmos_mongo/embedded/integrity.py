@@ -33,27 +33,33 @@ def _identity_crc(collection: str, key: bytes, arrival: int) -> int:
     return zlib.crc32(identity + arrival.to_bytes(8, "big", signed=True))
 
 
-def _entry_crc(ix: int, key: bytes, arrival: int) -> int:
-    """The checksum of an index entry (format 4): the index number seeds the CRC of the key,
-    which seeds that of the arrival number, so a change in any of the three changes it."""
-    return zlib.crc32(arrival.to_bytes(8, "big", signed=True), zlib.crc32(key, ix))
-
-
 _ARRIVAL_BYTES: Final = struct.Struct(">q").pack  # as int.to_bytes(8, "big", signed=True)
 
 
-def _entries_intact(entries: Iterable[tuple[Any, Any, Any, Any]]) -> bool:
-    """Whether every (ix, key, arrival, crc) passes its checksum (None: an older version's
-    entry, unchecked); a column of the wrong type (a changed record header) fails. The
-    commonest check of all, so written for speed: the same as :func:`_entry_crc`."""
-    crc32, arrival_bytes = zlib.crc32, _ARRIVAL_BYTES
-    try:
-        for ix, key, arrival, crc in entries:
-            if crc is not None and crc != crc32(arrival_bytes(arrival), crc32(key, ix)):
-                return False
-    except (TypeError, struct.error):
-        return False
-    return True
+def _entry_crc(ix: int, key: bytes, arrival: int) -> int:
+    """The checksum of an index entry (format 4): the index number seeds the CRC of the key,
+    which seeds that of the arrival number, so a change in any of the three changes it."""
+    return zlib.crc32(_ARRIVAL_BYTES(arrival), zlib.crc32(key, ix))
+
+
+def _broken_entries(
+    entries: Iterable[tuple[Any, Any, Any, Any]],
+) -> list[tuple[Any, Any, Any, Any]]:
+    """The (ix, key, arrival, crc) of ``entries`` that fail their checksum, or whose columns
+    hold the wrong type (a changed record header); an entry without a checksum (an older
+    version wrote it) is taken unchecked."""
+    broken = []
+    for entry in entries:
+        ix, key, arrival, crc = entry
+        if crc is None:
+            continue
+        try:
+            if crc == _entry_crc(ix, key, arrival):
+                continue
+        except (TypeError, struct.error):
+            pass
+        broken.append(entry)
+    return broken
 
 
 def _catalog_crc(ix: int, collection: str, name: str, ordered: int) -> int:

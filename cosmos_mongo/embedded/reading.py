@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from mongomock import filtering as _filtering
 
 from cosmos_mongo.embedded.integrity import (
+    _broken_entries,
     _checked_document,
     _damage_error,
     _Damaged,
-    _entries_intact,
 )
 from cosmos_mongo.embedded.keys import _MISSING, _NULL, _component, _path_value, _scalar_bytes
 from cosmos_mongo.embedded.planning import (
@@ -690,22 +690,22 @@ class _Reader:
         )
         read = 0
         for key, arrival, crc in rows:
-            self._check_entry(collection, (span[0], key, arrival, crc))
+            self._check_entries(collection, ((span[0], key, arrival, crc),))
             read += 1
             yield key, arrival
         self._check_around(collection, [(span, read)], direction, before=False)
 
-    def _check_entry(self, collection: str, entry: _Entry) -> None:
-        """An index entry read passes its checksum (format 4; older entries have none).
+    def _check_entries(self, collection: str, entries: Iterable[_Entry]) -> None:
+        """The index entries read pass their checksums (format 4; older entries have none).
 
         Raises:
-            StorageError: it does not (reason ``"damaged"``): never used.
+            StorageError: one does not (reason ``"damaged"``), naming its index; none is used.
         """
-        if not _entries_intact((entry,)):
-            ix = entry[0]
+        broken = _broken_entries(entries)
+        if broken:
             raise _damage_error(
                 self.engine.path,
-                self._index_label(collection, ix),
+                self._index_label(collection, broken[0][0]),
                 "an entry fails its checksum (its key, arrival or index number changed on disk)",
             )
 
@@ -718,9 +718,7 @@ class _Reader:
         Raises:
             StorageError: a damaged entry (reason ``"damaged"``).
         """
-        if not _entries_intact(entries):
-            for entry in entries:  # which one: the error names its index
-                self._check_entry(collection, entry)
+        self._check_entries(collection, entries)
         if whole:
             read = _read_per_span(spans, entries)
             self._check_around(
@@ -834,9 +832,7 @@ class _Reader:
         Raises:
             StorageError: one is not (reason ``"damaged"``).
         """
-        if not _entries_intact(row[1:] for row in rows):
-            for row in rows:  # which one: the error names its index
-                self._check_entry(collection, (row[1], row[2], row[3], row[4]))
+        self._check_entries(collection, (row[1:] for row in rows))
         for side, ix_read, key, _, _ in rows:
             ix, start, end = spans[side // 2]
             place = (ix_read, key)
